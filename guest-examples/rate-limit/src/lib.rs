@@ -1,0 +1,83 @@
+//! `rate-limit`: a token bucket per client IP, kept in the host key-value
+//! store so that every instance (and every reloaded version) shares it.
+//! Over the limit: `429 Too Many Requests` with `Retry-After`.
+//!
+//! Config: `{"rate_per_second": 10, "burst": 20}`.
+//!
+//! A bucket is `"<milli-tokens> <last refill, ns>"` under the client's IP.
+//! Updates use compare-and-swap, so concurrent instances never both spend
+//! the same token; a bucket nobody touches expires once it would be full.
+
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use switchyard_policy::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    rate_per_second: u64,
+    burst: u64,
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+/// How often to retry when another instance updated the bucket first.
+const CAS_ATTEMPTS: usize = 16;
+
+struct RateLimit;
+
+fn parse(v: &[u8]) -> Option<(u64, u64)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (tokens, at) = s.split_once(' ')?;
+    Some((tokens.parse().ok()?, at.parse().ok()?))
+}
+
+impl HttpPolicy for RateLimit {
+    fn init(config: String) -> Result<(), String> {
+        let c: Config = serde_json::from_str(&config).map_err(config_error)?;
+        if c.rate_per_second == 0 || c.burst == 0 {
+            return Err("config: rate_per_second and burst must be at least 1".into());
+        }
+        CONFIG.set(c).map_err(|_| "init called twice".to_string())
+    }
+
+    fn on_request(_req: RequestHead, conn: ConnectionInfo) -> Decision {
+        let Some(c) = CONFIG.get() else {
+            return forward().into();
+        };
+        let key = conn.client.ip;
+        let full = c.burst * 1000;
+        // Time for an empty bucket to refill, plus a second: the TTL.
+        let ttl_ms = c.burst * 1000 / c.rate_per_second + 1000;
+        for _ in 0..CAS_ATTEMPTS {
+            let now = clock::monotonic_now();
+            let current = kv::get(&key);
+            let (tokens, at) = current.as_deref().and_then(parse).unwrap_or((full, now));
+            let elapsed_ns = now.saturating_sub(at);
+            // milli-tokens gained = elapsed_ns * rate / 1e6
+            let gained = (elapsed_ns as u128 * c.rate_per_second as u128 / 1_000_000) as u64;
+            let tokens = tokens.saturating_add(gained).min(full);
+            if tokens < 1000 {
+                // Whole seconds until one token is back, at least 1.
+                let wait_ms = (1000 - tokens) / c.rate_per_second;
+                let retry_after = wait_ms.div_ceil(1000).max(1).to_string();
+                return respond(429)
+                    .header("retry-after", &retry_after)
+                    .header("content-type", "text/plain")
+                    .body("too many requests\n")
+                    .into();
+            }
+            let next = format!("{} {}", tokens - 1000, now);
+            if kv::compare_and_swap(&key, current.as_deref(), next.as_bytes(), Some(ttl_ms)) {
+                return forward().into();
+            }
+        }
+        // Heavy contention on one key: let the request through rather than
+        // fail it for a reason the client cannot act on.
+        log::warn("rate-limit: bucket contended; request allowed");
+        forward().into()
+    }
+}
+
+http_policy!(RateLimit);

@@ -1,0 +1,366 @@
+//! Rust SDK for Switchyard policies.
+//!
+//! A policy is a WebAssembly component that implements one of the worlds of
+//! the `switchyard:policy` WIT package (`wit/` at the repository root). This
+//! crate wraps the generated bindings with:
+//!
+//! - the contract's types at the crate root ([`RequestHead`], [`Decision`], ...);
+//! - decision builders ([`forward`], [`respond`], [`ConnectForward`]);
+//! - helpers for request heads ([`RequestHead::header`], [`RequestHead::cookie`]);
+//! - the host imports as plain modules ([`log`], [`kv`], [`clock`], [`random`],
+//!   [`backends`]);
+//! - traits with defaults for the hooks a policy doesn't need
+//!   ([`HttpPolicy`], [`ConnectionPolicy`]) and one export macro per world.
+//!
+//! ```ignore
+//! use switchyard_policy::*;
+//!
+//! struct Hello;
+//! impl HttpPolicy for Hello {
+//!     fn on_request(req: RequestHead, _conn: ConnectionInfo) -> Decision {
+//!         if req.path == "/hello" {
+//!             respond(200).body("hi\n").into()
+//!         } else {
+//!             forward().into()
+//!         }
+//!     }
+//! }
+//! http_policy!(Hello);
+//! ```
+
+// Lets the generated code name this crate the same way inside and outside it.
+extern crate self as switchyard_policy;
+
+/// Bindings for the `http-policy` world.
+#[doc(hidden)]
+pub mod http {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "switchyard:policy/http-policy",
+        pub_export_macro: true,
+        export_macro_name: "export_http_policy",
+        default_bindings_module: "switchyard_policy::http",
+        runtime_path: "switchyard_policy::__rt",
+    });
+}
+
+/// Bindings for the `connection-policy` world. Shares every type and import
+/// with [`http`].
+#[doc(hidden)]
+pub mod connection {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "switchyard:policy/connection-policy",
+        with: {
+            "switchyard:policy/types@0.1.0": crate::http::switchyard::policy::types,
+            "switchyard:policy/log@0.1.0": crate::http::switchyard::policy::log,
+            "switchyard:policy/clock@0.1.0": crate::http::switchyard::policy::clock,
+            "switchyard:policy/random@0.1.0": crate::http::switchyard::policy::random,
+            "switchyard:policy/kv@0.1.0": crate::http::switchyard::policy::kv,
+            "switchyard:policy/backends@0.1.0": crate::http::switchyard::policy::backends,
+        },
+        pub_export_macro: true,
+        export_macro_name: "export_connection_policy",
+        default_bindings_module: "switchyard_policy::connection",
+        runtime_path: "switchyard_policy::__rt",
+    });
+}
+
+#[doc(hidden)]
+pub use wit_bindgen::rt as __rt;
+
+pub use http::switchyard::policy::types::{
+    Backend, ConnectDecision, ConnectForward, ConnectionInfo, Decision, Forward, Header, HeaderOp,
+    HttpVersion, RequestHead, Response, ResponseHead, SocketAddress, TlsInfo, Transport,
+};
+
+/// Host imports: the policy's key-value store, namespaced per policy.
+pub mod kv {
+    pub use crate::http::switchyard::policy::kv::*;
+}
+
+/// Host imports: monotonic and wall clocks.
+pub mod clock {
+    pub use crate::http::switchyard::policy::clock::*;
+}
+
+/// Host imports: random numbers.
+pub mod random {
+    pub use crate::http::switchyard::policy::random::*;
+}
+
+/// Host imports: the backends of a pool, for policies that pick one.
+pub mod backends {
+    pub use crate::http::switchyard::policy::backends::*;
+}
+
+/// Host imports: structured logging to the `policy::<name>` target.
+pub mod log {
+    use crate::http::switchyard::policy::log::{Level, log};
+
+    pub fn debug(message: &str) {
+        log(Level::Debug, message)
+    }
+    pub fn info(message: &str) {
+        log(Level::Info, message)
+    }
+    pub fn warn(message: &str) {
+        log(Level::Warn, message)
+    }
+    pub fn error(message: &str) {
+        log(Level::Error, message)
+    }
+}
+
+/// A policy for HTTP listeners. Only [`HttpPolicy::on_request`] is required.
+pub trait HttpPolicy {
+    /// Receives the policy's JSON configuration (empty when there is none).
+    fn init(_config: String) -> Result<(), String> {
+        Ok(())
+    }
+    /// Decides what to do with one request.
+    fn on_request(request: RequestHead, connection: ConnectionInfo) -> Decision;
+    /// Edits response headers; called only when the forward decision set
+    /// `inspect_response`.
+    fn on_response(_request: RequestHead, _response: ResponseHead) -> Vec<HeaderOp> {
+        Vec::new()
+    }
+}
+
+impl<T: HttpPolicy> http::Guest for T {
+    fn init(config: String) -> Result<(), String> {
+        <T as HttpPolicy>::init(config)
+    }
+    fn on_request(request: RequestHead, connection: ConnectionInfo) -> Decision {
+        <T as HttpPolicy>::on_request(request, connection)
+    }
+    fn on_response(request: RequestHead, response: ResponseHead) -> Vec<HeaderOp> {
+        <T as HttpPolicy>::on_response(request, response)
+    }
+}
+
+/// A policy for TCP and UDP listeners. Only [`ConnectionPolicy::on_connect`]
+/// is required.
+pub trait ConnectionPolicy {
+    /// Receives the policy's JSON configuration (empty when there is none).
+    fn init(_config: String) -> Result<(), String> {
+        Ok(())
+    }
+    /// Decides where a new connection or flow goes.
+    fn on_connect(connection: ConnectionInfo) -> ConnectDecision;
+}
+
+impl<T: ConnectionPolicy> connection::Guest for T {
+    fn init(config: String) -> Result<(), String> {
+        <T as ConnectionPolicy>::init(config)
+    }
+    fn on_connect(connection: ConnectionInfo) -> ConnectDecision {
+        <T as ConnectionPolicy>::on_connect(connection)
+    }
+}
+
+/// Exports a type implementing [`HttpPolicy`] as the component's
+/// `http-policy` world.
+#[macro_export]
+macro_rules! http_policy {
+    ($t:ident) => {
+        $crate::http::export_http_policy!($t with_types_in $crate::http);
+    };
+}
+
+/// Exports a type implementing [`ConnectionPolicy`] as the component's
+/// `connection-policy` world.
+#[macro_export]
+macro_rules! connection_policy {
+    ($t:ident) => {
+        $crate::connection::export_connection_policy!($t with_types_in $crate::connection);
+    };
+}
+
+/// A forward decision to the listener's default pool, with no edits.
+pub fn forward() -> Forward {
+    Forward {
+        pool: None,
+        backend: None,
+        path: None,
+        authority: None,
+        request_headers: Vec::new(),
+        response_headers: Vec::new(),
+        inspect_response: false,
+    }
+}
+
+/// A direct response with this status, no headers and an empty body.
+pub fn respond(status: u16) -> Response {
+    Response {
+        status,
+        headers: Vec::new(),
+        body: Vec::new(),
+    }
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header {
+        name: name.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
+impl Forward {
+    /// Send to this pool instead of the listener's default.
+    pub fn pool(mut self, pool: &str) -> Self {
+        self.pool = Some(pool.to_owned());
+        self
+    }
+    /// Send to this backend (by name) of the chosen pool.
+    pub fn backend(mut self, backend: &str) -> Self {
+        self.backend = Some(backend.to_owned());
+        self
+    }
+    /// Replace the upstream path.
+    pub fn path(mut self, path: &str) -> Self {
+        self.path = Some(path.to_owned());
+        self
+    }
+    /// Replace the upstream authority (Host).
+    pub fn authority(mut self, authority: &str) -> Self {
+        self.authority = Some(authority.to_owned());
+        self
+    }
+    /// Set a request header sent upstream.
+    pub fn set_request_header(mut self, name: &str, value: &str) -> Self {
+        self.request_headers
+            .push(HeaderOp::Set(header(name, value)));
+        self
+    }
+    /// Remove a request header before it goes upstream.
+    pub fn remove_request_header(mut self, name: &str) -> Self {
+        self.request_headers.push(HeaderOp::Remove(name.to_owned()));
+        self
+    }
+    /// Set a response header sent to the client.
+    pub fn set_response_header(mut self, name: &str, value: &str) -> Self {
+        self.response_headers
+            .push(HeaderOp::Set(header(name, value)));
+        self
+    }
+    /// Append a response header sent to the client.
+    pub fn append_response_header(mut self, name: &str, value: &str) -> Self {
+        self.response_headers
+            .push(HeaderOp::Append(header(name, value)));
+        self
+    }
+    /// Ask for the `on_response` hook to run for this request.
+    pub fn inspect_response(mut self) -> Self {
+        self.inspect_response = true;
+        self
+    }
+}
+
+impl From<Forward> for Decision {
+    fn from(f: Forward) -> Self {
+        Decision::Forward(f)
+    }
+}
+
+impl Response {
+    /// Add a header to the response.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push(header(name, value));
+        self
+    }
+    /// Set the response body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+}
+
+impl From<Response> for Decision {
+    fn from(r: Response) -> Self {
+        Decision::Respond(r)
+    }
+}
+
+impl ConnectForward {
+    /// Forward to the listener's default pool.
+    pub fn default_pool() -> Self {
+        ConnectForward {
+            pool: None,
+            backend: None,
+        }
+    }
+    /// Forward to this pool.
+    pub fn to_pool(pool: &str) -> Self {
+        ConnectForward {
+            pool: Some(pool.to_owned()),
+            backend: None,
+        }
+    }
+    /// Pick this backend (by name) of the chosen pool.
+    pub fn backend(mut self, backend: &str) -> Self {
+        self.backend = Some(backend.to_owned());
+        self
+    }
+}
+
+impl From<ConnectForward> for ConnectDecision {
+    fn from(f: ConnectForward) -> Self {
+        ConnectDecision::Forward(f)
+    }
+}
+
+impl RequestHead {
+    /// The first value of a header (name matched case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
+    }
+
+    /// The value of a cookie from the `cookie` header(s).
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+            .flat_map(|h| h.value.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// The host the request names, without a port.
+    pub fn host(&self) -> &str {
+        strip_port(&self.authority)
+    }
+}
+
+/// `example.com:8080` -> `example.com`; `[::1]:80` -> `::1`.
+pub fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// A stable 64-bit FNV-1a hash, for hashing keys onto backends or buckets in
+/// the same way on every instance and every restart.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Formats an error for `init`, e.g. `config: missing field "routes"`.
+pub fn config_error(e: impl core::fmt::Display) -> String {
+    let mut s = "config: ".to_string();
+    s.push_str(&e.to_string());
+    s
+}

@@ -1,0 +1,241 @@
+//! Command line: `run`, `check` and `policy test`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Protocol};
+use crate::policy::{
+    self, Directory, EngineSettings, Limits, OpenDirectory, PolicyEngine, PolicyKind,
+    StaticDirectory, types,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A load balancer programmed with WebAssembly"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Run {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// When a listener's policy file is removed, fall back to the pool's
+        /// algorithm instead of keeping the last loaded version.
+        #[arg(long)]
+        strict_policies: bool,
+    },
+    /// Check a configuration and compile every policy it names.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Run one hook of a policy offline and print its decision as JSON.
+    Test(PolicyTest),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PolicyTest {
+    /// The policy component (`.wasm`).
+    pub file: PathBuf,
+    /// The policy's JSON config (default: the `.json` beside the `.wasm`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The request to send, as "METHOD PATH[?QUERY]".
+    #[arg(long, default_value = "GET /")]
+    pub request: String,
+    /// A request header, "name: value" (repeatable).
+    #[arg(long = "header", short = 'H')]
+    pub headers: Vec<String>,
+    /// The client IP address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub client: String,
+    /// Run the connection hook with this TLS server name instead.
+    #[arg(long)]
+    pub sni: Option<String>,
+    /// The listener's default pool, as the policy sees it.
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// A switchyard configuration whose pools the decision is checked
+    /// against (and that the `backends` import lists).
+    #[arg(long)]
+    pub pools: Option<PathBuf>,
+}
+
+fn engine_for(config: Option<&Config>) -> anyhow::Result<Arc<PolicyEngine>> {
+    let cache_dir = config.and_then(|c| c.policies.cache_dir.clone());
+    PolicyEngine::new(&EngineSettings { cache_dir })
+}
+
+/// The pools of a configuration as a policy sees them offline.
+pub fn static_directory(config: &Config) -> StaticDirectory {
+    StaticDirectory::new(
+        config
+            .pools
+            .iter()
+            .map(|(name, pool)| {
+                let backends = pool
+                    .backends
+                    .iter()
+                    .map(|b| types::Backend {
+                        name: b.name.clone(),
+                        address: b.address.to_string(),
+                        weight: b.weight,
+                        healthy: true,
+                        in_flight: 0,
+                    })
+                    .collect();
+                (name.clone(), backends)
+            })
+            .collect(),
+    )
+}
+
+/// `switchyard check`: every problem, one line each; `Ok` when none.
+pub async fn check(config_path: &Path) -> Result<(), Vec<String>> {
+    let config = Config::load(config_path).map_err(|e| vec![e.to_string()])?;
+    let engine = engine_for(Some(&config)).map_err(|e| vec![format!("policy engine: {e:#}")])?;
+    let directory: Arc<dyn Directory> = Arc::new(static_directory(&config));
+    let mut problems = Vec::new();
+    for (name, listener) in &config.listeners {
+        let Some(policy) = &listener.policy else {
+            continue;
+        };
+        let kind = match listener.protocol {
+            Protocol::Http => PolicyKind::Http,
+            Protocol::Tcp | Protocol::Udp => PolicyKind::Connection,
+        };
+        let file = config.policy_file(policy);
+        let loaded = engine
+            .load_file(
+                &file,
+                Some(kind),
+                config.policies.limits.clone(),
+                directory.clone(),
+            )
+            .await;
+        if let Err(e) = loaded {
+            problems.push(format!("{e} (policy of listeners.{name})"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+fn parse_request(t: &PolicyTest) -> anyhow::Result<types::RequestHead> {
+    let (method, target) = t
+        .request
+        .split_once(' ')
+        .context("--request must look like \"GET /path\"")?;
+    let target = target.trim();
+    if !target.starts_with('/') {
+        bail!("--request path must start with '/': {target:?}");
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (target.to_owned(), None),
+    };
+    let mut headers = Vec::new();
+    let mut authority = String::from("localhost");
+    for h in &t.headers {
+        let (name, value) = h
+            .split_once(':')
+            .with_context(|| format!("--header must look like \"name: value\": {h:?}"))?;
+        let name = name.trim().to_ascii_lowercase();
+        let value = value.trim().to_owned();
+        if name == "host" {
+            authority = value.clone();
+        }
+        headers.push(types::Header { name, value });
+    }
+    Ok(types::RequestHead {
+        method: method.to_owned(),
+        scheme: "http".into(),
+        authority,
+        path,
+        query,
+        headers,
+        version: types::HttpVersion::Http11,
+    })
+}
+
+/// `switchyard policy test`: the decision as one line of JSON.
+pub async fn policy_test(t: &PolicyTest) -> anyhow::Result<serde_json::Value> {
+    let pools = t.pools.as_deref().map(Config::load).transpose()?;
+    let engine = engine_for(pools.as_ref())?;
+    let directory: Arc<dyn Directory> = match &pools {
+        Some(c) => Arc::new(static_directory(c)),
+        None => Arc::new(OpenDirectory),
+    };
+    let (wasm, config) = policy::read_policy_files(&t.file, t.config.as_deref())?;
+    let expected = if t.sni.is_some() {
+        PolicyKind::Connection
+    } else {
+        PolicyKind::Http
+    };
+    let loaded = engine
+        .load_bytes(
+            &t.file,
+            wasm,
+            config,
+            Some(expected),
+            Limits::default(),
+            directory.clone(),
+        )
+        .await?;
+    let client_ip: std::net::IpAddr = t
+        .client
+        .parse()
+        .with_context(|| format!("--client is not an IP address: {:?}", t.client))?;
+    let conn = types::ConnectionInfo {
+        client: types::SocketAddress {
+            ip: client_ip.to_string(),
+            port: 40000,
+        },
+        local: types::SocketAddress {
+            ip: "127.0.0.1".into(),
+            port: 8080,
+        },
+        listener: "policy-test".into(),
+        pool: t.pool.clone(),
+        transport: types::Transport::Tcp,
+        tls: t.sni.as_ref().map(|sni| types::TlsInfo {
+            sni: Some(sni.to_ascii_lowercase()),
+            alpn: None,
+            version: None,
+            client_subject: None,
+        }),
+    };
+    if t.sni.is_some() {
+        Ok(loaded
+            .on_connect(&conn, t.pool.as_deref(), &directory)
+            .await?
+            .to_json())
+    } else {
+        let request = parse_request(t)?;
+        Ok(loaded
+            .on_request(&request, &conn, t.pool.as_deref(), &directory)
+            .await?
+            .to_json())
+    }
+}

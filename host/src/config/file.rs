@@ -1,0 +1,150 @@
+//! The configuration file as written: serde types that mirror the TOML
+//! exactly (unknown keys are errors). `super::validate` turns them into the
+//! checked `Config` the rest of the daemon uses. Defaults live here and in
+//! `docs/CONFIG.md`, which lists every key.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub admin: Option<AdminFile>,
+    #[serde(default)]
+    pub policies: PoliciesFile,
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolFile>,
+    #[serde(default)]
+    pub listeners: BTreeMap<String, ListenerFile>,
+    #[serde(default)]
+    pub runtime: RuntimeFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub bind: String,
+}
+
+fn default_timeout_ms() -> u64 {
+    10
+}
+fn default_memory_mb() -> u64 {
+    32
+}
+fn default_instances() -> usize {
+    4
+}
+fn default_max_calls() -> u64 {
+    10_000
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesFile {
+    pub dir: Option<PathBuf>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    #[serde(default = "default_instances")]
+    pub instances: usize,
+    #[serde(default = "default_max_calls")]
+    pub max_calls_per_instance: u64,
+    #[serde(default = "yes")]
+    pub cache: bool,
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for PoliciesFile {
+    fn default() -> Self {
+        PoliciesFile {
+            dir: None,
+            timeout_ms: default_timeout_ms(),
+            memory_mb: default_memory_mb(),
+            instances: default_instances(),
+            max_calls_per_instance: default_max_calls(),
+            cache: true,
+            cache_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+    Weighted,
+    LeastRequest,
+    P2c,
+    Random,
+    Hash,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum BackendFile {
+    Address(String),
+    Full(BackendTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTable {
+    pub address: String,
+    pub name: Option<String>,
+    pub weight: Option<u32>,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    1000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    pub backends: Vec<BackendFile>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Http,
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    #[default]
+    Fallback,
+    Reject,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    pub protocol: Protocol,
+    pub bind: String,
+    pub pool: Option<String>,
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFile {
+    pub worker_threads: Option<usize>,
+}

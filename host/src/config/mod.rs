@@ -1,0 +1,437 @@
+//! Configuration: the TOML file (`file.rs`) checked into a `Config`.
+//!
+//! Every problem is reported, not just the first, each as one line naming
+//! the file and the key: `switchyard.toml: listeners.web.pool: no pool named
+//! "ap1" (pools: api, web)`. Bad configuration never panics.
+
+pub mod file;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use file::{Algorithm, OnError, Protocol};
+use file::{BackendFile, FileConfig};
+
+use crate::policy::Limits;
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub source: PathBuf,
+    pub admin: Option<SocketAddr>,
+    pub policies: PolicySettings,
+    pub pools: BTreeMap<String, PoolConfig>,
+    pub listeners: BTreeMap<String, ListenerConfig>,
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    /// The watched directory, resolved against the config file's folder.
+    pub dir: PathBuf,
+    pub limits: Limits,
+    /// Compiled-artifact cache; `None` when `cache = false`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Unique in the pool; defaults to the address.
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub algorithm: Algorithm,
+    pub backends: Vec<BackendConfig>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub protocol: Protocol,
+    pub bind: SocketAddr,
+    pub pool: Option<String>,
+    /// The policy's name: `policies/<name>.wasm`.
+    pub policy: Option<String>,
+    pub on_error: OnError,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConfig {
+    pub worker_threads: Option<usize>,
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {p}", self.file.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: path.to_path_buf(),
+            problems: vec![format!("cannot read: {e}")],
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Checks configuration text as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let errors = |problems| ConfigErrors {
+            file: path.to_path_buf(),
+            problems,
+        };
+        let file = parse_toml(text).map_err(|p| errors(vec![p]))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        validate(file, path, base).map_err(errors)
+    }
+
+    /// The `.wasm` file of a policy named in a listener.
+    pub fn policy_file(&self, name: &str) -> PathBuf {
+        self.policies.dir.join(format!("{name}.wasm"))
+    }
+}
+
+fn parse_toml(text: &str) -> Result<FileConfig, String> {
+    let line_of = |span: Option<std::ops::Range<usize>>| {
+        span.map(|s| {
+            format!(
+                " (line {})",
+                text[..s.start.min(text.len())].lines().count().max(1)
+            )
+        })
+        .unwrap_or_default()
+    };
+    let de = toml::de::Deserializer::parse(text)
+        .map_err(|e| format!("{}{}", e.message().trim_end(), line_of(e.span())))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let at = line_of(inner.span());
+        let msg = inner.message().trim_end().to_owned();
+        if path == "." || path.is_empty() {
+            format!("{msg}{at}")
+        } else {
+            format!("{path}: {msg}{at}")
+        }
+    })
+}
+
+fn names<T>(m: &BTreeMap<String, T>) -> String {
+    if m.is_empty() {
+        "none defined".into()
+    } else {
+        m.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn valid_policy_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !n.starts_with('.')
+}
+
+fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<String>> {
+    let mut problems = Vec::new();
+
+    let admin = f.admin.and_then(|a| match a.bind.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.push(format!(
+                "admin.bind: {:?} is not an address like \"127.0.0.1:9901\"",
+                a.bind
+            ));
+            None
+        }
+    });
+
+    let p = f.policies;
+    if p.timeout_ms == 0 {
+        problems.push("policies.timeout_ms: must be at least 1".into());
+    }
+    if p.memory_mb == 0 || p.memory_mb > 4096 {
+        problems.push("policies.memory_mb: must be between 1 and 4096".into());
+    }
+    if p.max_calls_per_instance == 0 {
+        problems.push("policies.max_calls_per_instance: must be at least 1".into());
+    }
+    let timeout = Duration::from_millis(p.timeout_ms);
+    let policies = PolicySettings {
+        dir: base.join(p.dir.unwrap_or_else(|| PathBuf::from("policies"))),
+        limits: Limits {
+            timeout,
+            init_timeout: timeout.max(Duration::from_secs(1)),
+            memory_bytes: usize::try_from(p.memory_mb.min(4096) << 20).unwrap_or(usize::MAX),
+            max_idle: p.instances,
+            max_calls: p.max_calls_per_instance.max(1),
+        },
+        cache_dir: match (p.cache, p.cache_dir) {
+            (false, _) => None,
+            (true, Some(d)) => Some(base.join(d)),
+            (true, None) => Some(default_cache_dir()),
+        },
+    };
+
+    let mut pools = BTreeMap::new();
+    for (name, pool) in f.pools {
+        let key = format!("pools.{name}");
+        if pool.backends.is_empty() {
+            problems.push(format!("{key}.backends: a pool needs at least one backend"));
+        }
+        let mut backends: Vec<BackendConfig> = Vec::new();
+        for (i, b) in pool.backends.into_iter().enumerate() {
+            let (address, bname, weight) = match b {
+                BackendFile::Address(a) => (a, None, None),
+                BackendFile::Full(t) => (t.address, t.name, t.weight),
+            };
+            let bkey = format!("{key}.backends[{i}]");
+            let Ok(addr) = address.parse::<SocketAddr>() else {
+                problems.push(format!(
+                    "{bkey}: {address:?} is not an address like \"127.0.0.1:9001\""
+                ));
+                continue;
+            };
+            if weight == Some(0) {
+                problems.push(format!("{bkey}.weight: must be at least 1"));
+            }
+            let bname = bname.unwrap_or_else(|| addr.to_string());
+            if backends.iter().any(|x| x.name == bname) {
+                problems.push(format!("{bkey}: a second backend named {bname:?}"));
+                continue;
+            }
+            backends.push(BackendConfig {
+                name: bname,
+                address: addr,
+                weight: weight.unwrap_or(1).max(1),
+            });
+        }
+        pools.insert(
+            name,
+            PoolConfig {
+                algorithm: pool.algorithm,
+                backends,
+                connect_timeout: Duration::from_millis(pool.connect_timeout_ms.max(1)),
+            },
+        );
+    }
+
+    let mut listeners = BTreeMap::new();
+    let mut binds: BTreeMap<(SocketAddr, bool), String> = BTreeMap::new();
+    for (name, l) in f.listeners {
+        let key = format!("listeners.{name}");
+        let bind = match l.bind.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                problems.push(format!(
+                    "{key}.bind: {:?} is not an address like \"127.0.0.1:8080\"",
+                    l.bind
+                ));
+                continue;
+            }
+        };
+        if bind.port() != 0 {
+            let udp = l.protocol == Protocol::Udp;
+            if let Some(other) = binds.insert((bind, udp), name.clone()) {
+                problems.push(format!(
+                    "{key}.bind: {bind} is already bound by listeners.{other}"
+                ));
+            }
+        }
+        if let Some(pool) = &l.pool
+            && !pools.contains_key(pool)
+        {
+            problems.push(format!(
+                "{key}.pool: no pool named {pool:?} (pools: {})",
+                names(&pools)
+            ));
+        }
+        if l.pool.is_none() && l.policy.is_none() {
+            problems.push(format!(
+                "{key}: needs a pool, a policy, or both (pools: {})",
+                names(&pools)
+            ));
+        }
+        if let Some(policy) = &l.policy
+            && !valid_policy_name(policy)
+        {
+            problems.push(format!(
+                "{key}.policy: {policy:?} is not a policy name (the file name without .wasm)"
+            ));
+        }
+        listeners.insert(
+            name,
+            ListenerConfig {
+                protocol: l.protocol,
+                bind,
+                pool: l.pool,
+                policy: l.policy,
+                on_error: l.on_error,
+            },
+        );
+    }
+
+    if f.runtime.worker_threads == Some(0) {
+        problems.push("runtime.worker_threads: must be at least 1".into());
+    }
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        admin,
+        policies,
+        pools,
+        listeners,
+        runtime: RuntimeConfig {
+            worker_threads: f.runtime.worker_threads,
+        },
+    })
+}
+
+/// `$XDG_CACHE_HOME/switchyard` or `~/.cache/switchyard`, else a folder in
+/// the system temp directory.
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("switchyard")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(Path::new("/etc/sy/switchyard.toml"), text)
+    }
+
+    fn problems(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    const GOOD: &str = r#"
+        [policies]
+        timeout_ms = 5
+        [pools.web]
+        backends = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3, name = "b" }]
+        [pools.api]
+        algorithm = "least_request"
+        backends = ["127.0.0.1:9003"]
+        [listeners.public]
+        protocol = "http"
+        bind = "127.0.0.1:8080"
+        pool = "web"
+        policy = "path-router"
+    "#;
+
+    #[test]
+    fn a_good_file_resolves_paths_and_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.policies.dir, Path::new("/etc/sy/policies"));
+        assert_eq!(
+            c.policy_file("path-router"),
+            Path::new("/etc/sy/policies/path-router.wasm")
+        );
+        assert_eq!(c.policies.limits.timeout, Duration::from_millis(5));
+        assert_eq!(c.policies.limits.memory_bytes, 32 << 20);
+        assert!(c.admin.is_none());
+        let web = &c.pools["web"];
+        assert_eq!(web.algorithm, Algorithm::RoundRobin);
+        assert_eq!(web.backends[0].name, "127.0.0.1:9001");
+        assert_eq!(web.backends[1].name, "b");
+        assert_eq!(web.backends[1].weight, 3);
+        assert_eq!(c.listeners["public"].on_error, OnError::Fallback);
+    }
+
+    #[test]
+    fn an_unknown_pool_names_file_key_and_choices() {
+        let text = GOOD.replace("pool = \"web\"", "pool = \"ap1\"");
+        assert_eq!(
+            problems(&text),
+            "/etc/sy/switchyard.toml: listeners.public.pool: no pool named \"ap1\" (pools: api, web)"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_path() {
+        let text = GOOD.replace(
+            "algorithm = \"least_request\"",
+            "algoritm = \"least_request\"",
+        );
+        let e = problems(&text);
+        assert!(e.starts_with("/etc/sy/switchyard.toml: pools.api"), "{e}");
+        assert!(e.contains("unknown field `algoritm`"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_path() {
+        let text = GOOD.replace("least_request", "fastest");
+        let e = problems(&text);
+        assert!(e.contains("pools.api.algorithm"), "{e}");
+        assert!(e.contains("fastest"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_once_per_line() {
+        let text = r#"
+            [admin]
+            bind = "localhost"
+            [pools.web]
+            backends = ["nope", "127.0.0.1:1", "127.0.0.1:1"]
+            [listeners.a]
+            protocol = "tcp"
+            bind = "127.0.0.1:80"
+            [listeners.b]
+            protocol = "http"
+            bind = "127.0.0.1:80"
+            pool = "web"
+            policy = "../etc/passwd"
+        "#;
+        let e = problems(text);
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 6, "{e}");
+        for want in [
+            "admin.bind",
+            "pools.web.backends[0]",
+            "pools.web.backends[2]: a second backend",
+            "listeners.a: needs a pool",
+            "listeners.b.bind: 127.0.0.1:80 is already bound by listeners.a",
+            "listeners.b.policy",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in\n{e}");
+        }
+    }
+
+    #[test]
+    fn toml_syntax_errors_give_a_line() {
+        let e = problems("[pools.web]\nbackends = [\n");
+        assert!(e.contains("line"), "{e}");
+    }
+}

@@ -1,0 +1,363 @@
+//! Turns what a guest returned into a decision the proxy can apply, or an
+//! `InvalidDecision` error. Nothing a guest returns reaches the wire without
+//! passing through here: header names and values must be valid HTTP, and
+//! hop-by-hop and framing headers are the host's alone.
+
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::{HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
+use serde_json::{Value, json};
+
+use super::bindings::types;
+use super::directory::Directory;
+
+/// A header change, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderEdit {
+    Set(HeaderName, HeaderValue),
+    Append(HeaderName, HeaderValue),
+    Remove(HeaderName),
+}
+
+impl HeaderEdit {
+    /// Applies the edit to a header map.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        match self {
+            HeaderEdit::Set(n, v) => {
+                headers.insert(n.clone(), v.clone());
+            }
+            HeaderEdit::Append(n, v) => {
+                headers.append(n.clone(), v.clone());
+            }
+            HeaderEdit::Remove(n) => {
+                headers.remove(n);
+            }
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+        match self {
+            HeaderEdit::Set(n, v) => json!({"set": [n.as_str(), text(v)]}),
+            HeaderEdit::Append(n, v) => json!({"append": [n.as_str(), text(v)]}),
+            HeaderEdit::Remove(n) => json!({"remove": n.as_str()}),
+        }
+    }
+}
+
+/// Forward the request upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardAction {
+    /// `None`: the listener's default pool.
+    pub pool: Option<String>,
+    /// `None`: the pool's algorithm picks.
+    pub backend: Option<String>,
+    /// Replacement path (and query, when it has one).
+    pub path: Option<PathAndQuery>,
+    pub authority: Option<Authority>,
+    pub request_headers: Vec<HeaderEdit>,
+    pub response_headers: Vec<HeaderEdit>,
+    pub inspect_response: bool,
+}
+
+/// Answer the request from the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectResponse {
+    pub status: StatusCode,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+/// A validated HTTP decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpDecision {
+    Forward(ForwardAction),
+    Respond(DirectResponse),
+}
+
+/// A validated connection decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnDecision {
+    Forward {
+        pool: Option<String>,
+        backend: Option<String>,
+    },
+    Reject,
+}
+
+/// Headers a policy may not set: hop-by-hop fields (RFC 9110 §7.6.1) and
+/// the message framing, which only the host can keep consistent.
+const RESERVED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+];
+
+fn name(raw: &str) -> Result<HeaderName, String> {
+    let n = HeaderName::from_bytes(raw.as_bytes())
+        .map_err(|_| format!("{raw:?} is not a valid header name"))?;
+    if RESERVED.contains(&n.as_str()) {
+        return Err(format!("header {:?} is managed by the proxy", n.as_str()));
+    }
+    Ok(n)
+}
+
+fn value(n: &HeaderName, raw: &str) -> Result<HeaderValue, String> {
+    // `HeaderValue::from_str` refuses CR, LF, NUL and other controls but tab.
+    HeaderValue::from_str(raw).map_err(|_| {
+        format!(
+            "value of header {:?} is not a valid header value",
+            n.as_str()
+        )
+    })
+}
+
+fn header(h: &types::Header) -> Result<(HeaderName, HeaderValue), String> {
+    let n = name(&h.name)?;
+    let v = value(&n, &h.value)?;
+    Ok((n, v))
+}
+
+fn edits(ops: &[types::HeaderOp]) -> Result<Vec<HeaderEdit>, String> {
+    ops.iter()
+        .map(|op| match op {
+            types::HeaderOp::Set(h) => header(h).map(|(n, v)| HeaderEdit::Set(n, v)),
+            types::HeaderOp::Append(h) => header(h).map(|(n, v)| HeaderEdit::Append(n, v)),
+            types::HeaderOp::Remove(n) => name(n).map(HeaderEdit::Remove),
+        })
+        .collect()
+}
+
+fn pool_and_backend(
+    pool: &Option<String>,
+    backend: &Option<String>,
+    default_pool: Option<&str>,
+    directory: &dyn Directory,
+) -> Result<(), String> {
+    match (pool.as_deref().or(default_pool), backend.as_deref()) {
+        (Some(p), b) => directory.check(p, b),
+        (None, Some(_)) => Err("names a backend but the listener has no default pool".into()),
+        (None, None) => Ok(()),
+    }
+}
+
+/// Validates an HTTP decision.
+pub fn http(
+    d: types::Decision,
+    default_pool: Option<&str>,
+    directory: &dyn Directory,
+) -> Result<HttpDecision, String> {
+    match d {
+        types::Decision::Forward(f) => {
+            pool_and_backend(&f.pool, &f.backend, default_pool, directory)?;
+            let path = match f.path {
+                None => None,
+                Some(p) => {
+                    if !p.starts_with('/') {
+                        return Err(format!("path {p:?} does not start with '/'"));
+                    }
+                    Some(
+                        PathAndQuery::try_from(p.as_str())
+                            .map_err(|_| format!("path {p:?} is not a valid request path"))?,
+                    )
+                }
+            };
+            let authority = match f.authority {
+                None => None,
+                Some(a) => Some(
+                    Authority::try_from(a.as_str())
+                        .map_err(|_| format!("authority {a:?} is not valid"))?,
+                ),
+            };
+            Ok(HttpDecision::Forward(ForwardAction {
+                pool: f.pool,
+                backend: f.backend,
+                path,
+                authority,
+                request_headers: edits(&f.request_headers)?,
+                response_headers: edits(&f.response_headers)?,
+                inspect_response: f.inspect_response,
+            }))
+        }
+        types::Decision::Respond(r) => {
+            let status = StatusCode::from_u16(r.status)
+                .ok()
+                .filter(|s| (200..=599).contains(&s.as_u16()))
+                .ok_or_else(|| format!("status {} is not a final status (200-599)", r.status))?;
+            let headers = r.headers.iter().map(header).collect::<Result<_, _>>()?;
+            Ok(HttpDecision::Respond(DirectResponse {
+                status,
+                headers,
+                body: Bytes::from(r.body),
+            }))
+        }
+    }
+}
+
+/// Validates the header edits of the response hook.
+pub fn response_edits(ops: Vec<types::HeaderOp>) -> Result<Vec<HeaderEdit>, String> {
+    edits(&ops)
+}
+
+/// Validates a connection decision.
+pub fn connection(
+    d: types::ConnectDecision,
+    default_pool: Option<&str>,
+    directory: &dyn Directory,
+) -> Result<ConnDecision, String> {
+    match d {
+        types::ConnectDecision::Forward(f) => {
+            pool_and_backend(&f.pool, &f.backend, default_pool, directory)?;
+            Ok(ConnDecision::Forward {
+                pool: f.pool,
+                backend: f.backend,
+            })
+        }
+        types::ConnectDecision::Reject => Ok(ConnDecision::Reject),
+    }
+}
+
+impl HttpDecision {
+    /// The one-line JSON form printed by `switchyard policy test`.
+    pub fn to_json(&self) -> Value {
+        match self {
+            HttpDecision::Forward(f) => json!({"forward": {
+                "pool": f.pool,
+                "backend": f.backend,
+                "path": f.path.as_ref().map(|p| p.as_str()),
+                "authority": f.authority.as_ref().map(|a| a.as_str()),
+                "request_headers": f.request_headers.iter().map(HeaderEdit::to_json).collect::<Vec<_>>(),
+                "response_headers": f.response_headers.iter().map(HeaderEdit::to_json).collect::<Vec<_>>(),
+                "inspect_response": f.inspect_response,
+            }}),
+            HttpDecision::Respond(r) => json!({"respond": {
+                "status": r.status.as_u16(),
+                "headers": r.headers.iter()
+                    .map(|(n, v)| [n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()])
+                    .collect::<Vec<_>>(),
+                "body": String::from_utf8_lossy(&r.body),
+            }}),
+        }
+    }
+}
+
+impl ConnDecision {
+    /// The one-line JSON form printed by `switchyard policy test --sni`.
+    pub fn to_json(&self) -> Value {
+        match self {
+            ConnDecision::Forward { pool, backend } => {
+                json!({"forward": {"pool": pool, "backend": backend}})
+            }
+            ConnDecision::Reject => json!("reject"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::directory::OpenDirectory;
+
+    fn fwd() -> types::Forward {
+        types::Forward {
+            pool: None,
+            backend: None,
+            path: None,
+            authority: None,
+            request_headers: vec![],
+            response_headers: vec![],
+            inspect_response: false,
+        }
+    }
+
+    fn set(name: &str, value: &str) -> types::HeaderOp {
+        types::HeaderOp::Set(types::Header {
+            name: name.into(),
+            value: value.into(),
+        })
+    }
+
+    fn check(f: types::Forward) -> Result<HttpDecision, String> {
+        http(types::Decision::Forward(f), Some("web"), &OpenDirectory)
+    }
+
+    #[test]
+    fn crlf_in_a_header_value_is_refused() {
+        let mut f = fwd();
+        f.request_headers.push(set("x-a", "ok\r\nx-injected: 1"));
+        let e = check(f).unwrap_err();
+        assert!(e.contains("x-a"), "{e}");
+    }
+
+    #[test]
+    fn framing_and_hop_by_hop_headers_are_refused() {
+        for h in [
+            "content-length",
+            "Transfer-Encoding",
+            "connection",
+            "host",
+            "upgrade",
+            "te",
+        ] {
+            let mut f = fwd();
+            f.response_headers.push(set(h, "1"));
+            let e = check(f).unwrap_err();
+            assert!(e.contains("managed by the proxy"), "{h}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_paths_authorities_and_statuses_are_refused() {
+        let mut f = fwd();
+        f.path = Some("no-slash".into());
+        assert!(check(f).is_err());
+        let mut f = fwd();
+        f.path = Some("/a b".into());
+        assert!(check(f).is_err());
+        let mut f = fwd();
+        f.authority = Some("bad host/x".into());
+        assert!(check(f).is_err());
+        for status in [0, 101, 600, 1000] {
+            let r = types::Response {
+                status,
+                headers: vec![],
+                body: vec![],
+            };
+            assert!(http(types::Decision::Respond(r), None, &OpenDirectory).is_err());
+        }
+    }
+
+    #[test]
+    fn valid_forward_keeps_every_field() {
+        let mut f = fwd();
+        f.pool = Some("api".into());
+        f.path = Some("/v2/x?y=1".into());
+        f.request_headers.push(set("X-Trace", "abc"));
+        f.request_headers
+            .push(types::HeaderOp::Remove("cookie".into()));
+        let HttpDecision::Forward(a) = check(f).unwrap() else {
+            panic!("not a forward")
+        };
+        assert_eq!(a.pool.as_deref(), Some("api"));
+        assert_eq!(a.path.unwrap().as_str(), "/v2/x?y=1");
+        assert_eq!(
+            a.request_headers,
+            vec![
+                HeaderEdit::Set(
+                    HeaderName::from_static("x-trace"),
+                    HeaderValue::from_static("abc")
+                ),
+                HeaderEdit::Remove(HeaderName::from_static("cookie")),
+            ]
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! Guest log lines as tracing events with the target `policy::<name>`.
+//!
+//! `tracing`'s macros need a target known at compile time; a policy's name is
+//! only known when it loads. So each (policy, level) pair gets one callsite
+//! built at run time and registered with the dispatcher, exactly as the
+//! macros do for static callsites. Callsites are leaked on purpose: there is
+//! one per policy name and level, a set that grows only when an operator adds
+//! policies, and the dispatcher keeps references to them forever anyway.
+//! `RUST_LOG=policy::rate-limit=debug` then filters one policy's lines.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use tracing::callsite::{Callsite, Identifier};
+use tracing::field::{FieldSet, Value};
+use tracing::metadata::Kind;
+use tracing::subscriber::Interest;
+use tracing::{Event, Level, Metadata};
+
+use super::bindings::log::Level as GuestLevel;
+
+struct GuestCallsite {
+    meta: OnceLock<Metadata<'static>>,
+}
+
+impl Callsite for GuestCallsite {
+    fn set_interest(&self, _interest: Interest) {}
+
+    fn metadata(&self) -> &Metadata<'_> {
+        self.meta
+            .get()
+            .expect("callsite metadata is set before registration")
+    }
+}
+
+fn level(l: GuestLevel) -> Level {
+    match l {
+        GuestLevel::Trace => Level::TRACE,
+        GuestLevel::Debug => Level::DEBUG,
+        GuestLevel::Info => Level::INFO,
+        GuestLevel::Warn => Level::WARN,
+        GuestLevel::Error => Level::ERROR,
+    }
+}
+
+fn callsite(policy: &str, level: Level) -> &'static GuestCallsite {
+    static SITES: OnceLock<Mutex<HashMap<(String, Level), &'static GuestCallsite>>> =
+        OnceLock::new();
+    let mut sites = SITES
+        .get_or_init(Default::default)
+        .lock()
+        .expect("log callsites");
+    if let Some(cs) = sites.get(&(policy.to_owned(), level)) {
+        return cs;
+    }
+    let target: &'static str = Box::leak(format!("policy::{policy}").into_boxed_str());
+    let cs: &'static GuestCallsite = Box::leak(Box::new(GuestCallsite {
+        meta: OnceLock::new(),
+    }));
+    let meta = Metadata::new(
+        "guest log",
+        target,
+        level,
+        None,
+        None,
+        None,
+        FieldSet::new(&["message"], Identifier(cs)),
+        Kind::EVENT,
+    );
+    let _ = cs.meta.set(meta);
+    tracing::callsite::register(cs);
+    sites.insert((policy.to_owned(), level), cs);
+    cs
+}
+
+/// Emits one guest log line, if any subscriber wants it.
+pub(crate) fn emit(policy: &str, guest_level: GuestLevel, message: &str) {
+    let meta = callsite(policy, level(guest_level)).metadata();
+    tracing::dispatcher::get_default(|dispatch| {
+        if !dispatch.enabled(meta) {
+            return;
+        }
+        let fields = meta.fields();
+        let Some(field) = fields.field("message") else {
+            return;
+        };
+        let values = [(&field, Some(&message as &dyn Value))];
+        dispatch.event(&Event::new(meta, &fields.value_set(&values)));
+    });
+}

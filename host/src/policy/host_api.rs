@@ -1,0 +1,182 @@
+//! What a policy instance can reach: the per-store state and the host side
+//! of the `log`, `clock`, `random`, `kv` and `backends` imports, plus an
+//! empty WASI context for guests whose toolchain imports WASI (no files, no
+//! sockets, no environment, no arguments; output goes nowhere).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{backends, clock, kv, log, random, types};
+use super::directory::Directory;
+use super::kv::Namespace;
+
+/// The data of one `Store`: one per warm instance.
+pub struct HostState {
+    pub(crate) policy: Arc<str>,
+    pub(crate) kv: Arc<Namespace>,
+    /// The pools the current call may see; replaced before each call.
+    pub(crate) directory: Arc<dyn Directory>,
+    pub(crate) limits: MemoryLimiter,
+    /// When the current call must have returned; read by the epoch callback.
+    pub(crate) deadline: Instant,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// The guest's stderr (a Rust panic message lands here), kept so that a
+    /// trap's error can say why.
+    stderr: MemoryOutputPipe,
+}
+
+impl HostState {
+    pub(crate) fn new(
+        policy: Arc<str>,
+        kv: Arc<Namespace>,
+        directory: Arc<dyn Directory>,
+        memory_bytes: usize,
+    ) -> Self {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        HostState {
+            policy,
+            kv,
+            directory,
+            limits: MemoryLimiter::new(memory_bytes),
+            deadline: Instant::now(),
+            // Nothing is inherited or granted: no preopens, env, args, stdio.
+            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
+            table: ResourceTable::new(),
+            stderr,
+        }
+    }
+
+    /// What the guest wrote to stderr, lossily decoded.
+    pub(crate) fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).into_owned()
+    }
+}
+
+/// Bytes of guest stderr kept per instance; writes beyond fail in the guest.
+const STDERR_CAPACITY: usize = 4096;
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// `StoreLimits` that also remembers whether it refused memory, so that the
+/// trap that follows can be reported as a memory-cap error.
+pub(crate) struct MemoryLimiter {
+    inner: StoreLimits,
+    pub(crate) tripped: bool,
+}
+
+impl MemoryLimiter {
+    fn new(memory_bytes: usize) -> Self {
+        MemoryLimiter {
+            inner: StoreLimitsBuilder::new()
+                .memory_size(memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            tripped: false,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let r = self.inner.memory_growing(current, desired, maximum);
+        if !matches!(r, Ok(true)) {
+            self.tripped = true;
+        }
+        r
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+}
+
+impl types::Host for HostState {}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) {
+        super::guest_log::emit(&self.policy, level, &message);
+    }
+}
+
+fn process_start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+impl clock::Host for HostState {
+    fn monotonic_now(&mut self) -> u64 {
+        u64::try_from(process_start().elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn wall_now_ms(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+impl random::Host for HostState {
+    fn next_u64(&mut self) -> u64 {
+        fastrand::u64(..)
+    }
+}
+
+impl kv::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.kv.get(&key))
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<()> {
+        Ok(self.kv.set(&key, value, ttl_ms)?)
+    }
+
+    fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<bool> {
+        Ok(self
+            .kv
+            .compare_and_swap(&key, expected.as_deref(), new, ttl_ms)?)
+    }
+
+    fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> wasmtime::Result<i64> {
+        Ok(self.kv.increment(&key, delta, ttl_ms)?)
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<bool> {
+        Ok(self.kv.delete(&key))
+    }
+}
+
+impl backends::Host for HostState {
+    fn for_pool(&mut self, pool: String) -> Option<Vec<types::Backend>> {
+        self.directory.backends(&pool)
+    }
+}

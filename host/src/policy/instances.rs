@@ -1,0 +1,360 @@
+//! One loaded version of a policy and its small pool of warm instances.
+//!
+//! A call takes a warm instance (or makes one: instantiate, then `init`),
+//! arms the deadline, calls the hook, and gives the instance back unless the
+//! call trapped or the instance has served `max_calls`. An instance is never
+//! shared by two calls at once, so a policy may keep per-call scratch state
+//! in globals; state that must outlive an instance belongs in the `kv`
+//! import.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use super::bindings::{connection, http, types};
+use super::decision::{self, ConnDecision, HeaderEdit, HttpDecision};
+use super::directory::Directory;
+use super::engine::{Compiled, Limits, PolicyEngine};
+use super::host_api::HostState;
+use super::{PolicyError, PolicyKind};
+
+pub(crate) enum Pre {
+    Http(http::HttpPolicyPre<HostState>),
+    Connection(connection::ConnectionPolicyPre<HostState>),
+}
+
+enum Bindings {
+    Http(http::HttpPolicy),
+    Connection(connection::ConnectionPolicy),
+}
+
+struct Warm {
+    store: Store<HostState>,
+    bindings: Bindings,
+    calls: u64,
+}
+
+/// Counters for the admin API and metrics.
+#[derive(Debug, Default)]
+pub struct PolicyStats {
+    pub calls: AtomicU64,
+    pub errors: AtomicU64,
+    pub instantiations: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// One loaded, validated version of a policy.
+pub struct Policy {
+    pub name: Arc<str>,
+    pub kind: PolicyKind,
+    /// Content hash of the `.wasm` and its config.
+    pub version: String,
+    pub file: PathBuf,
+    pub loaded_at: SystemTime,
+    pub compile_time: Duration,
+    pub stats: PolicyStats,
+    engine: Arc<PolicyEngine>,
+    pre: Pre,
+    config: String,
+    limits: Limits,
+    idle: Mutex<Vec<Warm>>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    pub(crate) fn new(
+        engine: Arc<PolicyEngine>,
+        c: Compiled,
+        config: &str,
+        limits: Limits,
+    ) -> Arc<Self> {
+        Arc::new(Policy {
+            name: c.name.into(),
+            kind: c.kind,
+            version: c.version,
+            file: c.file,
+            loaded_at: SystemTime::now(),
+            compile_time: c.compile_time,
+            stats: PolicyStats::default(),
+            engine,
+            pre: c.pre,
+            config: config.to_owned(),
+            limits,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Warm instances now idle (for tests and the admin API).
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().expect("idle instances").len()
+    }
+
+    fn arm(store: &mut Store<HostState>, budget: Duration) {
+        store.data_mut().deadline = Instant::now() + budget;
+        store.set_epoch_deadline(1);
+    }
+
+    /// Maps a failed call to its typed error, looking at what the store saw.
+    fn classify(
+        &self,
+        e: wasmtime::Error,
+        store: &Store<HostState>,
+        budget: Duration,
+    ) -> PolicyError {
+        if store.data().limits.tripped {
+            return PolicyError::Memory(self.limits.memory_bytes >> 20);
+        }
+        if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+            return PolicyError::Timeout(budget);
+        }
+        let mut reason = e.root_cause().to_string();
+        // A Rust guest's panic message, on one line, without the hint about
+        // RUST_BACKTRACE (the guest has no environment to set it in).
+        let stderr = store.data().stderr_text();
+        let said: Vec<&str> = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+            .collect();
+        if !said.is_empty() {
+            reason.push_str(": ");
+            reason.push_str(&said.join(" "));
+        }
+        PolicyError::Trap(reason)
+    }
+
+    async fn instantiate(&self, directory: Arc<dyn Directory>) -> Result<Warm, PolicyError> {
+        let state = HostState::new(
+            self.name.clone(),
+            self.engine.kv.namespace(&self.name),
+            directory,
+            self.limits.memory_bytes,
+        );
+        let mut store = Store::new(&self.engine.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let budget = self.limits.init_timeout;
+        Self::arm(&mut store, budget);
+        self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        let bindings = match &self.pre {
+            Pre::Http(p) => p.instantiate_async(&mut store).await.map(Bindings::Http),
+            Pre::Connection(p) => p
+                .instantiate_async(&mut store)
+                .await
+                .map(Bindings::Connection),
+        }
+        .map_err(|e| match self.classify(e, &store, budget) {
+            PolicyError::Trap(r) => PolicyError::Instantiate(r),
+            other => other,
+        })?;
+        let init = match &bindings {
+            Bindings::Http(b) => b.call_init(&mut store, &self.config).await,
+            Bindings::Connection(b) => b.call_init(&mut store, &self.config).await,
+        };
+        match init {
+            Ok(Ok(())) => Ok(Warm {
+                store,
+                bindings,
+                calls: 0,
+            }),
+            Ok(Err(msg)) => Err(PolicyError::Init(msg)),
+            Err(e) => Err(self.classify(e, &store, budget)),
+        }
+    }
+
+    async fn checkout(&self, directory: &Arc<dyn Directory>) -> Result<Warm, PolicyError> {
+        let warm = self.idle.lock().expect("idle instances").pop();
+        let mut warm = match warm {
+            Some(w) => w,
+            None => self.instantiate(directory.clone()).await?,
+        };
+        warm.store.data_mut().directory = directory.clone();
+        warm.calls += 1;
+        Self::arm(&mut warm.store, self.limits.timeout);
+        Ok(warm)
+    }
+
+    fn checkin(&self, warm: Warm) {
+        if warm.calls >= self.limits.max_calls {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("idle instances");
+        if idle.len() < self.limits.max_idle {
+            idle.push(warm);
+        }
+    }
+
+    fn record<T>(&self, r: Result<T, PolicyError>) -> Result<T, PolicyError> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &r {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            *self.stats.last_error.lock().expect("last error") = Some(e.to_string());
+            tracing::debug!(policy = %self.name, version = %self.version, error = %e, "policy call failed");
+        }
+        r
+    }
+
+    /// Runs the request hook and validates its decision.
+    pub async fn on_request(
+        &self,
+        request: &types::RequestHead,
+        conn: &types::ConnectionInfo,
+        default_pool: Option<&str>,
+        directory: &Arc<dyn Directory>,
+    ) -> Result<HttpDecision, PolicyError> {
+        let r = async {
+            let mut w = self.checkout(directory).await?;
+            let Bindings::Http(b) = &w.bindings else {
+                return Err(PolicyError::WrongWorld(self.kind));
+            };
+            match b.call_on_request(&mut w.store, request, conn).await {
+                Ok(d) => {
+                    self.checkin(w);
+                    decision::http(d, default_pool, directory.as_ref())
+                        .map_err(PolicyError::InvalidDecision)
+                }
+                Err(e) => Err(self.classify(e, &w.store, self.limits.timeout)),
+            }
+        }
+        .await;
+        self.record(r)
+    }
+
+    /// Runs the response hook and validates its header edits.
+    pub async fn on_response(
+        &self,
+        request: &types::RequestHead,
+        response: &types::ResponseHead,
+        directory: &Arc<dyn Directory>,
+    ) -> Result<Vec<HeaderEdit>, PolicyError> {
+        let r = async {
+            let mut w = self.checkout(directory).await?;
+            let Bindings::Http(b) = &w.bindings else {
+                return Err(PolicyError::WrongWorld(self.kind));
+            };
+            match b.call_on_response(&mut w.store, request, response).await {
+                Ok(ops) => {
+                    self.checkin(w);
+                    decision::response_edits(ops).map_err(PolicyError::InvalidDecision)
+                }
+                Err(e) => Err(self.classify(e, &w.store, self.limits.timeout)),
+            }
+        }
+        .await;
+        self.record(r)
+    }
+
+    /// Runs the connection hook and validates its decision.
+    pub async fn on_connect(
+        &self,
+        conn: &types::ConnectionInfo,
+        default_pool: Option<&str>,
+        directory: &Arc<dyn Directory>,
+    ) -> Result<ConnDecision, PolicyError> {
+        let r = async {
+            let mut w = self.checkout(directory).await?;
+            let Bindings::Connection(b) = &w.bindings else {
+                return Err(PolicyError::WrongWorld(self.kind));
+            };
+            match b.call_on_connect(&mut w.store, conn).await {
+                Ok(d) => {
+                    self.checkin(w);
+                    decision::connection(d, default_pool, directory.as_ref())
+                        .map_err(PolicyError::InvalidDecision)
+                }
+                Err(e) => Err(self.classify(e, &w.store, self.limits.timeout)),
+            }
+        }
+        .await;
+        self.record(r)
+    }
+
+    /// The load-time check: instantiate and `init` (an `init` error refuses
+    /// the policy), then one call with a sample input, which must not trap
+    /// or time out. The instance stays warm for the first real call.
+    pub(crate) async fn smoke_test(
+        &self,
+        directory: Arc<dyn Directory>,
+    ) -> Result<(), PolicyError> {
+        let warm = self.instantiate(directory.clone()).await?;
+        self.checkin(warm);
+        let conn = sample_connection();
+        let r = match self.kind {
+            PolicyKind::Http => self
+                .on_request(&sample_request(), &conn, None, &open_directory())
+                .await
+                .map(drop),
+            PolicyKind::Connection => self
+                .on_connect(&conn, None, &open_directory())
+                .await
+                .map(drop),
+        };
+        // Counters describe traffic, not the load check.
+        self.stats.calls.store(0, Ordering::Relaxed);
+        self.stats.errors.store(0, Ordering::Relaxed);
+        *self.stats.last_error.lock().expect("last error") = None;
+        match r {
+            Err(e @ (PolicyError::Trap(_) | PolicyError::Timeout(_) | PolicyError::Memory(_))) => {
+                Err(PolicyError::SmokeTest(Box::new(e)))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn open_directory() -> Arc<dyn Directory> {
+    Arc::new(super::directory::OpenDirectory)
+}
+
+fn sample_request() -> types::RequestHead {
+    types::RequestHead {
+        method: "GET".into(),
+        scheme: "http".into(),
+        authority: "localhost".into(),
+        path: "/".into(),
+        query: None,
+        headers: vec![types::Header {
+            name: "user-agent".into(),
+            value: "switchyard-smoke-test".into(),
+        }],
+        version: types::HttpVersion::Http11,
+    }
+}
+
+fn sample_connection() -> types::ConnectionInfo {
+    // Documentation addresses (RFC 5737), so that a policy keeping state per
+    // client (a rate limiter) spends nothing of a real client's on this call.
+    let addr = |port| types::SocketAddress {
+        ip: "192.0.2.1".into(),
+        port,
+    };
+    types::ConnectionInfo {
+        client: addr(40000),
+        local: types::SocketAddress {
+            ip: "192.0.2.2".into(),
+            port: 8080,
+        },
+        listener: "smoke-test".into(),
+        pool: None,
+        transport: types::Transport::Tcp,
+        tls: None,
+    }
+}

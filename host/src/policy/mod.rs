@@ -1,0 +1,90 @@
+//! The policy stage: loading Wasm components and calling them, with a
+//! deadline and a memory cap on every call, behind plain Rust types.
+//!
+//! ```text
+//! engine.rs     Engine, Linker, epoch ticker; compile -> activate -> Policy
+//! instances.rs  one loaded version, its warm instances, the hook calls
+//! bindings.rs   bindgen! per world (the only generated code)
+//! decision.rs   guest decision -> validated HttpDecision / ConnDecision
+//! host_api.rs   per-store state and the host imports
+//! kv.rs         the per-policy key-value store
+//! directory.rs  the pools and backends a policy may see
+//! guest_log.rs  guest log lines -> tracing target `policy::<name>`
+//! ```
+
+pub mod bindings;
+pub mod decision;
+pub mod directory;
+pub mod engine;
+mod guest_log;
+mod host_api;
+pub mod instances;
+pub mod kv;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use bindings::types;
+pub use decision::{ConnDecision, DirectResponse, ForwardAction, HeaderEdit, HttpDecision};
+pub use directory::{Directory, OpenDirectory, StaticDirectory};
+pub use engine::{Compiled, EngineSettings, Limits, PolicyEngine, policy_name, read_policy_files};
+pub use instances::Policy;
+
+/// Which world a policy implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// `switchyard:policy/http-policy`, for `http` listeners.
+    Http,
+    /// `switchyard:policy/connection-policy`, for `tcp` and `udp` listeners.
+    Connection,
+}
+
+impl PolicyKind {
+    pub fn world(self) -> &'static str {
+        match self {
+            PolicyKind::Http => "switchyard:policy/http-policy",
+            PolicyKind::Connection => "switchyard:policy/connection-policy",
+        }
+    }
+}
+
+/// Why one call into a policy failed. Never a panic, never forwarded: the
+/// listener's `on_error` decides what the client sees.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy call exceeded its {0:?} deadline")]
+    Timeout(Duration),
+    #[error("policy exceeded its memory limit of {0} MiB")]
+    Memory(usize),
+    #[error("policy trapped: {0}")]
+    Trap(String),
+    #[error("policy could not be instantiated: {0}")]
+    Instantiate(String),
+    #[error("policy init refused its config: {0}")]
+    Init(String),
+    #[error("policy returned an invalid decision: {0}")]
+    InvalidDecision(String),
+    #[error("policy implements {}, not the hook called", .0.world())]
+    WrongWorld(PolicyKind),
+    #[error("smoke test call failed: {0}")]
+    SmokeTest(Box<PolicyError>),
+}
+
+impl PolicyError {
+    /// The `outcome` label of `policy_calls_total`: `trap`, `timeout` or `error`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            PolicyError::Timeout(_) => "timeout",
+            PolicyError::Trap(_) | PolicyError::Memory(_) => "trap",
+            _ => "error",
+        }
+    }
+}
+
+/// Why a policy file was refused. Displays as `FILE: REASON`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", file.display())]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub reason: String,
+}

@@ -1,0 +1,1 @@
+//! Black-box integration tests for Switchyard live in `tests/tests/`.

@@ -1,0 +1,194 @@
+//! Build chores, run as `cargo xtask <task>`:
+//!
+//! - `build-policies`: build every Rust policy in `guest-examples/` for
+//!   `wasm32-wasip2` into `policies/<name>.wasm`, and the test fixtures in
+//!   `tests/fixtures/` into `tests/fixtures/wasm/`;
+//! - `test`: build-policies, then `cargo fmt --check`, `cargo clippy
+//!   -D warnings` and `cargo test --workspace` — what CI runs;
+//! - `demo`: build the policies and run the daemon on `examples/demo.toml`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root().join(p) })
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup is needed to add the wasm32-wasip2 target")?;
+    if !String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == WASM_TARGET)
+    {
+        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+    }
+    Ok(())
+}
+
+fn ensure_components() -> anyhow::Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--installed"])
+        .output()
+        .context("cannot run rustup")?;
+    let installed = String::from_utf8_lossy(&out.stdout);
+    for c in ["rustfmt", "clippy"] {
+        if !installed.lines().any(|l| l.starts_with(c)) {
+            run(Command::new("rustup").args(["component", "add", c]))?;
+        }
+    }
+    Ok(())
+}
+
+/// The policy crates of a guest workspace: every folder with a Cargo.toml
+/// that builds a `cdylib`.
+fn policy_crates(workspace: &Path) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(workspace)? {
+        let dir = entry?.path();
+        let manifest = dir.join("Cargo.toml");
+        if manifest.is_file() && std::fs::read_to_string(&manifest)?.contains("cdylib") {
+            names.push(dir.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Builds one guest workspace and copies each policy to `out/<name>.wasm`.
+fn build_guest_workspace(workspace: &Path, out: &Path) -> anyhow::Result<Vec<String>> {
+    let target = target_dir();
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "--manifest-path",
+        ])
+        .arg(workspace.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target))?;
+    std::fs::create_dir_all(out)?;
+    let names = policy_crates(workspace)?;
+    for name in &names {
+        let artifact = target
+            .join(WASM_TARGET)
+            .join("release")
+            .join(format!("{}.wasm", name.replace('-', "_")));
+        let dest = out.join(format!("{name}.wasm"));
+        // Write beside and rename, so a watching daemon never sees half a file.
+        let tmp = out.join(format!(".{name}.wasm.tmp"));
+        std::fs::copy(&artifact, &tmp)
+            .with_context(|| format!("copy {} to {}", artifact.display(), tmp.display()))?;
+        std::fs::rename(&tmp, &dest)?;
+    }
+    Ok(names)
+}
+
+fn build_policies() -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    let root = root();
+    let built = build_guest_workspace(&root.join("guest-examples"), &root.join("policies"))?;
+    eprintln!("xtask: policies/: {}", built.join(", "));
+    let fixtures = root.join("tests/fixtures");
+    let built = build_guest_workspace(&fixtures, &fixtures.join("wasm"))?;
+    eprintln!("xtask: tests/fixtures/wasm/: {}", built.join(", "));
+    Ok(())
+}
+
+fn test() -> anyhow::Result<()> {
+    ensure_components()?;
+    build_policies()?;
+    let root = root();
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    for ws in ["guest-examples", "tests/fixtures"] {
+        run(cargo()
+            .args(["fmt", "--all", "--check", "--manifest-path"])
+            .arg(root.join(ws).join("Cargo.toml")))?;
+    }
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo()
+        .args([
+            "clippy",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "--manifest-path",
+        ])
+        .arg(root.join("guest-examples/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir())
+        .args(["--", "-D", "warnings"]))?;
+    run(cargo().args(["test", "--workspace"]))?;
+    Ok(())
+}
+
+fn demo(extra: &[String]) -> anyhow::Result<()> {
+    build_policies()?;
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "switchyard",
+            "--",
+            "run",
+            "--config",
+        ])
+        .arg(root().join("examples/demo.toml"))
+        .args(extra))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("build-policies") => build_policies(),
+        Some("test") => test(),
+        Some("demo") => demo(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <build-policies | test | demo>");
+            std::process::exit(2);
+        }
+    }
+}
