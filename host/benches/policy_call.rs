@@ -1,1 +1,99 @@
-fn main() {}
+//! Cost of one policy call: a warm `path-router` call (instance reused),
+//! and a fresh one (instantiate + `init` + call), through the same
+//! `Policy::on_request` path the proxy uses, decision validation included.
+//!
+//! Needs `cargo xtask build-policies` first. Run with
+//! `cargo bench -p switchyard --bench policy_call`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use switchyard::policy::{
+    Directory, EngineSettings, Limits, OpenDirectory, PolicyEngine, PolicyKind, types,
+};
+
+fn request() -> types::RequestHead {
+    types::RequestHead {
+        method: "GET".into(),
+        scheme: "http".into(),
+        authority: "example.test".into(),
+        path: "/api/users/42".into(),
+        query: Some("verbose=1".into()),
+        headers: vec![
+            types::Header {
+                name: "user-agent".into(),
+                value: "bench/1.0".into(),
+            },
+            types::Header {
+                name: "accept".into(),
+                value: "*/*".into(),
+            },
+        ],
+        version: types::HttpVersion::Http11,
+    }
+}
+
+fn connection() -> types::ConnectionInfo {
+    types::ConnectionInfo {
+        client: types::SocketAddress {
+            ip: "127.0.0.1".into(),
+            port: 40000,
+        },
+        local: types::SocketAddress {
+            ip: "127.0.0.1".into(),
+            port: 8080,
+        },
+        listener: "bench".into(),
+        pool: Some("web".into()),
+        transport: types::Transport::Tcp,
+        tls: None,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let file = root.join("policies/path-router.wasm");
+    let wasm = std::fs::read(&file).expect("run `cargo xtask build-policies` first");
+    let config = std::fs::read_to_string(root.join("policies/path-router.json")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine = PolicyEngine::new(&EngineSettings::default()).unwrap();
+    let dir: Arc<dyn Directory> = Arc::new(OpenDirectory);
+    let load = |limits: Limits| {
+        rt.block_on(engine.load_bytes(
+            &file,
+            wasm.clone(),
+            config.clone(),
+            Some(PolicyKind::Http),
+            limits,
+            dir.clone(),
+        ))
+        .unwrap()
+    };
+    let warm = load(Limits {
+        max_calls: u64::MAX,
+        ..Limits::default()
+    });
+    let fresh = load(Limits {
+        max_idle: 0,
+        ..Limits::default()
+    });
+    let (req, conn) = (request(), connection());
+
+    let mut g = c.benchmark_group("path-router");
+    g.bench_function("warm call", |b| {
+        b.to_async(&rt)
+            .iter(|| warm.on_request(&req, &conn, Some("web"), &dir))
+    });
+    g.bench_function("fresh instance (instantiate + init + call)", |b| {
+        b.to_async(&rt)
+            .iter(|| fresh.on_request(&req, &conn, Some("web"), &dir))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

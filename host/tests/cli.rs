@@ -1,0 +1,192 @@
+//! The `switchyard` binary's offline commands: `policy test` and `check`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn switchyard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .current_dir(repo())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run switchyard")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn require(rel: &str) {
+    assert!(
+        repo().join(rel).is_file(),
+        "{rel} is missing: run `cargo xtask build-policies` first"
+    );
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("switchyard-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn policy_test_prints_the_decision_as_one_json_line() {
+    require("policies/path-router.wasm");
+    let o = switchyard(&[
+        "policy",
+        "test",
+        "policies/path-router.wasm",
+        "--config",
+        "policies/path-router.json",
+        "--request",
+        "GET /api/users",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["forward"]["pool"], "api", "{out}");
+}
+
+#[test]
+fn policy_test_runs_the_connection_hook_with_sni() {
+    require("policies/sni-router.wasm");
+    let o = switchyard(&[
+        "policy",
+        "test",
+        "policies/sni-router.wasm",
+        "--sni",
+        "b.test",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["forward"]["pool"], "b");
+}
+
+#[test]
+fn policy_test_shows_a_direct_response() {
+    require("policies/rate-limit.wasm");
+    let dir = temp_dir("rl");
+    let cfg = dir.join("rl.json");
+    std::fs::write(&cfg, r#"{"rate_per_second": 1, "burst": 1}"#).unwrap();
+    // Each run is a new process with a new store: the one call forwards.
+    let o = switchyard(&[
+        "policy",
+        "test",
+        "policies/rate-limit.wasm",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--client",
+        "198.51.100.1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v.get("forward").is_some(), "{v}");
+
+    require("policies/deny-list.wasm");
+    let o = switchyard(&[
+        "policy",
+        "test",
+        "policies/deny-list.wasm",
+        "--request",
+        "GET /admin/users",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["respond"]["status"], 403, "{v}");
+}
+
+#[test]
+fn policy_test_reports_a_bad_file_and_fails() {
+    let dir = temp_dir("bad");
+    let f = dir.join("broken.wasm");
+    std::fs::write(&f, b"definitely not wasm").unwrap();
+    let o = switchyard(&["policy", "test", f.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("broken.wasm: not a WebAssembly binary"), "{e}");
+}
+
+#[test]
+fn check_accepts_the_demo_configuration() {
+    require("policies/path-router.wasm");
+    let o = switchyard(&["check", "--config", "examples/demo.toml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn check_names_file_and_key_for_each_problem() {
+    let dir = temp_dir("check");
+    let cfg = dir.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[pools.web]
+backends = ["127.0.0.1:9001"]
+[listeners.a]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "ap1"
+"#,
+    )
+    .unwrap();
+    let o = switchyard(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert_eq!(
+        e.trim(),
+        format!(
+            "{}: listeners.a.pool: no pool named \"ap1\" (pools: web)",
+            cfg.display()
+        )
+    );
+}
+
+#[test]
+fn check_compiles_every_policy_and_names_the_broken_one() {
+    let dir = temp_dir("policies");
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join("broken.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let cfg = dir.join("switchyard.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[pools.web]
+backends = ["127.0.0.1:9001"]
+[listeners.a]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+policy = "broken"
+[listeners.b]
+protocol = "tcp"
+bind = "127.0.0.1:0"
+pool = "web"
+policy = "missing"
+"#,
+    )
+    .unwrap();
+    let o = switchyard(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines.len(), 2, "{e}");
+    assert!(
+        lines[0].contains("broken.wasm: a core WebAssembly module"),
+        "{e}"
+    );
+    assert!(lines[0].contains("listeners.a"), "{e}");
+    assert!(lines[1].contains("missing.wasm: cannot read"), "{e}");
+}
