@@ -88,3 +88,45 @@ pub(crate) fn emit(policy: &str, guest_level: GuestLevel, message: &str) {
         dispatch.event(&Event::new(meta, &fields.value_set(&values)));
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn guest_lines_go_to_the_policy_target_and_obey_filters() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("policy::shown=info"))
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            emit("shown", GuestLevel::Info, "hello from the guest");
+            emit("shown", GuestLevel::Debug, "too detailed");
+            emit("hidden", GuestLevel::Error, "filtered out");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("policy::shown"), "{text}");
+        assert!(text.contains("hello from the guest"), "{text}");
+        assert!(!text.contains("too detailed"), "{text}");
+        assert!(!text.contains("filtered out"), "{text}");
+    }
+}
