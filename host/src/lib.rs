@@ -3,6 +3,13 @@
 //! The data path reads `listener -> (tls) -> l4 | l7 -> policy -> balance ->
 //! upstream`; see `docs/ARCHITECTURE.md`.
 
+pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod error;
+pub mod l4;
+pub mod l7;
+pub mod listener;
 pub mod policy;
+pub mod server;
+pub mod upstream;

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use switchyard::cli::{self, Cli, Command, PolicyCommand};
+use switchyard::config::Config;
+use switchyard::server;
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -17,10 +19,26 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `run` sizes the runtime from its configuration.
+    let mut workers = None;
+    let mut run_config = None;
+    if let Command::Run { config, .. } = &cli.command {
+        match Config::load(config) {
+            Ok(c) => {
+                workers = c.runtime.worker_threads;
+                run_config = Some(c);
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("switchyard: cannot start the runtime: {e}");
@@ -50,12 +68,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, .. } => {
-            eprintln!(
-                "switchyard: `run` is not available yet; use `switchyard check --config {}`",
-                config.display()
-            );
-            ExitCode::FAILURE
+        Command::Run { .. } => {
+            let config = run_config.expect("loaded above");
+            match runtime.block_on(server::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switchyard: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -114,6 +114,36 @@ pub struct PoolFile {
     pub backends: Vec<BackendFile>,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    #[serde(default)]
+    pub http2: bool,
+    pub hash_key: Option<String>,
+    #[serde(default = "default_response_timeout_ms")]
+    pub response_timeout_ms: u64,
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    pub max_requests_per_backend: Option<u32>,
+}
+
+fn default_response_timeout_ms() -> u64 {
+    30_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_h2_streams() -> u32 {
+    200
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -141,6 +171,20 @@ pub struct ListenerFile {
     pub policy: Option<String>,
     #[serde(default)]
     pub on_error: OnError,
+    pub policy_config: Option<PathBuf>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    pub max_request_body_bytes: Option<u64>,
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default = "default_h2_streams")]
+    pub http2_max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -46,11 +46,28 @@ pub struct BackendConfig {
     pub weight: u32,
 }
 
+/// What the `hash` algorithm hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+    Path,
+}
+
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub algorithm: Algorithm,
     pub backends: Vec<BackendConfig>,
     pub connect_timeout: Duration,
+    /// Speak HTTP/2 (prior knowledge) to the backends.
+    pub http2: bool,
+    pub hash_key: HashKey,
+    /// Time to wait for the response head once the request is sent.
+    pub response_timeout: Duration,
+    /// Pooled upstream connections idle longer than this are closed.
+    pub idle_timeout: Duration,
+    pub max_requests_per_backend: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +78,16 @@ pub struct ListenerConfig {
     /// The policy's name: `policies/<name>.wasm`.
     pub policy: Option<String>,
     pub on_error: OnError,
+    /// Another config for the policy than `<policy>.json`.
+    pub policy_config: Option<PathBuf>,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub max_request_body_bytes: Option<u64>,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub http2_max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -230,12 +257,44 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 weight: weight.unwrap_or(1).max(1),
             });
         }
+        let hash_key = match pool.hash_key.as_deref() {
+            None | Some("client_ip") => HashKey::ClientIp,
+            Some("path") => HashKey::Path,
+            Some(k) if k.starts_with("header:") => {
+                match http::HeaderName::from_bytes(k["header:".len()..].as_bytes()) {
+                    Ok(h) => HashKey::Header(h),
+                    Err(_) => {
+                        problems.push(format!("{key}.hash_key: {k:?} names no valid header"));
+                        HashKey::ClientIp
+                    }
+                }
+            }
+            Some(k) if k.starts_with("cookie:") && k.len() > "cookie:".len() => {
+                HashKey::Cookie(k["cookie:".len()..].to_owned())
+            }
+            Some(k) => {
+                problems.push(format!(
+                    "{key}.hash_key: {k:?} is not one of \"client_ip\", \"path\", \"header:NAME\", \"cookie:NAME\""
+                ));
+                HashKey::ClientIp
+            }
+        };
+        if pool.hash_key.is_some() && pool.algorithm != Algorithm::Hash {
+            problems.push(format!(
+                "{key}.hash_key: only used with algorithm = \"hash\""
+            ));
+        }
         pools.insert(
             name,
             PoolConfig {
                 algorithm: pool.algorithm,
                 backends,
                 connect_timeout: Duration::from_millis(pool.connect_timeout_ms.max(1)),
+                http2: pool.http2,
+                hash_key,
+                response_timeout: Duration::from_millis(pool.response_timeout_ms.max(1)),
+                idle_timeout: Duration::from_millis(pool.idle_timeout_ms.max(1)),
+                max_requests_per_backend: pool.max_requests_per_backend,
             },
         );
     }
@@ -283,6 +342,27 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 "{key}.policy: {policy:?} is not a policy name (the file name without .wasm)"
             ));
         }
+        let mut trusted_proxies = Vec::new();
+        for (i, cidr) in l.trusted_proxies.iter().enumerate() {
+            match cidr
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            {
+                Ok(n) => trusted_proxies.push(n),
+                Err(_) => problems.push(format!(
+                    "{key}.trusted_proxies[{i}]: {cidr:?} is not a CIDR like \"10.0.0.0/8\""
+                )),
+            }
+        }
+        if l.max_connections == 0 {
+            problems.push(format!("{key}.max_connections: must be at least 1"));
+        }
+        if l.max_header_bytes < 8192 {
+            problems.push(format!("{key}.max_header_bytes: must be at least 8192"));
+        }
+        if l.policy_config.is_some() && l.policy.is_none() {
+            problems.push(format!("{key}.policy_config: set without a policy"));
+        }
         listeners.insert(
             name,
             ListenerConfig {
@@ -291,6 +371,14 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 pool: l.pool,
                 policy: l.policy,
                 on_error: l.on_error,
+                policy_config: l.policy_config.map(|p| base.join(p)),
+                max_connections: l.max_connections.max(1),
+                header_read_timeout: Duration::from_millis(l.header_read_timeout_ms.max(1)),
+                max_request_body_bytes: l.max_request_body_bytes,
+                max_header_bytes: l.max_header_bytes.max(8192),
+                max_headers: l.max_headers,
+                trusted_proxies,
+                http2_max_concurrent_streams: l.http2_max_concurrent_streams,
             },
         );
     }

@@ -1,0 +1,67 @@
+//! Proxy errors and the one place that maps them to HTTP statuses:
+//! nothing available → 503, upstream unreachable or broken → 502, upstream
+//! too slow → 504, request too large → 413.
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+
+use crate::policy::PolicyError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no pool to send to: {0}")]
+    NoPool(String),
+    #[error("no backend available in pool {pool}")]
+    NoBackend { pool: String },
+    #[error("cannot connect to backend {backend} of pool {pool}: {cause}")]
+    Connect {
+        pool: String,
+        backend: String,
+        cause: String,
+    },
+    #[error("backend {backend} of pool {pool} did not answer within {timeout_ms} ms")]
+    Timeout {
+        pool: String,
+        backend: String,
+        timeout_ms: u128,
+    },
+    #[error("backend {backend} of pool {pool} failed: {cause}")]
+    Upstream {
+        pool: String,
+        backend: String,
+        cause: String,
+    },
+    #[error("policy failed and on_error = \"reject\": {0}")]
+    PolicyRejected(PolicyError),
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoPool(_)
+            | ProxyError::NoBackend { .. }
+            | ProxyError::PolicyRejected(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+}
+
+/// A short plain-text response from the proxy itself.
+pub fn plain(status: StatusCode) -> Response<Bytes> {
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut r = Response::new(Bytes::from(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

@@ -1,0 +1,113 @@
+//! A TCP connection: ask the connection policy (when there is one) where it
+//! goes, connect to a backend of that pool (another one if the connect
+//! fails, before any client byte is sent), then copy both ways until both
+//! sides are done; a client's half-close reaches the backend and the
+//! response still flows back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::config::{ListenerConfig, OnError};
+use crate::policy::{ConnDecision, Directory, Policy, types};
+use crate::upstream::{Backend, Upstreams};
+
+/// What a TCP listener serves with; swapped whole on reload.
+pub struct TcpState {
+    pub name: String,
+    pub config: ListenerConfig,
+    pub policy: Option<Arc<Policy>>,
+    pub upstreams: Arc<Upstreams>,
+}
+
+fn info(peer: SocketAddr, local: SocketAddr, state: &TcpState) -> types::ConnectionInfo {
+    let addr = |a: SocketAddr| types::SocketAddress {
+        ip: a.ip().to_canonical().to_string(),
+        port: a.port(),
+    };
+    types::ConnectionInfo {
+        client: addr(peer),
+        local: addr(local),
+        listener: state.name.clone(),
+        pool: state.config.pool.clone(),
+        transport: types::Transport::Tcp,
+        tls: None,
+    }
+}
+
+pub async fn serve_connection(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    shared: Arc<ArcSwap<TcpState>>,
+) {
+    let state = shared.load_full();
+    let cfg = &state.config;
+    let directory: Arc<dyn Directory> = state.upstreams.clone();
+    let (mut pool_name, mut named) = (cfg.pool.clone(), None);
+    if let Some(policy) = &state.policy {
+        match policy
+            .on_connect(&info(peer, local, &state), cfg.pool.as_deref(), &directory)
+            .await
+        {
+            Ok(ConnDecision::Forward { pool, backend }) => {
+                pool_name = pool.or(pool_name);
+                named = backend;
+            }
+            Ok(ConnDecision::Reject) => {
+                debug!(listener = %state.name, client = %peer, "rejected by policy");
+                return;
+            }
+            Err(e) => {
+                warn!(listener = %state.name, policy = %policy.name, error = %e,
+                    on_error = ?cfg.on_error, "policy call failed");
+                if cfg.on_error == OnError::Reject {
+                    return;
+                }
+            }
+        }
+    }
+    let Some(pool) = pool_name.as_deref().and_then(|p| state.upstreams.pool(p)) else {
+        warn!(listener = %state.name, client = %peer, pool = ?pool_name, "no pool; connection closed");
+        return;
+    };
+    let key = Some(crate::balance::stable_hash(&peer.ip().to_canonical()));
+    let first = named
+        .as_deref()
+        .and_then(|n| pool.backend(n))
+        .filter(|b| crate::balance::Candidate::available(&***b))
+        .cloned()
+        .or_else(|| pool.pick(key, None));
+    let mut tried: Option<Arc<Backend>> = None;
+    let mut candidate = first;
+    while let Some(backend) = candidate {
+        let connect = TcpStream::connect(backend.address);
+        match tokio::time::timeout(pool.config.connect_timeout, connect).await {
+            Ok(Ok(mut upstream)) => {
+                let _ = upstream.set_nodelay(true);
+                let _ = client.set_nodelay(true);
+                let _in_flight = backend.start();
+                match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    Ok((up, down)) => debug!(listener = %state.name, client = %peer,
+                        backend = %backend.name, bytes_up = up, bytes_down = down, "connection done"),
+                    Err(e) => debug!(listener = %state.name, client = %peer,
+                        backend = %backend.name, error = %e, "connection ended with an error"),
+                }
+                return;
+            }
+            Ok(Err(e)) => warn!(listener = %state.name, pool = %pool.name, backend = %backend.name,
+                error = %e, "connect failed"),
+            Err(_) => warn!(listener = %state.name, pool = %pool.name, backend = %backend.name,
+                "connect timed out"),
+        }
+        if tried.is_some() {
+            break;
+        }
+        candidate = pool.pick(key, Some(&backend));
+        tried = Some(backend);
+    }
+    warn!(listener = %state.name, client = %peer, pool = %pool.name, "no backend reachable; connection closed");
+}

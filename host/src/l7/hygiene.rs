@@ -1,0 +1,231 @@
+//! Proxy hygiene: what a request and response must lose or gain when they
+//! cross the proxy. Hop-by-hop fields (RFC 9110 §7.6.1) stop here, the
+//! client's address is established once (so policies, logs and backends
+//! all see the same one), and `X-Forwarded-*` / `Forwarded` tell the
+//! backend who asked.
+//!
+//! Framing attacks are stopped before this point by hyper's parser:
+//! differing duplicate `Content-Length` and obs-fold are 400, and
+//! `Content-Length` with `Transfer-Encoding` is read as chunked with the
+//! length dropped and the connection closed after the response
+//! (RFC 9112 §6.1).
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Fields that never cross a hop, besides those `Connection` names.
+fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+    ]
+}
+
+/// Whether a request asks to switch protocols (WebSocket and the like).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop fields. With `keep_upgrade`, `Upgrade` and a
+/// `Connection: upgrade` survive, as an upgrade needs them end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Fields named by Connection are hop-by-hop too (RFC 9110 §7.6.1).
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in fixed_hop_by_hop() {
+        headers.remove(n);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// The client's address: the peer's, unless the peer is a trusted proxy, in
+/// which case the rightmost `X-Forwarded-For` entry that is not itself a
+/// trusted proxy (what HAProxy and nginx's `real_ip_recursive` do).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    hops.into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
+}
+
+/// An IP as the `for=` of `Forwarded` (RFC 7239 §6: IPv6 quoted, bracketed).
+fn forwarded_node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    }
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded`. From an untrusted
+/// peer, whatever the client sent is replaced; from a trusted proxy, the
+/// peer is appended to the chain it sent.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    trusted_peer: bool,
+    scheme: &str,
+    host: Option<&str>,
+) {
+    let peer_ip = peer.ip().to_canonical();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if trusted_peer => format!("{prior}, {peer_ip}"),
+        _ => peer_ip.to_string(),
+    };
+    let mut forwarded = format!("for={}", forwarded_node(peer_ip));
+    if let Some(h) = host {
+        forwarded.push_str(&format!(";host=\"{h}\""));
+    }
+    forwarded.push_str(";proto=");
+    forwarded.push_str(scheme);
+    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prior) if trusted_peer => format!("{prior}, {forwarded}"),
+        _ => forwarded,
+    };
+    let keep_prior =
+        |headers: &HeaderMap, name: &HeaderName| trusted_peer && headers.contains_key(name);
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
+    if !keep_prior(headers, &X_FORWARDED_PROTO)
+        && let Ok(v) = HeaderValue::from_str(scheme)
+    {
+        headers.insert(&X_FORWARDED_PROTO, v);
+    }
+    if !keep_prior(headers, &X_FORWARDED_HOST) {
+        match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            Some(v) => {
+                headers.insert(&X_FORWARDED_HOST, v);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_those_connection_names_are_removed() {
+        let mut h = map(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "basic x"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn an_upgrade_keeps_upgrade_and_connection() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn x_forwarded_for_is_only_believed_from_trusted_peers() {
+        let h = map(&[("x-forwarded-for", "203.0.113.9, 10.0.0.2")]);
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(client_ip(stranger, &h, &trusted), stranger);
+        assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer);
+    }
+
+    #[test]
+    fn forwarded_headers_replace_a_strangers_and_extend_a_proxys() {
+        let peer: SocketAddr = "198.51.100.1:5000".parse().unwrap();
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=1.2.3.4")]);
+        add_forwarded(&mut h, peer, false, "http", Some("example.test"));
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1");
+        assert_eq!(
+            h["forwarded"],
+            "for=198.51.100.1;host=\"example.test\";proto=http"
+        );
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.test");
+
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
+        let v6: SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
+        add_forwarded(&mut h, v6, true, "https", None);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 2001:db8::1");
+        assert_eq!(h["forwarded"], "for=\"[2001:db8::1]\";proto=https");
+    }
+}

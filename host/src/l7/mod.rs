@@ -1,0 +1,14 @@
+//! The L7 stage: HTTP/1.1 and HTTP/2 reverse proxying.
+//!
+//! ```text
+//! server.rs   per connection: hyper auto (h1 + h2c); per request: policy,
+//!             balance, upstream, response edits, upgrades
+//! request.rs  the policy's snapshot; the upstream URI; hash keys
+//! hygiene.rs  hop-by-hop removal, client address, X-Forwarded-*/Forwarded
+//! ```
+
+pub mod hygiene;
+pub mod request;
+pub mod server;
+
+pub use server::{HttpState, serve_connection};

@@ -1,0 +1,439 @@
+//! The HTTP listener's per-connection server and per-request proxy:
+//! snapshot → policy → decision → balance → upstream → response edits.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use super::hygiene;
+use super::request;
+use crate::config::{Algorithm, ListenerConfig, OnError};
+use crate::error::{self, ProxyError};
+use crate::policy::{Directory, ForwardAction, HttpDecision, Policy, types};
+use crate::upstream::{Backend, BoxError, InFlight, Pool, UpstreamBody, Upstreams};
+
+/// What an HTTP listener serves with; swapped whole on reload.
+pub struct HttpState {
+    pub name: String,
+    pub config: ListenerConfig,
+    pub policy: Option<Arc<Policy>>,
+    pub upstreams: Arc<Upstreams>,
+}
+
+impl HttpState {
+    fn directory(&self) -> Arc<dyn Directory> {
+        self.upstreams.clone()
+    }
+}
+
+/// Responses to the client: streamed from a backend, or made here.
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+fn full(b: Bytes) -> ProxyBody {
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn error_response(e: &ProxyError) -> Response<ProxyBody> {
+    error::plain(e.status()).map(full)
+}
+
+/// A backend's response body that keeps the backend's in-flight count
+/// until the last byte has gone to the client.
+struct Tracked {
+    inner: Incoming,
+    _in_flight: InFlight,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    shared: Arc<ArcSwap<HttpState>>,
+) {
+    let _ = stream.set_nodelay(true);
+    let state = shared.load();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(state.config.header_read_timeout)
+        .max_headers(state.config.max_headers)
+        .max_buf_size(state.config.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(state.config.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(state.config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(50)
+        .max_local_error_reset_streams(256);
+    drop(state);
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(req, peer, local, &shared.load_full()).await) }
+    });
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await
+    {
+        debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    state: &HttpState,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    match proxy(req, peer, local, state).await {
+        Ok(resp) => {
+            debug!(listener = %state.name, %method, %path, status = resp.status().as_u16(),
+                elapsed_us = started.elapsed().as_micros() as u64, "request");
+            resp
+        }
+        Err(e) => {
+            warn!(listener = %state.name, client = %peer, %method, %path,
+                status = e.status().as_u16(), cause = %e, "request failed");
+            error_response(&e)
+        }
+    }
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+async fn proxy(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    state: &HttpState,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let cfg = &state.config;
+    if let Some(limit) = cfg.max_request_body_bytes {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+    }
+    let client_ip = hygiene::client_ip(
+        peer.ip().to_canonical(),
+        req.headers(),
+        &cfg.trusted_proxies,
+    );
+    let client = SocketAddr::new(client_ip, peer.port());
+    let trusted_peer = cfg
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&peer.ip().to_canonical()));
+    let authority = request::authority(req.uri(), req.headers());
+    let directory = state.directory();
+
+    // The policy decides, on the request as the client sent it.
+    let mut snapshot = None;
+    let decision = match &state.policy {
+        None => HttpDecision::Forward(ForwardAction::default()),
+        Some(policy) => {
+            let head = request::snapshot(
+                req.method(),
+                req.uri(),
+                req.version(),
+                req.headers(),
+                "http",
+                authority.as_deref(),
+            );
+            let conn = request::connection_info(client, local, &state.name, cfg.pool.as_deref());
+            let d = policy
+                .on_request(&head, &conn, cfg.pool.as_deref(), &directory)
+                .await;
+            snapshot = Some(head);
+            match d {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(listener = %state.name, policy = %policy.name, version = %policy.version,
+                        error = %e, on_error = ?cfg.on_error, "policy call failed");
+                    match cfg.on_error {
+                        OnError::Fallback => HttpDecision::Forward(ForwardAction::default()),
+                        OnError::Reject => return Err(ProxyError::PolicyRejected(e)),
+                    }
+                }
+            }
+        }
+    };
+    let action = match decision {
+        HttpDecision::Respond(r) => {
+            let mut resp = Response::new(full(r.body));
+            *resp.status_mut() = r.status;
+            for (n, v) in r.headers {
+                resp.headers_mut().append(n, v);
+            }
+            return Ok(resp);
+        }
+        HttpDecision::Forward(f) => f,
+    };
+
+    let pool_name = action
+        .pool
+        .clone()
+        .or_else(|| cfg.pool.clone())
+        .ok_or_else(|| {
+            ProxyError::NoPool(format!("listener {} has no default pool", state.name))
+        })?;
+    let pool = state
+        .upstreams
+        .pool(&pool_name)
+        .ok_or_else(|| ProxyError::NoPool(format!("no pool named {pool_name:?}")))?
+        .clone();
+    let key = (pool.config.algorithm == Algorithm::Hash)
+        .then(|| request::hash_key(&pool.config.hash_key, client_ip, req.uri(), req.headers()))
+        .flatten();
+    let named = action
+        .backend
+        .as_deref()
+        .and_then(|b| pool.backend(b))
+        .filter(|b| crate::balance::Candidate::available(&***b))
+        .cloned();
+    let backend = named
+        .or_else(|| pool.pick(key, None))
+        .ok_or_else(|| ProxyError::NoBackend {
+            pool: pool_name.clone(),
+        })?;
+
+    // The request as the backend gets it.
+    let upgrade = req.version() == Version::HTTP_11 && hygiene::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    hygiene::strip_hop_by_hop(&mut headers, upgrade);
+    for edit in &action.request_headers {
+        edit.apply(&mut headers);
+    }
+    let host = action
+        .authority
+        .as_ref()
+        .map(|a| a.as_str().to_owned())
+        .or(authority.clone());
+    match host.as_deref().map(HeaderValue::from_str) {
+        Some(Ok(v)) => {
+            headers.insert(header::HOST, v);
+        }
+        _ => {
+            headers.remove(header::HOST);
+        }
+    }
+    hygiene::add_forwarded(
+        &mut headers,
+        peer,
+        trusted_peer,
+        "http",
+        authority.as_deref(),
+    );
+    let version = if pool.config.http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let bodyless = body.is_end_stream();
+    let retryable = bodyless && idempotent(&parts.method);
+    let body: UpstreamBody = match (upgrade, cfg.max_request_body_bytes) {
+        (true, _) => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+        (false, Some(limit)) => {
+            Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
+        }
+        (false, None) => body.map_err(BoxError::from).boxed_unsync(),
+    };
+    let build = |backend: &Backend, headers: http::HeaderMap, body: UpstreamBody| {
+        let uri = request::upstream_uri(&parts.uri, &action, &backend.authority).map_err(|e| {
+            ProxyError::Upstream {
+                pool: pool_name.clone(),
+                backend: backend.name.clone(),
+                cause: format!("cannot build the upstream URI: {e}"),
+            }
+        })?;
+        let mut r = Request::new(body);
+        *r.method_mut() = parts.method.clone();
+        *r.uri_mut() = uri;
+        *r.version_mut() = version;
+        *r.headers_mut() = headers;
+        Ok::<_, ProxyError>(r)
+    };
+
+    let limit = cfg.max_request_body_bytes.unwrap_or(u64::MAX);
+    let over_limit = |e| match e {
+        ProxyError::BodyTooLarge { .. } => ProxyError::BodyTooLarge { limit },
+        other => other,
+    };
+    let spare_headers = retryable.then(|| headers.clone());
+    let first = build(&backend, headers, body)?;
+    let (mut resp, in_flight) = match send(&pool, &backend, first).await.map_err(over_limit) {
+        Ok(ok) => ok,
+        Err(e @ ProxyError::Connect { .. }) if retryable => {
+            let Some(other) = pool.pick(key, Some(&backend)) else {
+                return Err(e);
+            };
+            warn!(listener = %state.name, pool = %pool_name, backend = %backend.name,
+                cause = %e, retry = %other.name, "connect failed; retrying on another backend");
+            let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
+            let again = build(&other, spare_headers.unwrap_or_default(), empty)?;
+            send(&pool, &other, again).await?
+        }
+        Err(e) => return Err(e),
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let _hold = in_flight;
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((c, u)) => {
+                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                    }
+                    Err(e) => debug!(error = %e, "upgrade failed"),
+                }
+            });
+        }
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, full(Bytes::new())));
+    }
+
+    let (mut rparts, rbody) = resp.into_parts();
+    hygiene::strip_hop_by_hop(&mut rparts.headers, false);
+    for edit in &action.response_headers {
+        edit.apply(&mut rparts.headers);
+    }
+    if action.inspect_response
+        && let (Some(policy), Some(head)) = (&state.policy, &snapshot)
+    {
+        let view = types::ResponseHead {
+            status: rparts.status.as_u16(),
+            headers: rparts
+                .headers
+                .iter()
+                .map(|(n, v)| types::Header {
+                    name: n.as_str().to_owned(),
+                    value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                })
+                .collect(),
+        };
+        match policy.on_response(head, &view, &directory).await {
+            Ok(edits) => edits.iter().for_each(|e| e.apply(&mut rparts.headers)),
+            Err(e) => warn!(listener = %state.name, policy = %policy.name, error = %e,
+                "response hook failed; response sent unedited"),
+        }
+    }
+    let body = Tracked {
+        inner: rbody,
+        _in_flight: in_flight,
+    };
+    Ok(Response::from_parts(
+        rparts,
+        body.map_err(BoxError::from).boxed_unsync(),
+    ))
+}
+
+/// Sends one request to one backend, counting it in flight, within the
+/// pool's response timeout.
+async fn send(
+    pool: &Pool,
+    backend: &Arc<Backend>,
+    req: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+    let in_flight = backend.start();
+    let timeout = pool.config.response_timeout;
+    match tokio::time::timeout(timeout, pool.client.request(req)).await {
+        Ok(Ok(resp)) => Ok((resp, in_flight)),
+        Ok(Err(e)) => {
+            let cause = error_chain(&e);
+            if e.is_connect() {
+                Err(ProxyError::Connect {
+                    pool: pool.name.clone(),
+                    backend: backend.name.clone(),
+                    cause,
+                })
+            } else if find_source::<http_body_util::LengthLimitError>(&e) {
+                Err(ProxyError::BodyTooLarge { limit: 0 })
+            } else {
+                Err(ProxyError::Upstream {
+                    pool: pool.name.clone(),
+                    backend: backend.name.clone(),
+                    cause,
+                })
+            }
+        }
+        Err(_) => Err(ProxyError::Timeout {
+            pool: pool.name.clone(),
+            backend: backend.name.clone(),
+            timeout_ms: timeout.as_millis(),
+        }),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn find_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.is::<T>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}

@@ -1,0 +1,76 @@
+//! Bind and accept: one task per listener that never dies, one task per
+//! connection, `max_connections` enforced by not accepting past it (the
+//! kernel's backlog holds the rest), and a stop signal that ends accepting.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tracing::{Instrument, info_span, warn};
+
+use crate::l4::TcpState;
+use crate::l7::HttpState;
+
+/// What a listener hands its connections to.
+#[derive(Clone)]
+pub enum Handler {
+    Http(Arc<ArcSwap<HttpState>>),
+    Tcp(Arc<ArcSwap<TcpState>>),
+}
+
+/// Binds a TCP listener with `SO_REUSEADDR`, so a restarted daemon can bind
+/// while old connections sit in TIME_WAIT.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+pub async fn accept_loop(
+    name: String,
+    listener: TcpListener,
+    handler: Handler,
+    max_connections: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let local = listener.local_addr().ok();
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: log, breathe, go on.
+                    warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+        let span = info_span!("conn", listener = %name, client = %peer, local = %local);
+        let handler = handler.clone();
+        tokio::spawn(
+            async move {
+                match handler {
+                    Handler::Http(s) => crate::l7::serve_connection(stream, peer, local, s).await,
+                    Handler::Tcp(s) => crate::l4::serve_connection(stream, peer, local, s).await,
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! The upstream stage: pools, backends and the connections to them.
+
+pub mod client;
+pub mod pool;
+
+pub use client::{BoxError, UpstreamBody, UpstreamClient};
+pub use pool::{Backend, InFlight, Pool, Upstreams};
