@@ -1,1 +1,247 @@
-//! Black-box integration tests for Switchyard live in `tests/tests/`.
+//! Test harness for black-box tests over real loopback sockets: small
+//! in-process backends bound to port 0, a Switchyard started from TOML text
+//! with `{name}` placeholders for backend addresses, and clients.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub use switchyard;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// What a backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|n| match n {}).boxed()
+}
+
+/// A backend answering with its name; special paths:
+/// `/echo` streams the request body back, `/bytes/N` answers N bytes,
+/// `/hang` never answers, `/status/N` answers status N, `/ws` switches
+/// protocols and echoes raw bytes.
+pub struct TestBackend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Deterministic test bytes.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+async fn answer(
+    name: String,
+    mut req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Response<Body> {
+    seen.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        uri: req.uri().to_string(),
+        headers: req.headers().clone(),
+    });
+    let path = req.uri().path().to_owned();
+    let mut resp = if path == "/echo" {
+        Response::new(req.into_body().boxed())
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        Response::new(full(pattern(n.parse().unwrap_or(0))))
+    } else if path == "/hang" {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Response::new(full(""))
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        let mut r = Response::new(full(name.clone()));
+        *r.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap();
+        r
+    } else if path == "/ws" {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = upgrade.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut r = Response::new(full(""));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        return r;
+    } else {
+        Response::new(full(name.clone()))
+    };
+    resp.headers_mut()
+        .insert("x-backend", name.parse().unwrap());
+    resp.headers_mut()
+        .insert("keep-alive", "timeout=5".parse().unwrap());
+    resp
+}
+
+impl TestBackend {
+    pub async fn start(name: &str) -> TestBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (n, s, c) = (name.to_owned(), seen.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                let (n, s) = (n.clone(), s.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let (n, s) = (n.clone(), s.clone());
+                        async move { Ok::<_, Infallible>(answer(n, req, s).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        TestBackend {
+            name: name.to_owned(),
+            addr,
+            seen,
+            connections,
+            task,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// An address nothing listens on (bound, then closed).
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Starts Switchyard from TOML text. `{policies}` becomes the repository's
+/// `policies/`; `{NAME}` becomes `addrs[NAME]`. Listeners should bind port 0.
+pub async fn start_switchyard(
+    toml: &str,
+    addrs: &BTreeMap<&str, SocketAddr>,
+) -> switchyard::server::Running {
+    let mut text = toml.replace("{policies}", &repo().join("policies").display().to_string());
+    for (name, addr) in addrs {
+        text = text.replace(&format!("{{{name}}}"), &addr.to_string());
+    }
+    let config = switchyard::config::Config::parse(Path::new("/tmp/switchyard-test.toml"), &text)
+        .unwrap_or_else(|e| panic!("bad test config: {e}\n{text}"));
+    switchyard::server::start(config)
+        .await
+        .expect("switchyard starts")
+}
+
+pub type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    BoxBody<Bytes, hyper::Error>,
+>;
+
+/// An HTTP/1.1 client (`h2 = false`) or an HTTP/2 prior-knowledge one.
+pub fn client(h2: bool) -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build_http()
+}
+
+/// A response, read whole.
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub async fn send(c: &Client, req: Request<BoxBody<Bytes, hyper::Error>>) -> Got {
+    let resp = tokio::time::timeout(Duration::from_secs(20), c.request(req))
+        .await
+        .expect("response within 20 s")
+        .expect("request succeeds");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(c: &Client, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Got {
+    let mut b = Request::get(format!("http://{addr}{path}"));
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    send(c, b.body(full(Bytes::new())).unwrap()).await
+}
+
+/// A request body streamed in chunks.
+pub fn streamed(data: Vec<u8>, chunk: usize) -> BoxBody<Bytes, hyper::Error> {
+    let frames: Vec<Result<Frame<Bytes>, hyper::Error>> = data
+        .chunks(chunk)
+        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    StreamBody::new(futures_util::stream::iter(frames)).boxed()
+}
+
+/// Sends raw bytes and reads until the server closes or `wait` passes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -260,8 +260,8 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
         let hash_key = match pool.hash_key.as_deref() {
             None | Some("client_ip") => HashKey::ClientIp,
             Some("path") => HashKey::Path,
-            Some(k) if k.starts_with("header:") => {
-                match http::HeaderName::from_bytes(k["header:".len()..].as_bytes()) {
+            Some(k) if let Some(name) = k.strip_prefix("header:") => {
+                match http::HeaderName::from_bytes(name.as_bytes()) {
                     Ok(h) => HashKey::Header(h),
                     Err(_) => {
                         problems.push(format!("{key}.hash_key: {k:?} names no valid header"));
@@ -269,8 +269,8 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                     }
                 }
             }
-            Some(k) if k.starts_with("cookie:") && k.len() > "cookie:".len() => {
-                HashKey::Cookie(k["cookie:".len()..].to_owned())
+            Some(k) if let Some(name) = k.strip_prefix("cookie:").filter(|n| !n.is_empty()) => {
+                HashKey::Cookie(name.to_owned())
             }
             Some(k) => {
                 problems.push(format!(

@@ -95,11 +95,11 @@ pub fn upstream_uri(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
-    Ok(Uri::builder()
+    Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(Authority::try_from(backend)?)
         .path_and_query(path_and_query)
-        .build()?)
+        .build()
 }
 
 /// The value the pool's `hash` algorithm hashes, when the request has it.

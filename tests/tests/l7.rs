@@ -1,0 +1,508 @@
+//! The HTTP listener over real loopback sockets: routing by policy,
+//! rewriting, streaming, upgrades, balancing, upstream failures and
+//! request-smuggling defences.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
+use switchyard_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn addr_of(r: &switchyard::server::Running, listener: &str) -> SocketAddr {
+    r.addrs[listener]
+}
+
+const THREE_POOLS: &str = r#"
+[policies]
+dir = "{policies}"
+[pools.web]
+backends = ["{web}"]
+[pools.api]
+backends = ["{api}"]
+[pools.images]
+backends = ["{images}"]
+[listeners.public]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+policy = "path-router"
+"#;
+
+#[tokio::test]
+async fn path_router_sends_each_prefix_to_its_pool_and_strips() {
+    let (web, api, images) = (
+        TestBackend::start("web").await,
+        TestBackend::start("api").await,
+        TestBackend::start("images").await,
+    );
+    let addrs = BTreeMap::from([
+        ("web", web.addr),
+        ("api", api.addr),
+        ("images", images.addr),
+    ]);
+    let sy = start_switchyard(THREE_POOLS, &addrs).await;
+    let c = client(false);
+    let a = addr_of(&sy, "public");
+    assert_eq!(get(&c, a, "/api/users?id=7", &[]).await.text(), "api");
+    assert_eq!(
+        get(&c, a, "/images/cat.png?s=2", &[]).await.text(),
+        "images"
+    );
+    assert_eq!(get(&c, a, "/", &[]).await.text(), "web");
+    assert_eq!(api.seen()[0].uri, "/api/users?id=7", "no strip for /api/");
+    assert_eq!(
+        images.seen()[0].uri,
+        "/cat.png?s=2",
+        "the backend sees the stripped path"
+    );
+    let h = &web.seen()[0].headers;
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(
+        h["host"],
+        a.to_string().as_str(),
+        "the client's Host is kept"
+    );
+    sy.shutdown().await;
+}
+
+#[tokio::test]
+async fn header_edits_apply_both_ways_and_hop_by_hop_headers_stop() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        r#"
+[pools.web]
+backends = ["{web}"]
+[listeners.l]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+policy = "misbehave"
+[policies]
+dir = "{fixtures}"
+"#
+        .replace(
+            "{fixtures}",
+            &repo().join("tests/fixtures/wasm").display().to_string(),
+        )
+        .as_str(),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let c = client(false);
+    let got = get(
+        &c,
+        addr_of(&sy, "l"),
+        "/edit",
+        &[
+            ("x-remove-me", "1"),
+            ("x-kept", "2"),
+            ("connection", "x-secret"),
+            ("x-secret", "3"),
+        ],
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["x-policy"], "edited");
+    assert_eq!(
+        got.headers["x-upstream-status"], "200",
+        "on-response saw the response"
+    );
+    assert!(
+        !got.headers.contains_key("keep-alive"),
+        "hop-by-hop from the backend stops"
+    );
+    let seen = &web.seen()[0].headers;
+    assert_eq!(seen["x-added"], "by-policy");
+    assert_eq!(seen["x-kept"], "2");
+    assert!(!seen.contains_key("x-remove-me"));
+    assert!(
+        !seen.contains_key("x-secret"),
+        "a field named by Connection is hop-by-hop"
+    );
+    sy.shutdown().await;
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_directly() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        r#"
+[policies]
+dir = "{policies}"
+[pools.web]
+backends = ["{web}"]
+[listeners.l]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+policy = "rate-limit"
+"#,
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    // policies/rate-limit.json: 10 per second, burst 20.
+    let c = client(false);
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(get(&c, addr_of(&sy, "l"), "/", &[]).await.status.as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let forwarded = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        web.seen().len(),
+        forwarded,
+        "a 429 never reaches the backend"
+    );
+    let got = get(&c, addr_of(&sy, "l"), "/", &[]).await;
+    if got.status == 429 {
+        assert!(got.headers.contains_key("retry-after"));
+    }
+    sy.shutdown().await;
+}
+
+fn one_pool(extra_pool: &str, extra_listener: &str) -> String {
+    format!(
+        r#"
+[pools.web]
+backends = ["{{web}}"]
+{extra_pool}
+[listeners.l]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+{extra_listener}
+"#
+    )
+}
+
+#[tokio::test]
+async fn http2_client_to_http1_backend_and_back() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", web.addr)])).await;
+    let got = get(&client(true), addr_of(&sy, "l"), "/h2", &[]).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.text(), "web");
+    assert_eq!(
+        web.seen()[0].headers["host"],
+        addr_of(&sy, "l").to_string().as_str()
+    );
+    sy.shutdown().await;
+}
+
+#[tokio::test]
+async fn five_megabytes_stream_up_and_down_intact() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", web.addr)])).await;
+    let a = addr_of(&sy, "l");
+    let data = pattern(5 * 1024 * 1024);
+    let want = Sha256::digest(&data);
+    for h2 in [false, true] {
+        let req = Request::post(format!("http://{a}/echo"))
+            .body(streamed(data.clone(), 64 * 1024))
+            .unwrap();
+        let got = send(&client(h2), req).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body.len(), data.len());
+        assert_eq!(
+            Sha256::digest(&got.body),
+            want,
+            "upload echoed intact (h2: {h2})"
+        );
+    }
+    let got = get(&client(false), a, &format!("/bytes/{}", data.len()), &[]).await;
+    assert_eq!(Sha256::digest(&got.body), want, "download intact");
+    sy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upgrade_is_tunnelled_both_ways() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", web.addr)])).await;
+    let mut s = tokio::net::TcpStream::connect(addr_of(&sy, "l"))
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for msg in [&b"hello"[..], b"through the tunnel"] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+    sy.shutdown().await;
+}
+
+#[tokio::test]
+async fn round_robin_spreads_evenly_over_two_backends() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let sy = start_switchyard(
+        r#"
+[pools.web]
+algorithm = "round_robin"
+backends = ["{a}", "{b}"]
+[listeners.l]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+"#,
+        &BTreeMap::from([("a", a.addr), ("b", b.addr)]),
+    )
+    .await;
+    let c = client(false);
+    let mut to_a = 0;
+    for _ in 0..1000 {
+        if get(&c, addr_of(&sy, "l"), "/", &[]).await.text() == "a" {
+            to_a += 1;
+        }
+    }
+    assert!((450..=550).contains(&to_a), "a got {to_a} of 1000");
+    sy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_backend_is_retried_for_gets_and_is_502_otherwise() {
+    let live = TestBackend::start("live").await;
+    let dead = dead_addr().await;
+    let sy = start_switchyard(
+        r#"
+[pools.web]
+backends = ["{dead}", "{live}"]
+connect_timeout_ms = 500
+[pools.gone]
+backends = ["{dead}"]
+connect_timeout_ms = 500
+[listeners.l]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+[listeners.gone]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "gone"
+"#,
+        &BTreeMap::from([("dead", dead), ("live", live.addr)]),
+    )
+    .await;
+    let c = client(false);
+    for _ in 0..6 {
+        let got = get(&c, addr_of(&sy, "l"), "/", &[]).await;
+        assert_eq!(got.status, 200, "a GET is retried on the live backend");
+        assert_eq!(got.text(), "live");
+    }
+    let got = get(&c, addr_of(&sy, "gone"), "/", &[]).await;
+    assert_eq!(got.status, 502);
+    let post = Request::post(format!("http://{}/", addr_of(&sy, "gone")))
+        .body(streamed(b"data".to_vec(), 4))
+        .unwrap();
+    assert_eq!(send(&c, post).await.status, 502);
+    sy.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_backend_available_is_a_fast_503() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", web.addr)])).await;
+    for b in &sy.upstreams.pool("web").unwrap().backends {
+        b.set_healthy(false);
+    }
+    let started = Instant::now();
+    let got = get(&client(false), addr_of(&sy, "l"), "/", &[]).await;
+    assert_eq!(got.status, 503);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(web.seen().is_empty());
+    sy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_that_never_answers_is_a_504_after_the_timeout() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("response_timeout_ms = 300", ""),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let started = Instant::now();
+    let got = get(&client(false), addr_of(&sy, "l"), "/hang", &[]).await;
+    assert_eq!(got.status, 504);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    sy.shutdown().await;
+}
+
+#[tokio::test]
+async fn differing_duplicate_content_length_is_400_and_never_forwarded() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", web.addr)])).await;
+    let out = raw(
+        addr_of(&sy, "l"),
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let out = raw(
+        addr_of(&sy, "l"),
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "obs-fold: {out}");
+    assert!(web.seen().is_empty(), "{:?}", web.seen());
+    sy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_hidden_in_a_cl_te_body_never_reaches_the_backend() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", web.addr)])).await;
+    // Read as chunked (the body ends at "0\r\n\r\n"), the rest would be a
+    // second request; read by Content-Length it is part of the body.
+    let hidden = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut req = b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 45\r\n\
+                    Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        .to_vec();
+    req.extend_from_slice(hidden);
+    let out = raw(addr_of(&sy, "l"), &req, Duration::from_secs(3)).await;
+    let responses = out.matches("HTTP/1.1 ").count();
+    assert!(responses <= 1, "{out}");
+    let seen: Vec<String> = web.seen().iter().map(|s| s.uri.clone()).collect();
+    assert!(!seen.iter().any(|u| u.contains("smuggled")), "{seen:?}");
+    sy.shutdown().await;
+}
+
+#[tokio::test]
+async fn header_and_body_caps_give_431_and_413() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("", "max_headers = 20\nmax_request_body_bytes = 1000"),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let a = addr_of(&sy, "l");
+    let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let out = raw(
+        a,
+        format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    let c = client(false);
+    let big = Request::post(format!("http://{a}/echo"))
+        .header("content-length", "5000")
+        .body(
+            http_body_util::Full::new(Bytes::from(vec![b'x'; 5000]))
+                .map_err(|n| match n {})
+                .boxed(),
+        )
+        .unwrap();
+    assert_eq!(send(&c, big).await.status, 413);
+    let chunked = Request::post(format!("http://{a}/echo"))
+        .body(streamed(vec![b'y'; 5000], 500))
+        .unwrap();
+    let got = c.request(chunked).await;
+    // A chunked body over the cap is cut: 413 if the backend has not
+    // answered yet, else the response body fails.
+    if let Ok(resp) = got
+        && resp.status() == 200
+    {
+        assert!(resp.into_body().collect().await.is_err());
+    }
+    assert!(web.seen().is_empty() || web.seen().iter().all(|s| s.uri == "/echo"));
+    sy.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_client_address_comes_from_x_forwarded_for_only_via_trusted_proxies() {
+    let web = TestBackend::start("web").await;
+    let cfg = |trusted: &str| {
+        format!(
+            r#"
+[policies]
+dir = "{{policies}}"
+[pools.web]
+backends = ["{{web}}"]
+[listeners.l]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+policy = "deny-list"
+{trusted}
+"#
+        )
+    };
+    // policies/deny-list.json denies 203.0.113.0/24.
+    let spoof = [("x-forwarded-for", "203.0.113.9")];
+    let sy = start_switchyard(&cfg(""), &BTreeMap::from([("web", web.addr)])).await;
+    let got = get(&client(false), addr_of(&sy, "l"), "/", &spoof).await;
+    assert_eq!(
+        got.status, 200,
+        "an untrusted client cannot pick its address"
+    );
+    assert_eq!(web.seen()[0].headers["x-forwarded-for"], "127.0.0.1");
+    sy.shutdown().await;
+
+    let sy = start_switchyard(
+        &cfg("trusted_proxies = [\"127.0.0.1/32\"]"),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let got = get(&client(false), addr_of(&sy, "l"), "/", &spoof).await;
+    assert_eq!(
+        got.status, 403,
+        "through a trusted proxy the forwarded client is seen"
+    );
+    sy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_policy_falls_back_or_rejects_as_configured() {
+    let web = TestBackend::start("web").await;
+    let fixtures = repo().join("tests/fixtures/wasm").display().to_string();
+    for (on_error, want) in [("fallback", 200), ("reject", 503)] {
+        let text = format!(
+            r#"
+[policies]
+dir = "{fixtures}"
+[pools.web]
+backends = ["{{web}}"]
+[listeners.l]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+policy = "misbehave"
+on_error = "{on_error}"
+"#
+        );
+        let sy = start_switchyard(&text, &BTreeMap::from([("web", web.addr)])).await;
+        let c = client(false);
+        for path in ["/panic", "/loop", "/crlf"] {
+            let got = get(&c, addr_of(&sy, "l"), path, &[]).await;
+            assert_eq!(got.status.as_u16(), want, "{on_error} {path}");
+        }
+        assert_eq!(get(&c, addr_of(&sy, "l"), "/", &[]).await.status, 200);
+        sy.shutdown().await;
+    }
+}
