@@ -5,7 +5,8 @@
 //!   `tests/fixtures/` into `tests/fixtures/wasm/`;
 //! - `test`: build-policies, then `cargo fmt --check`, `cargo clippy
 //!   -D warnings` and `cargo test --workspace` — what CI runs;
-//! - `demo`: build the policies and run the daemon on `examples/demo.toml`.
+//! - `demo`: build the policies and the release binaries, start three demo
+//!   backends and run the daemon on `examples/demo.toml` until Ctrl-C.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -164,20 +165,60 @@ fn test() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo backends: name and address, as in `examples/demo.toml`.
+const DEMO_BACKENDS: [(&str, &str); 3] = [
+    ("web", "127.0.0.1:9001"),
+    ("api", "127.0.0.1:9002"),
+    ("images", "127.0.0.1:9003"),
+];
+
+/// Kills the demo's child processes (by PID) when dropped.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn demo(extra: &[String]) -> anyhow::Result<()> {
     build_policies()?;
-    run(cargo()
-        .args([
-            "run",
-            "--release",
-            "-p",
-            "switchyard",
-            "--",
-            "run",
-            "--config",
-        ])
-        .arg(root().join("examples/demo.toml"))
-        .args(extra))
+    run(cargo().args(["build", "--release", "-p", "switchyard", "-p", "sy-backend"]))?;
+    let bin = target_dir().join("release");
+    let mut children = Children(Vec::new());
+    for (name, addr) in DEMO_BACKENDS {
+        children.0.push(
+            Command::new(bin.join("sy-backend"))
+                .args(["--bind", addr, "--name", name])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .context("start a demo backend")?,
+        );
+    }
+    let config = root().join("examples/demo.toml");
+    let mut daemon = Command::new(bin.join("switchyard"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(extra)
+        .spawn()
+        .context("start switchyard")?;
+    eprintln!(
+        "\nxtask: demo backends web, api, images on 127.0.0.1:9001-9003; switchyard on 127.0.0.1:8080.\n\
+         Try:\n  curl http://127.0.0.1:8080/api/x      # answered by api\n  \
+         curl http://127.0.0.1:8080/images/y   # answered by images (it sees /y)\n  \
+         curl http://127.0.0.1:8080/           # answered by web\n  \
+         curl --http2-prior-knowledge http://127.0.0.1:8080/api/h2\n\
+         Ctrl-C stops everything.\n"
+    );
+    let status = daemon.wait()?;
+    drop(children);
+    if !status.success() {
+        bail!("switchyard exited with {status}");
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
