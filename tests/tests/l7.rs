@@ -506,3 +506,61 @@ on_error = "{on_error}"
         sy.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_pool_with_http2_speaks_h2c_to_its_backends() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("http2 = true", ""),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let c = client(false);
+    for _ in 0..5 {
+        assert_eq!(get(&c, addr_of(&sy, "l"), "/", &[]).await.text(), "web");
+    }
+    let data = pattern(300_000);
+    let req = Request::post(format!("http://{}/echo", addr_of(&sy, "l")))
+        .body(streamed(data.clone(), 10_000))
+        .unwrap();
+    assert_eq!(send(&c, req).await.body.as_ref(), data.as_slice());
+    assert_eq!(
+        web.connections.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "every request multiplexed on one h2 connection"
+    );
+    sy.shutdown().await;
+}
+
+#[tokio::test]
+async fn max_connections_holds_new_clients_until_a_slot_frees() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("", "max_connections = 1"),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let a = addr_of(&sy, "l");
+    // The first client holds the only slot with an open keep-alive connection.
+    let mut first = tokio::net::TcpStream::connect(a).await.unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // A second client is not served while the first stays.
+    let second = tokio::spawn(raw(
+        a,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "served past max_connections");
+    assert_eq!(web.seen().len(), 1);
+    drop(first);
+    let out = second.await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    sy.shutdown().await;
+}
