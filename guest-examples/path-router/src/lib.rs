@@ -40,7 +40,7 @@ impl HttpPolicy for PathRouter {
         // Longest prefix first, so "/api/v2/" wins over "/api/".
         config
             .routes
-            .sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            .sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         ROUTES
             .set(config.routes)
             .map_err(|_| "init called twice".to_string())

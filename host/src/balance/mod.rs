@@ -67,9 +67,10 @@ impl Balancer for RoundRobin {
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // A skipped backend consumes a turn, so its share spreads evenly
+        // over the others instead of all landing on its successor.
         (0..n)
-            .map(|k| (start + k) % n)
+            .map(|_| self.next.fetch_add(1, Ordering::Relaxed) % n)
             .find(|&i| usable(b, i, exclude))
     }
 }
@@ -125,15 +126,27 @@ impl Balancer for LeastRequest {
         _key: Option<u64>,
         exclude: Option<usize>,
     ) -> Option<usize> {
-        let n = b.len();
-        if n == 0 {
-            return None;
+        // One pass; ties are broken uniformly (reservoir sampling), so idle
+        // backends share evenly even when some are unavailable.
+        let mut best: Option<(usize, u32)> = None;
+        let mut ties = 0u32;
+        for i in (0..b.len()).filter(|&i| usable(b, i, exclude)) {
+            let load = b[i].in_flight();
+            match best {
+                Some((_, min)) if load > min => {}
+                Some((_, min)) if load == min => {
+                    ties += 1;
+                    if fastrand::u32(..ties) == 0 {
+                        best = Some((i, load));
+                    }
+                }
+                _ => {
+                    best = Some((i, load));
+                    ties = 1;
+                }
+            }
         }
-        let start = fastrand::usize(..n);
-        (0..n)
-            .map(|k| (start + k) % n)
-            .filter(|&i| usable(b, i, exclude))
-            .min_by_key(|&i| b[i].in_flight())
+        best.map(|(i, _)| i)
     }
 }
 
