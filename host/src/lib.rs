@@ -11,5 +11,6 @@ pub mod l4;
 pub mod l7;
 pub mod listener;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod upstream;

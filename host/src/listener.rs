@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
 use crate::l4::TcpState;
@@ -20,17 +21,28 @@ pub enum Handler {
     Tcp(Arc<ArcSwap<TcpState>>),
 }
 
-/// Binds a TCP listener with `SO_REUSEADDR`, so a restarted daemon can bind
-/// while old connections sit in TIME_WAIT.
+/// Binds a TCP listener with `SO_REUSEADDR` (a restarted daemon can bind
+/// while old connections sit in TIME_WAIT) and `SO_REUSEPORT`.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    // A new process (an upgraded binary) can bind beside this one, become
+    // ready, and then this one drains: see docs/OPERATIONS.md.
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+/// Where connection tasks run, and the signal that asks them to drain.
+#[derive(Clone)]
+pub struct Connections {
+    pub tracker: TaskTracker,
+    pub drain: watch::Receiver<bool>,
 }
 
 pub async fn accept_loop(
@@ -39,6 +51,7 @@ pub async fn accept_loop(
     handler: Handler,
     max_connections: usize,
     mut stop: watch::Receiver<bool>,
+    conns: Connections,
 ) {
     let local = listener.local_addr().ok();
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -62,10 +75,13 @@ pub async fn accept_loop(
         let local = stream.local_addr().ok().or(local).unwrap_or(peer);
         let span = info_span!("conn", listener = %name, client = %peer, local = %local);
         let handler = handler.clone();
-        tokio::spawn(
+        let drain = conns.drain.clone();
+        conns.tracker.spawn(
             async move {
                 match handler {
-                    Handler::Http(s) => crate::l7::serve_connection(stream, peer, local, s).await,
+                    Handler::Http(s) => {
+                        crate::l7::serve_connection(stream, peer, local, s, drain).await
+                    }
                     Handler::Tcp(s) => crate::l4::serve_connection(stream, peer, local, s).await,
                 }
                 drop(permit);

@@ -68,9 +68,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { .. } => {
+        Command::Run {
+            strict_policies, ..
+        } => {
             let config = run_config.expect("loaded above");
-            match runtime.block_on(server::run(config)) {
+            let options = server::Options {
+                strict_policies,
+                watch: true,
+            };
+            match runtime.block_on(server::run(config, options)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchyard: {e:#}");

@@ -1,150 +1,631 @@
-//! Wires the daemon together: policy engine, pools, listeners. A listener
-//! starts accepting only once its policy has loaded and passed its checks,
-//! so the first request is already routed by it. Owns shutdown.
+//! Wires the daemon together and keeps it current: policy engine, pools,
+//! listeners; policy and configuration reloads; shutdown with drain.
+//!
+//! A listener starts accepting only once its policy has loaded and passed
+//! its checks, so the first request is already routed by it. Every change
+//! after that is published by swapping a listener's state (`ArcSwap`):
+//! requests and connections already running finish on the state they
+//! started with.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tracing::info;
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
 
-use crate::config::{Config, Protocol};
+use crate::config::{Config, ListenerConfig, Protocol};
 use crate::l4::TcpState;
 use crate::l7::HttpState;
-use crate::listener::{self, Handler};
-use crate::policy::{self, Directory, EngineSettings, Policy, PolicyEngine, PolicyKind};
+use crate::listener::{self, Connections, Handler};
+use crate::policy::{
+    self, Directory, EngineSettings, Policy, PolicyEngine, PolicyKind, version_of,
+};
+use crate::reload::{self, Change, Compiler, Watches};
 use crate::upstream::Upstreams;
 
-/// A started daemon.
-pub struct Running {
-    /// Each listener's bound address (useful with port 0).
-    pub addrs: BTreeMap<String, SocketAddr>,
-    pub upstreams: Arc<Upstreams>,
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+/// How the daemon treats its inputs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// A removed policy file makes its listeners fall back to the pool's
+    /// algorithm, instead of keeping the last loaded version.
+    pub strict_policies: bool,
+    /// Watch the policy directory and the config file for changes.
+    pub watch: bool,
 }
 
-impl Running {
-    /// Stops accepting and waits for the accept loops to end.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
-    }
+/// A policy as listeners name it: file name, optional other config, world.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct PolicyKey {
+    name: String,
+    config: Option<PathBuf>,
+    kind: PolicyKind,
 }
 
-async fn load_policy(
-    engine: &Arc<PolicyEngine>,
-    config: &Config,
-    listener: &str,
-    directory: Arc<dyn Directory>,
-) -> anyhow::Result<Option<Arc<Policy>>> {
-    let l = &config.listeners[listener];
-    let Some(name) = &l.policy else {
-        return Ok(None);
-    };
+fn key_of(l: &ListenerConfig) -> Option<PolicyKey> {
     let kind = match l.protocol {
         Protocol::Http => PolicyKind::Http,
         Protocol::Tcp | Protocol::Udp => PolicyKind::Connection,
     };
-    let file = config.policy_file(name);
-    let (wasm, cfg) = policy::read_policy_files(&file, l.policy_config.as_deref())?;
-    let p = engine
-        .load_bytes(
-            &file,
-            wasm,
-            cfg,
-            Some(kind),
-            config.policies.limits.clone(),
-            directory,
-        )
-        .await
-        .with_context(|| format!("listeners.{listener}.policy"))?;
-    info!(policy = %p.name, version = %p.version, compile_ms = p.compile_time.as_millis() as u64,
-        listener, "policy loaded");
-    Ok(Some(p))
-}
-
-/// Loads every policy, binds every listener and starts accepting.
-pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let engine = PolicyEngine::new(&EngineSettings {
-        cache_dir: config.policies.cache_dir.clone(),
-    })?;
-    let upstreams = Arc::new(Upstreams::new(&config));
-    let directory: Arc<dyn Directory> = upstreams.clone();
-    let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    let mut addrs = BTreeMap::new();
-    for (name, l) in &config.listeners {
-        let policy = load_policy(&engine, &config, name, directory.clone()).await?;
-        let handler = match l.protocol {
-            Protocol::Http => Handler::Http(Arc::new(ArcSwap::from_pointee(HttpState {
-                name: name.clone(),
-                config: l.clone(),
-                policy,
-                upstreams: upstreams.clone(),
-            }))),
-            Protocol::Tcp => Handler::Tcp(Arc::new(ArcSwap::from_pointee(TcpState {
-                name: name.clone(),
-                config: l.clone(),
-                policy,
-                upstreams: upstreams.clone(),
-            }))),
-            Protocol::Udp => bail!("listeners.{name}.protocol: \"udp\" is not supported yet"),
-        };
-        let socket = listener::bind(l.bind)
-            .with_context(|| format!("listeners.{name}.bind: cannot bind {}", l.bind))?;
-        let addr = socket.local_addr()?;
-        info!(listener = %name, %addr, protocol = ?l.protocol, "listening");
-        addrs.insert(name.clone(), addr);
-        tasks.spawn(listener::accept_loop(
-            name.clone(),
-            socket,
-            handler,
-            l.max_connections,
-            stop_rx.clone(),
-        ));
-    }
-    Ok(Running {
-        addrs,
-        upstreams,
-        stop,
-        tasks,
+    l.policy.as_ref().map(|name| PolicyKey {
+        name: name.clone(),
+        config: l.policy_config.clone(),
+        kind,
     })
 }
 
-/// Runs until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+struct ListenerHandle {
+    protocol: Protocol,
+    bind: SocketAddr,
+    addr: SocketAddr,
+    handler: Handler,
+    stop: watch::Sender<bool>,
+}
+
+/// What tests and the admin API read without taking the daemon's lock.
+#[derive(Default)]
+pub struct View {
+    pub addrs: BTreeMap<String, SocketAddr>,
+    pub upstreams: Arc<Upstreams>,
+    /// Loaded policy versions by listener.
+    pub policy_versions: BTreeMap<String, String>,
+}
+
+struct Daemon {
+    engine: Arc<PolicyEngine>,
+    compiler: Compiler,
+    config: Config,
+    options: Options,
+    upstreams: Arc<Upstreams>,
+    listeners: BTreeMap<String, ListenerHandle>,
+    policies: BTreeMap<PolicyKey, Arc<Policy>>,
+    /// The last version refused per policy, so a broken file is reported
+    /// once, not at every unrelated event.
+    refused: BTreeMap<PolicyKey, String>,
+    /// Policies whose file is gone and that were reported so.
+    missing: BTreeMap<PolicyKey, ()>,
+    conns: Connections,
+    drain: watch::Sender<bool>,
+    view: Arc<ArcSwap<View>>,
+}
+
+/// A started daemon.
+pub struct Running {
+    daemon: Arc<Mutex<Daemon>>,
+    view: Arc<ArcSwap<View>>,
+    _watches: Option<Watches>,
+}
+
+impl Daemon {
+    fn directory(&self) -> Arc<dyn Directory> {
+        self.upstreams.clone()
+    }
+
+    fn read(&self, key: &PolicyKey) -> Result<(PathBuf, Vec<u8>, String), policy::LoadError> {
+        let file = self.config.policy_file(&key.name);
+        let (wasm, cfg) = policy::read_policy_files(&file, key.config.as_deref())?;
+        Ok((file, wasm, cfg))
+    }
+
+    /// Compiles (on the low-priority thread) and activates one policy.
+    async fn load(
+        &self,
+        key: &PolicyKey,
+        file: PathBuf,
+        wasm: Vec<u8>,
+        cfg: String,
+    ) -> Result<Arc<Policy>, policy::LoadError> {
+        let started = Instant::now();
+        let compiled = self
+            .compiler
+            .compile(&self.engine, &key.name, &file, wasm, cfg.clone(), key.kind)
+            .await?;
+        let p = self
+            .engine
+            .activate(
+                compiled,
+                &cfg,
+                self.config.policies.limits.clone(),
+                self.directory(),
+            )
+            .await?;
+        info!(
+            policy = %p.name,
+            version = %p.version,
+            compile_ms = p.compile_time.as_millis() as u64,
+            "policy={} version={} loaded in {} ms",
+            p.name,
+            p.version,
+            started.elapsed().as_millis()
+        );
+        Ok(p)
+    }
+
+    /// Publishes a listener's current state.
+    fn publish(&self, name: &str) {
+        let (Some(h), Some(cfg)) = (self.listeners.get(name), self.config.listeners.get(name))
+        else {
+            return;
+        };
+        let policy = key_of(cfg).and_then(|k| self.policies.get(&k).cloned());
+        match &h.handler {
+            Handler::Http(s) => s.store(Arc::new(HttpState {
+                name: name.to_owned(),
+                config: cfg.clone(),
+                policy,
+                upstreams: self.upstreams.clone(),
+            })),
+            Handler::Tcp(s) => s.store(Arc::new(TcpState {
+                name: name.to_owned(),
+                config: cfg.clone(),
+                policy,
+                upstreams: self.upstreams.clone(),
+            })),
+        }
+    }
+
+    fn publish_view(&self) {
+        let policy_versions = self
+            .config
+            .listeners
+            .iter()
+            .filter_map(|(n, l)| {
+                let p = key_of(l).and_then(|k| self.policies.get(&k))?;
+                Some((n.clone(), p.version.clone()))
+            })
+            .collect();
+        self.view.store(Arc::new(View {
+            addrs: self
+                .listeners
+                .iter()
+                .map(|(n, h)| (n.clone(), h.addr))
+                .collect(),
+            upstreams: self.upstreams.clone(),
+            policy_versions,
+        }));
+    }
+
+    /// Binds a listener and starts its accept loop.
+    fn open(&mut self, name: &str, socket: tokio::net::TcpListener) -> anyhow::Result<()> {
+        let l = self.config.listeners[name].clone();
+        let addr = socket.local_addr()?;
+        let handler = match l.protocol {
+            Protocol::Http => Handler::Http(Arc::new(ArcSwap::from_pointee(HttpState {
+                name: name.to_owned(),
+                config: l.clone(),
+                policy: None,
+                upstreams: self.upstreams.clone(),
+            }))),
+            Protocol::Tcp => Handler::Tcp(Arc::new(ArcSwap::from_pointee(TcpState {
+                name: name.to_owned(),
+                config: l.clone(),
+                policy: None,
+                upstreams: self.upstreams.clone(),
+            }))),
+            Protocol::Udp => {
+                anyhow::bail!("listeners.{name}.protocol: \"udp\" is not supported yet")
+            }
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        self.listeners.insert(
+            name.to_owned(),
+            ListenerHandle {
+                protocol: l.protocol,
+                bind: l.bind,
+                addr,
+                handler: handler.clone(),
+                stop,
+            },
+        );
+        // Policy first, then accept.
+        self.publish(name);
+        info!(listener = %name, %addr, protocol = ?l.protocol, "listening");
+        tokio::spawn(listener::accept_loop(
+            name.to_owned(),
+            socket,
+            handler,
+            l.max_connections,
+            stop_rx,
+            self.conns.clone(),
+        ));
+        Ok(())
+    }
+
+    /// Loads every policy the configuration's listeners name that is not
+    /// loaded yet. Any failure refuses the whole set.
+    async fn load_missing(
+        &mut self,
+        config: &Config,
+    ) -> Result<BTreeMap<PolicyKey, Arc<Policy>>, Vec<String>> {
+        let mut fresh = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (name, l) in &config.listeners {
+            let Some(key) = key_of(l) else {
+                continue;
+            };
+            if self.policies.contains_key(&key) || fresh.contains_key(&key) {
+                continue;
+            }
+            let file = config.policy_file(&key.name);
+            let loaded = match policy::read_policy_files(&file, key.config.as_deref()) {
+                Ok((wasm, cfg)) => self.load(&key, file, wasm, cfg).await,
+                Err(e) => Err(e),
+            };
+            match loaded {
+                Ok(p) => {
+                    fresh.insert(key, p);
+                }
+                Err(e) => problems.push(format!("{e} (policy of listeners.{name})")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(fresh)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Looks at every policy file in use; loads what changed, keeps the last
+    /// good version of what is broken or gone.
+    async fn rescan(&mut self) {
+        let keys: Vec<PolicyKey> = self
+            .config
+            .listeners
+            .values()
+            .filter_map(key_of)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for key in keys {
+            let file = self.config.policy_file(&key.name);
+            if !file.exists() {
+                if self.missing.insert(key.clone(), ()).is_none() {
+                    if self.options.strict_policies {
+                        warn!(policy = %key.name, file = %file.display(),
+                            "policy file removed; its listeners fall back to the pool's algorithm (--strict-policies)");
+                        self.policies.remove(&key);
+                        self.republish(&key);
+                    } else {
+                        warn!(policy = %key.name, file = %file.display(),
+                            "policy file removed; the last loaded version keeps serving");
+                    }
+                }
+                continue;
+            }
+            self.missing.remove(&key);
+            let (file, wasm, cfg) = match self.read(&key) {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(policy = %key.name, error = %e, "cannot read the policy; the last loaded version keeps serving");
+                    continue;
+                }
+            };
+            let version = version_of(&wasm, &cfg);
+            let current = self.policies.get(&key).map(|p| p.version.clone());
+            if current.as_deref() == Some(version.as_str())
+                || self.refused.get(&key) == Some(&version)
+            {
+                continue;
+            }
+            match self.load(&key, file, wasm, cfg).await {
+                Ok(p) => {
+                    self.refused.remove(&key);
+                    self.policies.insert(key.clone(), p);
+                    self.republish(&key);
+                }
+                Err(e) => {
+                    warn!(policy = %key.name, version = %version, current = ?current,
+                        "policy={} version={} refused: {}; the last loaded version keeps serving",
+                        key.name, version, e);
+                    self.refused.insert(key, version);
+                }
+            }
+        }
+        self.publish_view();
+    }
+
+    fn republish(&self, key: &PolicyKey) {
+        for (name, l) in &self.config.listeners {
+            if key_of(l).as_ref() == Some(key) {
+                self.publish(name);
+            }
+        }
+    }
+
+    /// Applies a new configuration, or refuses it whole and keeps the
+    /// running one.
+    async fn apply(&mut self, new: Config) -> Result<(), Vec<String>> {
+        let fresh = self.load_missing(&new).await?;
+        // Bind what is new or moved before changing anything, so a bind
+        // failure refuses the reload cleanly.
+        let mut sockets = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (name, l) in &new.listeners {
+            let same = self
+                .listeners
+                .get(name)
+                .is_some_and(|h| h.bind == l.bind && h.protocol == l.protocol);
+            if same {
+                continue;
+            }
+            if l.protocol == Protocol::Udp {
+                problems.push(format!(
+                    "listeners.{name}.protocol: \"udp\" is not supported yet"
+                ));
+                continue;
+            }
+            match listener::bind(l.bind) {
+                Ok(s) => {
+                    sockets.insert(name.clone(), s);
+                }
+                Err(e) => problems.push(format!(
+                    "listeners.{name}.bind: cannot bind {}: {e}",
+                    l.bind
+                )),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        self.policies.extend(fresh);
+        self.upstreams = Arc::new(Upstreams::rebuild(Some(&self.upstreams), &new));
+        let old_names: Vec<String> = self.listeners.keys().cloned().collect();
+        self.config = new;
+        for name in old_names {
+            let keep = self.config.listeners.get(&name).is_some_and(|l| {
+                let h = &self.listeners[&name];
+                h.bind == l.bind && h.protocol == l.protocol
+            });
+            if !keep && let Some(h) = self.listeners.remove(&name) {
+                // Stop accepting; its connections finish on their own.
+                let _ = h.stop.send(true);
+                info!(listener = %name, addr = %h.addr, "listener closed");
+            }
+        }
+        let in_use: Vec<PolicyKey> = self.config.listeners.values().filter_map(key_of).collect();
+        self.policies.retain(|k, _| in_use.contains(k));
+        for (name, socket) in sockets {
+            if let Err(e) = self.open(&name, socket) {
+                error!(listener = %name, error = %e, "cannot open listener");
+            }
+        }
+        let names: Vec<String> = self.listeners.keys().cloned().collect();
+        for name in names {
+            self.publish(&name);
+        }
+        self.publish_view();
+        Ok(())
+    }
+}
+
+impl Running {
+    /// Each listener's bound address (useful with port 0).
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.view.load().addrs[listener]
+    }
+
+    /// The pools now in use.
+    pub fn upstreams(&self) -> Arc<Upstreams> {
+        self.view.load().upstreams.clone()
+    }
+
+    /// The policy version a listener serves with now.
+    pub fn policy_version(&self, listener: &str) -> Option<String> {
+        self.view.load().policy_versions.get(listener).cloned()
+    }
+
+    /// Applies a new configuration; on error the running one stays.
+    pub async fn reload(&self, config: Config) -> Result<(), Vec<String>> {
+        self.daemon.lock().await.apply(config).await
+    }
+
+    /// Re-reads the configuration file and applies it.
+    pub async fn reload_from_file(&self) -> Result<(), Vec<String>> {
+        let source = self.daemon.lock().await.config.source.clone();
+        let config = Config::load(&source)
+            .map_err(|e| e.to_string().lines().map(str::to_owned).collect::<Vec<_>>())?;
+        self.reload(config).await
+    }
+
+    /// Looks for changed policy files now (the watcher does it on events).
+    pub async fn rescan_policies(&self) {
+        self.daemon.lock().await.rescan().await
+    }
+
+    /// Stops accepting, asks every connection to finish what it is doing,
+    /// and waits up to `drain` for them. Returns whether all finished.
+    pub async fn shutdown(self, drain: Duration) -> bool {
+        let d = self.daemon.lock().await;
+        for h in d.listeners.values() {
+            let _ = h.stop.send(true);
+        }
+        let _ = d.drain.send(true);
+        let tracker = d.conns.tracker.clone();
+        drop(d);
+        tracker.close();
+        tokio::time::timeout(drain, tracker.wait()).await.is_ok()
+    }
+}
+
+async fn on_change(daemon: &Arc<Mutex<Daemon>>, change: Change) {
+    let mut d = daemon.lock().await;
+    if change == Change::Config {
+        let source = d.config.source.clone();
+        match Config::load(&source) {
+            Ok(c) => match d.apply(c).await {
+                Ok(()) => info!(config = %source.display(), "configuration reloaded"),
+                Err(problems) => {
+                    for p in &problems {
+                        warn!(config = %source.display(), "{p}");
+                    }
+                    warn!(config = %source.display(), "configuration refused; the running one stays");
+                }
+            },
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    warn!("{line}");
+                }
+                warn!(config = %source.display(), "configuration refused; the running one stays");
+            }
+        }
+    }
+    d.rescan().await;
+}
+
+/// Loads every policy, binds every listener and starts accepting; with
+/// `options.watch`, follows changes to policies and configuration.
+pub async fn start_with(
+    config: Config,
+    options: Options,
+) -> anyhow::Result<(Running, mpsc::Sender<Change>)> {
+    let engine = PolicyEngine::new(&EngineSettings {
+        cache_dir: config.policies.cache_dir.clone(),
+    })?;
+    let (drain, drain_rx) = watch::channel(false);
+    let view = Arc::new(ArcSwap::from_pointee(View::default()));
+    let mut daemon = Daemon {
+        engine,
+        compiler: Compiler::start(),
+        upstreams: Arc::new(Upstreams::new(&config)),
+        config: config.clone(),
+        options,
+        listeners: BTreeMap::new(),
+        policies: BTreeMap::new(),
+        refused: BTreeMap::new(),
+        missing: BTreeMap::new(),
+        conns: Connections {
+            tracker: TaskTracker::new(),
+            drain: drain_rx,
+        },
+        drain,
+        view: view.clone(),
+    };
+    let fresh = daemon
+        .load_missing(&config)
+        .await
+        .map_err(|p| anyhow::anyhow!(p.join("\n")))?;
+    daemon.policies = fresh;
+    for (name, l) in &config.listeners {
+        let socket = listener::bind(l.bind)
+            .with_context(|| format!("listeners.{name}.bind: cannot bind {}", l.bind))?;
+        daemon.open(name, socket)?;
+    }
+    daemon.publish_view();
+    let (tx, mut rx) = mpsc::channel::<Change>(8);
+    let watches = if options.watch {
+        Some(
+            reload::watch(&config.policies.dir, &config.source, tx.clone())
+                .context("cannot watch the policy directory and config file")?,
+        )
+    } else {
+        None
+    };
+    let daemon = Arc::new(Mutex::new(daemon));
+    let d = daemon.clone();
+    tokio::spawn(async move {
+        while let Some(change) = rx.recv().await {
+            on_change(&d, change).await;
+        }
+    });
+    Ok((
+        Running {
+            daemon,
+            view,
+            _watches: watches,
+        },
+        tx,
+    ))
+}
+
+/// Starts without watching files (tests drive reloads themselves).
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    Ok(start_with(config, Options::default()).await?.0)
+}
+
+/// Runs until SIGINT or SIGTERM, reloading the configuration on SIGHUP.
+/// A second SIGINT/SIGTERM during the drain exits at once (status 130).
+pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     let source = config.source.clone();
-    let running = start(config).await?;
+    let drain = config.runtime.drain_timeout;
+    let (running, changes) = start_with(
+        config,
+        Options {
+            watch: true,
+            ..options
+        },
+    )
+    .await?;
     info!(config = %source.display(), "switchyard running");
-    wait_for_signal().await;
-    info!("shutting down");
-    running.shutdown().await;
+    signals::wait_for_stop(changes).await;
+    info!(
+        drain_ms = drain.as_millis() as u64,
+        "shutting down: draining connections"
+    );
+    tokio::spawn(async {
+        signals::wait_for_stop_only().await;
+        warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    if running.shutdown(drain).await {
+        info!("drained; bye");
+    } else {
+        warn!("drain timeout reached; closing the remaining connections");
+    }
     Ok(())
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+mod signals {
+    use tokio::sync::mpsc;
+
+    use crate::reload::Change;
+
+    /// Waits for SIGINT/SIGTERM; SIGHUP meanwhile asks for a config reload.
+    pub async fn wait_for_stop(changes: mpsc::Sender<Change>) {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return,
+                    _ = term.recv() => return,
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        let _ = changes.send(Change::Config).await;
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = changes;
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+
+    pub async fn wait_for_stop_only() {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                return;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

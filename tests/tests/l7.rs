@@ -14,7 +14,7 @@ use switchyard_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn addr_of(r: &switchyard::server::Running, listener: &str) -> SocketAddr {
-    r.addrs[listener]
+    r.addr(listener)
 }
 
 const THREE_POOLS: &str = r#"
@@ -68,7 +68,7 @@ async fn path_router_sends_each_prefix_to_its_pool_and_strips() {
         a.to_string().as_str(),
         "the client's Host is kept"
     );
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -125,7 +125,7 @@ dir = "{fixtures}"
         !seen.contains_key("x-secret"),
         "a field named by Connection is hop-by-hop"
     );
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -163,7 +163,7 @@ policy = "rate-limit"
     if got.status == 429 {
         assert!(got.headers.contains_key("retry-after"));
     }
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 fn one_pool(extra_pool: &str, extra_listener: &str) -> String {
@@ -192,7 +192,7 @@ async fn http2_client_to_http1_backend_and_back() {
         web.seen()[0].headers["host"],
         addr_of(&sy, "l").to_string().as_str()
     );
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -217,7 +217,7 @@ async fn five_megabytes_stream_up_and_down_intact() {
     }
     let got = get(&client(false), a, &format!("/bytes/{}", data.len()), &[]).await;
     assert_eq!(Sha256::digest(&got.body), want, "download intact");
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -250,7 +250,7 @@ async fn an_upgrade_is_tunnelled_both_ways() {
             .unwrap();
         assert_eq!(back, msg);
     }
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -277,7 +277,7 @@ pool = "web"
         }
     }
     assert!((450..=550).contains(&to_a), "a got {to_a} of 1000");
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -316,14 +316,14 @@ pool = "gone"
         .body(streamed(b"data".to_vec(), 4))
         .unwrap();
     assert_eq!(send(&c, post).await.status, 502);
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
 async fn no_backend_available_is_a_fast_503() {
     let web = TestBackend::start("web").await;
     let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", web.addr)])).await;
-    for b in &sy.upstreams.pool("web").unwrap().backends {
+    for b in &sy.upstreams().pool("web").unwrap().backends {
         b.set_healthy(false);
     }
     let started = Instant::now();
@@ -331,7 +331,7 @@ async fn no_backend_available_is_a_fast_503() {
     assert_eq!(got.status, 503);
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(web.seen().is_empty());
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -348,7 +348,7 @@ async fn a_backend_that_never_answers_is_a_504_after_the_timeout() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(300), "{took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -370,7 +370,7 @@ async fn differing_duplicate_content_length_is_400_and_never_forwarded() {
     .await;
     assert!(out.starts_with("HTTP/1.1 400"), "obs-fold: {out}");
     assert!(web.seen().is_empty(), "{:?}", web.seen());
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -389,7 +389,7 @@ async fn a_request_hidden_in_a_cl_te_body_never_reaches_the_backend() {
     assert!(responses <= 1, "{out}");
     let seen: Vec<String> = web.seen().iter().map(|s| s.uri.clone()).collect();
     assert!(!seen.iter().any(|u| u.contains("smuggled")), "{seen:?}");
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -431,7 +431,7 @@ async fn header_and_body_caps_give_431_and_413() {
         assert!(resp.into_body().collect().await.is_err());
     }
     assert!(web.seen().is_empty() || web.seen().iter().all(|s| s.uri == "/echo"));
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -462,7 +462,7 @@ policy = "deny-list"
         "an untrusted client cannot pick its address"
     );
     assert_eq!(web.seen()[0].headers["x-forwarded-for"], "127.0.0.1");
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 
     let sy = start_switchyard(
         &cfg("trusted_proxies = [\"127.0.0.1/32\"]"),
@@ -474,7 +474,7 @@ policy = "deny-list"
         got.status, 403,
         "through a trusted proxy the forwarded client is seen"
     );
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -503,7 +503,7 @@ on_error = "{on_error}"
             assert_eq!(got.status.as_u16(), want, "{on_error} {path}");
         }
         assert_eq!(get(&c, addr_of(&sy, "l"), "/", &[]).await.status, 200);
-        sy.shutdown().await;
+        sy.shutdown(Duration::from_secs(5)).await;
     }
 }
 
@@ -529,7 +529,7 @@ async fn a_pool_with_http2_speaks_h2c_to_its_backends() {
         1,
         "every request multiplexed on one h2 connection"
     );
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -562,5 +562,5 @@ async fn max_connections_holds_new_clients_until_a_slot_frees() {
     drop(first);
     let out = second.await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    sy.shutdown().await;
+    sy.shutdown(Duration::from_secs(5)).await;
 }

@@ -187,8 +187,23 @@ pub struct ListenerFile {
     pub http2_max_concurrent_streams: u32,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeFile {
     pub worker_threads: Option<usize>,
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Default for RuntimeFile {
+    fn default() -> Self {
+        RuntimeFile {
+            worker_threads: None,
+            drain_timeout_ms: default_drain_timeout_ms(),
+        }
+    }
 }

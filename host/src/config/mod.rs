@@ -55,7 +55,7 @@ pub enum HashKey {
     Path,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
     pub algorithm: Algorithm,
     pub backends: Vec<BackendConfig>,
@@ -90,9 +90,11 @@ pub struct ListenerConfig {
     pub http2_max_concurrent_streams: u32,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     pub worker_threads: Option<usize>,
+    /// How long shutdown waits for in-flight requests and connections.
+    pub drain_timeout: Duration,
 }
 
 /// Every problem found in one configuration file.
@@ -398,6 +400,7 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
         listeners,
         runtime: RuntimeConfig {
             worker_threads: f.runtime.worker_threads,
+            drain_timeout: Duration::from_millis(f.runtime.drain_timeout_ms),
         },
     })
 }

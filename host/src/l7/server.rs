@@ -78,12 +78,15 @@ impl Body for Tracked {
     }
 }
 
-/// Serves one accepted connection until it closes.
+/// Serves one accepted connection until it closes. When `drain` turns
+/// true, the connection finishes its in-flight requests and closes
+/// (HTTP/1.1: after the current response; HTTP/2: GOAWAY).
 pub async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     shared: Arc<ArcSwap<HttpState>>,
+    mut drain: tokio::sync::watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let state = shared.load();
@@ -107,10 +110,21 @@ pub async fn serve_connection(
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(req, peer, local, &shared.load_full()).await) }
     });
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .await
-    {
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = if *drain.borrow() {
+        conn.as_mut().graceful_shutdown();
+        conn.await
+    } else {
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = drain.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    };
+    if let Err(e) = result {
         debug!(%peer, error = %e, "connection ended with an error");
     }
 }

@@ -27,11 +27,13 @@ use std::time::Duration;
 pub use bindings::types;
 pub use decision::{ConnDecision, DirectResponse, ForwardAction, HeaderEdit, HttpDecision};
 pub use directory::{Directory, OpenDirectory, StaticDirectory};
-pub use engine::{Compiled, EngineSettings, Limits, PolicyEngine, policy_name, read_policy_files};
+pub use engine::{
+    Compiled, EngineSettings, Limits, PolicyEngine, policy_name, read_policy_files, version_of,
+};
 pub use instances::Policy;
 
 /// Which world a policy implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PolicyKind {
     /// `switchyard:policy/http-policy`, for `http` listeners.
     Http,

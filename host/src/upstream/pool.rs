@@ -143,11 +143,26 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn new(config: &Config) -> Self {
+        Self::rebuild(None, config)
+    }
+
+    /// The pools of `config`, keeping every pool of `old` whose settings did
+    /// not change (its connections, counters and health carry over).
+    pub fn rebuild(old: Option<&Upstreams>, config: &Config) -> Self {
         Upstreams {
             pools: config
                 .pools
                 .iter()
-                .map(|(name, p)| (name.clone(), Arc::new(Pool::new(name, p))))
+                .map(|(name, p)| {
+                    let kept = old
+                        .and_then(|o| o.pools.get(name))
+                        .filter(|existing| existing.config == *p)
+                        .cloned();
+                    (
+                        name.clone(),
+                        kept.unwrap_or_else(|| Arc::new(Pool::new(name, p))),
+                    )
+                })
                 .collect(),
         }
     }
