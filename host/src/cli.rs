@@ -19,8 +19,21 @@ use crate::policy::{
     about = "A load balancer programmed with WebAssembly"
 )]
 pub struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `warn,policy::rate-limit=debug`
+    /// (default: `RUST_LOG`, else `info`).
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,22 +3,29 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchyard::cli::{self, Cli, Command, PolicyCommand};
+use switchyard::cli::{self, Cli, Command, LogFormat, PolicyCommand};
 use switchyard::config::Config;
 use switchyard::server;
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+fn init_tracing(format: LogFormat, level: Option<&str>) {
+    use std::io::IsTerminal;
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format, cli.log_level.as_deref());
     // `run` sizes the runtime from its configuration.
     let mut workers = None;
     let mut run_config = None;

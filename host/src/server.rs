@@ -74,6 +74,11 @@ pub struct View {
     pub upstreams: Arc<Upstreams>,
     /// Loaded policy versions by listener.
     pub policy_versions: BTreeMap<String, String>,
+    /// Why the newest version of a policy (by name) was refused, if it was.
+    pub policy_errors: BTreeMap<String, String>,
+    /// Compilations answered from / missing in the on-disk cache.
+    pub cache_hits: usize,
+    pub cache_misses: usize,
 }
 
 struct Daemon {
@@ -84,9 +89,9 @@ struct Daemon {
     upstreams: Arc<Upstreams>,
     listeners: BTreeMap<String, ListenerHandle>,
     policies: BTreeMap<PolicyKey, Arc<Policy>>,
-    /// The last version refused per policy, so a broken file is reported
-    /// once, not at every unrelated event.
-    refused: BTreeMap<PolicyKey, String>,
+    /// The last version refused per policy and why, so a broken file is
+    /// reported once, not at every unrelated event.
+    refused: BTreeMap<PolicyKey, (String, String)>,
     /// Policies whose file is gone and that were reported so.
     missing: BTreeMap<PolicyKey, ()>,
     conns: Connections,
@@ -138,10 +143,11 @@ impl Daemon {
             policy = %p.name,
             version = %p.version,
             compile_ms = p.compile_time.as_millis() as u64,
-            "policy={} version={} loaded in {} ms",
+            "policy={} version={} loaded in {} ms ({})",
             p.name,
             p.version,
-            started.elapsed().as_millis()
+            started.elapsed().as_millis(),
+            if p.from_cache { "compiled code from cache" } else { "compiled" }
         );
         Ok(p)
     }
@@ -187,6 +193,13 @@ impl Daemon {
                 .collect(),
             upstreams: self.upstreams.clone(),
             policy_versions,
+            policy_errors: self
+                .refused
+                .iter()
+                .map(|(k, (_, e))| (k.name.clone(), e.clone()))
+                .collect(),
+            cache_hits: self.engine.cache_hits(),
+            cache_misses: self.engine.cache_misses(),
         }));
     }
 
@@ -308,7 +321,7 @@ impl Daemon {
             let version = version_of(&wasm, &cfg);
             let current = self.policies.get(&key).map(|p| p.version.clone());
             if current.as_deref() == Some(version.as_str())
-                || self.refused.get(&key) == Some(&version)
+                || self.refused.get(&key).is_some_and(|(v, _)| *v == version)
             {
                 continue;
             }
@@ -322,7 +335,7 @@ impl Daemon {
                     warn!(policy = %key.name, version = %version, current = ?current,
                         "policy={} version={} refused: {}; the last loaded version keeps serving",
                         key.name, version, e);
-                    self.refused.insert(key, version);
+                    self.refused.insert(key, (version, e.to_string()));
                 }
             }
         }
@@ -417,6 +430,17 @@ impl Running {
     /// The policy version a listener serves with now.
     pub fn policy_version(&self, listener: &str) -> Option<String> {
         self.view.load().policy_versions.get(listener).cloned()
+    }
+
+    /// Why the newest file of a policy was refused, if it was.
+    pub fn policy_error(&self, policy: &str) -> Option<String> {
+        self.view.load().policy_errors.get(policy).cloned()
+    }
+
+    /// (hits, misses) of the compiled-policy cache since start.
+    pub fn cache_stats(&self) -> (usize, usize) {
+        let v = self.view.load();
+        (v.cache_hits, v.cache_misses)
     }
 
     /// Applies a new configuration; on error the running one stays.

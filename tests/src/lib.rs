@@ -245,3 +245,55 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A fresh, empty folder for one test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "switchyard-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Writes a file the way deploy tools do: beside it, then renamed over it.
+pub fn replace_file(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Fills `{NAME}` placeholders with addresses.
+pub fn fill(toml: &str, addrs: &BTreeMap<&str, SocketAddr>) -> String {
+    let mut text = toml.to_owned();
+    for (name, addr) in addrs {
+        text = text.replace(&format!("{{{name}}}"), &addr.to_string());
+    }
+    text
+}
+
+/// Starts Switchyard from `dir/switchyard.toml` (written from `toml`),
+/// watching its policy directory and config file.
+pub async fn start_watching(
+    dir: &Path,
+    toml: &str,
+    addrs: &BTreeMap<&str, SocketAddr>,
+) -> switchyard::server::Running {
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, fill(toml, addrs)).unwrap();
+    let config = switchyard::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let options = switchyard::server::Options {
+        watch: true,
+        strict_policies: false,
+    };
+    switchyard::server::start_with(config, options)
+        .await
+        .expect("switchyard starts")
+        .0
+}

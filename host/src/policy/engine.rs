@@ -108,6 +108,7 @@ pub struct Compiled {
     pub(crate) version: String,
     pub(crate) pre: Pre,
     pub(crate) compile_time: Duration,
+    pub(crate) from_cache: bool,
 }
 
 impl Compiled {
@@ -122,6 +123,7 @@ impl Compiled {
 /// The process's one policy engine.
 pub struct PolicyEngine {
     pub(crate) engine: Engine,
+    cache: Option<Cache>,
     linker: Linker<HostState>,
     pub(crate) kv: KvStore,
     _ticker: EpochTicker,
@@ -171,11 +173,15 @@ impl PolicyEngine {
             .max_component_instance_size(8 << 20)
             .table_elements(100_000);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        if let Some(dir) = &settings.cache_dir {
-            let mut cache = CacheConfig::new();
-            cache.with_directory(dir);
-            cfg.cache(Some(Cache::new(cache)?));
-        }
+        let cache = match &settings.cache_dir {
+            Some(dir) => {
+                let mut cache = CacheConfig::new();
+                cache.with_directory(dir);
+                Some(Cache::new(cache)?)
+            }
+            None => None,
+        };
+        cfg.cache(cache.clone());
         let engine = Engine::new(&cfg)?;
         let mut linker = Linker::new(&engine);
         http::HttpPolicy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
@@ -185,6 +191,7 @@ impl PolicyEngine {
         Ok(Arc::new(PolicyEngine {
             _ticker: EpochTicker::start(engine.clone()),
             engine,
+            cache,
             linker,
             kv: KvStore::default(),
         }))
@@ -207,9 +214,11 @@ impl PolicyEngine {
         };
         wasm_kind(wasm).map_err(err)?;
         let started = Instant::now();
+        let hits_before = self.cache_hits();
         let component = Component::from_binary(&self.engine, wasm)
             .map_err(|e| err(format!("does not compile: {e:#}")))?;
         let compile_time = started.elapsed();
+        let from_cache = self.cache_hits() > hits_before;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             err(format!(
                 "imports something the host does not provide: {e:#}"
@@ -247,7 +256,18 @@ impl PolicyEngine {
             version: version_of(wasm, config),
             pre,
             compile_time,
+            from_cache,
         })
+    }
+
+    /// Compilations answered from the on-disk cache since start.
+    pub fn cache_hits(&self) -> usize {
+        self.cache.as_ref().map_or(0, Cache::cache_hits)
+    }
+
+    /// Compilations that were not in the cache since start.
+    pub fn cache_misses(&self) -> usize {
+        self.cache.as_ref().map_or(0, Cache::cache_misses)
     }
 
     /// Instantiates a compiled policy, runs `init(config)` and a smoke call,

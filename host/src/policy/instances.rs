@@ -55,6 +55,8 @@ pub struct Policy {
     pub file: PathBuf,
     pub loaded_at: SystemTime,
     pub compile_time: Duration,
+    /// Whether the compiled code came from the on-disk cache.
+    pub from_cache: bool,
     pub stats: PolicyStats,
     engine: Arc<PolicyEngine>,
     pre: Pre,
@@ -87,6 +89,7 @@ impl Policy {
             file: c.file,
             loaded_at: SystemTime::now(),
             compile_time: c.compile_time,
+            from_cache: c.from_cache,
             stats: PolicyStats::default(),
             engine,
             pre: c.pre,

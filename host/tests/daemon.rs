@@ -1,0 +1,173 @@
+//! The daemon as an operator runs it: a real process, real signals.
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+/// A backend that answers every request after `delay`, and tells `seen`
+/// when a request arrives.
+fn slow_backend(delay: Duration, seen: mpsc::Sender<()>) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req| {
+                        let seen = seen.clone();
+                        async move {
+                            let _ = seen.send(());
+                            tokio::time::sleep(delay).await;
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                                "slow done",
+                            ))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// Kills the daemon (by its PID) if a test ends early.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts `switchyard run` and returns it with the address it listens on.
+fn start_daemon(tag: &str, config: &str) -> (Daemon, SocketAddr, mpsc::Receiver<String>) {
+    let dir = std::env::temp_dir().join(format!("switchyard-daemon-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .args(["--log-level", "info"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the daemon logs its listening address");
+        if line.contains("listening")
+            && let Some(a) = line.split("addr=").nth(1)
+        {
+            break a.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    (Daemon(child), addr, rx)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the daemon did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
+    let (seen_tx, seen) = mpsc::channel();
+    let backend = slow_backend(Duration::from_millis(800), seen_tx);
+    let (mut daemon, addr, _log) = start_daemon(
+        "sigterm",
+        &format!(
+            "[pools.web]\nbackends = [\"{backend}\"]\n[listeners.l]\nprotocol = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n[runtime]\ndrain_timeout_ms = 10000\n"
+        ),
+    );
+    let child = &mut daemon.0;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    seen.recv_timeout(Duration::from_secs(10))
+        .expect("the backend got the request");
+    signal(child.id(), "-TERM");
+    let mut out = String::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("slow done"), "{out}");
+    let status = wait_exit(child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    // Once draining, nothing new is accepted.
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err());
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let (seen_tx, seen) = mpsc::channel();
+    let backend = slow_backend(Duration::from_secs(60), seen_tx);
+    let (mut daemon, addr, _log) = start_daemon(
+        "second",
+        &format!(
+            "[pools.web]\nbackends = [\"{backend}\"]\n[listeners.l]\nprotocol = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n[runtime]\ndrain_timeout_ms = 60000\n"
+        ),
+    );
+    let child = &mut daemon.0;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    seen.recv_timeout(Duration::from_secs(10)).unwrap();
+    signal(child.id(), "-TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still draining the 60 s request"
+    );
+    signal(child.id(), "-INT");
+    let status = wait_exit(child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(130));
+}
