@@ -126,7 +126,13 @@ pub async fn check(config_path: &Path) -> Result<(), Vec<String>> {
     let config = Config::load(config_path).map_err(|e| vec![e.to_string()])?;
     let engine = engine_for(Some(&config)).map_err(|e| vec![format!("policy engine: {e:#}")])?;
     let directory: Arc<dyn Directory> = Arc::new(static_directory(&config));
-    let mut problems = Vec::new();
+    let file = config.source.display().to_string();
+    let mut problems: Vec<String> = crate::upstream::Upstreams::new(&config)
+        .resolve()
+        .await
+        .into_iter()
+        .map(|p| format!("{file}: {p}"))
+        .collect();
     for (name, listener) in &config.listeners {
         let Some(policy) = &listener.policy else {
             continue;

@@ -353,6 +353,11 @@ impl Daemon {
     /// Applies a new configuration, or refuses it whole and keeps the
     /// running one.
     async fn apply(&mut self, new: Config) -> Result<(), Vec<String>> {
+        let upstreams = Arc::new(Upstreams::rebuild(Some(&self.upstreams), &new));
+        let unresolved = upstreams.resolve().await;
+        if !unresolved.is_empty() {
+            return Err(unresolved);
+        }
         let fresh = self.load_missing(&new).await?;
         // Bind what is new or moved before changing anything, so a bind
         // failure refuses the reload cleanly.
@@ -386,7 +391,7 @@ impl Daemon {
             return Err(problems);
         }
         self.policies.extend(fresh);
-        self.upstreams = Arc::new(Upstreams::rebuild(Some(&self.upstreams), &new));
+        self.upstreams = upstreams;
         let old_names: Vec<String> = self.listeners.keys().cloned().collect();
         self.config = new;
         for name in old_names {
@@ -476,6 +481,30 @@ impl Running {
     }
 }
 
+/// Resolves backends given by DNS name again every `resolve_interval_ms`,
+/// so they follow their records; a failed lookup keeps the last address.
+/// Ends when the daemon is gone.
+async fn re_resolve(view: std::sync::Weak<ArcSwap<View>>) {
+    loop {
+        let interval = match view.upgrade() {
+            Some(v) => v.load().upstreams.resolve_interval(),
+            None => return,
+        };
+        tokio::time::sleep(interval.unwrap_or(Duration::from_secs(1))).await;
+        if interval.is_none() {
+            continue;
+        }
+        let Some(v) = view.upgrade() else {
+            return;
+        };
+        let upstreams = v.load().upstreams.clone();
+        drop(v);
+        for problem in upstreams.resolve().await {
+            warn!("{problem}; keeping the last address");
+        }
+    }
+}
+
 async fn on_change(daemon: &Arc<Mutex<Daemon>>, change: Change) {
     let mut d = daemon.lock().await;
     if change == Change::Config {
@@ -529,6 +558,10 @@ pub async fn start_with(
         drain,
         view: view.clone(),
     };
+    let unresolved = daemon.upstreams.resolve().await;
+    if !unresolved.is_empty() {
+        anyhow::bail!("{}", unresolved.join("\n"));
+    }
     let fresh = daemon
         .load_missing(&config)
         .await
@@ -549,6 +582,7 @@ pub async fn start_with(
     } else {
         None
     };
+    tokio::spawn(re_resolve(Arc::downgrade(&view)));
     let daemon = Arc::new(Mutex::new(daemon));
     let d = daemon.clone();
     tokio::spawn(async move {

@@ -564,3 +564,37 @@ async fn max_connections_holds_new_clients_until_a_slot_frees() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     sy.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_backend_given_by_dns_name_is_resolved() {
+    let web = TestBackend::start("web").await;
+    let text = format!(
+        r#"
+[pools.web]
+backends = ["localhost:{}"]
+resolve_interval_ms = 200
+[listeners.l]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+"#,
+        web.addr.port()
+    );
+    let sy = start_switchyard(&text, &BTreeMap::new()).await;
+    let got = get(&client(false), addr_of(&sy, "l"), "/", &[]).await;
+    assert_eq!(got.text(), "web");
+    let b = sy.upstreams().pool("web").unwrap().backends[0].clone();
+    assert_eq!(b.name, format!("localhost:{}", web.addr.port()));
+    assert_eq!(b.address().unwrap().socket, web.addr);
+    sy.shutdown(Duration::from_secs(5)).await;
+
+    // A name that does not resolve refuses the start, naming pool and backend.
+    let bad = text.replace("localhost", "no-such-host.invalid");
+    let config =
+        switchyard::config::Config::parse(std::path::Path::new("/tmp/x.toml"), &bad).unwrap();
+    let e = switchyard::server::start(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("pools.web.backends[0]"), "{e}");
+}

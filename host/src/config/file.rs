@@ -122,6 +122,12 @@ pub struct PoolFile {
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
     pub max_requests_per_backend: Option<u32>,
+    #[serde(default = "default_resolve_interval_ms")]
+    pub resolve_interval_ms: u64,
+}
+
+fn default_resolve_interval_ms() -> u64 {
+    30_000
 }
 
 fn default_response_timeout_ms() -> u64 {

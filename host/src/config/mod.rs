@@ -38,11 +38,49 @@ pub struct PolicySettings {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// Where a backend is: an IP address, or a DNS name resolved at start and
+/// again every `resolve_interval_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendAddress {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl fmt::Display for BackendAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendAddress::Ip(a) => write!(f, "{a}"),
+            BackendAddress::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl BackendAddress {
+    fn parse(s: &str) -> Option<BackendAddress> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Some(BackendAddress::Ip(a));
+        }
+        let (host, port) = s.rsplit_once(':')?;
+        let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        valid.then(|| BackendAddress::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
-    /// Unique in the pool; defaults to the address.
+    /// Unique in the pool; defaults to the address as written.
     pub name: String,
-    pub address: SocketAddr,
+    pub address: BackendAddress,
     pub weight: u32,
 }
 
@@ -68,6 +106,8 @@ pub struct PoolConfig {
     /// Pooled upstream connections idle longer than this are closed.
     pub idle_timeout: Duration,
     pub max_requests_per_backend: Option<u32>,
+    /// How often backends given by DNS name are resolved again.
+    pub resolve_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -239,9 +279,9 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 BackendFile::Full(t) => (t.address, t.name, t.weight),
             };
             let bkey = format!("{key}.backends[{i}]");
-            let Ok(addr) = address.parse::<SocketAddr>() else {
+            let Some(addr) = BackendAddress::parse(&address) else {
                 problems.push(format!(
-                    "{bkey}: {address:?} is not an address like \"127.0.0.1:9001\""
+                    "{bkey}: {address:?} is not an address like \"127.0.0.1:9001\" or \"backend.internal:9001\""
                 ));
                 continue;
             };
@@ -297,6 +337,7 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 response_timeout: Duration::from_millis(pool.response_timeout_ms.max(1)),
                 idle_timeout: Duration::from_millis(pool.idle_timeout_ms.max(1)),
                 max_requests_per_backend: pool.max_requests_per_backend,
+                resolve_interval: Duration::from_millis(pool.resolve_interval_ms.max(100)),
             },
         );
     }

@@ -84,7 +84,10 @@ pub async fn serve_connection(
     let mut tried: Option<Arc<Backend>> = None;
     let mut candidate = first;
     while let Some(backend) = candidate {
-        let connect = TcpStream::connect(backend.address);
+        let Some(at) = backend.address() else {
+            break;
+        };
+        let connect = TcpStream::connect(at.socket);
         match tokio::time::timeout(pool.config.connect_timeout, connect).await {
             Ok(Ok(mut upstream)) => {
                 let _ = upstream.set_nodelay(true);

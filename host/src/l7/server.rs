@@ -303,7 +303,12 @@ async fn proxy(
         (false, None) => body.map_err(BoxError::from).boxed_unsync(),
     };
     let build = |backend: &Backend, headers: http::HeaderMap, body: UpstreamBody| {
-        let uri = request::upstream_uri(&parts.uri, &action, &backend.authority).map_err(|e| {
+        let Some(at) = backend.address() else {
+            return Err(ProxyError::NoBackend {
+                pool: pool_name.clone(),
+            });
+        };
+        let uri = request::upstream_uri(&parts.uri, &action, &at.authority).map_err(|e| {
             ProxyError::Upstream {
                 pool: pool_name.clone(),
                 backend: backend.name.clone(),

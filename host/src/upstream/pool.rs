@@ -8,34 +8,86 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::balance::{self, Balancer, Candidate};
-use crate::config::{BackendConfig, Config, PoolConfig};
+use arc_swap::ArcSwapOption;
+
+use crate::config::{BackendAddress, BackendConfig, Config, PoolConfig};
 use crate::policy::{Directory, types};
 
 use super::client::{self, UpstreamClient};
+
+/// Where a backend is right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub socket: SocketAddr,
+    /// `ip:port` as an authority, for upstream URIs.
+    pub authority: String,
+}
 
 /// One backend of a pool.
 #[derive(Debug)]
 pub struct Backend {
     pub name: String,
-    pub address: SocketAddr,
+    /// As configured: an IP address or a DNS name.
+    pub configured: BackendAddress,
     pub weight: u32,
-    /// `ip:port` as an authority, for upstream URIs.
-    pub authority: String,
+    /// `None` until a DNS name has resolved.
+    resolved: ArcSwapOption<Resolved>,
     in_flight: AtomicU32,
     healthy: AtomicBool,
     max_in_flight: Option<u32>,
 }
 
+fn resolved(socket: SocketAddr) -> Arc<Resolved> {
+    Arc::new(Resolved {
+        socket,
+        authority: socket.to_string(),
+    })
+}
+
 impl Backend {
     fn new(c: &BackendConfig, max_in_flight: Option<u32>) -> Self {
+        let now = match &c.address {
+            BackendAddress::Ip(a) => Some(resolved(*a)),
+            BackendAddress::Name { .. } => None,
+        };
         Backend {
             name: c.name.clone(),
-            address: c.address,
+            configured: c.address.clone(),
             weight: c.weight,
-            authority: c.address.to_string(),
+            resolved: ArcSwapOption::new(now),
             in_flight: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
             max_in_flight,
+        }
+    }
+
+    /// The address to connect to now (`None`: a name not resolved yet).
+    pub fn address(&self) -> Option<Arc<Resolved>> {
+        self.resolved.load_full()
+    }
+
+    /// Resolves a DNS name again (the first IPv4 address, else the first
+    /// address, wins); IP backends and
+    /// failed lookups keep what they had. Returns the error of a failed
+    /// lookup.
+    pub async fn resolve(&self) -> Result<(), String> {
+        let BackendAddress::Name { host, port } = &self.configured else {
+            return Ok(());
+        };
+        match tokio::net::lookup_host((host.as_str(), *port)).await {
+            // IPv4 preferred when a name has both (Envoy's V4_PREFERRED).
+            Ok(addrs) => match addrs.min_by_key(|a| a.is_ipv6()) {
+                Some(a) => {
+                    let new = resolved(a);
+                    if self.address().as_deref() != Some(&*new) {
+                        tracing::info!(backend = %self.name, host = %host, address = %a, "backend resolved");
+                        self.resolved.store(Some(new));
+                    }
+                    Ok(())
+                }
+                None => Err(format!("{host} has no address")),
+            },
+            Err(e) => Err(format!("cannot resolve {host}: {e}")),
         }
     }
 
@@ -67,7 +119,7 @@ impl Candidate for Backend {
         self.in_flight.load(Ordering::Relaxed)
     }
     fn available(&self) -> bool {
-        self.healthy() && !self.saturated()
+        self.healthy() && !self.saturated() && self.resolved.load().is_some()
     }
 }
 
@@ -170,6 +222,33 @@ impl Upstreams {
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.get(name)
     }
+
+    /// Resolves every backend given by DNS name; the problems, one per
+    /// backend that did not resolve, as `pools.NAME.backends[I]: ...`.
+    pub async fn resolve(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, pool) in &self.pools {
+            for (i, b) in pool.backends.iter().enumerate() {
+                if let Err(e) = b.resolve().await {
+                    problems.push(format!("pools.{name}.backends[{i}]: {e}"));
+                }
+            }
+        }
+        problems
+    }
+
+    /// The shortest re-resolve interval of the pools that have names.
+    pub fn resolve_interval(&self) -> Option<std::time::Duration> {
+        self.pools
+            .values()
+            .filter(|p| {
+                p.backends
+                    .iter()
+                    .any(|b| matches!(b.configured, BackendAddress::Name { .. }))
+            })
+            .map(|p| p.config.resolve_interval)
+            .min()
+    }
 }
 
 impl Directory for Upstreams {
@@ -179,7 +258,10 @@ impl Directory for Upstreams {
                 .iter()
                 .map(|b| types::Backend {
                     name: b.name.clone(),
-                    address: b.authority.clone(),
+                    address: b
+                        .address()
+                        .map(|r| r.authority.clone())
+                        .unwrap_or_else(|| b.configured.to_string()),
                     weight: b.weight,
                     healthy: b.available(),
                     in_flight: b.in_flight(),
