@@ -58,7 +58,7 @@ pub async fn accept_loop(
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -70,23 +70,63 @@ pub async fn accept_loop(
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         };
-        let local = stream.local_addr().ok().or(local).unwrap_or(peer);
-        let span = info_span!("conn", listener = %name, client = %peer, local = %local);
-        let handler = handler.clone();
-        let drain = conns.drain.clone();
-        conns.tracker.spawn(
-            async move {
-                match handler {
-                    Handler::Http(s) => {
-                        crate::l7::serve_connection(stream, peer, local, s, drain).await
-                    }
-                    Handler::Tcp(s) => crate::l4::serve_connection(stream, peer, local, s).await,
-                }
-                drop(permit);
-            }
-            .instrument(span),
+        spawn(
+            &name,
+            stream,
+            peer,
+            local,
+            &handler,
+            &conns,
+            Some(permit),
+            false,
         );
     }
+    // Stopping: connections the kernel already queued on this socket would
+    // be reset when it closes (with SO_REUSEPORT, a new process may be
+    // taking new ones already). Take them, and serve each one request.
+    let Ok(std_listener) = listener.into_std() else {
+        return;
+    };
+    if std_listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    while let Ok((stream, peer)) = std_listener.accept() {
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(stream));
+        if let Ok(stream) = stream {
+            spawn(&name, stream, peer, local, &handler, &conns, None, true);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn(
+    name: &str,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    handler: &Handler,
+    conns: &Connections,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    last_call: bool,
+) {
+    let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+    let span = info_span!("conn", listener = %name, client = %peer, local = %local);
+    let handler = handler.clone();
+    let drain = conns.drain.clone();
+    conns.tracker.spawn(
+        async move {
+            match handler {
+                Handler::Http(s) => {
+                    crate::l7::serve_connection(stream, peer, local, s, drain, last_call).await
+                }
+                Handler::Tcp(s) => crate::l4::serve_connection(stream, peer, local, s).await,
+            }
+            drop(permit);
+        }
+        .instrument(span),
+    );
 }

@@ -238,7 +238,9 @@ impl Daemon {
         // Policy first, then accept.
         self.publish(name);
         info!(listener = %name, %addr, protocol = ?l.protocol, "listening");
-        tokio::spawn(listener::accept_loop(
+        // Tracked like connections, so a drain also waits for the accept
+        // loop to take what the kernel had queued before it closes.
+        self.conns.tracker.spawn(listener::accept_loop(
             name.to_owned(),
             socket,
             handler,
@@ -608,6 +610,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// Runs until SIGINT or SIGTERM, reloading the configuration on SIGHUP.
 /// A second SIGINT/SIGTERM during the drain exits at once (status 130).
 pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while policies load must not
+    // kill the process with the default action.
+    let mut signals = signals::Signals::install()?;
     let source = config.source.clone();
     let drain = config.runtime.drain_timeout;
     let (running, changes) = start_with(
@@ -619,13 +624,13 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     )
     .await?;
     info!(config = %source.display(), "switchyard running");
-    signals::wait_for_stop(changes).await;
+    signals.wait_for_stop(&changes).await;
     info!(
         drain_ms = drain.as_millis() as u64,
         "shutting down: draining connections"
     );
-    tokio::spawn(async {
-        signals::wait_for_stop_only().await;
+    tokio::spawn(async move {
+        signals.wait_for_stop(&changes).await;
         warn!("second signal: exiting now");
         std::process::exit(130);
     });
@@ -642,48 +647,50 @@ mod signals {
 
     use crate::reload::Change;
 
-    /// Waits for SIGINT/SIGTERM; SIGHUP meanwhile asks for a config reload.
-    pub async fn wait_for_stop(changes: mpsc::Sender<Change>) {
+    /// SIGINT, SIGTERM and SIGHUP, registered with the OS when installed.
+    pub struct Signals {
         #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut hup)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::hangup()),
-            ) else {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            };
+        int: tokio::signal::unix::Signal,
+        #[cfg(unix)]
+        term: tokio::signal::unix::Signal,
+        #[cfg(unix)]
+        hup: tokio::signal::unix::Signal,
+    }
+
+    impl Signals {
+        pub fn install() -> std::io::Result<Signals> {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                Ok(Signals {
+                    int: signal(SignalKind::interrupt())?,
+                    term: signal(SignalKind::terminate())?,
+                    hup: signal(SignalKind::hangup())?,
+                })
+            }
+            #[cfg(not(unix))]
+            Ok(Signals {})
+        }
+
+        /// Waits for SIGINT/SIGTERM; SIGHUP meanwhile asks for a config
+        /// reload.
+        pub async fn wait_for_stop(&mut self, changes: &mpsc::Sender<Change>) {
+            #[cfg(unix)]
             loop {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => return,
-                    _ = term.recv() => return,
-                    _ = hup.recv() => {
+                    _ = self.int.recv() => return,
+                    _ = self.term.recv() => return,
+                    _ = self.hup.recv() => {
                         tracing::info!("SIGHUP: reloading the configuration");
                         let _ = changes.send(Change::Config).await;
                     }
                 }
             }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = changes;
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-
-    pub async fn wait_for_stop_only() {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            if let Ok(mut term) = signal(SignalKind::terminate()) {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                return;
+            #[cfg(not(unix))]
+            {
+                let _ = changes;
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

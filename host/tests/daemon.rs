@@ -83,16 +83,21 @@ fn start_daemon(tag: &str, config: &str) -> (Daemon, SocketAddr, mpsc::Receiver<
         }
     });
     let deadline = Instant::now() + Duration::from_secs(30);
-    let addr = loop {
+    let mut addr = None;
+    loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the daemon logs its listening address");
+            .expect("the daemon logs its listening address, then that it runs");
         if line.contains("listening")
             && let Some(a) = line.split("addr=").nth(1)
         {
-            break a.split_whitespace().next().unwrap().parse().unwrap();
+            addr = Some(a.split_whitespace().next().unwrap().parse().unwrap());
         }
-    };
+        if line.contains("switchyard running") {
+            break;
+        }
+    }
+    let addr = addr.expect("a listening address was logged");
     (Daemon(child), addr, rx)
 }
 
@@ -170,4 +175,83 @@ fn a_second_signal_exits_at_once() {
     signal(child.id(), "-INT");
     let status = wait_exit(child, Duration::from_secs(5));
     assert_eq!(status.code(), Some(130));
+}
+
+/// A fast backend answering "ok" (for load through an upgrade).
+fn fast_backend() -> SocketAddr {
+    let (tx, _rx) = mpsc::channel();
+    // The receiver is dropped: `send` just fails, which the backend ignores.
+    slow_backend(Duration::ZERO, tx)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_new_process_takes_over_the_port_while_the_old_one_drains() {
+    let backend = fast_backend();
+    let port = free_port();
+    let config = format!(
+        "[pools.web]\nbackends = [\"{backend}\"]\n[listeners.l]\nprotocol = \"http\"\nbind = \"127.0.0.1:{port}\"\npool = \"web\"\n[runtime]\ndrain_timeout_ms = 5000\n"
+    );
+    let (mut old, addr, _log_old) = start_daemon("upgrade-old", &config);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let load = {
+        let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let r = (|| -> std::io::Result<String> {
+                    let mut s = TcpStream::connect(addr)?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                    let mut out = String::new();
+                    s.read_to_string(&mut out)?;
+                    Ok(out)
+                })();
+                match r {
+                    Ok(out) if out.starts_with("HTTP/1.1 200") => {
+                        served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    other => failures.lock().unwrap().push(format!("{other:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut new, new_addr, _log_new) = start_daemon("upgrade-new", &config);
+    assert_eq!(new_addr, addr, "both processes listen on the same port");
+    signal(old.0.id(), "-TERM");
+    assert_eq!(
+        wait_exit(&mut old.0, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+    let before = served.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(
+        served.load(std::sync::atomic::Ordering::Relaxed) > before,
+        "the new process serves after the old one left"
+    );
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    signal(new.0.id(), "-TERM");
+    assert_eq!(
+        wait_exit(&mut new.0, Duration::from_secs(10)).code(),
+        Some(0)
+    );
 }

@@ -80,13 +80,16 @@ impl Body for Tracked {
 
 /// Serves one accepted connection until it closes. When `drain` turns
 /// true, the connection finishes its in-flight requests and closes
-/// (HTTP/1.1: after the current response; HTTP/2: GOAWAY).
+/// (HTTP/1.1: after the current response; HTTP/2: GOAWAY). A `last_call`
+/// connection (taken from the backlog of a closing listener) is served
+/// without keep-alive and is not drained, so its first request is answered.
 pub async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     shared: Arc<ArcSwap<HttpState>>,
     mut drain: tokio::sync::watch::Receiver<bool>,
+    last_call: bool,
 ) {
     let _ = stream.set_nodelay(true);
     let state = shared.load();
@@ -94,7 +97,7 @@ pub async fn serve_connection(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .keep_alive(true)
+        .keep_alive(!last_call)
         .header_read_timeout(state.config.header_read_timeout)
         .max_headers(state.config.max_headers)
         .max_buf_size(state.config.max_header_bytes);
@@ -112,7 +115,9 @@ pub async fn serve_connection(
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    let result = if *drain.borrow() {
+    let result = if last_call {
+        conn.await
+    } else if *drain.borrow() {
         conn.as_mut().graceful_shutdown();
         conn.await
     } else {
