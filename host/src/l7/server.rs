@@ -142,15 +142,16 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Cheap to clone (shared bytes); only read if something is logged.
+    let uri = req.uri().clone();
     match proxy(req, peer, local, state).await {
         Ok(resp) => {
-            debug!(listener = %state.name, %method, %path, status = resp.status().as_u16(),
+            debug!(listener = %state.name, %method, path = %uri.path(), status = resp.status().as_u16(),
                 elapsed_us = started.elapsed().as_micros() as u64, "request");
             resp
         }
         Err(e) => {
-            warn!(listener = %state.name, client = %peer, %method, %path,
+            warn!(listener = %state.name, client = %peer, %method, path = %uri.path(),
                 status = e.status().as_u16(), cause = %e, "request failed");
             error_response(&e)
         }
@@ -333,11 +334,12 @@ async fn proxy(
         ProxyError::BodyTooLarge { .. } => ProxyError::BodyTooLarge { limit },
         other => other,
     };
-    let spare_headers = retryable.then(|| headers.clone());
+    // Headers kept for a retry only when one is possible.
+    let spare_headers = (retryable && pool.backends.len() > 1).then(|| headers.clone());
     let first = build(&backend, headers, body)?;
     let (mut resp, in_flight) = match send(&pool, &backend, first).await.map_err(over_limit) {
         Ok(ok) => ok,
-        Err(e @ ProxyError::Connect { .. }) if retryable => {
+        Err(e @ ProxyError::Connect { .. }) if spare_headers.is_some() => {
             let Some(other) = pool.pick(key, Some(&backend)) else {
                 return Err(e);
             };
