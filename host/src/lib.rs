@@ -7,6 +7,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod l4;
 pub mod l7;
 pub mod listener;

@@ -393,6 +393,7 @@ impl Daemon {
             return Err(problems);
         }
         self.policies.extend(fresh);
+        upstreams.start_health_checks();
         self.upstreams = upstreams;
         let old_names: Vec<String> = self.listeners.keys().cloned().collect();
         self.config = new;
@@ -584,6 +585,7 @@ pub async fn start_with(
     } else {
         None
     };
+    daemon.upstreams.start_health_checks();
     tokio::spawn(re_resolve(Arc::downgrade(&view)));
     let daemon = Arc::new(Mutex::new(daemon));
     let d = daemon.clone();

@@ -69,6 +69,7 @@ pub fn pattern(n: usize) -> Vec<u8> {
 
 async fn answer(
     name: String,
+    fail_with: Option<u16>,
     mut req: Request<Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
 ) -> Response<Body> {
@@ -78,7 +79,11 @@ async fn answer(
         headers: req.headers().clone(),
     });
     let path = req.uri().path().to_owned();
-    let mut resp = if path == "/echo" {
+    let mut resp = if let Some(code) = fail_with {
+        let mut r = Response::new(full(name.clone()));
+        *r.status_mut() = StatusCode::from_u16(code).unwrap();
+        r
+    } else if path == "/echo" {
         Response::new(req.into_body().boxed())
     } else if let Some(n) = path.strip_prefix("/bytes/") {
         Response::new(full(pattern(n.parse().unwrap_or(0))))
@@ -121,27 +126,40 @@ async fn answer(
 
 impl TestBackend {
     pub async fn start(name: &str) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), name, None).await
+    }
+
+    /// A backend that answers every request with `status`.
+    pub async fn failing(name: &str, status: u16) -> TestBackend {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), name, Some(status)).await
+    }
+
+    /// Starts on a given address (to restart a stopped backend in place).
+    /// Dropping it closes the listener and every open connection.
+    pub async fn start_on(at: SocketAddr, name: &str, fail_with: Option<u16>) -> TestBackend {
+        let listener = TcpListener::bind(at).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let (n, s, c) = (name.to_owned(), seen.clone(), connections.clone());
         let task = tokio::spawn(async move {
+            let mut open = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 c.fetch_add(1, Ordering::Relaxed);
                 let (n, s) = (n.clone(), s.clone());
-                tokio::spawn(async move {
+                open.spawn(async move {
                     let svc = service_fn(move |req| {
                         let (n, s) = (n.clone(), s.clone());
-                        async move { Ok::<_, Infallible>(answer(n, req, s).await) }
+                        async move { Ok::<_, Infallible>(answer(n, fail_with, req, s).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
+                while open.try_join_next().is_some() {}
             }
         });
         TestBackend {

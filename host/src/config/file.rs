@@ -124,6 +124,81 @@ pub struct PoolFile {
     pub max_requests_per_backend: Option<u32>,
     #[serde(default = "default_resolve_interval_ms")]
     pub resolve_interval_ms: u64,
+    pub health: Option<HealthFile>,
+    pub outlier: Option<OutlierFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    Tcp,
+    Http,
+}
+
+fn d_interval() -> u64 {
+    5_000
+}
+fn d_check_timeout() -> u64 {
+    1_000
+}
+fn d_healthy() -> u32 {
+    2
+}
+fn d_unhealthy() -> u32 {
+    3
+}
+fn d_path() -> String {
+    "/".into()
+}
+fn d_expect() -> String {
+    "200-399".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    pub kind: CheckKind,
+    #[serde(default = "d_path")]
+    pub path: String,
+    #[serde(default = "d_expect")]
+    pub expect_status: String,
+    pub host: Option<String>,
+    #[serde(default = "d_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "d_check_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "d_healthy")]
+    pub healthy_threshold: u32,
+    #[serde(default = "d_unhealthy")]
+    pub unhealthy_threshold: u32,
+}
+
+fn d_consecutive() -> u32 {
+    5
+}
+fn d_base_ejection() -> u64 {
+    30_000
+}
+fn d_max_ejection() -> u64 {
+    300_000
+}
+fn d_max_ejected_percent() -> u32 {
+    50
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierFile {
+    #[serde(default = "d_consecutive")]
+    pub consecutive_5xx: u32,
+    #[serde(default = "d_consecutive")]
+    pub consecutive_failures: u32,
+    #[serde(default = "d_base_ejection")]
+    pub base_ejection_ms: u64,
+    #[serde(default = "d_max_ejection")]
+    pub max_ejection_ms: u64,
+    #[serde(default = "d_max_ejected_percent")]
+    pub max_ejected_percent: u32,
 }
 
 fn default_resolve_interval_ms() -> u64 {

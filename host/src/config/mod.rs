@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::{Algorithm, OnError, Protocol};
+pub use file::{Algorithm, CheckKind, OnError, Protocol};
 use file::{BackendFile, FileConfig};
 
 use crate::policy::Limits;
@@ -108,6 +108,32 @@ pub struct PoolConfig {
     pub max_requests_per_backend: Option<u32>,
     /// How often backends given by DNS name are resolved again.
     pub resolve_interval: Duration,
+    /// Active health checks (`[pools.NAME.health]`).
+    pub health: Option<HealthCheck>,
+    /// Passive outlier detection (`[pools.NAME.outlier]`).
+    pub outlier: Option<Outlier>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub path: String,
+    /// Inclusive range of statuses that pass.
+    pub expect_status: (u16, u16),
+    pub host: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outlier {
+    pub consecutive_5xx: u32,
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    pub max_ejected_percent: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -321,6 +347,39 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 HashKey::ClientIp
             }
         };
+        let health = pool.health.and_then(|h| {
+            let range = h.expect_status.split_once('-').map_or_else(
+                || h.expect_status.trim().parse::<u16>().ok().map(|x| (x, x)),
+                |(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)),
+            );
+            let Some(expect) =
+                range.filter(|(a, b)| (100..=599).contains(a) && a <= b && *b <= 599)
+            else {
+                problems.push(format!(
+                    "{key}.health.expect_status: {:?} is not a status or range like \"200-399\"",
+                    h.expect_status
+                ));
+                return None;
+            };
+            if !h.path.starts_with('/') {
+                problems.push(format!("{key}.health.path: must start with '/'"));
+            }
+            if h.interval_ms == 0 || h.timeout_ms == 0 {
+                problems.push(format!(
+                    "{key}.health: interval_ms and timeout_ms must be at least 1"
+                ));
+            }
+            Some(HealthCheck {
+                kind: h.kind,
+                path: h.path,
+                expect_status: expect,
+                host: h.host,
+                interval: Duration::from_millis(h.interval_ms.max(1)),
+                timeout: Duration::from_millis(h.timeout_ms.max(1)),
+                healthy_threshold: h.healthy_threshold.max(1),
+                unhealthy_threshold: h.unhealthy_threshold.max(1),
+            })
+        });
         if pool.hash_key.is_some() && pool.algorithm != Algorithm::Hash {
             problems.push(format!(
                 "{key}.hash_key: only used with algorithm = \"hash\""
@@ -338,6 +397,16 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 idle_timeout: Duration::from_millis(pool.idle_timeout_ms.max(1)),
                 max_requests_per_backend: pool.max_requests_per_backend,
                 resolve_interval: Duration::from_millis(pool.resolve_interval_ms.max(100)),
+                health,
+                outlier: pool.outlier.map(|o| Outlier {
+                    consecutive_5xx: o.consecutive_5xx.max(1),
+                    consecutive_failures: o.consecutive_failures.max(1),
+                    base_ejection: Duration::from_millis(o.base_ejection_ms.max(1)),
+                    max_ejection: Duration::from_millis(
+                        o.max_ejection_ms.max(o.base_ejection_ms).max(1),
+                    ),
+                    max_ejected_percent: o.max_ejected_percent.min(100),
+                }),
             },
         );
     }

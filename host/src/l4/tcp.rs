@@ -90,6 +90,7 @@ pub async fn serve_connection(
         let connect = TcpStream::connect(at.socket);
         match tokio::time::timeout(pool.config.connect_timeout, connect).await {
             Ok(Ok(mut upstream)) => {
+                crate::health::report(pool, &backend, crate::health::Outcome::Connected);
                 let _ = upstream.set_nodelay(true);
                 let _ = client.set_nodelay(true);
                 let _in_flight = backend.start();
@@ -106,6 +107,7 @@ pub async fn serve_connection(
             Err(_) => warn!(listener = %state.name, pool = %pool.name, backend = %backend.name,
                 "connect timed out"),
         }
+        crate::health::report(pool, &backend, crate::health::Outcome::Failure);
         if tried.is_some() {
             break;
         }

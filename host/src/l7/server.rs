@@ -23,6 +23,7 @@ use super::hygiene;
 use super::request;
 use crate::config::{Algorithm, ListenerConfig, OnError};
 use crate::error::{self, ProxyError};
+use crate::health::{self, Outcome};
 use crate::policy::{Directory, ForwardAction, HttpDecision, Policy, types};
 use crate::upstream::{Backend, BoxError, InFlight, Pool, UpstreamBody, Upstreams};
 
@@ -414,7 +415,13 @@ async fn send(
 ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
     let in_flight = backend.start();
     let timeout = pool.config.response_timeout;
-    match tokio::time::timeout(timeout, pool.client.request(req)).await {
+    let result = tokio::time::timeout(timeout, pool.client.request(req)).await;
+    let outcome = match &result {
+        Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
+        _ => Outcome::Failure,
+    };
+    health::report(pool, backend, outcome);
+    match result {
         Ok(Ok(resp)) => Ok((resp, in_flight)),
         Ok(Err(e)) => {
             let cause = error_chain(&e);

@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::balance::{self, Balancer, Candidate};
 use arc_swap::ArcSwapOption;
 
 use crate::config::{BackendAddress, BackendConfig, Config, PoolConfig};
+use crate::health::Health;
 use crate::policy::{Directory, types};
 
 use super::client::{self, UpstreamClient};
@@ -33,7 +34,8 @@ pub struct Backend {
     /// `None` until a DNS name has resolved.
     resolved: ArcSwapOption<Resolved>,
     in_flight: AtomicU32,
-    healthy: AtomicBool,
+    /// Active checks and passive ejection (`health.rs`).
+    pub health: Health,
     max_in_flight: Option<u32>,
 }
 
@@ -56,7 +58,7 @@ impl Backend {
             weight: c.weight,
             resolved: ArcSwapOption::new(now),
             in_flight: AtomicU32::new(0),
-            healthy: AtomicBool::new(true),
+            health: Health::default(),
             max_in_flight,
         }
     }
@@ -91,12 +93,14 @@ impl Backend {
         }
     }
 
+    /// Passing its checks and not ejected.
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.checks_pass() && !self.health.ejected(&self.name)
     }
 
+    /// Sets the active checks' verdict (tests and the admin API use it too).
     pub fn set_healthy(&self, up: bool) {
-        self.healthy.store(up, Ordering::Relaxed);
+        self.health.set_checks_pass(up);
     }
 
     /// Counts one request or connection in flight until the guard drops.
@@ -146,6 +150,7 @@ pub struct Pool {
     pub backends: Vec<Arc<Backend>>,
     balancer: Box<dyn Balancer>,
     pub client: UpstreamClient,
+    checks_started: std::sync::atomic::AtomicBool,
 }
 
 impl Pool {
@@ -165,6 +170,7 @@ impl Pool {
             balancer: balance::for_algorithm(config.algorithm, &named),
             client: client::build(config),
             config: config.clone(),
+            checks_started: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -221,6 +227,16 @@ impl Upstreams {
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.get(name)
+    }
+
+    /// Starts the active health checks of every pool that has them and
+    /// whose checks are not running yet.
+    pub fn start_health_checks(&self) {
+        for pool in self.pools.values() {
+            if !pool.checks_started.swap(true, Ordering::Relaxed) {
+                crate::health::start_checks(pool);
+            }
+        }
     }
 
     /// Resolves every backend given by DNS name; the problems, one per
