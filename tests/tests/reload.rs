@@ -331,3 +331,47 @@ async fn restarting_with_unchanged_policies_uses_the_compile_cache() {
     assert_eq!(second.cache_stats(), (5, 0), "a restart compiles nothing");
     second.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn with_strict_policies_a_removed_file_falls_back_to_the_pool() {
+    let dir = temp_dir("strict");
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::copy(
+        repo().join("policies/path-router.wasm"),
+        policies.join("path-router.wasm"),
+    )
+    .unwrap();
+    std::fs::write(policies.join("path-router.json"), ROUTE_API).unwrap();
+    let (web, api, images) = (
+        TestBackend::start("web").await,
+        TestBackend::start("api").await,
+        TestBackend::start("images").await,
+    );
+    let addrs = BTreeMap::from([
+        ("web", web.addr),
+        ("api", api.addr),
+        ("images", images.addr),
+    ]);
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, fill(CONFIG, &addrs)).unwrap();
+    let config = switchyard::config::Config::load(&path).unwrap();
+    let options = switchyard::server::Options {
+        watch: true,
+        strict_policies: true,
+    };
+    let sy = switchyard::server::start_with(config, options)
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(
+        get(&client(false), sy.addr("public"), "/api/x", &[])
+            .await
+            .text(),
+        "api"
+    );
+    std::fs::remove_file(policies.join("path-router.wasm")).unwrap();
+    until_answered_by(&sy, "/api/x", "web", Duration::from_secs(2)).await;
+    assert_eq!(sy.policy_version("public"), None);
+    sy.shutdown(Duration::from_secs(5)).await;
+}
