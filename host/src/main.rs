@@ -41,8 +41,14 @@ fn main() -> ExitCode {
             }
         }
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
+    // One worker: a current-thread runtime does the same work without the
+    // multi-thread scheduler's cross-thread bookkeeping.
+    let mut builder = if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if let Some(n) = workers.filter(|n| *n > 1) {
         builder.worker_threads(n);
     }
     let runtime = match builder.enable_all().build() {
