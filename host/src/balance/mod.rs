@@ -50,6 +50,11 @@ fn usable(b: &[&dyn Candidate], i: usize, exclude: Option<usize>) -> bool {
     Some(i) != exclude && b[i].available()
 }
 
+/// Indices of the usable backends.
+fn live(b: &[&dyn Candidate], exclude: Option<usize>) -> Vec<usize> {
+    (0..b.len()).filter(|&i| usable(b, i, exclude)).collect()
+}
+
 /// Each backend in turn, skipping unavailable ones.
 #[derive(Default)]
 pub struct RoundRobin {
@@ -161,7 +166,7 @@ impl Balancer for PowerOfTwo {
         _key: Option<u64>,
         exclude: Option<usize>,
     ) -> Option<usize> {
-        let live: Vec<usize> = (0..b.len()).filter(|&i| usable(b, i, exclude)).collect();
+        let live = live(b, exclude);
         match live.len() {
             0 => None,
             1 => Some(live[0]),
@@ -189,7 +194,7 @@ impl Balancer for Random {
         _key: Option<u64>,
         exclude: Option<usize>,
     ) -> Option<usize> {
-        let live: Vec<usize> = (0..b.len()).filter(|&i| usable(b, i, exclude)).collect();
+        let live = live(b, exclude);
         (!live.is_empty()).then(|| live[fastrand::usize(..live.len())])
     }
 }

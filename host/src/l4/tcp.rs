@@ -23,21 +23,6 @@ pub struct TcpState {
     pub upstreams: Arc<Upstreams>,
 }
 
-fn info(peer: SocketAddr, local: SocketAddr, state: &TcpState) -> types::ConnectionInfo {
-    let addr = |a: SocketAddr| types::SocketAddress {
-        ip: a.ip().to_canonical().to_string(),
-        port: a.port(),
-    };
-    types::ConnectionInfo {
-        client: addr(peer),
-        local: addr(local),
-        listener: state.name.clone(),
-        pool: state.config.pool.clone(),
-        transport: types::Transport::Tcp,
-        tls: None,
-    }
-}
-
 pub async fn serve_connection(
     mut client: TcpStream,
     peer: SocketAddr,
@@ -50,7 +35,17 @@ pub async fn serve_connection(
     let (mut pool_name, mut named) = (cfg.pool.clone(), None);
     if let Some(policy) = &state.policy {
         match policy
-            .on_connect(&info(peer, local, &state), cfg.pool.as_deref(), &directory)
+            .on_connect(
+                &crate::policy::connection_info(
+                    peer,
+                    local,
+                    &state.name,
+                    cfg.pool.as_deref(),
+                    types::Transport::Tcp,
+                ),
+                cfg.pool.as_deref(),
+                &directory,
+            )
             .await
         {
             Ok(ConnDecision::Forward { pool, backend }) => {

@@ -2,8 +2,6 @@
 //! it: the snapshot taken before the policy call, and the upstream URI and
 //! headers built from the decision afterwards.
 
-use std::net::SocketAddr;
-
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Uri, Version, header};
 
@@ -53,27 +51,6 @@ pub fn snapshot(
             })
             .collect(),
         version: version(v),
-    }
-}
-
-/// The connection part of what a policy sees.
-pub fn connection_info(
-    client: SocketAddr,
-    local: SocketAddr,
-    listener: &str,
-    pool: Option<&str>,
-) -> types::ConnectionInfo {
-    let addr = |a: SocketAddr| types::SocketAddress {
-        ip: a.ip().to_canonical().to_string(),
-        port: a.port(),
-    };
-    types::ConnectionInfo {
-        client: addr(client),
-        local: addr(local),
-        listener: listener.to_owned(),
-        pool: pool.map(str::to_owned),
-        transport: types::Transport::Tcp,
-        tls: None,
     }
 }
 

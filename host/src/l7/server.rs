@@ -209,7 +209,13 @@ async fn proxy(
                 "http",
                 authority.as_deref(),
             );
-            let conn = request::connection_info(client, local, &state.name, cfg.pool.as_deref());
+            let conn = crate::policy::connection_info(
+                client,
+                local,
+                &state.name,
+                cfg.pool.as_deref(),
+                types::Transport::Tcp,
+            );
             let d = policy
                 .on_request(&head, &conn, cfg.pool.as_deref(), &directory)
                 .await;

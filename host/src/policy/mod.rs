@@ -32,6 +32,28 @@ pub use engine::{
 };
 pub use instances::Policy;
 
+/// The connection part of what a policy sees, from plain addresses.
+pub fn connection_info(
+    client: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    listener: &str,
+    pool: Option<&str>,
+    transport: types::Transport,
+) -> types::ConnectionInfo {
+    let addr = |a: std::net::SocketAddr| types::SocketAddress {
+        ip: a.ip().to_canonical().to_string(),
+        port: a.port(),
+    };
+    types::ConnectionInfo {
+        client: addr(client),
+        local: addr(local),
+        listener: listener.to_owned(),
+        pool: pool.map(str::to_owned),
+        transport,
+        tls: None,
+    }
+}
+
 /// Which world a policy implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PolicyKind {
