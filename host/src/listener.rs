@@ -21,6 +21,26 @@ pub enum Handler {
     Tcp(Arc<ArcSwap<TcpState>>),
 }
 
+impl Handler {
+    /// Whether connections must start with a PROXY header, and from whom.
+    fn proxy_protocol(&self) -> (bool, Vec<ipnet::IpNet>) {
+        let cfg = |c: &crate::config::ListenerConfig| {
+            (
+                c.accept_proxy_protocol,
+                if c.accept_proxy_protocol {
+                    c.trusted_proxies.clone()
+                } else {
+                    Vec::new()
+                },
+            )
+        };
+        match self {
+            Handler::Http(s) => cfg(&s.load().config),
+            Handler::Tcp(s) => cfg(&s.load().config),
+        }
+    }
+}
+
 /// Binds a TCP listener with `SO_REUSEADDR` (a restarted daemon can bind
 /// while old connections sit in TIME_WAIT) and `SO_REUSEPORT`.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -119,6 +139,18 @@ fn spawn(
     let drain = conns.drain.clone();
     conns.tracker.spawn(
         async move {
+            let mut stream = stream;
+            let mut peer = peer;
+            let (accept_proxy, trusted) = handler.proxy_protocol();
+            if accept_proxy {
+                match crate::proxy_protocol::accept(&mut stream, peer, &trusted).await {
+                    Ok(client) => peer = client,
+                    Err(e) => {
+                        warn!(error = %e, "PROXY protocol: connection closed");
+                        return;
+                    }
+                }
+            }
             match handler {
                 Handler::Http(s) => {
                     crate::l7::serve_connection(stream, peer, local, s, drain, last_call).await

@@ -598,3 +598,74 @@ pool = "web"
         .expect("refused");
     assert!(e.to_string().contains("pools.web.backends[0]"), "{e}");
 }
+
+#[tokio::test]
+async fn a_proxy_protocol_header_from_a_trusted_peer_sets_the_client_address() {
+    let web = TestBackend::start("web").await;
+    let cfg = |trusted: &str| {
+        format!(
+            r#"
+[policies]
+dir = "{{policies}}"
+[pools.web]
+backends = ["{{web}}"]
+[listeners.l]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+policy = "deny-list"
+accept_proxy_protocol = true
+trusted_proxies = ["{trusted}"]
+"#
+        )
+    };
+    let sy = start_switchyard(&cfg("127.0.0.1/32"), &BTreeMap::from([("web", web.addr)])).await;
+    let a = addr_of(&sy, "l");
+    let get = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // v1, from a denied network (policies/deny-list.json: 203.0.113.0/24).
+    let mut v1 = b"PROXY TCP4 203.0.113.9 127.0.0.1 5000 80\r\n".to_vec();
+    v1.extend_from_slice(get);
+    assert!(
+        raw(a, &v1, Duration::from_secs(3))
+            .await
+            .starts_with("HTTP/1.1 403")
+    );
+    // v1 from an allowed client: forwarded, and the backend sees it.
+    let mut ok = b"PROXY TCP4 198.51.100.20 127.0.0.1 5000 80\r\n".to_vec();
+    ok.extend_from_slice(get);
+    assert!(
+        raw(a, &ok, Duration::from_secs(3))
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert_eq!(web.seen()[0].headers["x-forwarded-for"], "198.51.100.20");
+    // v2 (binary), from the denied network.
+    let v2 = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (
+            "203.0.113.10:5000".parse::<SocketAddr>().unwrap(),
+            "127.0.0.1:80".parse::<SocketAddr>().unwrap(),
+        ),
+    )
+    .build()
+    .unwrap();
+    let mut v2req = v2.clone();
+    v2req.extend_from_slice(get);
+    assert!(
+        raw(a, &v2req, Duration::from_secs(3))
+            .await
+            .starts_with("HTTP/1.1 403")
+    );
+    // No header: closed without an answer.
+    assert_eq!(raw(a, get, Duration::from_secs(3)).await, "");
+    sy.shutdown(Duration::from_secs(5)).await;
+
+    // From a peer outside trusted_proxies, even a valid header is refused.
+    let sy = start_switchyard(&cfg("10.0.0.0/8"), &BTreeMap::from([("web", web.addr)])).await;
+    assert_eq!(
+        raw(addr_of(&sy, "l"), &ok, Duration::from_secs(3)).await,
+        ""
+    );
+    sy.shutdown(Duration::from_secs(5)).await;
+}

@@ -264,6 +264,8 @@ pub struct ListenerFile {
     pub max_headers: usize,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub accept_proxy_protocol: bool,
     #[serde(default = "default_h2_streams")]
     pub http2_max_concurrent_streams: u32,
 }

@@ -151,8 +151,11 @@ pub struct ListenerConfig {
     pub max_request_body_bytes: Option<u64>,
     pub max_header_bytes: usize,
     pub max_headers: usize,
-    /// Peers whose `X-Forwarded-For` is believed.
+    /// Peers whose `X-Forwarded-For` (and PROXY header) is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Every connection must start with a PROXY protocol v1/v2 header from
+    /// a `trusted_proxies` peer; others are closed.
+    pub accept_proxy_protocol: bool,
     pub http2_max_concurrent_streams: u32,
 }
 
@@ -466,6 +469,11 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 )),
             }
         }
+        if l.accept_proxy_protocol && trusted_proxies.is_empty() {
+            problems.push(format!(
+                "{key}.accept_proxy_protocol: needs trusted_proxies (the peers allowed to send it)"
+            ));
+        }
         if l.max_connections == 0 {
             problems.push(format!("{key}.max_connections: must be at least 1"));
         }
@@ -489,6 +497,7 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 max_request_body_bytes: l.max_request_body_bytes,
                 max_header_bytes: l.max_header_bytes.max(8192),
                 max_headers: l.max_headers,
+                accept_proxy_protocol: l.accept_proxy_protocol,
                 trusted_proxies,
                 http2_max_concurrent_streams: l.http2_max_concurrent_streams,
             },
