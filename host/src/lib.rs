@@ -3,6 +3,7 @@
 //! The data path reads `listener -> (tls) -> l4 | l7 -> policy -> balance ->
 //! upstream`; see `docs/ARCHITECTURE.md`.
 
+pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod config;

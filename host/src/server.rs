@@ -19,6 +19,7 @@ use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::admin::{self, Metrics};
 use crate::config::{Config, ListenerConfig, Protocol};
 use crate::l4::TcpState;
 use crate::l7::HttpState;
@@ -79,6 +80,10 @@ pub struct View {
     /// Compilations answered from / missing in the on-disk cache.
     pub cache_hits: usize,
     pub cache_misses: usize,
+    /// Every policy version in use.
+    pub policies: Vec<Arc<Policy>>,
+    /// Every listener bound and every policy loaded.
+    pub ready: bool,
 }
 
 struct Daemon {
@@ -97,12 +102,17 @@ struct Daemon {
     conns: Connections,
     drain: watch::Sender<bool>,
     view: Arc<ArcSwap<View>>,
+    metrics: Arc<Metrics>,
+    /// Start-up finished: every listener bound, every policy loaded.
+    started: bool,
 }
 
 /// A started daemon.
 pub struct Running {
     daemon: Arc<Mutex<Daemon>>,
     view: Arc<ArcSwap<View>>,
+    /// Where the admin API listens, when configured.
+    pub admin_addr: Option<SocketAddr>,
     _watches: Option<Watches>,
 }
 
@@ -165,12 +175,14 @@ impl Daemon {
                 config: cfg.clone(),
                 policy,
                 upstreams: self.upstreams.clone(),
+                metrics: self.metrics.clone(),
             })),
             Handler::Tcp(s) => s.store(Arc::new(TcpState {
                 name: name.to_owned(),
                 config: cfg.clone(),
                 policy,
                 upstreams: self.upstreams.clone(),
+                metrics: self.metrics.clone(),
             })),
         }
     }
@@ -200,7 +212,18 @@ impl Daemon {
                 .collect(),
             cache_hits: self.engine.cache_hits(),
             cache_misses: self.engine.cache_misses(),
+            policies: self.policies.values().cloned().collect(),
+            ready: self.started,
         }));
+        for p in self.policies.values() {
+            self.metrics
+                .policy_version
+                .get_or_create(&crate::admin::metrics::PolicyVersion {
+                    policy: p.name.to_string(),
+                    version: p.version.clone(),
+                })
+                .set(1);
+        }
     }
 
     /// Binds a listener and starts its accept loop.
@@ -213,12 +236,14 @@ impl Daemon {
                 config: l.clone(),
                 policy: None,
                 upstreams: self.upstreams.clone(),
+                metrics: self.metrics.clone(),
             }))),
             Protocol::Tcp => Handler::Tcp(Arc::new(ArcSwap::from_pointee(TcpState {
                 name: name.to_owned(),
                 config: l.clone(),
                 policy: None,
                 upstreams: self.upstreams.clone(),
+                metrics: self.metrics.clone(),
             }))),
             Protocol::Udp => {
                 anyhow::bail!("listeners.{name}.protocol: \"udp\" is not supported yet")
@@ -560,6 +585,8 @@ pub async fn start_with(
         },
         drain,
         view: view.clone(),
+        metrics: Arc::new(Metrics::default()),
+        started: false,
     };
     let unresolved = daemon.upstreams.resolve().await;
     if !unresolved.is_empty() {
@@ -575,7 +602,16 @@ pub async fn start_with(
             .with_context(|| format!("listeners.{name}.bind: cannot bind {}", l.bind))?;
         daemon.open(name, socket)?;
     }
+    daemon.started = true;
     daemon.publish_view();
+    let admin_addr = match config.admin {
+        Some(bind) => Some(
+            admin::serve(bind, view.clone(), daemon.metrics.clone())
+                .await
+                .with_context(|| format!("admin.bind: cannot bind {bind}"))?,
+        ),
+        None => None,
+    };
     let (tx, mut rx) = mpsc::channel::<Change>(8);
     let watches = if options.watch {
         Some(
@@ -598,6 +634,7 @@ pub async fn start_with(
         Running {
             daemon,
             view,
+            admin_addr,
             _watches: watches,
         },
         tx,

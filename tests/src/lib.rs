@@ -315,3 +315,11 @@ pub async fn start_watching(
         .expect("switchyard starts")
         .0
 }
+
+/// A POST with an empty body.
+pub async fn post(c: &Client, addr: SocketAddr, path: &str) -> Got {
+    let req = Request::post(format!("http://{addr}{path}"))
+        .body(full(Bytes::new()))
+        .unwrap();
+    send(c, req).await
+}

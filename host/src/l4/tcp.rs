@@ -21,6 +21,7 @@ pub struct TcpState {
     pub config: ListenerConfig,
     pub policy: Option<Arc<Policy>>,
     pub upstreams: Arc<Upstreams>,
+    pub metrics: Arc<crate::admin::Metrics>,
 }
 
 pub async fn serve_connection(
@@ -33,8 +34,17 @@ pub async fn serve_connection(
     let cfg = &state.config;
     let directory: Arc<dyn Directory> = state.upstreams.clone();
     let (mut pool_name, mut named) = (cfg.pool.clone(), None);
+    let active = state
+        .metrics
+        .active_connections
+        .get_or_create(&crate::admin::metrics::ListenerLabel {
+            listener: state.name.clone(),
+        })
+        .clone();
+    let _active = crate::admin::metrics::GaugeGuard::new(active);
     if let Some(policy) = &state.policy {
-        match policy
+        let called = std::time::Instant::now();
+        let decision = policy
             .on_connect(
                 &crate::policy::connection_info(
                     peer,
@@ -46,8 +56,14 @@ pub async fn serve_connection(
                 cfg.pool.as_deref(),
                 &directory,
             )
-            .await
-        {
+            .await;
+        crate::l7::server::record_policy_call(
+            &state.metrics,
+            &policy.name,
+            called,
+            decision.as_ref().err(),
+        );
+        match decision {
             Ok(ConnDecision::Forward { pool, backend }) => {
                 pool_name = pool.or(pool_name);
                 named = backend;
@@ -89,6 +105,15 @@ pub async fn serve_connection(
                 let _ = upstream.set_nodelay(true);
                 let _ = client.set_nodelay(true);
                 let _in_flight = backend.start();
+                state
+                    .metrics
+                    .tcp_connections
+                    .get_or_create(&crate::admin::metrics::TcpLabels {
+                        listener: state.name.clone(),
+                        pool: pool.name.clone(),
+                        backend: backend.name.clone(),
+                    })
+                    .inc();
                 match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                     Ok((up, down)) => debug!(listener = %state.name, client = %peer,
                         backend = %backend.name, bytes_up = up, bytes_down = down, "connection done"),

@@ -21,6 +21,11 @@ use tracing::{debug, warn};
 
 use super::hygiene;
 use super::request;
+use crate::admin::Metrics;
+use crate::admin::metrics::{
+    GaugeGuard, ListenerLabel, ListenerPool, PolicyLabel, PolicyOutcome, RequestLabels,
+    status_class,
+};
 use crate::config::{Algorithm, ListenerConfig, OnError};
 use crate::error::{self, ProxyError};
 use crate::health::{self, Outcome};
@@ -33,6 +38,14 @@ pub struct HttpState {
     pub config: ListenerConfig,
     pub policy: Option<Arc<Policy>>,
     pub upstreams: Arc<Upstreams>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Where a response came from, for metrics (kept in its extensions).
+#[derive(Clone)]
+struct Routed {
+    pool: String,
+    backend: String,
 }
 
 impl HttpState {
@@ -94,6 +107,14 @@ pub async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let state = shared.load();
+    let active = state
+        .metrics
+        .active_connections
+        .get_or_create(&ListenerLabel {
+            listener: state.name.clone(),
+        })
+        .clone();
+    let _active = GaugeGuard::new(active);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -145,7 +166,7 @@ async fn handle(
     let method = req.method().clone();
     // Cheap to clone (shared bytes); only read if something is logged.
     let uri = req.uri().clone();
-    match proxy(req, peer, local, state).await {
+    let resp = match proxy(req, peer, local, state).await {
         Ok(resp) => {
             debug!(listener = %state.name, %method, path = %uri.path(), status = resp.status().as_u16(),
                 elapsed_us = started.elapsed().as_micros() as u64, "request");
@@ -156,7 +177,53 @@ async fn handle(
                 status = e.status().as_u16(), cause = %e, "request failed");
             error_response(&e)
         }
-    }
+    };
+    let (pool, backend) = resp
+        .extensions()
+        .get::<Routed>()
+        .map(|r| (r.pool.clone(), r.backend.clone()))
+        .unwrap_or_default();
+    state
+        .metrics
+        .http_duration
+        .get_or_create(&ListenerPool {
+            listener: state.name.clone(),
+            pool: pool.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&RequestLabels {
+            listener: state.name.clone(),
+            pool,
+            backend,
+            status_class: status_class(resp.status().as_u16()),
+        })
+        .inc();
+    resp
+}
+
+/// Counts one policy call by outcome and its duration.
+pub(crate) fn record_policy_call(
+    metrics: &Metrics,
+    policy: &str,
+    started: Instant,
+    error: Option<&crate::policy::PolicyError>,
+) {
+    metrics
+        .policy_calls
+        .get_or_create(&PolicyOutcome {
+            policy: policy.to_owned(),
+            outcome: error.map_or("ok", |e| e.outcome()),
+        })
+        .inc();
+    metrics
+        .policy_duration
+        .get_or_create(&PolicyLabel {
+            policy: policy.to_owned(),
+        })
+        .observe(started.elapsed().as_secs_f64());
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -216,9 +283,11 @@ async fn proxy(
                 cfg.pool.as_deref(),
                 types::Transport::Tcp,
             );
+            let called = Instant::now();
             let d = policy
                 .on_request(&head, &conn, cfg.pool.as_deref(), &directory)
                 .await;
+            record_policy_call(&state.metrics, &policy.name, called, d.as_ref().err());
             snapshot = Some(head);
             match d {
                 Ok(d) => d,
@@ -402,10 +471,15 @@ async fn proxy(
                 "response hook failed; response sent unedited"),
         }
     }
+    let served_by = in_flight.backend().name.clone();
     let body = Tracked {
         inner: rbody,
         _in_flight: in_flight,
     };
+    rparts.extensions.insert(Routed {
+        pool: pool_name.clone(),
+        backend: served_by,
+    });
     Ok(Response::from_parts(
         rparts,
         body.map_err(BoxError::from).boxed_unsync(),

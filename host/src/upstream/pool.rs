@@ -36,6 +36,8 @@ pub struct Backend {
     in_flight: AtomicU32,
     /// Active checks and passive ejection (`health.rs`).
     pub health: Health,
+    /// Set by the admin API: no new requests or connections.
+    drained: std::sync::atomic::AtomicBool,
     max_in_flight: Option<u32>,
 }
 
@@ -59,6 +61,7 @@ impl Backend {
             resolved: ArcSwapOption::new(now),
             in_flight: AtomicU32::new(0),
             health: Health::default(),
+            drained: std::sync::atomic::AtomicBool::new(false),
             max_in_flight,
         }
     }
@@ -98,6 +101,15 @@ impl Backend {
         self.health.checks_pass() && !self.health.ejected(&self.name)
     }
 
+    pub fn drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Drained backends get nothing new; what runs on them finishes.
+    pub fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Ordering::Relaxed);
+    }
+
     /// Sets the active checks' verdict (tests and the admin API use it too).
     pub fn set_healthy(&self, up: bool) {
         self.health.set_checks_pass(up);
@@ -123,7 +135,7 @@ impl Candidate for Backend {
         self.in_flight.load(Ordering::Relaxed)
     }
     fn available(&self) -> bool {
-        self.healthy() && !self.saturated() && self.resolved.load().is_some()
+        self.healthy() && !self.drained() && !self.saturated() && self.resolved.load().is_some()
     }
 }
 
@@ -227,6 +239,11 @@ impl Upstreams {
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.get(name)
+    }
+
+    /// Every pool by name.
+    pub fn pools(&self) -> impl Iterator<Item = (&String, &Arc<Pool>)> {
+        self.pools.iter()
     }
 
     /// Starts the active health checks of every pool that has them and

@@ -1,0 +1,202 @@
+//! Prometheus metrics, through `prometheus-client` (which adds `_total` to
+//! counters itself). Data-path code increments families directly; state
+//! that already lives elsewhere (backend health and in-flight counts) is
+//! copied into gauges when `/metrics` is scraped.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::upstream::Upstreams;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub listener: String,
+    pub pool: String,
+    pub backend: String,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerPool {
+    pub listener: String,
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub pool: String,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyOutcome {
+    pub policy: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyVersion {
+    pub policy: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub listener: String,
+    pub pool: String,
+    pub backend: String,
+}
+
+fn latency() -> Histogram {
+    // 100 µs .. ~6.5 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+fn policy_latency() -> Histogram {
+    // 1 µs .. ~65 ms.
+    Histogram::new(exponential_buckets(0.000_001, 2.0, 17))
+}
+
+/// Every metric family of the daemon.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub http_duration: Family<ListenerPool, Histogram, fn() -> Histogram>,
+    pub tcp_connections: Family<TcpLabels, Counter>,
+    pub active_connections: Family<ListenerLabel, Gauge>,
+    pub policy_calls: Family<PolicyOutcome, Counter>,
+    pub policy_duration: Family<PolicyLabel, Histogram, fn() -> Histogram>,
+    pub policy_version: Family<PolicyVersion, Gauge>,
+    backend_healthy: Family<BackendLabels, Gauge>,
+    backend_in_flight: Family<BackendLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("switchyard");
+        let m = Metrics {
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency),
+            tcp_connections: Family::default(),
+            active_connections: Family::default(),
+            policy_calls: Family::default(),
+            policy_duration: Family::new_with_constructor(policy_latency),
+            policy_version: Family::default(),
+            backend_healthy: Family::default(),
+            backend_in_flight: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests answered",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request head to response head",
+            m.http_duration.clone(),
+        );
+        registry.register(
+            "tcp_connections",
+            "TCP connections proxied",
+            m.tcp_connections.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Client connections open now",
+            m.active_connections.clone(),
+        );
+        registry.register(
+            "policy_calls",
+            "Policy hook calls by outcome",
+            m.policy_calls.clone(),
+        );
+        registry.register(
+            "policy_call_duration_seconds",
+            "Time of one policy hook call",
+            m.policy_duration.clone(),
+        );
+        registry.register(
+            "policy_version_info",
+            "The loaded version (content hash) of each policy",
+            m.policy_version.clone(),
+        );
+        registry.register(
+            "backend_healthy",
+            "1 when the backend may be picked",
+            m.backend_healthy.clone(),
+        );
+        registry.register(
+            "backend_in_flight",
+            "Requests or connections in flight",
+            m.backend_in_flight.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+/// Keeps a gauge incremented while alive (open connections).
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub fn new(g: Gauge) -> Self {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `2xx`, `4xx`, ...
+pub fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition, with backend gauges as of now.
+    pub fn render(&self, upstreams: &Upstreams) -> String {
+        self.backend_healthy.clear();
+        self.backend_in_flight.clear();
+        for (pool, p) in upstreams.pools() {
+            for b in &p.backends {
+                let l = BackendLabels {
+                    pool: pool.clone(),
+                    backend: b.name.clone(),
+                };
+                self.backend_healthy
+                    .get_or_create(&l)
+                    .set(i64::from(crate::balance::Candidate::available(&**b)));
+                self.backend_in_flight
+                    .get_or_create(&l)
+                    .set(i64::from(crate::balance::Candidate::in_flight(&**b)));
+            }
+        }
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
