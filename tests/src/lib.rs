@@ -303,12 +303,22 @@ pub async fn start_watching(
     toml: &str,
     addrs: &BTreeMap<&str, SocketAddr>,
 ) -> switchyard::server::Running {
+    start_watching_strict(dir, toml, addrs, false).await
+}
+
+/// As [`start_watching`], choosing `--strict-policies`.
+pub async fn start_watching_strict(
+    dir: &Path,
+    toml: &str,
+    addrs: &BTreeMap<&str, SocketAddr>,
+    strict_policies: bool,
+) -> switchyard::server::Running {
     let path = dir.join("switchyard.toml");
     std::fs::write(&path, fill(toml, addrs)).unwrap();
     let config = switchyard::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let options = switchyard::server::Options {
         watch: true,
-        strict_policies: false,
+        strict_policies,
     };
     switchyard::server::start_with(config, options)
         .await

@@ -37,6 +37,10 @@ struct Setup {
 }
 
 async fn setup(tag: &str) -> Setup {
+    setup_with(tag, false).await
+}
+
+async fn setup_with(tag: &str, strict_policies: bool) -> Setup {
     let dir = temp_dir(tag);
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
@@ -56,7 +60,7 @@ async fn setup(tag: &str) -> Setup {
         ("api", api.addr),
         ("images", images.addr),
     ]);
-    let sy = start_watching(&dir, CONFIG, &addrs).await;
+    let sy = start_watching_strict(&dir, CONFIG, &addrs, strict_policies).await;
     Setup {
         dir,
         _backends: vec![web, api, images],
@@ -334,44 +338,15 @@ async fn restarting_with_unchanged_policies_uses_the_compile_cache() {
 
 #[tokio::test]
 async fn with_strict_policies_a_removed_file_falls_back_to_the_pool() {
-    let dir = temp_dir("strict");
-    let policies = dir.join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::copy(
-        repo().join("policies/path-router.wasm"),
-        policies.join("path-router.wasm"),
-    )
-    .unwrap();
-    std::fs::write(policies.join("path-router.json"), ROUTE_API).unwrap();
-    let (web, api, images) = (
-        TestBackend::start("web").await,
-        TestBackend::start("api").await,
-        TestBackend::start("images").await,
-    );
-    let addrs = BTreeMap::from([
-        ("web", web.addr),
-        ("api", api.addr),
-        ("images", images.addr),
-    ]);
-    let path = dir.join("switchyard.toml");
-    std::fs::write(&path, fill(CONFIG, &addrs)).unwrap();
-    let config = switchyard::config::Config::load(&path).unwrap();
-    let options = switchyard::server::Options {
-        watch: true,
-        strict_policies: true,
-    };
-    let sy = switchyard::server::start_with(config, options)
-        .await
-        .unwrap()
-        .0;
+    let s = setup_with("strict", true).await;
     assert_eq!(
-        get(&client(false), sy.addr("public"), "/api/x", &[])
+        get(&client(false), s.sy.addr("public"), "/api/x", &[])
             .await
             .text(),
         "api"
     );
-    std::fs::remove_file(policies.join("path-router.wasm")).unwrap();
-    until_answered_by(&sy, "/api/x", "web", Duration::from_secs(2)).await;
-    assert_eq!(sy.policy_version("public"), None);
-    sy.shutdown(Duration::from_secs(5)).await;
+    std::fs::remove_file(s.dir.join("policies/path-router.wasm")).unwrap();
+    until_answered_by(&s.sy, "/api/x", "web", Duration::from_secs(2)).await;
+    assert_eq!(s.sy.policy_version("public"), None);
+    s.sy.shutdown(Duration::from_secs(5)).await;
 }
