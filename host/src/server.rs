@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::admin::{self, Metrics};
+use crate::admin::{self, AccessLog, Metrics};
 use crate::config::{Config, ListenerConfig, Protocol};
 use crate::l4::TcpState;
 use crate::l7::HttpState;
@@ -103,6 +103,7 @@ struct Daemon {
     drain: watch::Sender<bool>,
     view: Arc<ArcSwap<View>>,
     metrics: Arc<Metrics>,
+    access_log: AccessLog,
     /// Start-up finished: every listener bound, every policy loaded.
     started: bool,
 }
@@ -176,6 +177,7 @@ impl Daemon {
                 policy,
                 upstreams: self.upstreams.clone(),
                 metrics: self.metrics.clone(),
+                access_log: self.access_log.clone(),
             })),
             Handler::Tcp(s) => s.store(Arc::new(TcpState {
                 name: name.to_owned(),
@@ -183,6 +185,7 @@ impl Daemon {
                 policy,
                 upstreams: self.upstreams.clone(),
                 metrics: self.metrics.clone(),
+                access_log: self.access_log.clone(),
             })),
         }
     }
@@ -237,6 +240,7 @@ impl Daemon {
                 policy: None,
                 upstreams: self.upstreams.clone(),
                 metrics: self.metrics.clone(),
+                access_log: self.access_log.clone(),
             }))),
             Protocol::Tcp => Handler::Tcp(Arc::new(ArcSwap::from_pointee(TcpState {
                 name: name.to_owned(),
@@ -244,6 +248,7 @@ impl Daemon {
                 policy: None,
                 upstreams: self.upstreams.clone(),
                 metrics: self.metrics.clone(),
+                access_log: self.access_log.clone(),
             }))),
             Protocol::Udp => {
                 anyhow::bail!("listeners.{name}.protocol: \"udp\" is not supported yet")
@@ -567,6 +572,12 @@ pub async fn start_with(
     let engine = PolicyEngine::new(&EngineSettings {
         cache_dir: config.policies.cache_dir.clone(),
     })?;
+    let metrics = Arc::new(Metrics::default());
+    let access_log = AccessLog::start(
+        config.runtime.access_log_file.clone(),
+        metrics.access_log_dropped.clone(),
+    )
+    .context("runtime.access_log_file: cannot open")?;
     let (drain, drain_rx) = watch::channel(false);
     let view = Arc::new(ArcSwap::from_pointee(View::default()));
     let mut daemon = Daemon {
@@ -585,8 +596,20 @@ pub async fn start_with(
         },
         drain,
         view: view.clone(),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
+        access_log,
         started: false,
+    };
+    // The admin listener comes first, so /healthz answers and /readyz says
+    // 503 while policies load.
+    daemon.publish_view();
+    let admin_addr = match config.admin {
+        Some(bind) => Some(
+            admin::serve(bind, view.clone(), daemon.metrics.clone())
+                .await
+                .with_context(|| format!("admin.bind: cannot bind {bind}"))?,
+        ),
+        None => None,
     };
     let unresolved = daemon.upstreams.resolve().await;
     if !unresolved.is_empty() {
@@ -604,14 +627,6 @@ pub async fn start_with(
     }
     daemon.started = true;
     daemon.publish_view();
-    let admin_addr = match config.admin {
-        Some(bind) => Some(
-            admin::serve(bind, view.clone(), daemon.metrics.clone())
-                .await
-                .with_context(|| format!("admin.bind: cannot bind {bind}"))?,
-        ),
-        None => None,
-    };
     let (tx, mut rx) = mpsc::channel::<Change>(8);
     let watches = if options.watch {
         Some(

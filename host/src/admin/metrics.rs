@@ -83,6 +83,7 @@ pub struct Metrics {
     pub policy_version: Family<PolicyVersion, Gauge>,
     backend_healthy: Family<BackendLabels, Gauge>,
     backend_in_flight: Family<BackendLabels, Gauge>,
+    pub access_log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -98,6 +99,7 @@ impl Default for Metrics {
             policy_version: Family::default(),
             backend_healthy: Family::default(),
             backend_in_flight: Family::default(),
+            access_log_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -144,6 +146,11 @@ impl Default for Metrics {
             "backend_in_flight",
             "Requests or connections in flight",
             m.backend_in_flight.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access-log lines dropped because the writer fell behind",
+            m.access_log_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

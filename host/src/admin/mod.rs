@@ -2,6 +2,7 @@
 //! and a JSON API over pools, backends and policies. It is never served on
 //! a proxy listener, and without an `[admin]` section it does not exist.
 
+pub mod access_log;
 pub mod metrics;
 
 use std::convert::Infallible;
@@ -18,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
+pub use access_log::AccessLog;
 pub use metrics::Metrics;
 
 use crate::balance::Candidate;

@@ -266,6 +266,8 @@ pub struct ListenerFile {
     pub trusted_proxies: Vec<String>,
     #[serde(default)]
     pub accept_proxy_protocol: bool,
+    #[serde(default)]
+    pub access_log: crate::admin::access_log::Format,
     #[serde(default = "default_h2_streams")]
     pub http2_max_concurrent_streams: u32,
 }
@@ -276,6 +278,7 @@ pub struct RuntimeFile {
     pub worker_threads: Option<usize>,
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    pub access_log_file: Option<PathBuf>,
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -287,6 +290,7 @@ impl Default for RuntimeFile {
         RuntimeFile {
             worker_threads: None,
             drain_timeout_ms: default_drain_timeout_ms(),
+            access_log_file: None,
         }
     }
 }

@@ -157,6 +157,8 @@ pub struct ListenerConfig {
     /// a `trusted_proxies` peer; others are closed.
     pub accept_proxy_protocol: bool,
     pub http2_max_concurrent_streams: u32,
+    /// One access-log line per request or connection: off, text or json.
+    pub access_log: crate::admin::access_log::Format,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +166,8 @@ pub struct RuntimeConfig {
     pub worker_threads: Option<usize>,
     /// How long shutdown waits for in-flight requests and connections.
     pub drain_timeout: Duration,
+    /// Where access-log lines go (stdout when unset).
+    pub access_log_file: Option<PathBuf>,
 }
 
 /// Every problem found in one configuration file.
@@ -500,6 +504,7 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 accept_proxy_protocol: l.accept_proxy_protocol,
                 trusted_proxies,
                 http2_max_concurrent_streams: l.http2_max_concurrent_streams,
+                access_log: l.access_log,
             },
         );
     }
@@ -520,6 +525,7 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
         runtime: RuntimeConfig {
             worker_threads: f.runtime.worker_threads,
             drain_timeout: Duration::from_millis(f.runtime.drain_timeout_ms),
+            access_log_file: f.runtime.access_log_file.map(|p| base.join(p)),
         },
     })
 }

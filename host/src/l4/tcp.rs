@@ -22,6 +22,7 @@ pub struct TcpState {
     pub policy: Option<Arc<Policy>>,
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<crate::admin::Metrics>,
+    pub access_log: crate::admin::AccessLog,
 }
 
 pub async fn serve_connection(
@@ -30,6 +31,8 @@ pub async fn serve_connection(
     local: SocketAddr,
     shared: Arc<ArcSwap<TcpState>>,
 ) {
+    let started = std::time::Instant::now();
+    let mut decision = "default";
     let state = shared.load_full();
     let cfg = &state.config;
     let directory: Arc<dyn Directory> = state.upstreams.clone();
@@ -44,7 +47,7 @@ pub async fn serve_connection(
     let _active = crate::admin::metrics::GaugeGuard::new(active);
     if let Some(policy) = &state.policy {
         let called = std::time::Instant::now();
-        let decision = policy
+        let verdict = policy
             .on_connect(
                 &crate::policy::connection_info(
                     peer,
@@ -61,10 +64,11 @@ pub async fn serve_connection(
             &state.metrics,
             &policy.name,
             called,
-            decision.as_ref().err(),
+            verdict.as_ref().err(),
         );
-        match decision {
+        match verdict {
             Ok(ConnDecision::Forward { pool, backend }) => {
+                decision = "forward";
                 pool_name = pool.or(pool_name);
                 named = backend;
             }
@@ -78,6 +82,7 @@ pub async fn serve_connection(
                 if cfg.on_error == OnError::Reject {
                     return;
                 }
+                decision = "fallback";
             }
         }
     }
@@ -114,12 +119,39 @@ pub async fn serve_connection(
                         backend: backend.name.clone(),
                     })
                     .inc();
-                match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    Ok((up, down)) => debug!(listener = %state.name, client = %peer,
-                        backend = %backend.name, bytes_up = up, bytes_down = down, "connection done"),
-                    Err(e) => debug!(listener = %state.name, client = %peer,
-                        backend = %backend.name, error = %e, "connection ended with an error"),
-                }
+                let connected = started.elapsed();
+                let (up, down) = match tokio::io::copy_bidirectional(&mut client, &mut upstream)
+                    .await
+                {
+                    Ok((up, down)) => {
+                        debug!(listener = %state.name, client = %peer,
+                            backend = %backend.name, bytes_up = up, bytes_down = down, "connection done");
+                        (Some(up), Some(down))
+                    }
+                    Err(e) => {
+                        debug!(listener = %state.name, client = %peer,
+                            backend = %backend.name, error = %e, "connection ended with an error");
+                        (None, None)
+                    }
+                };
+                state.access_log.log(
+                    cfg.access_log,
+                    crate::admin::access_log::Entry {
+                        listener: state.name.clone(),
+                        client: peer.to_string(),
+                        kind: "tcp",
+                        method: None,
+                        path: None,
+                        status: None,
+                        pool: Some(pool.name.clone()),
+                        backend: Some(backend.name.clone()),
+                        decision,
+                        upstream_ms: Some(connected.as_secs_f64() * 1000.0),
+                        total_ms: started.elapsed().as_secs_f64() * 1000.0,
+                        bytes_in: up,
+                        bytes_out: down,
+                    },
+                );
                 return;
             }
             Ok(Err(e)) => warn!(listener = %state.name, pool = %pool.name, backend = %backend.name,

@@ -21,11 +21,12 @@ use tracing::{debug, warn};
 
 use super::hygiene;
 use super::request;
-use crate::admin::Metrics;
+use crate::admin::access_log::{Entry, Format};
 use crate::admin::metrics::{
     GaugeGuard, ListenerLabel, ListenerPool, PolicyLabel, PolicyOutcome, RequestLabels,
     status_class,
 };
+use crate::admin::{AccessLog, Metrics};
 use crate::config::{Algorithm, ListenerConfig, OnError};
 use crate::error::{self, ProxyError};
 use crate::health::{self, Outcome};
@@ -39,13 +40,16 @@ pub struct HttpState {
     pub policy: Option<Arc<Policy>>,
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
 }
 
-/// Where a response came from, for metrics (kept in its extensions).
-#[derive(Clone)]
-struct Routed {
+/// What happened to one request, for metrics and the access log.
+#[derive(Default)]
+struct Trace {
+    decision: &'static str,
     pool: String,
     backend: String,
+    upstream: Option<std::time::Duration>,
 }
 
 impl HttpState {
@@ -166,7 +170,11 @@ async fn handle(
     let method = req.method().clone();
     // Cheap to clone (shared bytes); only read if something is logged.
     let uri = req.uri().clone();
-    let resp = match proxy(req, peer, local, state).await {
+    let mut trace = Trace {
+        decision: "default",
+        ..Trace::default()
+    };
+    let resp = match proxy(req, peer, local, state, &mut trace).await {
         Ok(resp) => {
             debug!(listener = %state.name, %method, path = %uri.path(), status = resp.status().as_u16(),
                 elapsed_us = started.elapsed().as_micros() as u64, "request");
@@ -178,29 +186,44 @@ async fn handle(
             error_response(&e)
         }
     };
-    let (pool, backend) = resp
-        .extensions()
-        .get::<Routed>()
-        .map(|r| (r.pool.clone(), r.backend.clone()))
-        .unwrap_or_default();
-    state
-        .metrics
-        .http_duration
+    let total = started.elapsed();
+    let status = resp.status().as_u16();
+    let m = &state.metrics;
+    m.http_duration
         .get_or_create(&ListenerPool {
             listener: state.name.clone(),
-            pool: pool.clone(),
+            pool: trace.pool.clone(),
         })
-        .observe(started.elapsed().as_secs_f64());
-    state
-        .metrics
-        .http_requests
+        .observe(total.as_secs_f64());
+    m.http_requests
         .get_or_create(&RequestLabels {
             listener: state.name.clone(),
-            pool,
-            backend,
-            status_class: status_class(resp.status().as_u16()),
+            pool: trace.pool.clone(),
+            backend: trace.backend.clone(),
+            status_class: status_class(status),
         })
         .inc();
+    if state.config.access_log != Format::Off {
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        state.access_log.log(
+            state.config.access_log,
+            Entry {
+                listener: state.name.clone(),
+                client: peer.to_string(),
+                kind: "http",
+                method: Some(method.to_string()),
+                path: Some(uri.path().to_owned()),
+                status: Some(status),
+                pool: some(trace.pool),
+                backend: some(trace.backend),
+                decision: trace.decision,
+                upstream_ms: trace.upstream.map(|d| d.as_secs_f64() * 1000.0),
+                total_ms: total.as_secs_f64() * 1000.0,
+                bytes_in: resp.body().size_hint().exact(),
+                bytes_out: None,
+            },
+        );
+    }
     resp
 }
 
@@ -238,6 +261,7 @@ async fn proxy(
     peer: SocketAddr,
     local: SocketAddr,
     state: &HttpState,
+    trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let cfg = &state.config;
     if let Some(limit) = cfg.max_request_body_bytes {
@@ -290,8 +314,18 @@ async fn proxy(
             record_policy_call(&state.metrics, &policy.name, called, d.as_ref().err());
             snapshot = Some(head);
             match d {
-                Ok(d) => d,
+                Ok(d) => {
+                    trace.decision = match d {
+                        HttpDecision::Forward(_) => "forward",
+                        HttpDecision::Respond(_) => "respond",
+                    };
+                    d
+                }
                 Err(e) => {
+                    trace.decision = match cfg.on_error {
+                        OnError::Fallback => "fallback",
+                        OnError::Reject => "reject",
+                    };
                     warn!(listener = %state.name, policy = %policy.name, version = %policy.version,
                         error = %e, on_error = ?cfg.on_error, "policy call failed");
                     match cfg.on_error {
@@ -321,6 +355,7 @@ async fn proxy(
         .ok_or_else(|| {
             ProxyError::NoPool(format!("listener {} has no default pool", state.name))
         })?;
+    trace.pool = pool_name.clone();
     let pool = state
         .upstreams
         .pool(&pool_name)
@@ -413,6 +448,7 @@ async fn proxy(
     // Headers kept for a retry only when one is possible.
     let spare_headers = (retryable && pool.backends.len() > 1).then(|| headers.clone());
     let first = build(&backend, headers, body)?;
+    let sent = Instant::now();
     let (mut resp, in_flight) = match send(&pool, &backend, first).await.map_err(over_limit) {
         Ok(ok) => ok,
         Err(e @ ProxyError::Connect { .. }) if spare_headers.is_some() => {
@@ -428,6 +464,7 @@ async fn proxy(
         Err(e) => return Err(e),
     };
 
+    trace.upstream = Some(sent.elapsed());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -471,15 +508,11 @@ async fn proxy(
                 "response hook failed; response sent unedited"),
         }
     }
-    let served_by = in_flight.backend().name.clone();
+    trace.backend = in_flight.backend().name.clone();
     let body = Tracked {
         inner: rbody,
         _in_flight: in_flight,
     };
-    rparts.extensions.insert(Routed {
-        pool: pool_name.clone(),
-        backend: served_by,
-    });
     Ok(Response::from_parts(
         rparts,
         body.map_err(BoxError::from).boxed_unsync(),
