@@ -137,19 +137,29 @@ impl Daemon {
         cfg: String,
     ) -> Result<Arc<Policy>, policy::LoadError> {
         let started = Instant::now();
-        let compiled = self
-            .compiler
-            .compile(&self.engine, &key.name, &file, wasm, cfg.clone(), key.kind)
-            .await?;
-        let p = self
-            .engine
-            .activate(
-                compiled,
-                &cfg,
-                self.config.policies.limits.clone(),
-                self.directory(),
-            )
-            .await?;
+        let loaded = async {
+            let compiled = self
+                .compiler
+                .compile(&self.engine, &key.name, &file, wasm, cfg.clone(), key.kind)
+                .await?;
+            self.engine
+                .activate(
+                    compiled,
+                    &cfg,
+                    self.config.policies.limits.clone(),
+                    self.directory(),
+                )
+                .await
+        }
+        .await;
+        self.metrics
+            .policy_reloads
+            .get_or_create(&crate::admin::metrics::ReloadLabels {
+                policy: key.name.clone(),
+                result: if loaded.is_ok() { "ok" } else { "error" },
+            })
+            .inc();
+        let p = loaded?;
         info!(
             policy = %p.name,
             version = %p.version,

@@ -58,6 +58,10 @@ async fn metrics_pools_policies_and_drain() {
         serde_json::from_slice(&get(&c, admin, "/api/policies", &[]).await.body).unwrap();
     assert_eq!(policies[0]["name"], "path-router");
     assert_eq!(policies[0]["calls"], 10);
+    assert!(
+        policies[0]["p99_us_at_most"].as_f64().unwrap()
+            >= policies[0]["p50_us_at_most"].as_f64().unwrap()
+    );
     assert_eq!(
         policies[0]["version"].as_str().unwrap(),
         sy.policy_version("l").unwrap()
@@ -199,6 +203,23 @@ on_error = "fallback"
         sample(&m, calls, &[("policy", "misbehave"), ("outcome", "trap")]),
         3.0
     );
+    assert_eq!(
+        sample(
+            &m,
+            "switchyard_policy_reloads_total",
+            &[("policy", "misbehave"), ("result", "ok")]
+        ),
+        1.0
+    );
+    // Each answer's body is the backend's one-letter name.
+    assert_eq!(
+        sample(
+            &m,
+            "switchyard_bytes_total",
+            &[("listener", "l"), ("direction", "out")]
+        ),
+        23.0
+    );
     sy.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -337,5 +358,32 @@ async fn access_log_lines_carry_pool_backend_and_decision() {
     assert_eq!(v["backend"], a.addr.to_string());
     assert_eq!(v["decision"], "forward");
     assert!(v["total_ms"].as_f64().unwrap() >= v["upstream_ms"].as_f64().unwrap());
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn connect_errors_are_counted_per_backend_and_kind() {
+    let dead = dead_addr().await;
+    let sy = start_switchyard(
+        "[admin]\nbind = \"127.0.0.1:0\"\n[pools.web]\nbackends = [\"{dead}\"]\nconnect_timeout_ms = 500\n[listeners.l]\nprotocol = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n",
+        &BTreeMap::from([("dead", dead)]),
+    )
+    .await;
+    let c = client(false);
+    assert_eq!(get(&c, sy.addr("l"), "/", &[]).await.status, 502);
+    let m = parse_metrics(
+        &get(&c, sy.admin_addr.unwrap(), "/metrics", &[])
+            .await
+            .text(),
+    );
+    let name = dead.to_string();
+    assert_eq!(
+        sample(
+            &m,
+            "switchyard_upstream_connect_errors_total",
+            &[("backend", &name), ("kind", "connect")]
+        ),
+        1.0
+    );
     sy.shutdown(Duration::from_secs(5)).await;
 }

@@ -55,6 +55,29 @@ pub struct PolicyVersion {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectError {
+    pub pool: String,
+    pub backend: String,
+    /// `connect` (refused, unreachable), `timeout`, or `reset` (failed after
+    /// connecting).
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub listener: String,
+    /// `in` (client to backend) or `out` (backend to client).
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub policy: String,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub listener: String,
     pub pool: String,
@@ -84,6 +107,9 @@ pub struct Metrics {
     backend_healthy: Family<BackendLabels, Gauge>,
     backend_in_flight: Family<BackendLabels, Gauge>,
     pub access_log_dropped: Counter,
+    pub upstream_connect_errors: Family<ConnectError, Counter>,
+    pub bytes: Family<BytesLabels, Counter>,
+    pub policy_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,6 +126,9 @@ impl Default for Metrics {
             backend_healthy: Family::default(),
             backend_in_flight: Family::default(),
             access_log_dropped: Counter::default(),
+            upstream_connect_errors: Family::default(),
+            bytes: Family::default(),
+            policy_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -152,6 +181,17 @@ impl Default for Metrics {
             "Access-log lines dropped because the writer fell behind",
             m.access_log_dropped.clone(),
         );
+        registry.register(
+            "upstream_connect_errors",
+            "Failures reaching a backend, by kind",
+            m.upstream_connect_errors.clone(),
+        );
+        registry.register("bytes", "Body bytes proxied, by direction", m.bytes.clone());
+        registry.register(
+            "policy_reloads",
+            "Policy loads (at start and on change), by result",
+            m.policy_reloads.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -184,6 +224,26 @@ pub fn status_class(status: u16) -> &'static str {
 }
 
 impl Metrics {
+    /// The byte counter of one listener and direction.
+    pub fn bytes_counter(&self, listener: &str, direction: &'static str) -> Counter {
+        self.bytes
+            .get_or_create(&BytesLabels {
+                listener: listener.to_owned(),
+                direction,
+            })
+            .clone()
+    }
+
+    pub fn connect_error(&self, pool: &str, backend: &str, kind: &'static str) {
+        self.upstream_connect_errors
+            .get_or_create(&ConnectError {
+                pool: pool.to_owned(),
+                backend: backend.to_owned(),
+                kind,
+            })
+            .inc();
+    }
+
     /// The Prometheus text exposition, with backend gauges as of now.
     pub fn render(&self, upstreams: &Upstreams) -> String {
         self.backend_healthy.clear();

@@ -123,6 +123,8 @@ fn route(req: &Request<Incoming>, view: &View, metrics: &Metrics) -> Response<Fu
                             "errors": s.errors.load(std::sync::atomic::Ordering::Relaxed),
                             "last_call_error": s.last_error.lock().ok().and_then(|e| e.clone()),
                             "last_refused": view.policy_errors.get(&*p.name),
+                            "p50_us_at_most": s.quantile(0.5).map(|d| d.as_secs_f64() * 1e6),
+                            "p99_us_at_most": s.quantile(0.99).map(|d| d.as_secs_f64() * 1e6),
                         })
                     })
                     .collect(),

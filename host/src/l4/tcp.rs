@@ -134,6 +134,10 @@ pub async fn serve_connection(
                         (None, None)
                     }
                 };
+                if let (Some(u), Some(d)) = (up, down) {
+                    state.metrics.bytes_counter(&state.name, "in").inc_by(u);
+                    state.metrics.bytes_counter(&state.name, "out").inc_by(d);
+                }
                 state.access_log.log(
                     cfg.access_log,
                     crate::admin::access_log::Entry {
@@ -154,10 +158,20 @@ pub async fn serve_connection(
                 );
                 return;
             }
-            Ok(Err(e)) => warn!(listener = %state.name, pool = %pool.name, backend = %backend.name,
-                error = %e, "connect failed"),
-            Err(_) => warn!(listener = %state.name, pool = %pool.name, backend = %backend.name,
-                "connect timed out"),
+            Ok(Err(e)) => {
+                state
+                    .metrics
+                    .connect_error(&pool.name, &backend.name, "connect");
+                warn!(listener = %state.name, pool = %pool.name, backend = %backend.name,
+                    error = %e, "connect failed")
+            }
+            Err(_) => {
+                state
+                    .metrics
+                    .connect_error(&pool.name, &backend.name, "timeout");
+                warn!(listener = %state.name, pool = %pool.name, backend = %backend.name,
+                    "connect timed out")
+            }
         }
         crate::health::report(pool, &backend, crate::health::Outcome::Failure);
         if tried.is_some() {

@@ -74,6 +74,7 @@ fn error_response(e: &ProxyError) -> Response<ProxyBody> {
 struct Tracked {
     inner: Incoming,
     _in_flight: InFlight,
+    bytes_out: prometheus_client::metrics::counter::Counter,
 }
 
 impl Body for Tracked {
@@ -84,7 +85,14 @@ impl Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.bytes_out.inc_by(data.len() as u64);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -412,6 +420,13 @@ async fn proxy(
     };
     let bodyless = body.is_end_stream();
     let retryable = bodyless && idempotent(&parts.method);
+    let bytes_in = state.metrics.bytes_counter(&state.name, "in");
+    let body = body.map_frame(move |f| {
+        if let Some(d) = f.data_ref() {
+            bytes_in.inc_by(d.len() as u64);
+        }
+        f
+    });
     let body: UpstreamBody = match (upgrade, cfg.max_request_body_bytes) {
         (true, _) => Empty::new().map_err(|never| match never {}).boxed_unsync(),
         (false, Some(limit)) => {
@@ -449,7 +464,10 @@ async fn proxy(
     let spare_headers = (retryable && pool.backends.len() > 1).then(|| headers.clone());
     let first = build(&backend, headers, body)?;
     let sent = Instant::now();
-    let (mut resp, in_flight) = match send(&pool, &backend, first).await.map_err(over_limit) {
+    let (mut resp, in_flight) = match send(&state.metrics, &pool, &backend, first)
+        .await
+        .map_err(over_limit)
+    {
         Ok(ok) => ok,
         Err(e @ ProxyError::Connect { .. }) if spare_headers.is_some() => {
             let Some(other) = pool.pick(key, Some(&backend)) else {
@@ -459,7 +477,7 @@ async fn proxy(
                 cause = %e, retry = %other.name, "connect failed; retrying on another backend");
             let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
             let again = build(&other, spare_headers.unwrap_or_default(), empty)?;
-            send(&pool, &other, again).await?
+            send(&state.metrics, &pool, &other, again).await?
         }
         Err(e) => return Err(e),
     };
@@ -512,6 +530,7 @@ async fn proxy(
     let body = Tracked {
         inner: rbody,
         _in_flight: in_flight,
+        bytes_out: state.metrics.bytes_counter(&state.name, "out"),
     };
     Ok(Response::from_parts(
         rparts,
@@ -522,6 +541,7 @@ async fn proxy(
 /// Sends one request to one backend, counting it in flight, within the
 /// pool's response timeout.
 async fn send(
+    metrics: &Metrics,
     pool: &Pool,
     backend: &Arc<Backend>,
     req: Request<UpstreamBody>,
@@ -534,6 +554,12 @@ async fn send(
         _ => Outcome::Failure,
     };
     health::report(pool, backend, outcome);
+    match &result {
+        Ok(Err(e)) if e.is_connect() => metrics.connect_error(&pool.name, &backend.name, "connect"),
+        Ok(Err(_)) => metrics.connect_error(&pool.name, &backend.name, "reset"),
+        Err(_) => metrics.connect_error(&pool.name, &backend.name, "timeout"),
+        Ok(Ok(_)) => {}
+    }
     match result {
         Ok(Ok(resp)) => Ok((resp, in_flight)),
         Ok(Err(e)) => {
