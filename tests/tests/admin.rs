@@ -54,6 +54,13 @@ async fn metrics_pools_policies_and_drain() {
         serde_json::from_slice(&get(&c, admin, "/api/pools/web", &[]).await.body).unwrap();
     assert_eq!(pools["backends"].as_array().unwrap().len(), 2);
     assert_eq!(pools["backends"][0]["available"], true);
+    let totals: u64 = pools["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["total"].as_u64().unwrap())
+        .sum();
+    assert_eq!(totals, 10, "per-backend totals add up to the requests sent");
     let policies: serde_json::Value =
         serde_json::from_slice(&get(&c, admin, "/api/policies", &[]).await.body).unwrap();
     assert_eq!(policies[0]["name"], "path-router");

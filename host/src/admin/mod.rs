@@ -57,6 +57,7 @@ fn pool_json(name: &str, pool: &crate::upstream::Pool) -> Value {
             "ejected": b.health.ejected(&b.name),
             "drained": b.drained(),
             "in_flight": b.in_flight(),
+            "total": b.total(),
         })).collect::<Vec<_>>(),
     })
 }

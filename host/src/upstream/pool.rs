@@ -34,6 +34,8 @@ pub struct Backend {
     /// `None` until a DNS name has resolved.
     resolved: ArcSwapOption<Resolved>,
     in_flight: AtomicU32,
+    /// Requests (L7) or connections (L4) sent to it since it was created.
+    total: std::sync::atomic::AtomicU64,
     /// Active checks and passive ejection (`health.rs`).
     pub health: Health,
     /// Set by the admin API: no new requests or connections.
@@ -60,6 +62,7 @@ impl Backend {
             weight: c.weight,
             resolved: ArcSwapOption::new(now),
             in_flight: AtomicU32::new(0),
+            total: std::sync::atomic::AtomicU64::new(0),
             health: Health::default(),
             drained: std::sync::atomic::AtomicBool::new(false),
             max_in_flight,
@@ -101,6 +104,11 @@ impl Backend {
         self.health.checks_pass() && !self.health.ejected(&self.name)
     }
 
+    /// Requests or connections sent to it so far.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
     pub fn drained(&self) -> bool {
         self.drained.load(Ordering::Relaxed)
     }
@@ -118,6 +126,7 @@ impl Backend {
     /// Counts one request or connection in flight until the guard drops.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
 
