@@ -142,14 +142,21 @@ pub async fn check(config_path: &Path) -> Result<(), Vec<String>> {
             Protocol::Tcp | Protocol::Udp => PolicyKind::Connection,
         };
         let file = config.policy_file(policy);
-        let loaded = engine
-            .load_file(
-                &file,
-                Some(kind),
-                config.policies.limits.clone(),
-                directory.clone(),
-            )
-            .await;
+        let loaded = match policy::read_policy_files(&file, listener.policy_config.as_deref()) {
+            Ok((wasm, cfg)) => {
+                engine
+                    .load_bytes(
+                        &file,
+                        wasm,
+                        cfg,
+                        Some(kind),
+                        config.policies.limits.clone(),
+                        directory.clone(),
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = loaded {
             problems.push(format!("{e} (policy of listeners.{name})"));
         }

@@ -190,3 +190,27 @@ policy = "missing"
     assert!(lines[0].contains("listeners.a"), "{e}");
     assert!(lines[1].contains("missing.wasm: cannot read"), "{e}");
 }
+
+#[test]
+fn check_initialises_a_policy_with_its_listener_policy_config() {
+    require("policies/path-router.wasm");
+    let dir = temp_dir("policy-config");
+    let bad = dir.join("bad-routes.json");
+    std::fs::write(&bad, r#"{"routes": [{"prefix": "api", "pool": "web"}]}"#).unwrap();
+    let cfg = dir.join("switchyard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[policies]\ndir = \"{}\"\n[pools.web]\nbackends = [\"127.0.0.1:9001\"]\n[listeners.a]\nprotocol = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\npolicy = \"path-router\"\npolicy_config = \"bad-routes.json\"\n",
+            repo().join("policies").display()
+        ),
+    )
+    .unwrap();
+    let o = switchyard(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        !o.status.success(),
+        "the other config must be the one checked"
+    );
+    let e = stderr(&o);
+    assert!(e.contains("must start with '/'"), "{e}");
+}

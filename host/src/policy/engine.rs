@@ -288,21 +288,8 @@ impl PolicyEngine {
         Ok(policy)
     }
 
-    /// Reads, compiles (on a blocking thread) and activates a policy file,
-    /// with its config from the `.json` beside it when there is one.
-    pub async fn load_file(
-        self: &Arc<Self>,
-        wasm_path: &Path,
-        expected: Option<PolicyKind>,
-        limits: Limits,
-        directory: Arc<dyn Directory>,
-    ) -> Result<Arc<Policy>, LoadError> {
-        let (wasm, config) = read_policy_files(wasm_path, None)?;
-        self.load_bytes(wasm_path, wasm, config, expected, limits, directory)
-            .await
-    }
-
-    /// As [`PolicyEngine::load_file`], with the bytes and config in hand.
+    /// Compiles (on a blocking thread) and activates a policy from its
+    /// bytes and config.
     pub async fn load_bytes(
         self: &Arc<Self>,
         wasm_path: &Path,
