@@ -181,22 +181,35 @@ impl Daemon {
         };
         let policy = key_of(cfg).and_then(|k| self.policies.get(&k).cloned());
         match &h.handler {
-            Handler::Http(s) => s.store(Arc::new(HttpState {
-                name: name.to_owned(),
-                config: cfg.clone(),
-                policy,
-                upstreams: self.upstreams.clone(),
-                metrics: self.metrics.clone(),
-                access_log: self.access_log.clone(),
-            })),
-            Handler::Tcp(s) => s.store(Arc::new(TcpState {
-                name: name.to_owned(),
-                config: cfg.clone(),
-                policy,
-                upstreams: self.upstreams.clone(),
-                metrics: self.metrics.clone(),
-                access_log: self.access_log.clone(),
-            })),
+            Handler::Http(s) => s.store(Arc::new(self.http_state(name, cfg, policy))),
+            Handler::Tcp(s) => s.store(Arc::new(self.tcp_state(name, cfg, policy))),
+        }
+    }
+
+    fn http_state(
+        &self,
+        name: &str,
+        cfg: &ListenerConfig,
+        policy: Option<Arc<Policy>>,
+    ) -> HttpState {
+        HttpState {
+            name: name.to_owned(),
+            config: cfg.clone(),
+            policy,
+            upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
+            access_log: self.access_log.clone(),
+        }
+    }
+
+    fn tcp_state(&self, name: &str, cfg: &ListenerConfig, policy: Option<Arc<Policy>>) -> TcpState {
+        TcpState {
+            name: name.to_owned(),
+            config: cfg.clone(),
+            policy,
+            upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
+            access_log: self.access_log.clone(),
         }
     }
 
@@ -244,22 +257,12 @@ impl Daemon {
         let l = self.config.listeners[name].clone();
         let addr = socket.local_addr()?;
         let handler = match l.protocol {
-            Protocol::Http => Handler::Http(Arc::new(ArcSwap::from_pointee(HttpState {
-                name: name.to_owned(),
-                config: l.clone(),
-                policy: None,
-                upstreams: self.upstreams.clone(),
-                metrics: self.metrics.clone(),
-                access_log: self.access_log.clone(),
-            }))),
-            Protocol::Tcp => Handler::Tcp(Arc::new(ArcSwap::from_pointee(TcpState {
-                name: name.to_owned(),
-                config: l.clone(),
-                policy: None,
-                upstreams: self.upstreams.clone(),
-                metrics: self.metrics.clone(),
-                access_log: self.access_log.clone(),
-            }))),
+            Protocol::Http => Handler::Http(Arc::new(ArcSwap::from_pointee(
+                self.http_state(name, &l, None),
+            ))),
+            Protocol::Tcp => Handler::Tcp(Arc::new(ArcSwap::from_pointee(
+                self.tcp_state(name, &l, None),
+            ))),
             Protocol::Udp => {
                 anyhow::bail!("listeners.{name}.protocol: \"udp\" is not supported yet")
             }

@@ -333,3 +333,17 @@ pub async fn post(c: &Client, addr: SocketAddr, path: &str) -> Got {
         .unwrap();
     send(c, req).await
 }
+
+/// Waits (at most 10 s) until a backend has seen a request to `path`: the
+/// readiness signal for "this request is in flight there".
+pub async fn until_seen(b: &TestBackend, path: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !b.seen().iter().any(|s| s.uri.starts_with(path)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never saw {path}",
+            b.name
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -307,7 +307,7 @@ async fn draining_a_backend_lets_its_in_flight_request_finish() {
             .unwrap();
         send(&client(false), req).await
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_seen(&b, "/echo").await;
     let path = format!("/api/pools/web/backends/{}/drain", b.addr);
     assert_eq!(post(&c, admin, &path).await.status, 200);
     for _ in 0..6 {

@@ -263,7 +263,7 @@ pool = "web"
             .unwrap();
         send(&client(false), req).await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_seen(&a, "/echo").await;
 
     let two = one.replace(r#"backends = ["{a}"]"#, r#"backends = ["{a}", "{b}"]"#);
     replace_file(&dir.join("switchyard.toml"), fill(&two, &addrs).as_bytes());
