@@ -334,16 +334,23 @@ pub async fn post(c: &Client, addr: SocketAddr, path: &str) -> Got {
     send(c, req).await
 }
 
+/// Polls `check` every 10 ms until it holds, failing the test with `what`
+/// after `limit`. Returns how long it took.
+pub async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
 /// Waits (at most 10 s) until a backend has seen a request to `path`: the
 /// readiness signal for "this request is in flight there".
 pub async fn until_seen(b: &TestBackend, path: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !b.seen().iter().any(|s| s.uri.starts_with(path)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} never saw {path}",
-            b.name
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let what = format!("{} sees {path}", b.name);
+    wait_until(&what, Duration::from_secs(10), || {
+        b.seen().iter().any(|s| s.uri.starts_with(path))
+    })
+    .await;
 }

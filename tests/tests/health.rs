@@ -23,15 +23,6 @@ async fn status_over_tcp(addr: SocketAddr) -> u16 {
     out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
-async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    started.elapsed()
-}
-
 #[tokio::test]
 async fn a_backend_answering_500_is_ejected_at_l7_and_invisible_to_l4_tcp_checks() {
     let good = TestBackend::start("good").await;
