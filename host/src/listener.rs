@@ -1,6 +1,10 @@
 //! Bind and accept: one task per listener that never dies, one task per
-//! connection, `max_connections` enforced by not accepting past it (the
-//! kernel's backlog holds the rest), and a stop signal that ends accepting.
+//! connection, and a stop signal that ends accepting. `max_connections` is
+//! enforced on HTTP listeners by not accepting past it (the kernel's
+//! backlog holds the rest, as nginx does), and on TCP listeners by closing
+//! the excess at once (as HAProxy's `maxconn` with a full queue does): a
+//! byte stream cannot be answered "busy", and a client queued without a
+//! word would wait for its own timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,14 +15,14 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
-use crate::l4::TcpState;
+use crate::l4::L4State;
 use crate::l7::HttpState;
 
 /// What a listener hands its connections to.
 #[derive(Clone)]
 pub enum Handler {
     Http(Arc<ArcSwap<HttpState>>),
-    Tcp(Arc<ArcSwap<TcpState>>),
+    L4(Arc<ArcSwap<L4State>>),
 }
 
 impl Handler {
@@ -36,14 +40,45 @@ impl Handler {
         };
         match self {
             Handler::Http(s) => cfg(&s.load().config),
-            Handler::Tcp(s) => cfg(&s.load().config),
+            Handler::L4(s) => cfg(&s.load().config),
         }
+    }
+}
+
+/// A bound listening socket.
+pub enum Socket {
+    Tcp(TcpListener),
+    Udp(Arc<tokio::net::UdpSocket>),
+}
+
+impl Socket {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Socket::Tcp(s) => s.local_addr(),
+            Socket::Udp(s) => s.local_addr(),
+        }
+    }
+}
+
+/// Binds what a listener of `protocol` needs.
+pub fn bind(protocol: crate::config::Protocol, addr: SocketAddr) -> std::io::Result<Socket> {
+    match protocol {
+        crate::config::Protocol::Udp => {
+            // Plain bind: UDP listeners do not take part in SO_REUSEPORT
+            // upgrades (docs/OPERATIONS.md).
+            let socket = std::net::UdpSocket::bind(addr)?;
+            socket.set_nonblocking(true)?;
+            Ok(Socket::Udp(Arc::new(tokio::net::UdpSocket::from_std(
+                socket,
+            )?)))
+        }
+        _ => bind_tcp(addr).map(Socket::Tcp),
     }
 }
 
 /// Binds a TCP listener with `SO_REUSEADDR` (a restarted daemon can bind
 /// while old connections sit in TIME_WAIT) and `SO_REUSEPORT`.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -75,10 +110,15 @@ pub async fn accept_loop(
 ) {
     let local = listener.local_addr().ok();
     let slots = Arc::new(Semaphore::new(max_connections));
+    let refuse_excess = matches!(handler, Handler::L4(_));
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
-            _ = stop.changed() => break,
+        let waited = if refuse_excess {
+            None
+        } else {
+            tokio::select! {
+                p = slots.clone().acquire_owned() => Some(p.expect("semaphore never closes")),
+                _ = stop.changed() => break,
+            }
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -91,6 +131,16 @@ pub async fn accept_loop(
                 }
             },
             _ = stop.changed() => break,
+        };
+        let permit = match waited {
+            Some(p) => p,
+            None => match slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    refuse(&name, &handler, stream, peer);
+                    continue;
+                }
+            },
         };
         spawn(
             &name,
@@ -120,6 +170,23 @@ pub async fn accept_loop(
             spawn(&name, stream, peer, local, &handler, &conns, None, true);
         }
     }
+}
+
+/// Closes a connection past `max_connections` with a reset, so the client
+/// learns at once.
+fn refuse(name: &str, handler: &Handler, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+    if let Handler::L4(s) = handler {
+        s.load()
+            .metrics
+            .refused
+            .get_or_create(&crate::admin::metrics::ListenerLabel {
+                listener: name.to_owned(),
+            })
+            .inc();
+    }
+    tracing::debug!(listener = %name, client = %peer, "max_connections reached; connection refused");
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -155,7 +222,7 @@ fn spawn(
                 Handler::Http(s) => {
                     crate::l7::serve_connection(stream, peer, local, s, drain, last_call).await
                 }
-                Handler::Tcp(s) => crate::l4::serve_connection(stream, peer, local, s).await,
+                Handler::L4(s) => crate::l4::serve_connection(stream, peer, local, s).await,
             }
             drop(permit);
         }

@@ -97,3 +97,67 @@ pub async fn accept(
         return Ok(client);
     }
 }
+
+/// The PROXY header that tells a backend who the client is: `client` is the
+/// (possibly PROXY-given) client address, `local` the address it connected
+/// to. Mixed families (an IPv4 client on an IPv6 socket) are sent as IPv6.
+pub fn header(
+    version: crate::config::ProxyProtocol,
+    client: SocketAddr,
+    local: SocketAddr,
+) -> Vec<u8> {
+    let (client, local) = same_family(client, local);
+    match version {
+        crate::config::ProxyProtocol::V1 => v1::Addresses::from((client, local))
+            .to_string()
+            .into_bytes(),
+        crate::config::ProxyProtocol::V2 => v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Stream,
+            (client, local),
+        )
+        .build()
+        .unwrap_or_default(),
+    }
+}
+
+fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let canonical = |s: SocketAddr| SocketAddr::new(s.ip().to_canonical(), s.port());
+    let (a, b) = (canonical(a), canonical(b));
+    let v6 = |s: SocketAddr| match s.ip() {
+        IpAddr::V4(ip) => SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), s.port()),
+        IpAddr::V6(_) => s,
+    };
+    if a.is_ipv4() == b.is_ipv4() {
+        (a, b)
+    } else {
+        (v6(a), v6(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProxyProtocol;
+
+    #[test]
+    fn v1_and_v2_headers_parse_back_to_the_client() {
+        let client: SocketAddr = "192.0.2.7:4711".parse().unwrap();
+        let local: SocketAddr = "[::ffff:127.0.0.1]:8443".parse().unwrap();
+        let v1 = header(ProxyProtocol::V1, client, local);
+        assert_eq!(v1, b"PROXY TCP4 192.0.2.7 127.0.0.1 4711 8443\r\n");
+        for h in [v1, header(ProxyProtocol::V2, client, local)] {
+            let parsed = HeaderResult::parse(&h);
+            assert_eq!(source(&parsed), Some(client));
+            assert_eq!(header_len(&parsed), Some(h.len()));
+        }
+    }
+
+    #[test]
+    fn mixed_families_are_sent_as_ipv6() {
+        let client: SocketAddr = "192.0.2.7:1".parse().unwrap();
+        let local: SocketAddr = "[2001:db8::1]:2".parse().unwrap();
+        let h = header(ProxyProtocol::V1, client, local);
+        assert_eq!(h, b"PROXY TCP6 ::ffff:192.0.2.7 2001:db8::1 1 2\r\n");
+    }
+}

@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AccessLog, Metrics};
 use crate::config::{Config, ListenerConfig, Protocol};
-use crate::l4::TcpState;
+use crate::l4::L4State;
 use crate::l7::HttpState;
 use crate::listener::{self, Connections, Handler};
 use crate::policy::{
@@ -182,7 +182,7 @@ impl Daemon {
         let policy = key_of(cfg).and_then(|k| self.policies.get(&k).cloned());
         match &h.handler {
             Handler::Http(s) => s.store(Arc::new(self.http_state(name, cfg, policy))),
-            Handler::Tcp(s) => s.store(Arc::new(self.tcp_state(name, cfg, policy))),
+            Handler::L4(s) => s.store(Arc::new(self.l4_state(name, cfg, policy))),
         }
     }
 
@@ -202,8 +202,8 @@ impl Daemon {
         }
     }
 
-    fn tcp_state(&self, name: &str, cfg: &ListenerConfig, policy: Option<Arc<Policy>>) -> TcpState {
-        TcpState {
+    fn l4_state(&self, name: &str, cfg: &ListenerConfig, policy: Option<Arc<Policy>>) -> L4State {
+        L4State {
             name: name.to_owned(),
             config: cfg.clone(),
             policy,
@@ -253,19 +253,16 @@ impl Daemon {
     }
 
     /// Binds a listener and starts its accept loop.
-    fn open(&mut self, name: &str, socket: tokio::net::TcpListener) -> anyhow::Result<()> {
+    fn open(&mut self, name: &str, socket: listener::Socket) -> anyhow::Result<()> {
         let l = self.config.listeners[name].clone();
         let addr = socket.local_addr()?;
         let handler = match l.protocol {
             Protocol::Http => Handler::Http(Arc::new(ArcSwap::from_pointee(
                 self.http_state(name, &l, None),
             ))),
-            Protocol::Tcp => Handler::Tcp(Arc::new(ArcSwap::from_pointee(
-                self.tcp_state(name, &l, None),
+            Protocol::Tcp | Protocol::Udp => Handler::L4(Arc::new(ArcSwap::from_pointee(
+                self.l4_state(name, &l, None),
             ))),
-            Protocol::Udp => {
-                anyhow::bail!("listeners.{name}.protocol: \"udp\" is not supported yet")
-            }
         };
         let (stop, stop_rx) = watch::channel(false);
         self.listeners.insert(
@@ -283,14 +280,31 @@ impl Daemon {
         info!(listener = %name, %addr, protocol = ?l.protocol, "listening");
         // Tracked like connections, so a drain also waits for the accept
         // loop to take what the kernel had queued before it closes.
-        self.conns.tracker.spawn(listener::accept_loop(
-            name.to_owned(),
-            socket,
-            handler,
-            l.max_connections,
-            stop_rx,
-            self.conns.clone(),
-        ));
+        match (socket, handler) {
+            (listener::Socket::Udp(socket), Handler::L4(state)) => {
+                // UDP has nothing to drain: its flows end when the
+                // listener stops (removed, or at shutdown).
+                self.conns.tracker.spawn(crate::l4::udp::serve(
+                    socket,
+                    state,
+                    stop_rx,
+                    self.conns.tracker.clone(),
+                ));
+            }
+            (listener::Socket::Tcp(socket), handler) => {
+                self.conns.tracker.spawn(listener::accept_loop(
+                    name.to_owned(),
+                    socket,
+                    handler,
+                    l.max_connections,
+                    stop_rx,
+                    self.conns.clone(),
+                ));
+            }
+            (listener::Socket::Udp(_), _) => {
+                anyhow::bail!("listeners.{name}: a udp socket for a non-udp listener")
+            }
+        }
         Ok(())
     }
 
@@ -416,13 +430,7 @@ impl Daemon {
             if same {
                 continue;
             }
-            if l.protocol == Protocol::Udp {
-                problems.push(format!(
-                    "listeners.{name}.protocol: \"udp\" is not supported yet"
-                ));
-                continue;
-            }
-            match listener::bind(l.bind) {
+            match listener::bind(l.protocol, l.bind) {
                 Ok(s) => {
                     sockets.insert(name.clone(), s);
                 }
@@ -634,7 +642,7 @@ pub async fn start_with(
         .map_err(|p| anyhow::anyhow!(p.join("\n")))?;
     daemon.policies = fresh;
     for (name, l) in &config.listeners {
-        let socket = listener::bind(l.bind)
+        let socket = listener::bind(l.protocol, l.bind)
             .with_context(|| format!("listeners.{name}.bind: cannot bind {}", l.bind))?;
         daemon.open(name, socket)?;
     }

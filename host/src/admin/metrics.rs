@@ -100,6 +100,8 @@ pub struct Metrics {
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_duration: Family<ListenerPool, Histogram, fn() -> Histogram>,
     pub tcp_connections: Family<TcpLabels, Counter>,
+    pub udp_flows: Family<TcpLabels, Counter>,
+    pub refused: Family<ListenerLabel, Counter>,
     pub active_connections: Family<ListenerLabel, Gauge>,
     pub policy_calls: Family<PolicyOutcome, Counter>,
     pub policy_duration: Family<PolicyLabel, Histogram, fn() -> Histogram>,
@@ -119,6 +121,8 @@ impl Default for Metrics {
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency),
             tcp_connections: Family::default(),
+            udp_flows: Family::default(),
+            refused: Family::default(),
             active_connections: Family::default(),
             policy_calls: Family::default(),
             policy_duration: Family::new_with_constructor(policy_latency),
@@ -145,6 +149,12 @@ impl Default for Metrics {
             "tcp_connections",
             "TCP connections proxied",
             m.tcp_connections.clone(),
+        );
+        registry.register("udp_flows", "UDP flows started", m.udp_flows.clone());
+        registry.register(
+            "max_connections_refused",
+            "TCP connections refused, or UDP datagrams of new flows dropped, at max_connections",
+            m.refused.clone(),
         );
         registry.register(
             "active_connections",

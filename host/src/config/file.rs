@@ -126,6 +126,15 @@ pub struct PoolFile {
     pub resolve_interval_ms: u64,
     pub health: Option<HealthFile>,
     pub outlier: Option<OutlierFile>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// The PROXY protocol version sent to a pool's backends on TCP connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocol {
+    V1,
+    V2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -270,6 +279,18 @@ pub struct ListenerFile {
     pub access_log: crate::admin::access_log::Format,
     #[serde(default = "default_h2_streams")]
     pub http2_max_concurrent_streams: u32,
+    /// tcp: read the TLS ClientHello for SNI/ALPN before calling the policy
+    /// (default: on when the listener has a policy).
+    pub peek_sni: Option<bool>,
+    #[serde(default = "default_sni_peek_timeout_ms")]
+    pub sni_peek_timeout_ms: u64,
+    /// tcp/udp: close a connection or forget a flow idle this long
+    /// (default 300 000 for tcp, 60 000 for udp).
+    pub idle_timeout_ms: Option<u64>,
+}
+
+fn default_sni_peek_timeout_ms() -> u64 {
+    1_000
 }
 
 #[derive(Debug, Deserialize)]

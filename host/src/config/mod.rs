@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::{Algorithm, CheckKind, OnError, Protocol};
+pub use file::{Algorithm, CheckKind, OnError, Protocol, ProxyProtocol};
 use file::{BackendFile, FileConfig};
 
 use crate::policy::Limits;
@@ -112,6 +112,8 @@ pub struct PoolConfig {
     pub health: Option<HealthCheck>,
     /// Passive outlier detection (`[pools.NAME.outlier]`).
     pub outlier: Option<Outlier>,
+    /// Send a PROXY protocol header first on each TCP connection.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +161,13 @@ pub struct ListenerConfig {
     pub http2_max_concurrent_streams: u32,
     /// One access-log line per request or connection: off, text or json.
     pub access_log: crate::admin::access_log::Format,
+    /// tcp: read the ClientHello (bounded by `sni_peek_timeout` and 16 KiB)
+    /// so the policy sees SNI and ALPN.
+    pub peek_sni: bool,
+    pub sni_peek_timeout: Duration,
+    /// tcp: a connection with no bytes either way this long is closed;
+    /// udp: a flow with no datagram either way this long is forgotten.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -414,6 +423,7 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                     ),
                     max_ejected_percent: o.max_ejected_percent.min(100),
                 }),
+                proxy_protocol: pool.proxy_protocol,
             },
         );
     }
@@ -478,6 +488,16 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 "{key}.accept_proxy_protocol: needs trusted_proxies (the peers allowed to send it)"
             ));
         }
+        if l.peek_sni == Some(true) && l.protocol != Protocol::Tcp {
+            problems.push(format!(
+                "{key}.peek_sni: only tcp listeners peek at the TLS ClientHello"
+            ));
+        }
+        if l.accept_proxy_protocol && l.protocol == Protocol::Udp {
+            problems.push(format!(
+                "{key}.accept_proxy_protocol: not supported on udp listeners"
+            ));
+        }
         if l.max_connections == 0 {
             problems.push(format!("{key}.max_connections: must be at least 1"));
         }
@@ -487,6 +507,7 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
         if l.policy_config.is_some() && l.policy.is_none() {
             problems.push(format!("{key}.policy_config: set without a policy"));
         }
+        let peek_sni = l.protocol == Protocol::Tcp && l.peek_sni.unwrap_or(l.policy.is_some());
         listeners.insert(
             name,
             ListenerConfig {
@@ -505,6 +526,17 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 trusted_proxies,
                 http2_max_concurrent_streams: l.http2_max_concurrent_streams,
                 access_log: l.access_log,
+                peek_sni,
+                sni_peek_timeout: Duration::from_millis(l.sni_peek_timeout_ms.max(1)),
+                idle_timeout: Duration::from_millis(
+                    l.idle_timeout_ms
+                        .unwrap_or(if l.protocol == Protocol::Udp {
+                            60_000
+                        } else {
+                            300_000
+                        })
+                        .max(1),
+                ),
             },
         );
     }

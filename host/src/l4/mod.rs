@@ -1,5 +1,102 @@
-//! The L4 stage: TCP proxying (bytes only, never parsed).
+//! The L4 stage: TCP and UDP proxying. Bytes only, never parsed — except a
+//! TLS ClientHello, read (not terminated) when the policy wants the SNI.
 
+pub mod sni;
 pub mod tcp;
+pub mod udp;
 
-pub use tcp::{TcpState, serve_connection};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use crate::config::{ListenerConfig, OnError};
+use crate::policy::{ConnDecision, Directory, Policy, types};
+use crate::upstream::{Backend, Pool, Upstreams};
+
+pub use tcp::serve_connection;
+
+/// What a TCP or UDP listener serves with; swapped whole on reload.
+pub struct L4State {
+    pub name: String,
+    pub config: ListenerConfig,
+    pub policy: Option<Arc<Policy>>,
+    pub upstreams: Arc<Upstreams>,
+    pub metrics: Arc<crate::admin::Metrics>,
+    pub access_log: crate::admin::AccessLog,
+}
+
+/// Where a new connection or flow goes.
+pub(crate) struct Route {
+    pub pool: Arc<Pool>,
+    /// The backend the policy named, when it is available.
+    pub first: Option<Arc<Backend>>,
+    /// `default`, `forward` or `fallback`, for the access log.
+    pub decision: &'static str,
+}
+
+impl Route {
+    /// The key hash-balanced pools use: the client's address.
+    pub fn key(peer: SocketAddr) -> Option<u64> {
+        Some(crate::balance::stable_hash(&peer.ip().to_canonical()))
+    }
+}
+
+/// Asks the listener's policy (when it has one) where a new connection or
+/// flow goes. `None`: rejected, or nowhere to go (both logged).
+pub(crate) async fn route(
+    state: &L4State,
+    info: types::ConnectionInfo,
+    peer: SocketAddr,
+) -> Option<Route> {
+    let cfg = &state.config;
+    let mut decision = "default";
+    let (mut pool_name, mut named) = (cfg.pool.clone(), None);
+    if let Some(policy) = &state.policy {
+        let directory: Arc<dyn Directory> = state.upstreams.clone();
+        let called = std::time::Instant::now();
+        let verdict = policy
+            .on_connect(&info, cfg.pool.as_deref(), &directory)
+            .await;
+        crate::l7::server::record_policy_call(
+            &state.metrics,
+            &policy.name,
+            called,
+            verdict.as_ref().err(),
+        );
+        match verdict {
+            Ok(ConnDecision::Forward { pool, backend }) => {
+                decision = "forward";
+                pool_name = pool.or(pool_name);
+                named = backend;
+            }
+            Ok(ConnDecision::Reject) => {
+                debug!(listener = %state.name, client = %peer, "rejected by policy");
+                return None;
+            }
+            Err(e) => {
+                warn!(listener = %state.name, policy = %policy.name, error = %e,
+                    on_error = ?cfg.on_error, "policy call failed");
+                if cfg.on_error == OnError::Reject {
+                    return None;
+                }
+                decision = "fallback";
+            }
+        }
+    }
+    let Some(pool) = pool_name.as_deref().and_then(|p| state.upstreams.pool(p)) else {
+        warn!(listener = %state.name, client = %peer, pool = ?pool_name, "no pool; connection closed");
+        return None;
+    };
+    let first = named
+        .as_deref()
+        .and_then(|n| pool.backend(n))
+        .filter(|b| crate::balance::Candidate::available(&***b))
+        .cloned()
+        .or_else(|| pool.pick(Route::key(peer), None));
+    Some(Route {
+        pool: pool.clone(),
+        first,
+        decision,
+    })
+}

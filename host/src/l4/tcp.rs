@@ -1,42 +1,40 @@
-//! A TCP connection: ask the connection policy (when there is one) where it
-//! goes, connect to a backend of that pool (another one if the connect
-//! fails, before any client byte is sent), then copy both ways until both
-//! sides are done; a client's half-close reaches the backend and the
-//! response still flows back.
+//! A TCP connection: read the TLS ClientHello when the listener peeks at
+//! SNI, ask the connection policy (when there is one) where it goes,
+//! connect to a backend of that pool (another one if the connect fails,
+//! before any client byte is sent), send a PROXY header when the pool asks
+//! for one, then copy both ways until both sides are done. A client's
+//! half-close reaches the backend and the response still flows back; a
+//! connection quiet for `idle_timeout` is closed.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::config::{ListenerConfig, OnError};
-use crate::policy::{ConnDecision, Directory, Policy, types};
-use crate::upstream::{Backend, Upstreams};
+use super::{L4State, Route, sni};
+use crate::policy::types;
 
-/// What a TCP listener serves with; swapped whole on reload.
-pub struct TcpState {
-    pub name: String,
-    pub config: ListenerConfig,
-    pub policy: Option<Arc<Policy>>,
-    pub upstreams: Arc<Upstreams>,
-    pub metrics: Arc<crate::admin::Metrics>,
-    pub access_log: crate::admin::AccessLog,
-}
+/// Bytes copied per direction per read; larger than tokio's 8 KiB default,
+/// which costs a syscall per 8 KiB on bulk transfers.
+const COPY_BUFFER: usize = 64 * 1024;
 
 pub async fn serve_connection(
     mut client: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-    shared: Arc<ArcSwap<TcpState>>,
+    shared: Arc<ArcSwap<L4State>>,
 ) {
     let started = std::time::Instant::now();
-    let mut decision = "default";
     let state = shared.load_full();
     let cfg = &state.config;
-    let directory: Arc<dyn Directory> = state.upstreams.clone();
-    let (mut pool_name, mut named) = (cfg.pool.clone(), None);
     let active = state
         .metrics
         .active_connections
@@ -45,68 +43,43 @@ pub async fn serve_connection(
         })
         .clone();
     let _active = crate::admin::metrics::GaugeGuard::new(active);
-    if let Some(policy) = &state.policy {
-        let called = std::time::Instant::now();
-        let verdict = policy
-            .on_connect(
-                &crate::policy::connection_info(
-                    peer,
-                    local,
-                    &state.name,
-                    cfg.pool.as_deref(),
-                    types::Transport::Tcp,
-                ),
-                cfg.pool.as_deref(),
-                &directory,
-            )
-            .await;
-        crate::l7::server::record_policy_call(
-            &state.metrics,
-            &policy.name,
-            called,
-            verdict.as_ref().err(),
-        );
-        match verdict {
-            Ok(ConnDecision::Forward { pool, backend }) => {
-                decision = "forward";
-                pool_name = pool.or(pool_name);
-                named = backend;
-            }
-            Ok(ConnDecision::Reject) => {
-                debug!(listener = %state.name, client = %peer, "rejected by policy");
-                return;
-            }
-            Err(e) => {
-                warn!(listener = %state.name, policy = %policy.name, error = %e,
-                    on_error = ?cfg.on_error, "policy call failed");
-                if cfg.on_error == OnError::Reject {
-                    return;
-                }
-                decision = "fallback";
-            }
-        }
-    }
-    let Some(pool) = pool_name.as_deref().and_then(|p| state.upstreams.pool(p)) else {
-        warn!(listener = %state.name, client = %peer, pool = ?pool_name, "no pool; connection closed");
+    let mut early = Vec::new();
+    let hello = if cfg.peek_sni {
+        sni::read_client_hello(&mut client, &mut early, cfg.sni_peek_timeout).await
+    } else {
+        None
+    };
+    let mut info = crate::policy::connection_info(
+        peer,
+        local,
+        &state.name,
+        cfg.pool.as_deref(),
+        types::Transport::Tcp,
+    );
+    info.tls = hello.map(|h| types::TlsInfo {
+        sni: h.sni,
+        alpn: h.alpn,
+        version: h.version,
+        client_subject: None,
+    });
+    let Some(Route {
+        pool,
+        first,
+        decision,
+    }) = super::route(&state, info, peer).await
+    else {
         return;
     };
-    let key = Some(crate::balance::stable_hash(&peer.ip().to_canonical()));
-    let first = named
-        .as_deref()
-        .and_then(|n| pool.backend(n))
-        .filter(|b| crate::balance::Candidate::available(&***b))
-        .cloned()
-        .or_else(|| pool.pick(key, None));
-    let mut tried: Option<Arc<Backend>> = None;
+    let mut tried = None;
     let mut candidate = first;
     while let Some(backend) = candidate {
         let Some(at) = backend.address() else {
             break;
         };
         let connect = TcpStream::connect(at.socket);
-        match tokio::time::timeout(pool.config.connect_timeout, connect).await {
+        let failure = match tokio::time::timeout(pool.config.connect_timeout, connect).await {
             Ok(Ok(mut upstream)) => {
-                crate::health::report(pool, &backend, crate::health::Outcome::Connected);
+                crate::health::report(&pool, &backend, crate::health::Outcome::Connected);
                 let _ = upstream.set_nodelay(true);
                 let _ = client.set_nodelay(true);
                 let _in_flight = backend.start();
@@ -120,24 +93,30 @@ pub async fn serve_connection(
                     })
                     .inc();
                 let connected = started.elapsed();
-                let (up, down) = match tokio::io::copy_bidirectional(&mut client, &mut upstream)
-                    .await
-                {
-                    Ok((up, down)) => {
-                        debug!(listener = %state.name, client = %peer,
-                            backend = %backend.name, bytes_up = up, bytes_down = down, "connection done");
-                        (Some(up), Some(down))
-                    }
-                    Err(e) => {
-                        debug!(listener = %state.name, client = %peer,
-                            backend = %backend.name, error = %e, "connection ended with an error");
-                        (None, None)
-                    }
+                let mut preface = match pool.config.proxy_protocol {
+                    Some(v) => crate::proxy_protocol::header(v, peer, local),
+                    None => Vec::new(),
                 };
-                if let (Some(u), Some(d)) = (up, down) {
-                    state.metrics.bytes_counter(&state.name, "in").inc_by(u);
-                    state.metrics.bytes_counter(&state.name, "out").inc_by(d);
+                preface.extend_from_slice(&early);
+                let copied = if preface.is_empty() {
+                    Ok(())
+                } else {
+                    upstream.write_all(&preface).await
+                };
+                let (up, down, end) = match copied {
+                    Ok(()) => copy(&mut client, &mut upstream, cfg.idle_timeout).await,
+                    Err(e) => (0, 0, Err(e)),
+                };
+                let up = up + early.len() as u64;
+                match &end {
+                    Ok(()) => debug!(listener = %state.name, client = %peer,
+                        backend = %backend.name, bytes_up = up, bytes_down = down, "connection done"),
+                    Err(e) => debug!(listener = %state.name, client = %peer,
+                        backend = %backend.name, bytes_up = up, bytes_down = down, error = %e,
+                        "connection ended"),
                 }
+                state.metrics.bytes_counter(&state.name, "in").inc_by(up);
+                state.metrics.bytes_counter(&state.name, "out").inc_by(down);
                 state.access_log.log(
                     cfg.access_log,
                     crate::admin::access_log::Entry {
@@ -152,33 +131,112 @@ pub async fn serve_connection(
                         decision,
                         upstream_ms: Some(connected.as_secs_f64() * 1000.0),
                         total_ms: started.elapsed().as_secs_f64() * 1000.0,
-                        bytes_in: up,
-                        bytes_out: down,
+                        bytes_in: Some(up),
+                        bytes_out: Some(down),
                     },
                 );
                 return;
             }
-            Ok(Err(e)) => {
-                state
-                    .metrics
-                    .connect_error(&pool.name, &backend.name, "connect");
-                warn!(listener = %state.name, pool = %pool.name, backend = %backend.name,
-                    error = %e, "connect failed")
-            }
-            Err(_) => {
-                state
-                    .metrics
-                    .connect_error(&pool.name, &backend.name, "timeout");
-                warn!(listener = %state.name, pool = %pool.name, backend = %backend.name,
-                    "connect timed out")
-            }
-        }
-        crate::health::report(pool, &backend, crate::health::Outcome::Failure);
+            Ok(Err(e)) => ("connect", e.to_string()),
+            Err(_) => ("timeout", "connect timed out".to_owned()),
+        };
+        state
+            .metrics
+            .connect_error(&pool.name, &backend.name, failure.0);
+        warn!(listener = %state.name, pool = %pool.name, backend = %backend.name,
+            error = %failure.1, "connect failed");
+        crate::health::report(&pool, &backend, crate::health::Outcome::Failure);
         if tried.is_some() {
             break;
         }
-        candidate = pool.pick(key, Some(&backend));
+        candidate = pool.pick(Route::key(peer), Some(&backend));
         tried = Some(backend);
     }
     warn!(listener = %state.name, client = %peer, pool = %pool.name, "no backend reachable; connection closed");
+}
+
+/// Copies both ways until both directions are done, an error, or `idle`
+/// passes with no byte either way (checked every quarter of it, so a quiet
+/// connection closes between 1 and 1.25 × `idle`). Returns the bytes
+/// copied up (client → backend) and down.
+async fn copy(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    idle: Duration,
+) -> (u64, u64, io::Result<()>) {
+    let up = Arc::new(AtomicU64::new(0));
+    let down = Arc::new(AtomicU64::new(0));
+    let mut a = Counted {
+        inner: client,
+        read: up.clone(),
+    };
+    let mut b = Counted {
+        inner: upstream,
+        read: down.clone(),
+    };
+    let both = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER);
+    tokio::pin!(both);
+    let tick = idle / 4;
+    let (mut seen, mut quiet) = (0u64, 0u32);
+    let end = loop {
+        tokio::select! {
+            r = &mut both => break r.map(|_| ()),
+            _ = tokio::time::sleep(tick) => {
+                let now = up.load(Ordering::Relaxed) + down.load(Ordering::Relaxed);
+                if now == seen {
+                    quiet += 1;
+                    if quiet >= 4 {
+                        break Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                    }
+                } else {
+                    (seen, quiet) = (now, 0);
+                }
+            }
+        }
+    };
+    (
+        up.load(Ordering::Relaxed),
+        down.load(Ordering::Relaxed),
+        end,
+    )
+}
+
+/// A stream that counts the bytes read from it.
+struct Counted<'a> {
+    inner: &'a mut TcpStream,
+    read: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counted<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Counted<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
 }
