@@ -22,6 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub use switchyard;
 
+pub mod tls;
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
