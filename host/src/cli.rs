@@ -127,13 +127,19 @@ pub async fn check(config_path: &Path) -> Result<(), Vec<String>> {
     let engine = engine_for(Some(&config)).map_err(|e| vec![format!("policy engine: {e:#}")])?;
     let directory: Arc<dyn Directory> = Arc::new(static_directory(&config));
     let file = config.source.display().to_string();
-    let mut problems: Vec<String> = crate::upstream::Upstreams::new(&config)
-        .resolve()
-        .await
-        .into_iter()
-        .map(|p| format!("{file}: {p}"))
-        .collect();
+    let mut problems: Vec<String> = match crate::upstream::Upstreams::new(&config) {
+        Ok(upstreams) => upstreams.resolve().await,
+        Err(p) => p,
+    }
+    .into_iter()
+    .map(|p| format!("{file}: {p}"))
+    .collect();
     for (name, listener) in &config.listeners {
+        if let Some(tls) = &listener.tls
+            && let Err(e) = crate::tls::Terminator::new(name, tls)
+        {
+            problems.push(format!("{file}: {e}"));
+        }
         let Some(policy) = &listener.policy else {
             continue;
         };

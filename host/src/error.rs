@@ -1,6 +1,7 @@
 //! Proxy errors and the one place that maps them to HTTP statuses:
 //! nothing available → 503, upstream unreachable or broken → 502, upstream
-//! too slow → 504, request too large → 413.
+//! too slow → 504, request too large → 413, a Host the TLS connection was
+//! not made for → 421.
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
@@ -35,6 +36,8 @@ pub enum ProxyError {
     PolicyRejected(PolicyError),
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    #[error("request for {host:?} on a TLS connection made for {sni:?}")]
+    Misdirected { sni: String, host: String },
 }
 
 impl ProxyError {
@@ -46,6 +49,7 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 }

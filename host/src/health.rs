@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tracing::{info, warn};
 
@@ -190,8 +190,11 @@ async fn check_loop(pool: Weak<Pool>, index: usize, hc: HealthCheck) {
         };
         let backend = p.backends[index].clone();
         let pool_name = p.name.clone();
+        // TLS pools are checked through their own client, so the check
+        // speaks TLS and verifies the backend as requests do.
+        let tls_client = p.config.tls.is_some().then(|| p.client.clone());
         drop(p);
-        let verdict = probe(&backend, &hc).await;
+        let verdict = probe(&backend, &hc, tls_client.as_ref()).await;
         let was_up = backend.health.checks_pass();
         match verdict {
             Ok(()) => {
@@ -215,13 +218,46 @@ async fn check_loop(pool: Weak<Pool>, index: usize, hc: HealthCheck) {
     }
 }
 
-/// One check: a TCP connect, or an HTTP/1.1 GET whose status must fall in
-/// `expect_status`, all within `timeout`.
-async fn probe(backend: &Backend, hc: &HealthCheck) -> Result<(), String> {
+fn expect(status: u16, hc: &HealthCheck) -> Result<(), String> {
+    if (hc.expect_status.0..=hc.expect_status.1).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!(
+            "status {status}, expected {}-{}",
+            hc.expect_status.0, hc.expect_status.1
+        ))
+    }
+}
+
+/// One check: a TCP connect, or an HTTP/1.1 GET (HTTPS through the pool's
+/// client for TLS pools) whose status must fall in `expect_status`, all
+/// within `timeout`.
+async fn probe(
+    backend: &Backend,
+    hc: &HealthCheck,
+    tls_client: Option<&crate::upstream::UpstreamClient>,
+) -> Result<(), String> {
     let Some(at) = backend.address() else {
         return Err("address not resolved".into());
     };
     let attempt = async {
+        if let (CheckKind::Http, Some(client)) = (hc.kind, tls_client) {
+            let host = hc.host.clone().unwrap_or_else(|| at.authority.clone());
+            let req = http::Request::get(format!("https://{}{}", at.authority, hc.path))
+                .header(http::header::HOST, host)
+                .header(http::header::USER_AGENT, "switchyard-health-check")
+                .body(
+                    Empty::<Bytes>::new()
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .map_err(|e| format!("request: {e}"))?;
+            let resp = client
+                .request(req)
+                .await
+                .map_err(|e| format!("https: {e}"))?;
+            return expect(resp.status().as_u16(), hc);
+        }
         let stream = tokio::net::TcpStream::connect(at.socket)
             .await
             .map_err(|e| format!("connect: {e}"))?;
@@ -242,15 +278,7 @@ async fn probe(backend: &Backend, hc: &HealthCheck) -> Result<(), String> {
             .send_request(req)
             .await
             .map_err(|e| format!("http: {e}"))?;
-        let status = resp.status().as_u16();
-        if (hc.expect_status.0..=hc.expect_status.1).contains(&status) {
-            Ok(())
-        } else {
-            Err(format!(
-                "status {status}, expected {}-{}",
-                hc.expect_status.0, hc.expect_status.1
-            ))
-        }
+        expect(resp.status().as_u16(), hc)
     };
     match tokio::time::timeout(hc.timeout, attempt).await {
         Ok(r) => r,

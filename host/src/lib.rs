@@ -16,4 +16,5 @@ pub mod policy;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod server;
+pub mod tls;
 pub mod upstream;

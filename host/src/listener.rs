@@ -220,7 +220,39 @@ fn spawn(
             }
             match handler {
                 Handler::Http(s) => {
-                    crate::l7::serve_connection(stream, peer, local, s, drain, last_call).await
+                    let _ = stream.set_nodelay(true);
+                    let mut conn = crate::l7::Conn {
+                        peer,
+                        local,
+                        tls: None,
+                    };
+                    let state = s.load_full();
+                    let Some(tls) = state.tls.clone() else {
+                        drop(state);
+                        return crate::l7::serve_connection(stream, conn, s, drain, last_call)
+                            .await;
+                    };
+                    let timeout = tls.settings.handshake_timeout;
+                    let failure = match tokio::time::timeout(timeout, tls.acceptor().accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            conn.tls = Some(crate::tls::TlsFacts::of(stream.get_ref().1));
+                            drop(state);
+                            return crate::l7::serve_connection(stream, conn, s, drain, last_call)
+                                .await;
+                        }
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "timed out".to_owned(),
+                    };
+                    state
+                        .metrics
+                        .tls_handshake_errors
+                        .get_or_create(&crate::admin::metrics::ListenerLabel {
+                            listener: state.name.clone(),
+                        })
+                        .inc();
+                    tracing::debug!(error = %failure, "TLS handshake failed");
                 }
                 Handler::L4(s) => crate::l4::serve_connection(stream, peer, local, s).await,
             }

@@ -23,15 +23,40 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 pub enum Change {
     Policies,
     Config,
+    /// A file in a folder holding TLS certificates, keys or CAs.
+    Certs,
 }
 
 /// Keeps the OS watches alive; dropping it stops them.
 pub struct Watches {
-    _watcher: notify::RecommendedWatcher,
+    watcher: notify::RecommendedWatcher,
+    watched: Vec<PathBuf>,
+}
+
+impl Watches {
+    /// Also watches the folders of `files` (TLS certificates and keys);
+    /// changes there are reported as [`Change::Certs`].
+    pub fn watch_files(&mut self, files: impl IntoIterator<Item = PathBuf>) {
+        for f in files {
+            let abs = std::fs::canonicalize(&f).unwrap_or(f);
+            let Some(dir) = abs.parent().map(Path::to_path_buf) else {
+                continue;
+            };
+            if self.watched.contains(&dir) {
+                continue;
+            }
+            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => self.watched.push(dir),
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "cannot watch a certificate folder; its files reload on SIGHUP only")
+                }
+            }
+        }
+    }
 }
 
 /// Watches `policy_dir` (when it exists) and the folder of `config_file`,
-/// sending one debounced [`Change`] per burst to `tx`.
+/// sending debounced [`Change`]s to `tx`: one per kind per burst.
 pub fn watch(
     policy_dir: &Path,
     config_file: &Path,
@@ -59,43 +84,53 @@ pub fn watch(
             let parent = p.parent().unwrap_or(Path::new(""));
             if parent == cdir && p.file_name().map(|n| n.to_owned()) == config_name {
                 let _ = raw_tx.send(Change::Config);
-            }
-            // Anything in the policy directory: a .wasm, a .json, or a
-            // `..data` swap that changes what both resolve to.
-            if parent == pdir || p == &pdir {
+            } else if parent == pdir || p == &pdir {
+                // Anything in the policy directory: a .wasm, a .json, or a
+                // `..data` swap that changes what both resolve to.
                 let _ = raw_tx.send(Change::Policies);
+            } else {
+                // A certificate folder (or another file beside the config):
+                // certificates are re-read and compared, so a false alarm
+                // costs a few file reads.
+                let _ = raw_tx.send(Change::Certs);
             }
         }
     })?;
+    let mut watched = Vec::new();
     if policy_dir_abs.is_dir() {
         watcher.watch(&policy_dir_abs, RecursiveMode::NonRecursive)?;
+        watched.push(policy_dir_abs.clone());
     } else {
         debug!(dir = %policy_dir.display(), "policy directory does not exist; not watched");
     }
     if config_dir != policy_dir_abs {
         watcher.watch(&config_dir, RecursiveMode::NonRecursive)?;
+        watched.push(config_dir.clone());
     }
     tokio::spawn(async move {
         while let Some(first) = raw_rx.recv().await {
-            let (mut policies, mut config) = (first == Change::Policies, first == Change::Config);
+            let mut seen = vec![first];
             tokio::time::sleep(DEBOUNCE).await;
             while let Ok(more) = raw_rx.try_recv() {
-                policies |= more == Change::Policies;
-                config |= more == Change::Config;
+                if !seen.contains(&more) {
+                    seen.push(more);
+                }
             }
-            // A config change rescans policies too.
-            let change = if config {
-                Change::Config
+            // A config change rescans policies and reloads certificates too.
+            let changes = if seen.contains(&Change::Config) {
+                vec![Change::Config]
             } else {
-                Change::Policies
+                seen
             };
-            debug!(?change, policies, "change detected");
-            if tx.send(change).await.is_err() {
-                return;
+            for change in changes {
+                debug!(?change, "change detected");
+                if tx.send(change).await.is_err() {
+                    return;
+                }
             }
         }
     });
-    Ok(Watches { _watcher: watcher })
+    Ok(Watches { watcher, watched })
 }
 
 struct Job {

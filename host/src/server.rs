@@ -106,6 +106,11 @@ struct Daemon {
     access_log: AccessLog,
     /// Start-up finished: every listener bound, every policy loaded.
     started: bool,
+    /// TLS termination by listener name.
+    terminators: BTreeMap<String, Arc<crate::tls::Terminator>>,
+    /// File watches (with `Options::watch`); certificate folders are
+    /// added as listeners name them.
+    watches: Option<Watches>,
 }
 
 /// A started daemon.
@@ -114,7 +119,6 @@ pub struct Running {
     view: Arc<ArcSwap<View>>,
     /// Where the admin API listens, when configured.
     pub admin_addr: Option<SocketAddr>,
-    _watches: Option<Watches>,
 }
 
 impl Daemon {
@@ -199,6 +203,55 @@ impl Daemon {
             upstreams: self.upstreams.clone(),
             metrics: self.metrics.clone(),
             access_log: self.access_log.clone(),
+            tls: self.terminators.get(name).cloned(),
+        }
+    }
+
+    /// The TLS terminators of `config`'s listeners: kept where the settings
+    /// did not change (re-reading their files), new where they did.
+    fn terminators_for(
+        &self,
+        config: &Config,
+    ) -> Result<BTreeMap<String, Arc<crate::tls::Terminator>>, Vec<String>> {
+        let mut out = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (name, l) in &config.listeners {
+            let Some(tls) = &l.tls else {
+                continue;
+            };
+            let made = match self.terminators.get(name) {
+                Some(t) if t.settings == *tls => t.reload().map(|_| t.clone()),
+                _ => crate::tls::Terminator::new(name, tls).map(Arc::new),
+            };
+            match made {
+                Ok(t) => {
+                    out.insert(name.clone(), t);
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Reads every listener's certificate files again; a broken file keeps
+    /// the last good set serving.
+    fn reload_certs(&self) {
+        for (name, t) in &self.terminators {
+            match t.reload() {
+                Ok(true) => info!(listener = %name, "TLS certificates reloaded"),
+                Ok(false) => {}
+                Err(e) => warn!(listener = %name, "{e}; the last loaded certificates keep serving"),
+            }
+        }
+    }
+
+    fn watch_cert_files(&mut self) {
+        if let Some(w) = &mut self.watches {
+            w.watch_files(self.terminators.values().flat_map(|t| t.files()));
         }
     }
 
@@ -412,12 +465,13 @@ impl Daemon {
     /// Applies a new configuration, or refuses it whole and keeps the
     /// running one.
     async fn apply(&mut self, new: Config) -> Result<(), Vec<String>> {
-        let upstreams = Arc::new(Upstreams::rebuild(Some(&self.upstreams), &new));
+        let upstreams = Arc::new(Upstreams::rebuild(Some(&self.upstreams), &new)?);
         let unresolved = upstreams.resolve().await;
         if !unresolved.is_empty() {
             return Err(unresolved);
         }
         let fresh = self.load_missing(&new).await?;
+        let terminators = self.terminators_for(&new)?;
         // Bind what is new or moved before changing anything, so a bind
         // failure refuses the reload cleanly.
         let mut sockets = BTreeMap::new();
@@ -444,6 +498,8 @@ impl Daemon {
             return Err(problems);
         }
         self.policies.extend(fresh);
+        self.terminators = terminators;
+        self.watch_cert_files();
         upstreams.start_health_checks();
         self.upstreams = upstreams;
         let old_names: Vec<String> = self.listeners.keys().cloned().collect();
@@ -561,6 +617,10 @@ async fn re_resolve(view: std::sync::Weak<ArcSwap<View>>) {
 
 async fn on_change(daemon: &Arc<Mutex<Daemon>>, change: Change) {
     let mut d = daemon.lock().await;
+    if change == Change::Certs {
+        d.reload_certs();
+        return;
+    }
     if change == Change::Config {
         let source = d.config.source.clone();
         match Config::load(&source) {
@@ -604,7 +664,7 @@ pub async fn start_with(
     let mut daemon = Daemon {
         engine,
         compiler: Compiler::start(),
-        upstreams: Arc::new(Upstreams::new(&config)),
+        upstreams: Arc::new(Upstreams::new(&config).map_err(|p| anyhow::anyhow!(p.join("\n")))?),
         config: config.clone(),
         options,
         listeners: BTreeMap::new(),
@@ -620,6 +680,8 @@ pub async fn start_with(
         metrics,
         access_log,
         started: false,
+        terminators: BTreeMap::new(),
+        watches: None,
     };
     // The admin listener comes first, so /healthz answers and /readyz says
     // 503 while policies load.
@@ -641,6 +703,9 @@ pub async fn start_with(
         .await
         .map_err(|p| anyhow::anyhow!(p.join("\n")))?;
     daemon.policies = fresh;
+    daemon.terminators = daemon
+        .terminators_for(&config)
+        .map_err(|p| anyhow::anyhow!(p.join("\n")))?;
     for (name, l) in &config.listeners {
         let socket = listener::bind(l.protocol, l.bind)
             .with_context(|| format!("listeners.{name}.bind: cannot bind {}", l.bind))?;
@@ -649,14 +714,13 @@ pub async fn start_with(
     daemon.started = true;
     daemon.publish_view();
     let (tx, mut rx) = mpsc::channel::<Change>(8);
-    let watches = if options.watch {
-        Some(
+    if options.watch {
+        daemon.watches = Some(
             reload::watch(&config.policies.dir, &config.source, tx.clone())
                 .context("cannot watch the policy directory and config file")?,
-        )
-    } else {
-        None
-    };
+        );
+        daemon.watch_cert_files();
+    }
     daemon.upstreams.start_health_checks();
     tokio::spawn(re_resolve(Arc::downgrade(&view)));
     let daemon = Arc::new(Mutex::new(daemon));
@@ -671,7 +735,6 @@ pub async fn start_with(
             daemon,
             view,
             admin_addr,
-            _watches: watches,
         },
         tx,
     ))

@@ -127,3 +127,137 @@ pub async fn echo_backend(name: &str, leaf: &Leaf) -> SocketAddr {
     });
     addr
 }
+
+impl TestCa {
+    /// A client that trusts this CA and presents `leaf` as its certificate.
+    pub fn client_with_cert(&self, alpn: &[&str], leaf: &Leaf) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert()).expect("root");
+        let mut c = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![leaf.cert.clone()], leaf.key())
+            .expect("client cert");
+        c.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Arc::new(c)
+    }
+}
+
+/// One HTTPS exchange as the client saw it.
+#[derive(Debug)]
+pub struct HttpsReply {
+    pub status: u16,
+    pub body: String,
+    pub version: http::Version,
+    pub alpn: Option<String>,
+    /// The certificate the server presented.
+    pub cert: CertificateDer<'static>,
+}
+
+/// `GET path` over a fresh TLS connection to `at`, made for `server_name`
+/// (sent as SNI unless the config disables it), with `Host: host`. Speaks
+/// HTTP/2 when ALPN picked it. Any failure (handshake, a refused client
+/// certificate, the exchange) is an `Err` with the reason.
+pub async fn https_get(
+    at: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    server_name: &str,
+    host: &str,
+    path: &str,
+) -> Result<HttpsReply, String> {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(at)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+        .map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (_, conn) = tls.get_ref();
+    let alpn = conn
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let cert = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .cloned()
+        .ok_or("no server certificate")?;
+    let io = TokioIo::new(tls);
+    let empty = || http_body_util::Empty::<bytes::Bytes>::new();
+    let resp = if alpn.as_deref() == Some("h2") {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let req = http::Request::get(format!("https://{host}{path}"))
+            .body(empty())
+            .map_err(|e| e.to_string())?;
+        sender.send_request(req).await
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let req = http::Request::get(path)
+            .header(http::header::HOST, host)
+            .body(empty())
+            .map_err(|e| e.to_string())?;
+        sender.send_request(req).await
+    }
+    .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let version = resp.version();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(HttpsReply {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        version,
+        alpn,
+        cert,
+    })
+}
+
+/// An HTTPS backend (HTTP/1.1 and HTTP/2 by ALPN) that answers every
+/// request with `name`.
+pub async fn https_backend(name: &str, leaf: &Leaf) -> SocketAddr {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut config = (*server_config(leaf)).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let name = bytes::Bytes::from(name.to_owned());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_req| {
+                    let name = name.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(name),
+                        ))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}

@@ -102,6 +102,7 @@ pub struct Metrics {
     pub tcp_connections: Family<TcpLabels, Counter>,
     pub udp_flows: Family<TcpLabels, Counter>,
     pub refused: Family<ListenerLabel, Counter>,
+    pub tls_handshake_errors: Family<ListenerLabel, Counter>,
     pub active_connections: Family<ListenerLabel, Gauge>,
     pub policy_calls: Family<PolicyOutcome, Counter>,
     pub policy_duration: Family<PolicyLabel, Histogram, fn() -> Histogram>,
@@ -123,6 +124,7 @@ impl Default for Metrics {
             tcp_connections: Family::default(),
             udp_flows: Family::default(),
             refused: Family::default(),
+            tls_handshake_errors: Family::default(),
             active_connections: Family::default(),
             policy_calls: Family::default(),
             policy_duration: Family::new_with_constructor(policy_latency),
@@ -155,6 +157,11 @@ impl Default for Metrics {
             "max_connections_refused",
             "TCP connections refused, or UDP datagrams of new flows dropped, at max_connections",
             m.refused.clone(),
+        );
+        registry.register(
+            "tls_handshake_errors",
+            "TLS handshakes that failed or timed out on HTTPS listeners",
+            m.tls_handshake_errors.clone(),
         );
         registry.register(
             "active_connections",

@@ -127,6 +127,18 @@ pub struct PoolFile {
     pub health: Option<HealthFile>,
     pub outlier: Option<OutlierFile>,
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Speak TLS to the backends.
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM file of the CA(s) that sign the backends' certificates; without
+    /// it, the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The name the backends' certificates are checked against (and sent
+    /// as SNI); without it, each backend's host name or IP address.
+    pub server_name: Option<String>,
+    /// A client certificate (PEM chain) and key for mTLS to the backends.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// The PROXY protocol version sent to a pool's backends on TCP connections.
@@ -287,6 +299,55 @@ pub struct ListenerFile {
     /// tcp/udp: close a connection or forget a flow idle this long
     /// (default 300 000 for tcp, 60 000 for udp).
     pub idle_timeout_ms: Option<u64>,
+    /// http: terminate TLS (`[listeners.NAME.tls]`).
+    pub tls: Option<TlsFile>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownSni {
+    /// Serve the default certificate.
+    #[default]
+    Default,
+    /// Fail the handshake.
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub certs: Vec<CertFile>,
+    pub default: Option<CertFile>,
+    #[serde(default)]
+    pub unknown_sni: UnknownSni,
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Answer 421 when a request's Host is not the name the TLS connection
+    /// was made for.
+    #[serde(default = "yes")]
+    pub check_host: bool,
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_sni_peek_timeout_ms() -> u64 {

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::{Algorithm, CheckKind, OnError, Protocol, ProxyProtocol};
+pub use file::{
+    Algorithm, CertFile, CheckKind, ClientAuth, OnError, Protocol, ProxyProtocol, UnknownSni,
+};
 use file::{BackendFile, FileConfig};
 
 use crate::policy::Limits;
@@ -114,6 +116,28 @@ pub struct PoolConfig {
     pub outlier: Option<Outlier>,
     /// Send a PROXY protocol header first on each TCP connection.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// TLS to the backends (`tls = true`).
+    pub tls: Option<PoolTls>,
+}
+
+/// TLS from a pool to its backends; paths are absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolTls {
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub client_cert: Option<CertFile>,
+}
+
+/// TLS termination on an HTTP listener; paths are absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub certs: Vec<CertFile>,
+    pub default: Option<CertFile>,
+    pub unknown_sni: UnknownSni,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    pub check_host: bool,
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +192,8 @@ pub struct ListenerConfig {
     /// tcp: a connection with no bytes either way this long is closed;
     /// udp: a flow with no datagram either way this long is forgotten.
     pub idle_timeout: Duration,
+    /// http: TLS termination.
+    pub tls: Option<ListenerTls>,
 }
 
 #[derive(Debug, Clone)]
@@ -341,6 +367,37 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 weight: weight.unwrap_or(1).max(1),
             });
         }
+        if !pool.tls
+            && (pool.ca.is_some()
+                || pool.server_name.is_some()
+                || pool.client_cert.is_some()
+                || pool.client_key.is_some())
+        {
+            problems.push(format!(
+                "{key}: ca, server_name, client_cert and client_key need tls = true"
+            ));
+        }
+        if pool.client_cert.is_some() != pool.client_key.is_some() {
+            problems.push(format!("{key}: client_cert and client_key go together"));
+        }
+        if let Some(n) = &pool.server_name
+            && rustls::pki_types::ServerName::try_from(n.as_str()).is_err()
+        {
+            problems.push(format!(
+                "{key}.server_name: {n:?} is not a DNS name or IP address"
+            ));
+        }
+        let tls = pool.tls.then(|| PoolTls {
+            ca: pool.ca.map(|p| base.join(p)),
+            server_name: pool.server_name.clone(),
+            client_cert: pool
+                .client_cert
+                .zip(pool.client_key)
+                .map(|(cert, key)| CertFile {
+                    cert: base.join(cert),
+                    key: base.join(key),
+                }),
+        });
         let hash_key = match pool.hash_key.as_deref() {
             None | Some("client_ip") => HashKey::ClientIp,
             Some("path") => HashKey::Path,
@@ -424,6 +481,7 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                     max_ejected_percent: o.max_ejected_percent.min(100),
                 }),
                 proxy_protocol: pool.proxy_protocol,
+                tls,
             },
         );
     }
@@ -508,6 +566,31 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
             problems.push(format!("{key}.policy_config: set without a policy"));
         }
         let peek_sni = l.protocol == Protocol::Tcp && l.peek_sni.unwrap_or(l.policy.is_some());
+        let abs = |c: file::CertFile| CertFile {
+            cert: base.join(c.cert),
+            key: base.join(c.key),
+        };
+        let tls = l.tls.map(|t| {
+            if t.certs.is_empty() {
+                problems.push(format!(
+                    "{key}.tls.certs: needs at least one {{ cert = \"FILE\", key = \"FILE\" }}"
+                ));
+            }
+            ListenerTls {
+                certs: t.certs.into_iter().map(abs).collect(),
+                default: t.default.map(abs),
+                unknown_sni: t.unknown_sni,
+                client_ca: t.client_ca.map(|p| base.join(p)),
+                client_auth: t.client_auth,
+                check_host: t.check_host,
+                handshake_timeout: Duration::from_millis(t.handshake_timeout_ms.max(1)),
+            }
+        });
+        if tls.is_some() && l.protocol != Protocol::Http {
+            problems.push(format!(
+                "{key}.tls: only http listeners terminate TLS (a tcp listener passes it through; see peek_sni)"
+            ));
+        }
         listeners.insert(
             name,
             ListenerConfig {
@@ -527,6 +610,7 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 http2_max_concurrent_streams: l.http2_max_concurrent_streams,
                 access_log: l.access_log,
                 peek_sni,
+                tls,
                 sni_peek_timeout: Duration::from_millis(l.sni_peek_timeout_ms.max(1)),
                 idle_timeout: Duration::from_millis(
                     l.idle_timeout_ms

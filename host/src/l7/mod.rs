@@ -11,4 +11,4 @@ pub mod hygiene;
 pub mod request;
 pub mod server;
 
-pub use server::{HttpState, serve_connection};
+pub use server::{Conn, HttpState, serve_connection};

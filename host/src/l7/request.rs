@@ -60,6 +60,7 @@ pub fn upstream_uri(
     original: &Uri,
     action: &ForwardAction,
     backend: &str,
+    tls: bool,
 ) -> Result<Uri, http::Error> {
     let path_and_query = match &action.path {
         Some(p) if p.query().is_some() => p.clone(),
@@ -73,10 +74,23 @@ pub fn upstream_uri(
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
     Uri::builder()
-        .scheme(Scheme::HTTP)
+        .scheme(if tls { Scheme::HTTPS } else { Scheme::HTTP })
         .authority(Authority::try_from(backend)?)
         .path_and_query(path_and_query)
         .build()
+}
+
+/// Whether a request's authority (port stripped, case ignored) names the
+/// host a TLS connection was made for.
+pub fn host_matches(authority: &str, sni: &str) -> bool {
+    let host = match authority.rsplit_once(':') {
+        // `[::1]:443` or `name:443`, but not a bare IPv6 address.
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host.eq_ignore_ascii_case(sni)
 }
 
 /// The value the pool's `hash` algorithm hashes, when the request has it.
@@ -116,12 +130,23 @@ mod tests {
     #[test]
     fn upstream_uri_keeps_or_replaces_path_and_query() {
         let orig: Uri = "/images/a.png?size=2".parse().unwrap();
-        let u = upstream_uri(&orig, &action(None), "127.0.0.1:9001").unwrap();
+        let u = upstream_uri(&orig, &action(None), "127.0.0.1:9001", false).unwrap();
         assert_eq!(u.to_string(), "http://127.0.0.1:9001/images/a.png?size=2");
-        let u = upstream_uri(&orig, &action(Some("/a.png")), "127.0.0.1:9001").unwrap();
+        let u = upstream_uri(&orig, &action(Some("/a.png")), "127.0.0.1:9001", false).unwrap();
         assert_eq!(u.to_string(), "http://127.0.0.1:9001/a.png?size=2");
-        let u = upstream_uri(&orig, &action(Some("/b?x=1")), "[::1]:80").unwrap();
-        assert_eq!(u.to_string(), "http://[::1]:80/b?x=1");
+        let u = upstream_uri(&orig, &action(Some("/b?x=1")), "[::1]:80", true).unwrap();
+        assert_eq!(u.to_string(), "https://[::1]:80/b?x=1");
+    }
+
+    #[test]
+    fn host_matches_ignores_port_case_and_a_trailing_dot() {
+        assert!(host_matches("a.test", "a.test"));
+        assert!(host_matches("A.Test:8443", "a.test"));
+        assert!(host_matches("a.test.", "a.test"));
+        assert!(host_matches("[::1]:443", "::1"));
+        assert!(!host_matches("b.test", "a.test"));
+        assert!(!host_matches("a.test.evil", "a.test"));
+        assert!(!host_matches("b.test:443", "a.test"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 use super::hygiene;
@@ -41,6 +41,24 @@ pub struct HttpState {
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
+    /// TLS termination, when the listener has `[listeners.NAME.tls]`.
+    pub tls: Option<Arc<crate::tls::Terminator>>,
+}
+
+/// The client connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    /// The client (after a trusted PROXY header, the original client).
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// What the TLS handshake told, on a TLS listener.
+    pub tls: Option<crate::tls::TlsFacts>,
+}
+
+impl Conn {
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
 }
 
 /// What happened to one request, for metrics and the access log.
@@ -109,15 +127,17 @@ impl Body for Tracked {
 /// (HTTP/1.1: after the current response; HTTP/2: GOAWAY). A `last_call`
 /// connection (taken from the backlog of a closing listener) is served
 /// without keep-alive and is not drained, so its first request is answered.
-pub async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
+pub async fn serve_connection<S>(
+    stream: S,
+    conn: Conn,
     shared: Arc<ArcSwap<HttpState>>,
     mut drain: tokio::sync::watch::Receiver<bool>,
     last_call: bool,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let conn = Arc::new(conn);
     let state = shared.load();
     let active = state
         .metrics
@@ -145,7 +165,8 @@ pub async fn serve_connection(
     drop(state);
     let service = service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(req, peer, local, &shared.load_full()).await) }
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(req, &conn, &shared.load_full()).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -168,12 +189,8 @@ pub async fn serve_connection(
     }
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    local: SocketAddr,
-    state: &HttpState,
-) -> Response<ProxyBody> {
+async fn handle(req: Request<Incoming>, conn: &Conn, state: &HttpState) -> Response<ProxyBody> {
+    let peer = conn.peer;
     let started = Instant::now();
     let method = req.method().clone();
     // Cheap to clone (shared bytes); only read if something is logged.
@@ -182,7 +199,7 @@ async fn handle(
         decision: "default",
         ..Trace::default()
     };
-    let resp = match proxy(req, peer, local, state, &mut trace).await {
+    let resp = match proxy(req, conn, state, &mut trace).await {
         Ok(resp) => {
             debug!(listener = %state.name, %method, path = %uri.path(), status = resp.status().as_u16(),
                 elapsed_us = started.elapsed().as_micros() as u64, "request");
@@ -266,11 +283,11 @@ fn idempotent(m: &Method) -> bool {
 
 async fn proxy(
     mut req: Request<Incoming>,
-    peer: SocketAddr,
-    local: SocketAddr,
+    conn: &Conn,
     state: &HttpState,
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let (peer, local) = (conn.peer, conn.local);
     let cfg = &state.config;
     if let Some(limit) = cfg.max_request_body_bytes {
         let declared = req
@@ -293,6 +310,18 @@ async fn proxy(
         .iter()
         .any(|n| n.contains(&peer.ip().to_canonical()));
     let authority = request::authority(req.uri(), req.headers());
+    // Domain-fronting guard: a TLS connection made for one name carries
+    // requests for that name only.
+    if let (Some(tls), Some(terminator)) = (&conn.tls, &state.tls)
+        && terminator.settings.check_host
+        && let (Some(sni), Some(host)) = (&tls.sni, authority.as_deref())
+        && !request::host_matches(host, sni)
+    {
+        return Err(ProxyError::Misdirected {
+            sni: sni.clone(),
+            host: host.to_owned(),
+        });
+    }
     let directory = state.directory();
 
     // The policy decides, on the request as the client sent it.
@@ -305,19 +334,25 @@ async fn proxy(
                 req.uri(),
                 req.version(),
                 req.headers(),
-                "http",
+                conn.scheme(),
                 authority.as_deref(),
             );
-            let conn = crate::policy::connection_info(
+            let mut info = crate::policy::connection_info(
                 client,
                 local,
                 &state.name,
                 cfg.pool.as_deref(),
                 types::Transport::Tcp,
             );
+            info.tls = conn.tls.clone().map(|t| types::TlsInfo {
+                sni: t.sni,
+                alpn: t.alpn,
+                version: t.version,
+                client_subject: t.client_subject,
+            });
             let called = Instant::now();
             let d = policy
-                .on_request(&head, &conn, cfg.pool.as_deref(), &directory)
+                .on_request(&head, &info, cfg.pool.as_deref(), &directory)
                 .await;
             record_policy_call(&state.metrics, &policy.name, called, d.as_ref().err());
             snapshot = Some(head);
@@ -410,7 +445,7 @@ async fn proxy(
         &mut headers,
         peer,
         trusted_peer,
-        "http",
+        conn.scheme(),
         authority.as_deref(),
     );
     let version = if pool.config.http2 {
@@ -440,12 +475,16 @@ async fn proxy(
                 pool: pool_name.clone(),
             });
         };
-        let uri = request::upstream_uri(&parts.uri, &action, &at.authority).map_err(|e| {
-            ProxyError::Upstream {
-                pool: pool_name.clone(),
-                backend: backend.name.clone(),
-                cause: format!("cannot build the upstream URI: {e}"),
-            }
+        let uri = request::upstream_uri(
+            &parts.uri,
+            &action,
+            &at.authority,
+            pool.config.tls.is_some(),
+        )
+        .map_err(|e| ProxyError::Upstream {
+            pool: pool_name.clone(),
+            backend: backend.name.clone(),
+            cause: format!("cannot build the upstream URI: {e}"),
         })?;
         let mut r = Request::new(body);
         *r.method_mut() = parts.method.clone();

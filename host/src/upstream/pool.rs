@@ -175,24 +175,26 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(name: &str, config: &PoolConfig) -> Self {
+    /// A pool of `config`; fails only on the TLS files of a `tls` pool.
+    pub fn new(name: &str, config: &PoolConfig) -> Result<Self, String> {
         let named: Vec<(String, u32)> = config
             .backends
             .iter()
             .map(|b| (b.name.clone(), b.weight))
             .collect();
-        Pool {
+        let backends: Vec<Arc<Backend>> = config
+            .backends
+            .iter()
+            .map(|b| Arc::new(Backend::new(b, config.max_requests_per_backend)))
+            .collect();
+        Ok(Pool {
             name: name.to_owned(),
-            backends: config
-                .backends
-                .iter()
-                .map(|b| Arc::new(Backend::new(b, config.max_requests_per_backend)))
-                .collect(),
+            client: client::build(name, config, &backends)?,
+            backends,
             balancer: balance::for_algorithm(config.algorithm, &named),
-            client: client::build(config),
             config: config.clone(),
             checks_started: std::sync::atomic::AtomicBool::new(false),
-        }
+        })
     }
 
     /// The pool's algorithm picks an available backend, other than
@@ -221,28 +223,32 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config) -> Result<Self, Vec<String>> {
         Self::rebuild(None, config)
     }
 
     /// The pools of `config`, keeping every pool of `old` whose settings did
-    /// not change (its connections, counters and health carry over).
-    pub fn rebuild(old: Option<&Upstreams>, config: &Config) -> Self {
-        Upstreams {
-            pools: config
-                .pools
-                .iter()
-                .map(|(name, p)| {
-                    let kept = old
-                        .and_then(|o| o.pools.get(name))
-                        .filter(|existing| existing.config == *p)
-                        .cloned();
-                    (
-                        name.clone(),
-                        kept.unwrap_or_else(|| Arc::new(Pool::new(name, p))),
-                    )
-                })
-                .collect(),
+    /// not change (its connections, counters and health carry over). Fails
+    /// with every pool whose TLS files cannot be used.
+    pub fn rebuild(old: Option<&Upstreams>, config: &Config) -> Result<Self, Vec<String>> {
+        let mut pools = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (name, p) in &config.pools {
+            let kept = old
+                .and_then(|o| o.pools.get(name))
+                .filter(|existing| existing.config == *p)
+                .cloned();
+            match kept.map_or_else(|| Pool::new(name, p).map(Arc::new), Ok) {
+                Ok(pool) => {
+                    pools.insert(name.clone(), pool);
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Upstreams { pools })
+        } else {
+            Err(problems)
         }
     }
 
