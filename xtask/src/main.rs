@@ -1,10 +1,14 @@
 //! Build chores, run as `cargo xtask <task>`:
 //!
-//! - `build-policies`: build every Rust policy in `guest-examples/` for
-//!   `wasm32-wasip2` into `policies/<name>.wasm`, and the test fixtures in
-//!   `tests/fixtures/` into `tests/fixtures/wasm/`;
-//! - `test`: build-policies, then `cargo fmt --check`, `cargo clippy
-//!   -D warnings` and `cargo test --workspace` — what CI runs;
+//! - `build-policies [--all-languages]`: build every Rust policy in
+//!   `guest-examples/` for `wasm32-wasip2` into `policies/<name>.wasm`, and
+//!   the test fixtures in `tests/fixtures/` into `tests/fixtures/wasm/`;
+//!   with `--all-languages`, also install the Python, JavaScript and C
+//!   toolchains and build `path-router` in each (`languages.rs`);
+//! - `test`: build-policies (the other languages too when their toolchains
+//!   are present, and always under CI, where they are installed first),
+//!   then `cargo fmt --check`, `cargo clippy -D warnings` and `cargo test
+//!   --workspace` — what CI runs;
 //! - `demo`: build the policies and the release binaries, start three demo
 //!   backends and run the daemon on `examples/demo.toml` until Ctrl-C.
 
@@ -12,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
+
+mod languages;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 
@@ -131,9 +137,41 @@ fn build_policies() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds path-router in the other languages; returns the ones built. With
+/// `install`, missing toolchains are installed; without, they are skipped
+/// and said so.
+fn build_languages(install: bool) -> anyhow::Result<Vec<&'static str>> {
+    let mut built = Vec::new();
+    for lang in languages::ALL {
+        match languages::build(lang, install)
+            .with_context(|| format!("building path-router in {}", lang.name()))?
+        {
+            languages::Outcome::Built => {
+                eprintln!("xtask: {}: built {}", lang.name(), lang.output().display());
+                built.push(lang.name());
+            }
+            languages::Outcome::UpToDate => {
+                eprintln!(
+                    "xtask: {}: {} is up to date",
+                    lang.name(),
+                    lang.output().display()
+                );
+                built.push(lang.name());
+            }
+            languages::Outcome::Skipped(why) => {
+                eprintln!("xtask: {}: SKIPPED: {why}", lang.name());
+            }
+        }
+    }
+    Ok(built)
+}
+
 fn test() -> anyhow::Result<()> {
     ensure_components()?;
     build_policies()?;
+    // CI runs all four languages; elsewhere, those whose toolchains are here.
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let langs = build_languages(ci)?;
     let root = root();
     run(cargo().args(["fmt", "--all", "--check"]))?;
     for ws in ["guest-examples", "tests/fixtures"] {
@@ -161,7 +199,10 @@ fn test() -> anyhow::Result<()> {
         .arg("--target-dir")
         .arg(target_dir())
         .args(["--", "-D", "warnings"]))?;
-    run(cargo().args(["test", "--workspace"]))?;
+    // The language tests check exactly the languages built here.
+    run(cargo()
+        .args(["test", "--workspace"])
+        .env("SWITCHYARD_LANGS", langs.join(",")))?;
     Ok(())
 }
 
@@ -224,11 +265,17 @@ fn demo(extra: &[String]) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("build-policies") => build_policies(),
+        Some("build-policies") => {
+            build_policies()?;
+            if args.iter().any(|a| a == "--all-languages") {
+                build_languages(true)?;
+            }
+            Ok(())
+        }
         Some("test") => test(),
         Some("demo") => demo(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <build-policies | test | demo>");
+            eprintln!("usage: cargo xtask <build-policies [--all-languages] | test | demo>");
             std::process::exit(2);
         }
     }
