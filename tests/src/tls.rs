@@ -230,10 +230,31 @@ pub async fn https_get(
 /// An HTTPS backend (HTTP/1.1 and HTTP/2 by ALPN) that answers every
 /// request with `name`.
 pub async fn https_backend(name: &str, leaf: &Leaf) -> SocketAddr {
+    serve_https(name, (*server_config(leaf)).clone()).await
+}
+
+/// As [`https_backend`], requiring a client certificate signed by
+/// `clients`.
+pub async fn https_backend_mtls(name: &str, leaf: &Leaf, clients: &TestCa) -> SocketAddr {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(clients.cert()).expect("root");
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .expect("verifier");
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![leaf.cert.clone()], leaf.key())
+        .expect("server cert");
+    serve_https(name, config).await
+}
+
+async fn serve_https(name: &str, mut config: rustls::ServerConfig) -> SocketAddr {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let mut config = (*server_config(leaf)).clone();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let name = bytes::Bytes::from(name.to_owned());

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_tests::tls::{HttpsReply, Leaf, TestCa, https_backend, https_get};
+use switchyard_tests::tls::{
+    HttpsReply, Leaf, TestCa, https_backend, https_backend_mtls, https_get,
+};
 use switchyard_tests::*;
 
 /// Writes `leaf` as `NAME.pem` / `NAME.key` into `dir`.
@@ -317,6 +319,43 @@ pool = "wrong_name"
             assert_eq!(got.text(), "secure");
         }
     }
+}
+
+#[tokio::test]
+async fn a_pool_presents_its_client_certificate_to_a_backend_that_requires_one() {
+    let ca = TestCa::new("backend and client CA");
+    let dir = temp_dir("tls-upstream-mtls");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    write_pair(&dir, "proxy", &ca.leaf(&["proxy.test"]));
+    let b = https_backend_mtls("mutual", &ca.leaf(&["backend.test"]), &ca).await;
+    let config = r#"
+[pools.with_cert]
+backends = ["{b}"]
+tls = true
+ca = "ca.pem"
+server_name = "backend.test"
+client_cert = "proxy.pem"
+client_key = "proxy.key"
+[pools.without]
+backends = ["{b}"]
+tls = true
+ca = "ca.pem"
+server_name = "backend.test"
+[listeners.with_cert]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "with_cert"
+[listeners.without]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "without"
+"#;
+    let sy = start_watching(&dir, config, &BTreeMap::from([("b", b)])).await;
+    let c = client(false);
+    let got = get(&c, sy.addr("with_cert"), "/", &[]).await;
+    assert_eq!((got.status.as_u16(), got.text().as_str()), (200, "mutual"));
+    let got = get(&c, sy.addr("without"), "/", &[]).await;
+    assert_eq!(got.status.as_u16(), 502, "{}", got.text());
 }
 
 #[tokio::test]
