@@ -11,41 +11,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use switchyard::policy::{
-    Directory, EngineSettings, Limits, OpenDirectory, PolicyEngine, PolicyKind, types,
+    Directory, EngineSettings, Limits, OpenDirectory, PolicyEngine, PolicyKind,
 };
-
-fn request() -> types::RequestHead {
-    types::RequestHead {
-        method: "GET".into(),
-        scheme: "http".into(),
-        authority: "example.test".into(),
-        path: "/images/cat.png".into(),
-        query: Some("size=2".into()),
-        headers: vec![types::Header {
-            name: "user-agent".into(),
-            value: "bench/1.0".into(),
-        }],
-        version: types::HttpVersion::Http11,
-    }
-}
-
-fn connection() -> types::ConnectionInfo {
-    types::ConnectionInfo {
-        client: types::SocketAddress {
-            ip: "127.0.0.1".into(),
-            port: 40000,
-        },
-        local: types::SocketAddress {
-            ip: "127.0.0.1".into(),
-            port: 8080,
-        },
-        listener: "bench".into(),
-        pool: Some("web".into()),
-        transport: types::Transport::Tcp,
-        tls: None,
-    }
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -70,7 +40,7 @@ fn main() {
         .unwrap();
     let dir: Arc<dyn Directory> = Arc::new(OpenDirectory);
     let cache = std::env::temp_dir().join(format!("switchyard-lang-bench-{}", std::process::id()));
-    let (req, conn) = (request(), connection());
+    let (req, conn) = (common::request("/images/cat.png"), common::connection());
     println!(
         "| language | component | compile (no cache) | load from cache | fresh instance (instantiate + init + call) | warm call |"
     );

@@ -9,47 +9,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+mod common;
+
 use switchyard::policy::{
-    Directory, EngineSettings, Limits, OpenDirectory, PolicyEngine, PolicyKind, types,
+    Directory, EngineSettings, Limits, OpenDirectory, PolicyEngine, PolicyKind,
 };
-
-fn request() -> types::RequestHead {
-    types::RequestHead {
-        method: "GET".into(),
-        scheme: "http".into(),
-        authority: "example.test".into(),
-        path: "/api/users/42".into(),
-        query: Some("verbose=1".into()),
-        headers: vec![
-            types::Header {
-                name: "user-agent".into(),
-                value: "bench/1.0".into(),
-            },
-            types::Header {
-                name: "accept".into(),
-                value: "*/*".into(),
-            },
-        ],
-        version: types::HttpVersion::Http11,
-    }
-}
-
-fn connection() -> types::ConnectionInfo {
-    types::ConnectionInfo {
-        client: types::SocketAddress {
-            ip: "127.0.0.1".into(),
-            port: 40000,
-        },
-        local: types::SocketAddress {
-            ip: "127.0.0.1".into(),
-            port: 8080,
-        },
-        listener: "bench".into(),
-        pool: Some("web".into()),
-        transport: types::Transport::Tcp,
-        tls: None,
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -81,7 +45,7 @@ fn bench(c: &mut Criterion) {
         max_idle: 0,
         ..Limits::default()
     });
-    let (req, conn) = (request(), connection());
+    let (req, conn) = (common::request("/api/users/42"), common::connection());
 
     let mut g = c.benchmark_group("path-router");
     g.bench_function("warm call", |b| {

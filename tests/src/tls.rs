@@ -77,13 +77,27 @@ impl TestCa {
 
     /// A rustls client that trusts only this CA and offers `alpn`.
     pub fn client(&self, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+        self.client_config(alpn, None)
+    }
+
+    /// A client that trusts this CA and presents `leaf` as its certificate.
+    pub fn client_with_cert(&self, alpn: &[&str], leaf: &Leaf) -> Arc<rustls::ClientConfig> {
+        self.client_config(alpn, Some(leaf))
+    }
+
+    fn client_config(&self, alpn: &[&str], cert: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert()).expect("root");
-        let mut c = rustls::ClientConfig::builder_with_provider(provider())
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut c = match cert {
+            Some(leaf) => builder
+                .with_client_auth_cert(vec![leaf.cert.clone()], leaf.key())
+                .expect("client cert"),
+            None => builder.with_no_client_auth(),
+        };
         c.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         Arc::new(c)
     }
@@ -126,22 +140,6 @@ pub async fn echo_backend(name: &str, leaf: &Leaf) -> SocketAddr {
         }
     });
     addr
-}
-
-impl TestCa {
-    /// A client that trusts this CA and presents `leaf` as its certificate.
-    pub fn client_with_cert(&self, alpn: &[&str], leaf: &Leaf) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.cert()).expect("root");
-        let mut c = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_client_auth_cert(vec![leaf.cert.clone()], leaf.key())
-            .expect("client cert");
-        c.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        Arc::new(c)
-    }
 }
 
 /// One HTTPS exchange as the client saw it.

@@ -237,6 +237,12 @@ bind = "127.0.0.1:0"
 pool = "p"
 "#;
 
+/// Switchyard with one TCP listener `l` over pool `p` (backend `p`), with
+/// `extra` lines added to the listener.
+async fn one_pool(p: SocketAddr, extra: &str) -> switchyard::server::Running {
+    start_switchyard(&format!("{ONE_POOL}{extra}\n"), &BTreeMap::from([("p", p)])).await
+}
+
 /// Sends `up` bytes, half-closes, and returns the digest the backend sent
 /// back and the digest and length of everything after it.
 async fn upload(at: SocketAddr, up: usize) -> (Vec<u8>, Vec<u8>, usize) {
@@ -270,8 +276,7 @@ async fn upload(at: SocketAddr, up: usize) -> (Vec<u8>, Vec<u8>, usize) {
 
 #[tokio::test]
 async fn a_half_close_reaches_the_backend_and_the_answer_still_flows_back() {
-    let p = digest_backend(5).await;
-    let sy = start_switchyard(ONE_POOL, &BTreeMap::from([("p", p)])).await;
+    let sy = one_pool(digest_backend(5).await, "").await;
     let (digest, rest, len) =
         tokio::time::timeout(Duration::from_secs(10), upload(sy.addr("l"), 11))
             .await
@@ -283,8 +288,7 @@ async fn a_half_close_reaches_the_backend_and_the_answer_still_flows_back() {
 #[tokio::test]
 async fn a_hundred_megabytes_each_way_arrive_intact() {
     const SIZE: usize = 100 * 1024 * 1024;
-    let p = digest_backend(SIZE).await;
-    let sy = start_switchyard(ONE_POOL, &BTreeMap::from([("p", p)])).await;
+    let sy = one_pool(digest_backend(SIZE).await, "").await;
     let (digest, rest, len) =
         tokio::time::timeout(Duration::from_secs(120), upload(sy.addr("l"), SIZE))
             .await
@@ -448,20 +452,7 @@ pool = "v2"
 
 #[tokio::test]
 async fn a_connection_past_max_connections_is_refused_at_once_and_the_others_go_on() {
-    let e = named_echo("e").await;
-    let sy = start_switchyard(
-        r#"
-[pools.p]
-backends = ["{e}"]
-[listeners.l]
-protocol = "tcp"
-bind = "127.0.0.1:0"
-pool = "p"
-max_connections = 2
-"#,
-        &BTreeMap::from([("e", e)]),
-    )
-    .await;
+    let sy = one_pool(named_echo("e").await, "max_connections = 2").await;
     let at = sy.addr("l");
     let (mut one, _) = greeting(at).await;
     let (mut two, _) = greeting(at).await;
@@ -493,20 +484,7 @@ max_connections = 2
 
 #[tokio::test]
 async fn a_quiet_tcp_connection_is_closed_after_the_idle_timeout() {
-    let e = named_echo("e").await;
-    let sy = start_switchyard(
-        r#"
-[pools.p]
-backends = ["{e}"]
-[listeners.l]
-protocol = "tcp"
-bind = "127.0.0.1:0"
-pool = "p"
-idle_timeout_ms = 300
-"#,
-        &BTreeMap::from([("e", e)]),
-    )
-    .await;
+    let sy = one_pool(named_echo("e").await, "idle_timeout_ms = 300").await;
     let (mut r, _) = greeting(sy.addr("l")).await;
     // Traffic keeps it open past the timeout.
     for i in 0..4 {

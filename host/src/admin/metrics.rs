@@ -241,6 +241,18 @@ pub fn status_class(status: u16) -> &'static str {
 }
 
 impl Metrics {
+    /// Counts one open client connection (or UDP flow) of `listener` until
+    /// the guard is dropped.
+    pub fn connection_open(&self, listener: &str) -> GaugeGuard {
+        GaugeGuard::new(
+            self.active_connections
+                .get_or_create(&ListenerLabel {
+                    listener: listener.to_owned(),
+                })
+                .clone(),
+        )
+    }
+
     /// The byte counter of one listener and direction.
     pub fn bytes_counter(&self, listener: &str, direction: &'static str) -> Counter {
         self.bytes

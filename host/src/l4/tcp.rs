@@ -35,14 +35,7 @@ pub async fn serve_connection(
     let started = std::time::Instant::now();
     let state = shared.load_full();
     let cfg = &state.config;
-    let active = state
-        .metrics
-        .active_connections
-        .get_or_create(&crate::admin::metrics::ListenerLabel {
-            listener: state.name.clone(),
-        })
-        .clone();
-    let _active = crate::admin::metrics::GaugeGuard::new(active);
+    let _active = state.metrics.connection_open(&state.name);
     let mut early = Vec::new();
     let hello = if cfg.peek_sni {
         sni::read_client_hello(&mut client, &mut early, cfg.sni_peek_timeout).await

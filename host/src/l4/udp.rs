@@ -204,14 +204,7 @@ async fn relay(
         decision,
     } = route;
     let idle = state.config.idle_timeout;
-    let active = state
-        .metrics
-        .active_connections
-        .get_or_create(&crate::admin::metrics::ListenerLabel {
-            listener: state.name.clone(),
-        })
-        .clone();
-    let _active = crate::admin::metrics::GaugeGuard::new(active);
+    let _active = state.metrics.connection_open(&state.name);
     loop {
         let quiet = idle.saturating_sub(flow.idle_for());
         if quiet.is_zero() {

@@ -23,8 +23,7 @@ use super::hygiene;
 use super::request;
 use crate::admin::access_log::{Entry, Format};
 use crate::admin::metrics::{
-    GaugeGuard, ListenerLabel, ListenerPool, PolicyLabel, PolicyOutcome, RequestLabels,
-    status_class,
+    ListenerPool, PolicyLabel, PolicyOutcome, RequestLabels, status_class,
 };
 use crate::admin::{AccessLog, Metrics};
 use crate::config::{Algorithm, ListenerConfig, OnError};
@@ -139,14 +138,7 @@ pub async fn serve_connection<S>(
     let peer = conn.peer;
     let conn = Arc::new(conn);
     let state = shared.load();
-    let active = state
-        .metrics
-        .active_connections
-        .get_or_create(&ListenerLabel {
-            listener: state.name.clone(),
-        })
-        .clone();
-    let _active = GaugeGuard::new(active);
+    let _active = state.metrics.connection_open(&state.name);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
