@@ -221,7 +221,9 @@ pub struct Terminator {
     listener: String,
     pub settings: ListenerTls,
     config: ArcSwap<rustls::ServerConfig>,
-    fingerprint: Mutex<[u8; 32]>,
+    /// Digests of the files now serving, and of the last set refused (so
+    /// a broken file is reported once, not at every unrelated event).
+    fingerprint: Mutex<([u8; 32], Option<[u8; 32]>)>,
 }
 
 impl std::fmt::Debug for Terminator {
@@ -235,12 +237,13 @@ impl std::fmt::Debug for Terminator {
 impl Terminator {
     /// Loads every file of `settings`; an error names the key and file.
     pub fn new(listener: &str, settings: &ListenerTls) -> Result<Terminator, String> {
-        let (config, fingerprint) = build(listener, settings)?;
+        let files = read_files(listener, settings)?;
+        let config = configure(listener, settings, &files)?;
         Ok(Terminator {
             listener: listener.to_owned(),
             settings: settings.clone(),
             config: ArcSwap::from_pointee(config),
-            fingerprint: Mutex::new(fingerprint),
+            fingerprint: Mutex::new((files.fingerprint(), None)),
         })
     }
 
@@ -252,14 +255,24 @@ impl Terminator {
     /// use them; `Ok(false)`: nothing changed; `Err`: a file is broken and
     /// the last good set keeps serving.
     pub fn reload(&self) -> Result<bool, String> {
-        let (config, fingerprint) = build(&self.listener, &self.settings)?;
-        let mut current = self.fingerprint.lock().expect("fingerprint lock");
-        if *current == fingerprint {
+        let files = read_files(&self.listener, &self.settings)?;
+        let fingerprint = files.fingerprint();
+        let mut known = self.fingerprint.lock().expect("fingerprint lock");
+        let (serving, refused) = *known;
+        if fingerprint == serving || Some(fingerprint) == refused {
             return Ok(false);
         }
-        self.config.store(Arc::new(config));
-        *current = fingerprint;
-        Ok(true)
+        match configure(&self.listener, &self.settings, &files) {
+            Ok(config) => {
+                self.config.store(Arc::new(config));
+                *known = (fingerprint, None);
+                Ok(true)
+            }
+            Err(e) => {
+                known.1 = Some(fingerprint);
+                Err(e)
+            }
+        }
     }
 
     /// Every file this listener's TLS reads (for the watcher).
@@ -274,7 +287,8 @@ impl Terminator {
     }
 }
 
-fn build(listener: &str, s: &ListenerTls) -> Result<(rustls::ServerConfig, [u8; 32]), String> {
+/// Every file of a listener's TLS settings, read (not parsed).
+fn read_files(listener: &str, s: &ListenerTls) -> Result<Files, String> {
     let key = format!("listeners.{listener}.tls");
     let mut paths: Vec<(&Path, String)> = Vec::new();
     for (i, c) in s.certs.iter().enumerate() {
@@ -292,11 +306,21 @@ fn build(listener: &str, s: &ListenerTls) -> Result<(rustls::ServerConfig, [u8; 
     for (p, k) in &paths {
         files.0.extend(Files::read(&[p], k)?.0);
     }
+    Ok(files)
+}
+
+/// The rustls configuration of a listener from its files.
+fn configure(
+    listener: &str,
+    s: &ListenerTls,
+    files: &Files,
+) -> Result<rustls::ServerConfig, String> {
+    let key = format!("listeners.{listener}.tls");
     let mut by_name = ByName::default();
     let mut first = None;
     for (i, c) in s.certs.iter().enumerate() {
         let k = format!("{key}.certs[{i}]");
-        let ck = Arc::new(certified_key(c, &files, &k)?);
+        let ck = Arc::new(certified_key(c, files, &k)?);
         if by_name.add(&ck) == 0 {
             return Err(format!(
                 "{k}.cert: {}: the certificate names no DNS name (subject alternative names or common name)",
@@ -308,7 +332,7 @@ fn build(listener: &str, s: &ListenerTls) -> Result<(rustls::ServerConfig, [u8; 
     let default = match &s.default {
         Some(d) => Some(Arc::new(certified_key(
             d,
-            &files,
+            files,
             &format!("{key}.default"),
         )?)),
         None => first,
@@ -344,7 +368,7 @@ fn build(listener: &str, s: &ListenerTls) -> Result<(rustls::ServerConfig, [u8; 
     };
     let mut config = builder.with_cert_resolver(Arc::new(by_name));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((config, files.fingerprint()))
+    Ok(config)
 }
 
 /// The rustls client configuration of a pool with `tls = true`. ALPN is
@@ -393,5 +417,90 @@ pub fn client_config(pool: &str, tls: &PoolTls) -> Result<rustls::ClientConfig, 
                 .with_client_auth_cert(chain, der)
                 .map_err(|e| format!("{key}.client_key: {e}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CertFile;
+
+    fn write_pair(dir: &Path, names: &[&str]) {
+        let ck = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        std::fs::write(dir.join("c.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.join("c.key"), ck.signing_key.serialize_pem()).unwrap();
+    }
+
+    fn settings(dir: &Path) -> ListenerTls {
+        ListenerTls {
+            certs: vec![CertFile {
+                cert: dir.join("c.pem"),
+                key: dir.join("c.key"),
+            }],
+            default: None,
+            unknown_sni: UnknownSni::Default,
+            client_ca: None,
+            client_auth: ClientAuth::Required,
+            check_host: true,
+            handshake_timeout: std::time::Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn reload_takes_a_good_set_and_refuses_a_broken_one_once() {
+        let dir = std::env::temp_dir().join(format!("sy-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_pair(&dir, &["a.test"]);
+        let t = Terminator::new("web", &settings(&dir)).unwrap();
+        assert_eq!(t.reload(), Ok(false), "nothing changed");
+        std::fs::write(dir.join("c.pem"), "not a certificate").unwrap();
+        let err = t.reload().unwrap_err();
+        assert!(err.contains("listeners.web.tls.certs[0].cert"), "{err}");
+        assert_eq!(
+            t.reload(),
+            Ok(false),
+            "the same broken set is reported once"
+        );
+        write_pair(&dir, &["a.test", "*.b.test"]);
+        assert_eq!(t.reload(), Ok(true));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn names_come_from_the_subject_alternative_names() {
+        let ck =
+            rcgen::generate_simple_self_signed(vec!["A.test".into(), "*.w.test".into()]).unwrap();
+        assert_eq!(names_of(ck.cert.der()), ["a.test", "*.w.test"]);
+    }
+
+    #[test]
+    fn exact_names_win_over_wildcards_and_unknown_names_get_the_default() {
+        let key = |names: &[&str]| {
+            let ck = rcgen::generate_simple_self_signed(
+                names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let der =
+                PrivateKeyDer::from_pem_slice(ck.signing_key.serialize_pem().as_bytes()).unwrap();
+            let signing = provider().key_provider.load_private_key(der).unwrap();
+            Arc::new(CertifiedKey::new(vec![ck.cert.der().clone()], signing))
+        };
+        let (exact, wild, fallback) = (key(&["x.w.test"]), key(&["*.w.test"]), key(&["d.test"]));
+        let mut by = ByName::default();
+        by.add(&exact);
+        by.add(&wild);
+        by.default = Some(fallback.clone());
+        assert!(Arc::ptr_eq(&by.pick(Some("X.w.test")).unwrap(), &exact));
+        assert!(Arc::ptr_eq(&by.pick(Some("y.w.test")).unwrap(), &wild));
+        assert!(Arc::ptr_eq(
+            &by.pick(Some("a.y.w.test")).unwrap(),
+            &fallback
+        ));
+        assert!(Arc::ptr_eq(&by.pick(None).unwrap(), &fallback));
+        by.default = None;
+        assert!(by.pick(Some("nope.test")).is_none());
     }
 }
