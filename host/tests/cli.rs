@@ -154,6 +154,55 @@ pool = "ap1"
 }
 
 #[test]
+fn check_reads_tls_files_and_names_the_key_and_file_of_each_problem() {
+    let dir = temp_dir("check-tls");
+    std::fs::write(dir.join("a.pem"), "no certificate here").unwrap();
+    let cfg = dir.join("tls.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[pools.web]
+backends = ["127.0.0.1:9001"]
+[pools.secure]
+backends = ["127.0.0.1:9443"]
+tls = true
+ca = "missing-ca.pem"
+[listeners.a]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+[listeners.a.tls]
+certs = [{ cert = "a.pem", key = "a.key" }]
+"#,
+    )
+    .unwrap();
+    let o = switchyard(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    let (file, dir) = (cfg.display(), dir.display());
+    assert_eq!(
+        e.trim(),
+        format!(
+            "{file}: pools.secure.ca: cannot read {dir}/missing-ca.pem: No such file or directory (os error 2)\n\
+             {file}: listeners.a.tls.certs[0].key: cannot read {dir}/a.key: No such file or directory (os error 2)"
+        )
+    );
+    // With the key there, the certificate file itself is read and refused.
+    std::fs::write(cfg.with_file_name("a.key"), "").unwrap();
+    let e = stderr(&switchyard(&[
+        "check",
+        "--config",
+        &cfg.display().to_string(),
+    ]));
+    assert!(
+        e.contains(&format!(
+            "{file}: listeners.a.tls.certs[0].cert: {dir}/a.pem: no CERTIFICATE block in the file"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
 fn check_compiles_every_policy_and_names_the_broken_one() {
     let dir = temp_dir("policies");
     let policies = dir.join("policies");
