@@ -70,9 +70,10 @@ impl TlsFacts {
 struct Files(HashMap<std::path::PathBuf, Vec<u8>>);
 
 impl Files {
-    fn read(paths: &[&Path], key: &str) -> Result<Files, String> {
+    /// Reads each file; an error names the file's config key.
+    fn read(paths: &[(&Path, String)]) -> Result<Files, String> {
         let mut files = HashMap::new();
-        for p in paths {
+        for (p, key) in paths {
             let bytes =
                 std::fs::read(p).map_err(|e| format!("{key}: cannot read {}: {e}", p.display()))?;
             files.insert(p.to_path_buf(), bytes);
@@ -116,15 +117,26 @@ fn certs_from_pem(
     Ok(chain)
 }
 
+fn private_key(files: &Files, path: &Path, key: &str) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(files.get(path))
+        .map_err(|e| format!("{key}: {}: not a PEM private key: {e}", path.display()))
+}
+
+/// The CA certificates of a PEM file, as trust roots.
+fn roots(files: &Files, path: &Path, key: &str) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs_from_pem(files.get(path), path, key)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{key}: {}: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
 /// A certificate chain and its key, checked to belong together.
 fn certified_key(pair: &CertFile, files: &Files, key: &str) -> Result<CertifiedKey, String> {
     let chain = certs_from_pem(files.get(&pair.cert), &pair.cert, &format!("{key}.cert"))?;
-    let der = PrivateKeyDer::from_pem_slice(files.get(&pair.key)).map_err(|e| {
-        format!(
-            "{key}.key: {}: not a PEM private key: {e}",
-            pair.key.display()
-        )
-    })?;
+    let der = private_key(files, &pair.key, &format!("{key}.key"))?;
     let signing = provider()
         .key_provider
         .load_private_key(der)
@@ -302,11 +314,7 @@ fn read_files(listener: &str, s: &ListenerTls) -> Result<Files, String> {
     if let Some(ca) = &s.client_ca {
         paths.push((ca, format!("{key}.client_ca")));
     }
-    let mut files = Files(HashMap::new());
-    for (p, k) in &paths {
-        files.0.extend(Files::read(&[p], k)?.0);
-    }
-    Ok(files)
+    Files::read(&paths)
 }
 
 /// The rustls configuration of a listener from its files.
@@ -348,12 +356,7 @@ fn configure(
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let k = format!("{key}.client_ca");
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in certs_from_pem(files.get(ca), ca, &k)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{k}: {}: {e}", ca.display()))?;
-            }
+            let roots = roots(files, ca, &k)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
             let verifier = match s.client_auth {
                 ClientAuth::Required => verifier,
@@ -375,18 +378,13 @@ fn configure(
 /// set by the connector (`h2` or `http/1.1`, as the pool speaks).
 pub fn client_config(pool: &str, tls: &PoolTls) -> Result<rustls::ClientConfig, String> {
     let key = format!("pools.{pool}");
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca {
+    let roots = match &tls.ca {
         Some(ca) => {
             let k = format!("{key}.ca");
-            let files = Files::read(&[ca], &k)?;
-            for cert in certs_from_pem(files.get(ca), ca, &k)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{k}: {}: {e}", ca.display()))?;
-            }
+            roots(&Files::read(&[(ca, k.clone())])?, ca, &k)?
         }
         None => {
+            let mut roots = rustls::RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
             let (added, _) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
@@ -395,8 +393,9 @@ pub fn client_config(pool: &str, tls: &PoolTls) -> Result<rustls::ClientConfig, 
                     found.errors.len()
                 ));
             }
+            roots
         }
-    }
+    };
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| format!("{key}: {e}"))?
@@ -404,15 +403,11 @@ pub fn client_config(pool: &str, tls: &PoolTls) -> Result<rustls::ClientConfig, 
     match &tls.client_cert {
         None => Ok(builder.with_no_client_auth()),
         Some(pair) => {
-            let k = format!("{key}.client_cert");
-            let files = Files::read(&[&pair.cert, &pair.key], &k)?;
-            let chain = certs_from_pem(files.get(&pair.cert), &pair.cert, &k)?;
-            let der = PrivateKeyDer::from_pem_slice(files.get(&pair.key)).map_err(|e| {
-                format!(
-                    "{key}.client_key: {}: not a PEM private key: {e}",
-                    pair.key.display()
-                )
-            })?;
+            let (cert_key, key_key) = (format!("{key}.client_cert"), format!("{key}.client_key"));
+            let files =
+                Files::read(&[(&pair.cert, cert_key.clone()), (&pair.key, key_key.clone())])?;
+            let chain = certs_from_pem(files.get(&pair.cert), &pair.cert, &cert_key)?;
+            let der = private_key(&files, &pair.key, &key_key)?;
             builder
                 .with_client_auth_cert(chain, der)
                 .map_err(|e| format!("{key}.client_key: {e}"))
