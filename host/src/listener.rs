@@ -182,7 +182,7 @@ fn refuse(name: &str, handler: &Handler, stream: tokio::net::TcpStream, peer: So
             .metrics
             .refused
             .get_or_create(&crate::admin::metrics::ListenerLabel {
-                listener: name.to_owned(),
+                listener: name.into(),
             })
             .inc();
     }
@@ -221,11 +221,7 @@ fn spawn(
             match handler {
                 Handler::Http(s) => {
                     let _ = stream.set_nodelay(true);
-                    let mut conn = crate::l7::Conn {
-                        peer,
-                        local,
-                        tls: None,
-                    };
+                    let mut conn = crate::l7::Conn::new(peer, local);
                     let state = s.load_full();
                     let Some(tls) = state.tls.clone() else {
                         drop(state);

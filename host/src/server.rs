@@ -159,7 +159,7 @@ impl Daemon {
         self.metrics
             .policy_reloads
             .get_or_create(&crate::admin::metrics::ReloadLabels {
-                policy: key.name.clone(),
+                policy: key.name.as_str().into(),
                 result: if loaded.is_ok() { "ok" } else { "error" },
             })
             .inc();
@@ -196,14 +196,20 @@ impl Daemon {
         cfg: &ListenerConfig,
         policy: Option<Arc<Policy>>,
     ) -> HttpState {
+        let tls = self.terminators.get(name).cloned();
+        let name: crate::admin::metrics::Label = name.into();
         HttpState {
-            name: name.to_owned(),
+            bytes: (
+                self.metrics.bytes_counter(&name, "in"),
+                self.metrics.bytes_counter(&name, "out"),
+            ),
+            name,
             config: cfg.clone(),
             policy,
             upstreams: self.upstreams.clone(),
             metrics: self.metrics.clone(),
             access_log: self.access_log.clone(),
-            tls: self.terminators.get(name).cloned(),
+            tls,
         }
     }
 
@@ -257,7 +263,7 @@ impl Daemon {
 
     fn l4_state(&self, name: &str, cfg: &ListenerConfig, policy: Option<Arc<Policy>>) -> L4State {
         L4State {
-            name: name.to_owned(),
+            name: name.into(),
             config: cfg.clone(),
             policy,
             upstreams: self.upstreams.clone(),
@@ -298,8 +304,8 @@ impl Daemon {
             self.metrics
                 .policy_version
                 .get_or_create(&crate::admin::metrics::PolicyVersion {
-                    policy: p.name.to_string(),
-                    version: p.version.clone(),
+                    policy: p.name.clone(),
+                    version: p.version.as_str().into(),
                 })
                 .set(1);
         }

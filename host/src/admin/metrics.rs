@@ -12,52 +12,62 @@ use prometheus_client::registry::Registry;
 
 use crate::upstream::Upstreams;
 
+/// A label value: names of listeners, pools, backends and policies are
+/// shared, so building a label set on the request path copies no string.
+pub type Label = std::sync::Arc<str>;
+
+/// The empty label (no pool or backend), shared.
+pub fn none() -> Label {
+    static NONE: std::sync::OnceLock<Label> = std::sync::OnceLock::new();
+    NONE.get_or_init(|| Label::from("")).clone()
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub listener: String,
-    pub pool: String,
-    pub backend: String,
+    pub listener: Label,
+    pub pool: Label,
+    pub backend: Label,
     pub status_class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerPool {
-    pub listener: String,
-    pub pool: String,
+    pub listener: Label,
+    pub pool: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
-    pub listener: String,
+    pub listener: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
-    pub pool: String,
-    pub backend: String,
+    pub pool: Label,
+    pub backend: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyOutcome {
-    pub policy: String,
+    pub policy: Label,
     pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabel {
-    pub policy: String,
+    pub policy: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyVersion {
-    pub policy: String,
-    pub version: String,
+    pub policy: Label,
+    pub version: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectError {
-    pub pool: String,
-    pub backend: String,
+    pub pool: Label,
+    pub backend: Label,
     /// `connect` (refused, unreachable), `timeout`, or `reset` (failed after
     /// connecting).
     pub kind: &'static str,
@@ -65,23 +75,23 @@ pub struct ConnectError {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BytesLabels {
-    pub listener: String,
+    pub listener: Label,
     /// `in` (client to backend) or `out` (backend to client).
     pub direction: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
-    pub policy: String,
+    pub policy: Label,
     /// `ok` or `error`.
     pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
-    pub listener: String,
-    pub pool: String,
-    pub backend: String,
+    pub listener: Label,
+    pub pool: Label,
+    pub backend: Label,
 }
 
 fn latency() -> Histogram {
@@ -243,31 +253,31 @@ pub fn status_class(status: u16) -> &'static str {
 impl Metrics {
     /// Counts one open client connection (or UDP flow) of `listener` until
     /// the guard is dropped.
-    pub fn connection_open(&self, listener: &str) -> GaugeGuard {
+    pub fn connection_open(&self, listener: &Label) -> GaugeGuard {
         GaugeGuard::new(
             self.active_connections
                 .get_or_create(&ListenerLabel {
-                    listener: listener.to_owned(),
+                    listener: listener.clone(),
                 })
                 .clone(),
         )
     }
 
     /// The byte counter of one listener and direction.
-    pub fn bytes_counter(&self, listener: &str, direction: &'static str) -> Counter {
+    pub fn bytes_counter(&self, listener: &Label, direction: &'static str) -> Counter {
         self.bytes
             .get_or_create(&BytesLabels {
-                listener: listener.to_owned(),
+                listener: listener.clone(),
                 direction,
             })
             .clone()
     }
 
-    pub fn connect_error(&self, pool: &str, backend: &str, kind: &'static str) {
+    pub fn connect_error(&self, pool: &Label, backend: &Label, kind: &'static str) {
         self.upstream_connect_errors
             .get_or_create(&ConnectError {
-                pool: pool.to_owned(),
-                backend: backend.to_owned(),
+                pool: pool.clone(),
+                backend: backend.clone(),
                 kind,
             })
             .inc();
@@ -277,10 +287,10 @@ impl Metrics {
     pub fn render(&self, upstreams: &Upstreams) -> String {
         self.backend_healthy.clear();
         self.backend_in_flight.clear();
-        for (pool, p) in upstreams.pools() {
+        for (_, p) in upstreams.pools() {
             for b in &p.backends {
                 let l = BackendLabels {
-                    pool: pool.clone(),
+                    pool: p.name.clone(),
                     backend: b.name.clone(),
                 };
                 self.backend_healthy

@@ -48,7 +48,7 @@ fn pool_json(name: &str, pool: &crate::upstream::Pool) -> Value {
         "name": name,
         "algorithm": format!("{:?}", pool.config.algorithm),
         "backends": pool.backends.iter().map(|b| json!({
-            "name": b.name,
+            "name": &*b.name,
             "address": b.address().map(|a| a.authority.clone()),
             "configured": b.configured.to_string(),
             "weight": b.weight,
@@ -92,13 +92,13 @@ fn route(req: &Request<Incoming>, view: &View, metrics: &Metrics) -> Response<Fu
                 return json_reply(StatusCode::NOT_FOUND, &json!({"error": format!("no pool named {name:?}")}));
             };
             let found = p.backends.iter().find(|b| {
-                b.name == *backend || b.address().is_some_and(|a| a.authority == *backend)
+                *b.name == **backend || b.address().is_some_and(|a| a.authority == *backend)
             });
             match found {
                 Some(b) => {
                     b.set_drained(*action == "drain");
                     info!(pool = %name, backend = %b.name, action = %action, "admin");
-                    json_reply(StatusCode::OK, &json!({"pool": name, "backend": b.name, "drained": b.drained()}))
+                    json_reply(StatusCode::OK, &json!({"pool": name, "backend": &*b.name, "drained": b.drained()}))
                 }
                 None => json_reply(
                     StatusCode::NOT_FOUND,

@@ -18,7 +18,7 @@ pub use tcp::serve_connection;
 
 /// What a TCP or UDP listener serves with; swapped whole on reload.
 pub struct L4State {
-    pub name: String,
+    pub name: crate::admin::metrics::Label,
     pub config: ListenerConfig,
     pub policy: Option<Arc<Policy>>,
     pub upstreams: Arc<Upstreams>,

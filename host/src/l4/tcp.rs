@@ -113,14 +113,14 @@ pub async fn serve_connection(
                 state.access_log.log(
                     cfg.access_log,
                     crate::admin::access_log::Entry {
-                        listener: state.name.clone(),
+                        listener: state.name.to_string(),
                         client: peer.to_string(),
                         kind: "tcp",
                         method: None,
                         path: None,
                         status: None,
-                        pool: Some(pool.name.clone()),
-                        backend: Some(backend.name.clone()),
+                        pool: Some(pool.name.to_string()),
+                        backend: Some(backend.name.to_string()),
                         decision,
                         upstream_ms: Some(connected.as_secs_f64() * 1000.0),
                         total_ms: started.elapsed().as_secs_f64() * 1000.0,

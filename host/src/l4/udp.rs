@@ -180,8 +180,8 @@ async fn start_flow(
         bytes_out: AtomicU64::new(0),
     });
     let route = FlowRoute {
-        pool: pool.name.clone(),
-        backend: backend.name.clone(),
+        pool: pool.name.to_string(),
+        backend: backend.name.to_string(),
         decision,
     };
     Some((route, flow))
@@ -242,7 +242,7 @@ async fn relay(
     state.access_log.log(
         state.config.access_log,
         crate::admin::access_log::Entry {
-            listener: state.name.clone(),
+            listener: state.name.to_string(),
             client: peer.to_string(),
             kind: "udp",
             method: None,

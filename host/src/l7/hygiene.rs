@@ -10,7 +10,7 @@
 //! length dropped and the connection closed after the response
 //! (RFC 9112 §6.1).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
@@ -96,56 +96,98 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         .unwrap_or(peer)
 }
 
-/// An IP as the `for=` of `Forwarded` (RFC 7239 §6: IPv6 quoted, bracketed).
-fn forwarded_node(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+/// The peer's address as the forwarding headers show it, formatted once
+/// per connection rather than per request.
+#[derive(Debug, Clone)]
+pub struct PeerText {
+    /// The IP alone: `X-Forwarded-For` from an untrusted peer.
+    pub ip: HeaderValue,
+    /// The `for=` node of `Forwarded` (RFC 7239 §6: IPv6 quoted, bracketed).
+    pub node: String,
+}
+
+impl PeerText {
+    pub fn of(peer: IpAddr) -> Self {
+        let ip = peer.to_canonical();
+        let text = ip.to_string();
+        let node = match ip {
+            IpAddr::V4(_) => text.clone(),
+            IpAddr::V6(_) => format!("\"[{text}]\""),
+        };
+        PeerText {
+            ip: HeaderValue::from_str(&text).expect("an IP address is a valid header value"),
+            node,
+        }
+    }
+}
+
+fn scheme_value(scheme: &str) -> HeaderValue {
+    match scheme {
+        "https" => HeaderValue::from_static("https"),
+        _ => HeaderValue::from_static("http"),
     }
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded`. From an untrusted
 /// peer, whatever the client sent is replaced; from a trusted proxy, the
-/// peer is appended to the chain it sent.
+/// peer is appended to the chain it sent. `host` is the authority the
+/// client named (`:authority` or `Host`), as it sent it.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    peer: SocketAddr,
+    peer: &PeerText,
     trusted_peer: bool,
     scheme: &str,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
 ) {
-    let peer_ip = peer.ip().to_canonical();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if trusted_peer => format!("{prior}, {peer_ip}"),
-        _ => peer_ip.to_string(),
+    let prior = |headers: &HeaderMap, name: &HeaderName| {
+        headers
+            .get(name)
+            .filter(|_| trusted_peer)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     };
-    let mut forwarded = format!("for={}", forwarded_node(peer_ip));
+    let xff = match prior(headers, &X_FORWARDED_FOR) {
+        Some(p) => chained(&p, peer.ip.to_str().unwrap_or_default()),
+        None => Some(peer.ip.clone()),
+    };
+    if let Some(v) = xff {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+    let host_value = host;
+    let host = host.and_then(|h| h.to_str().ok());
+    let mut forwarded = String::with_capacity(48 + host.map_or(0, str::len));
+    forwarded.push_str("for=");
+    forwarded.push_str(&peer.node);
     if let Some(h) = host {
-        forwarded.push_str(&format!(";host=\"{h}\""));
+        // A quoted-string (RFC 7239 §4): a `"` or `\` in the client's Host
+        // is escaped, so it cannot close the string and add parameters.
+        forwarded.push_str(";host=\"");
+        for c in h.chars() {
+            if c == '"' || c == '\\' {
+                forwarded.push('\\');
+            }
+            forwarded.push(c);
+        }
+        forwarded.push('"');
     }
     forwarded.push_str(";proto=");
     forwarded.push_str(scheme);
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prior) if trusted_peer => format!("{prior}, {forwarded}"),
-        _ => forwarded,
+    let forwarded = match prior(headers, &header::FORWARDED) {
+        Some(p) => chained(&p, &forwarded),
+        None => HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)).ok(),
     };
-    let keep_prior =
-        |headers: &HeaderMap, name: &HeaderName| trusted_peer && headers.contains_key(name);
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(&X_FORWARDED_FOR, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    if let Some(v) = forwarded {
         headers.insert(header::FORWARDED, v);
     }
-    if !keep_prior(headers, &X_FORWARDED_PROTO)
-        && let Ok(v) = HeaderValue::from_str(scheme)
-    {
-        headers.insert(&X_FORWARDED_PROTO, v);
+    let keep_prior =
+        |headers: &HeaderMap, name: &HeaderName| trusted_peer && headers.contains_key(name);
+    if !keep_prior(headers, &X_FORWARDED_PROTO) {
+        headers.insert(&X_FORWARDED_PROTO, scheme_value(scheme));
     }
     if !keep_prior(headers, &X_FORWARDED_HOST) {
-        match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        match host_value {
             Some(v) => {
-                headers.insert(&X_FORWARDED_HOST, v);
+                headers.insert(&X_FORWARDED_HOST, v.clone());
             }
             None => {
                 headers.remove(&X_FORWARDED_HOST);
@@ -154,9 +196,19 @@ pub fn add_forwarded(
     }
 }
 
+/// `prior, next` as a header value.
+fn chained(prior: &str, next: &str) -> Option<HeaderValue> {
+    let mut s = String::with_capacity(prior.len() + 2 + next.len());
+    s.push_str(prior);
+    s.push_str(", ");
+    s.push_str(next);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -213,7 +265,8 @@ mod tests {
     fn forwarded_headers_replace_a_strangers_and_extend_a_proxys() {
         let peer: SocketAddr = "198.51.100.1:5000".parse().unwrap();
         let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=1.2.3.4")]);
-        add_forwarded(&mut h, peer, false, "http", Some("example.test"));
+        let host = HeaderValue::from_static("example.test");
+        add_forwarded(&mut h, &PeerText::of(peer.ip()), false, "http", Some(&host));
         assert_eq!(h["x-forwarded-for"], "198.51.100.1");
         assert_eq!(
             h["forwarded"],
@@ -222,9 +275,23 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.test");
 
+        let mut h = HeaderMap::new();
+        let sneaky = HeaderValue::from_static("a\";for=6.6.6.6;x=\"\\");
+        add_forwarded(
+            &mut h,
+            &PeerText::of(peer.ip()),
+            false,
+            "http",
+            Some(&sneaky),
+        );
+        assert_eq!(
+            h["forwarded"],
+            r#"for=198.51.100.1;host="a\";for=6.6.6.6;x=\"\\";proto=http"#
+        );
+
         let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
         let v6: SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
-        add_forwarded(&mut h, v6, true, "https", None);
+        add_forwarded(&mut h, &PeerText::of(v6.ip()), true, "https", None);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 2001:db8::1");
         assert_eq!(h["forwarded"], "for=\"[2001:db8::1]\";proto=https");
     }

@@ -23,7 +23,7 @@ use super::hygiene;
 use super::request;
 use crate::admin::access_log::{Entry, Format};
 use crate::admin::metrics::{
-    ListenerPool, PolicyLabel, PolicyOutcome, RequestLabels, status_class,
+    Label, ListenerPool, PolicyLabel, PolicyOutcome, RequestLabels, status_class,
 };
 use crate::admin::{AccessLog, Metrics};
 use crate::config::{Algorithm, ListenerConfig, OnError};
@@ -34,7 +34,7 @@ use crate::upstream::{Backend, BoxError, InFlight, Pool, UpstreamBody, Upstreams
 
 /// What an HTTP listener serves with; swapped whole on reload.
 pub struct HttpState {
-    pub name: String,
+    pub name: crate::admin::metrics::Label,
     pub config: ListenerConfig,
     pub policy: Option<Arc<Policy>>,
     pub upstreams: Arc<Upstreams>,
@@ -42,6 +42,11 @@ pub struct HttpState {
     pub access_log: AccessLog,
     /// TLS termination, when the listener has `[listeners.NAME.tls]`.
     pub tls: Option<Arc<crate::tls::Terminator>>,
+    /// This listener's byte counters (`in`, `out`), looked up once.
+    pub bytes: (
+        prometheus_client::metrics::counter::Counter,
+        prometheus_client::metrics::counter::Counter,
+    ),
 }
 
 /// The client connection a request arrived on.
@@ -52,9 +57,20 @@ pub struct Conn {
     pub local: SocketAddr,
     /// What the TLS handshake told, on a TLS listener.
     pub tls: Option<crate::tls::TlsFacts>,
+    /// The peer as the forwarding headers show it.
+    peer_text: hygiene::PeerText,
 }
 
 impl Conn {
+    pub fn new(peer: SocketAddr, local: SocketAddr) -> Self {
+        Conn {
+            peer,
+            local,
+            tls: None,
+            peer_text: hygiene::PeerText::of(peer.ip()),
+        }
+    }
+
     fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
     }
@@ -64,8 +80,8 @@ impl Conn {
 #[derive(Default)]
 struct Trace {
     decision: &'static str,
-    pool: String,
-    backend: String,
+    pool: Option<Label>,
+    backend: Option<Label>,
     upstream: Option<std::time::Duration>,
 }
 
@@ -206,26 +222,27 @@ async fn handle(req: Request<Incoming>, conn: &Conn, state: &HttpState) -> Respo
     let total = started.elapsed();
     let status = resp.status().as_u16();
     let m = &state.metrics;
+    let label = |l: &Option<Label>| l.clone().unwrap_or_else(crate::admin::metrics::none);
     m.http_duration
         .get_or_create(&ListenerPool {
             listener: state.name.clone(),
-            pool: trace.pool.clone(),
+            pool: label(&trace.pool),
         })
         .observe(total.as_secs_f64());
     m.http_requests
         .get_or_create(&RequestLabels {
             listener: state.name.clone(),
-            pool: trace.pool.clone(),
-            backend: trace.backend.clone(),
+            pool: label(&trace.pool),
+            backend: label(&trace.backend),
             status_class: status_class(status),
         })
         .inc();
     if state.config.access_log != Format::Off {
-        let some = |s: String| (!s.is_empty()).then_some(s);
+        let some = |s: Option<Label>| s.map(|s| s.to_string());
         state.access_log.log(
             state.config.access_log,
             Entry {
-                listener: state.name.clone(),
+                listener: state.name.to_string(),
                 client: peer.to_string(),
                 kind: "http",
                 method: Some(method.to_string()),
@@ -247,21 +264,21 @@ async fn handle(req: Request<Incoming>, conn: &Conn, state: &HttpState) -> Respo
 /// Counts one policy call by outcome and its duration.
 pub(crate) fn record_policy_call(
     metrics: &Metrics,
-    policy: &str,
+    policy: &Label,
     started: Instant,
     error: Option<&crate::policy::PolicyError>,
 ) {
     metrics
         .policy_calls
         .get_or_create(&PolicyOutcome {
-            policy: policy.to_owned(),
+            policy: policy.clone(),
             outcome: error.map_or("ok", |e| e.outcome()),
         })
         .inc();
     metrics
         .policy_duration
         .get_or_create(&PolicyLabel {
-            policy: policy.to_owned(),
+            policy: policy.clone(),
         })
         .observe(started.elapsed().as_secs_f64());
 }
@@ -385,17 +402,16 @@ async fn proxy(
 
     let pool_name = action
         .pool
-        .clone()
-        .or_else(|| cfg.pool.clone())
+        .as_deref()
+        .or(cfg.pool.as_deref())
         .ok_or_else(|| {
             ProxyError::NoPool(format!("listener {} has no default pool", state.name))
         })?;
-    trace.pool = pool_name.clone();
-    let pool = state
-        .upstreams
-        .pool(&pool_name)
-        .ok_or_else(|| ProxyError::NoPool(format!("no pool named {pool_name:?}")))?
-        .clone();
+    let Some(pool) = state.upstreams.pool(pool_name).cloned() else {
+        trace.pool = Some(pool_name.into());
+        return Err(ProxyError::NoPool(format!("no pool named {pool_name:?}")));
+    };
+    trace.pool = Some(pool.name.clone());
     let key = (pool.config.algorithm == Algorithm::Hash)
         .then(|| request::hash_key(&pool.config.hash_key, client_ip, req.uri(), req.headers()))
         .flatten();
@@ -408,37 +424,47 @@ async fn proxy(
     let backend = named
         .or_else(|| pool.pick(key, None))
         .ok_or_else(|| ProxyError::NoBackend {
-            pool: pool_name.clone(),
+            pool: pool_name.to_owned(),
         })?;
 
     // The request as the backend gets it.
     let upgrade = req.version() == Version::HTTP_11 && hygiene::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // The authority the client named, as it sent it.
+    let client_host = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     hygiene::strip_hop_by_hop(&mut headers, upgrade);
     for edit in &action.request_headers {
         edit.apply(&mut headers);
     }
-    let host = action
-        .authority
-        .as_ref()
-        .map(|a| a.as_str().to_owned())
-        .or(authority.clone());
-    match host.as_deref().map(HeaderValue::from_str) {
-        Some(Ok(v)) => {
-            headers.insert(header::HOST, v);
-        }
-        _ => {
-            headers.remove(header::HOST);
-        }
+    match &action.authority {
+        Some(a) => match HeaderValue::from_str(a.as_str()) {
+            Ok(v) => {
+                headers.insert(header::HOST, v);
+            }
+            Err(_) => {
+                headers.remove(header::HOST);
+            }
+        },
+        None => match &client_host {
+            Some(v) => {
+                headers.insert(header::HOST, v.clone());
+            }
+            None => {
+                headers.remove(header::HOST);
+            }
+        },
     }
     hygiene::add_forwarded(
         &mut headers,
-        peer,
+        &conn.peer_text,
         trusted_peer,
         conn.scheme(),
-        authority.as_deref(),
+        client_host.as_ref(),
     );
     let version = if pool.config.http2 {
         Version::HTTP_2
@@ -447,7 +473,7 @@ async fn proxy(
     };
     let bodyless = body.is_end_stream();
     let retryable = bodyless && idempotent(&parts.method);
-    let bytes_in = state.metrics.bytes_counter(&state.name, "in");
+    let bytes_in = state.bytes.0.clone();
     let body = body.map_frame(move |f| {
         if let Some(d) = f.data_ref() {
             bytes_in.inc_by(d.len() as u64);
@@ -464,7 +490,7 @@ async fn proxy(
     let build = |backend: &Backend, headers: http::HeaderMap, body: UpstreamBody| {
         let Some(at) = backend.address() else {
             return Err(ProxyError::NoBackend {
-                pool: pool_name.clone(),
+                pool: pool_name.to_owned(),
             });
         };
         let uri = request::upstream_uri(
@@ -474,8 +500,8 @@ async fn proxy(
             pool.config.tls.is_some(),
         )
         .map_err(|e| ProxyError::Upstream {
-            pool: pool_name.clone(),
-            backend: backend.name.clone(),
+            pool: pool_name.to_owned(),
+            backend: backend.name.to_string(),
             cause: format!("cannot build the upstream URI: {e}"),
         })?;
         let mut r = Request::new(body);
@@ -557,11 +583,11 @@ async fn proxy(
                 "response hook failed; response sent unedited"),
         }
     }
-    trace.backend = in_flight.backend().name.clone();
+    trace.backend = Some(in_flight.backend().name.clone());
     let body = Tracked {
         inner: rbody,
         _in_flight: in_flight,
-        bytes_out: state.metrics.bytes_counter(&state.name, "out"),
+        bytes_out: state.bytes.1.clone(),
     };
     Ok(Response::from_parts(
         rparts,
@@ -597,23 +623,23 @@ async fn send(
             let cause = error_chain(&e);
             if e.is_connect() {
                 Err(ProxyError::Connect {
-                    pool: pool.name.clone(),
-                    backend: backend.name.clone(),
+                    pool: pool.name.to_string(),
+                    backend: backend.name.to_string(),
                     cause,
                 })
             } else if find_source::<http_body_util::LengthLimitError>(&e) {
                 Err(ProxyError::BodyTooLarge { limit: 0 })
             } else {
                 Err(ProxyError::Upstream {
-                    pool: pool.name.clone(),
-                    backend: backend.name.clone(),
+                    pool: pool.name.to_string(),
+                    backend: backend.name.to_string(),
                     cause,
                 })
             }
         }
         Err(_) => Err(ProxyError::Timeout {
-            pool: pool.name.clone(),
-            backend: backend.name.clone(),
+            pool: pool.name.to_string(),
+            backend: backend.name.to_string(),
             timeout_ms: timeout.as_millis(),
         }),
     }

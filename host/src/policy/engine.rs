@@ -9,8 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -24,11 +22,8 @@ use super::directory::Directory;
 use super::host_api::HostState;
 use super::instances::{Policy, Pre};
 use super::kv::KvStore;
+use super::ticker::Ticker;
 use super::{LoadError, PolicyKind};
-
-/// How often the epoch advances. A call's deadline is checked at this
-/// granularity, and a long call yields to the async runtime this often.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Per-call and per-instance limits, from `[policies]`.
 #[derive(Debug, Clone)]
@@ -65,41 +60,6 @@ pub struct EngineSettings {
     pub cache_dir: Option<PathBuf>,
 }
 
-/// Increments the engine's epoch every [`EPOCH_TICK`] until dropped.
-struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    fn start(engine: Engine) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("policy-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .expect("spawn epoch ticker thread");
-        EpochTicker {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Compiled, type-checked code of one policy file, not yet initialised.
 pub struct Compiled {
     pub(crate) name: String,
@@ -126,7 +86,7 @@ pub struct PolicyEngine {
     cache: Option<Cache>,
     linker: Linker<HostState>,
     pub(crate) kv: KvStore,
-    _ticker: EpochTicker,
+    pub(crate) ticker: Ticker,
 }
 
 /// The content hash by which a policy version is known: the first 12 hex
@@ -189,7 +149,7 @@ impl PolicyEngine {
         // Rust's std) import WASI; they get the empty context of HostState.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Ok(Arc::new(PolicyEngine {
-            _ticker: EpochTicker::start(engine.clone()),
+            ticker: Ticker::start(engine.clone()),
             engine,
             cache,
             linker,

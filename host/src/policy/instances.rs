@@ -210,6 +210,7 @@ impl Policy {
             }
         });
         let budget = self.limits.init_timeout;
+        let _busy = self.engine.ticker.busy(budget);
         Self::arm(&mut store, budget);
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let bindings = match &self.pre {
@@ -281,6 +282,7 @@ impl Policy {
     ) -> Result<HttpDecision, PolicyError> {
         let started = Instant::now();
         let r = async {
+            let _busy = self.engine.ticker.busy(self.limits.timeout);
             let mut w = self.checkout(directory).await?;
             let Bindings::Http(b) = &w.bindings else {
                 return Err(PolicyError::WrongWorld(self.kind));
@@ -307,6 +309,7 @@ impl Policy {
     ) -> Result<Vec<HeaderEdit>, PolicyError> {
         let started = Instant::now();
         let r = async {
+            let _busy = self.engine.ticker.busy(self.limits.timeout);
             let mut w = self.checkout(directory).await?;
             let Bindings::Http(b) = &w.bindings else {
                 return Err(PolicyError::WrongWorld(self.kind));
@@ -332,6 +335,7 @@ impl Policy {
     ) -> Result<ConnDecision, PolicyError> {
         let started = Instant::now();
         let r = async {
+            let _busy = self.engine.ticker.busy(self.limits.timeout);
             let mut w = self.checkout(directory).await?;
             let Bindings::Connection(b) = &w.bindings else {
                 return Err(PolicyError::WrongWorld(self.kind));

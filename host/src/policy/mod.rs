@@ -2,7 +2,8 @@
 //! deadline and a memory cap on every call, behind plain Rust types.
 //!
 //! ```text
-//! engine.rs     Engine, Linker, epoch ticker; compile -> activate -> Policy
+//! engine.rs     Engine, Linker; compile -> activate -> Policy
+//! ticker.rs     the epoch ticker: fast while a call runs, parked when quiet
 //! instances.rs  one loaded version, its warm instances, the hook calls
 //! bindings.rs   bindgen! per world (the only generated code)
 //! decision.rs   guest decision -> validated HttpDecision / ConnDecision
@@ -20,6 +21,7 @@ mod guest_log;
 mod host_api;
 pub mod instances;
 pub mod kv;
+pub mod ticker;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -27,7 +27,7 @@ pub struct Resolved {
 /// One backend of a pool.
 #[derive(Debug)]
 pub struct Backend {
-    pub name: String,
+    pub name: Arc<str>,
     /// As configured: an IP address or a DNS name.
     pub configured: BackendAddress,
     pub weight: u32,
@@ -57,7 +57,7 @@ impl Backend {
             BackendAddress::Name { .. } => None,
         };
         Backend {
-            name: c.name.clone(),
+            name: c.name.as_str().into(),
             configured: c.address.clone(),
             weight: c.weight,
             resolved: ArcSwapOption::new(now),
@@ -166,7 +166,7 @@ impl Drop for InFlight {
 
 /// A pool at run time.
 pub struct Pool {
-    pub name: String,
+    pub name: Arc<str>,
     pub config: PoolConfig,
     pub backends: Vec<Arc<Backend>>,
     balancer: Box<dyn Balancer>,
@@ -188,7 +188,7 @@ impl Pool {
             .map(|b| Arc::new(Backend::new(b, config.max_requests_per_backend)))
             .collect();
         Ok(Pool {
-            name: name.to_owned(),
+            name: name.into(),
             client: client::build(name, config, &backends)?,
             backends,
             balancer: balance::for_algorithm(config.algorithm, &named),
@@ -212,7 +212,7 @@ impl Pool {
     }
 
     pub fn backend(&self, name: &str) -> Option<&Arc<Backend>> {
-        self.backends.iter().find(|b| b.name == name)
+        self.backends.iter().find(|b| *b.name == *name)
     }
 }
 
@@ -305,7 +305,7 @@ impl Directory for Upstreams {
             p.backends
                 .iter()
                 .map(|b| types::Backend {
-                    name: b.name.clone(),
+                    name: b.name.to_string(),
                     address: b
                         .address()
                         .map(|r| r.authority.clone())
@@ -328,7 +328,7 @@ impl Directory for Upstreams {
         };
         match backend {
             Some(b) if p.backend(b).is_none() => {
-                let names: Vec<&str> = p.backends.iter().map(|x| x.name.as_str()).collect();
+                let names: Vec<&str> = p.backends.iter().map(|x| &*x.name).collect();
                 Err(format!(
                     "pool {pool:?} has no backend named {b:?} (backends: {})",
                     names.join(", ")
