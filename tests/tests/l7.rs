@@ -584,7 +584,7 @@ pool = "web"
     let got = get(&client(false), addr_of(&sy, "l"), "/", &[]).await;
     assert_eq!(got.text(), "web");
     let b = sy.upstreams().pool("web").unwrap().backends[0].clone();
-    assert_eq!(b.name, format!("localhost:{}", web.addr.port()));
+    assert_eq!(*b.name, format!("localhost:{}", web.addr.port()));
     assert_eq!(b.address().unwrap().socket, web.addr);
     sy.shutdown(Duration::from_secs(5)).await;
 
@@ -667,5 +667,84 @@ trusted_proxies = ["{trusted}"]
         raw(addr_of(&sy, "l"), &ok, Duration::from_secs(3)).await,
         ""
     );
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_upstream_connection() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", web.addr)])).await;
+    let c = client(false);
+    for _ in 0..50 {
+        assert_eq!(get(&c, addr_of(&sy, "l"), "/", &[]).await.text(), "web");
+    }
+    assert_eq!(
+        web.connections.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one keep-alive connection to the backend"
+    );
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn pooled_connections_close_after_the_pool_idle_timeout() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("idle_timeout_ms = 200", ""),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let c = client(false);
+    let connections = || web.connections.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(get(&c, addr_of(&sy, "l"), "/", &[]).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get(&c, addr_of(&sy, "l"), "/", &[]).await.status, 200);
+    assert_eq!(connections(), 1, "reused within the idle timeout");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(get(&c, addr_of(&sy, "l"), "/", &[]).await.status, 200);
+    assert_eq!(connections(), 2, "a new connection after the idle timeout");
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_backend_that_closes_idle_connections_costs_no_request() {
+    // Answers one request per connection, then hangs up after 20 ms
+    // without saying so (like a short keep-alive timeout).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            });
+        }
+    });
+    let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", addr)])).await;
+    let c = client(false);
+    for i in 0..5 {
+        let got = get(&c, addr_of(&sy, "l"), "/", &[]).await;
+        assert_eq!(
+            (i, got.status.as_u16(), got.text()),
+            (i, 200, "ok".to_owned())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 5);
+    server.abort();
     sy.shutdown(Duration::from_secs(5)).await;
 }

@@ -47,7 +47,10 @@ pub fn snapshot(
             .iter()
             .map(|(n, v)| types::Header {
                 name: n.as_str().to_owned(),
-                value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                value: match v.to_str() {
+                    Ok(s) => s.to_owned(),
+                    Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                },
             })
             .collect(),
         version: version(v),

@@ -59,6 +59,10 @@ pub struct Conn {
     pub tls: Option<crate::tls::TlsFacts>,
     /// The peer as the forwarding headers show it.
     peer_text: hygiene::PeerText,
+    /// The connection as the policy sees it, built at the first request
+    /// (when the client is the peer itself, i.e. no trusted
+    /// `X-Forwarded-For` names another).
+    policy_view: std::sync::OnceLock<types::ConnectionInfo>,
 }
 
 impl Conn {
@@ -68,7 +72,26 @@ impl Conn {
             local,
             tls: None,
             peer_text: hygiene::PeerText::of(peer.ip()),
+            policy_view: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The connection-info a policy gets for a request from `client`.
+    fn view(&self, client: SocketAddr, state: &HttpState) -> types::ConnectionInfo {
+        let mut info = crate::policy::connection_info(
+            client,
+            self.local,
+            &state.name,
+            state.config.pool.as_deref(),
+            types::Transport::Tcp,
+        );
+        info.tls = self.tls.clone().map(|t| types::TlsInfo {
+            sni: t.sni,
+            alpn: t.alpn,
+            version: t.version,
+            client_subject: t.client_subject,
+        });
+        info
     }
 
     fn scheme(&self) -> &'static str {
@@ -296,7 +319,7 @@ async fn proxy(
     state: &HttpState,
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (peer, local) = (conn.peer, conn.local);
+    let peer = conn.peer;
     let cfg = &state.config;
     if let Some(limit) = cfg.max_request_body_bytes {
         let declared = req
@@ -346,22 +369,20 @@ async fn proxy(
                 conn.scheme(),
                 authority.as_deref(),
             );
-            let mut info = crate::policy::connection_info(
-                client,
-                local,
-                &state.name,
-                cfg.pool.as_deref(),
-                types::Transport::Tcp,
-            );
-            info.tls = conn.tls.clone().map(|t| types::TlsInfo {
-                sni: t.sni,
-                alpn: t.alpn,
-                version: t.version,
-                client_subject: t.client_subject,
-            });
+            let fresh;
+            let info = match conn.policy_view.get() {
+                Some(i) if client == peer && i.pool.as_deref() == cfg.pool.as_deref() => i,
+                _ => {
+                    fresh = conn.view(client, state);
+                    if client == peer {
+                        let _ = conn.policy_view.set(fresh.clone());
+                    }
+                    &fresh
+                }
+            };
             let called = Instant::now();
             let d = policy
-                .on_request(&head, &info, cfg.pool.as_deref(), &directory)
+                .on_request(&head, info, cfg.pool.as_deref(), &directory)
                 .await;
             record_policy_call(&state.metrics, &policy.name, called, d.as_ref().err());
             snapshot = Some(head);

@@ -1,19 +1,25 @@
-//! The upstream HTTP client of a pool: hyper-util's pooling client, keep-
-//! alive connections per backend, HTTP/1.1 or (with `http2 = true`) HTTP/2,
+//! The upstream HTTP client of a pool: hyper's connections, kept alive
+//! per backend, HTTP/1.1 or (with `http2 = true`) HTTP/2,
 //! with the pool's connect and idle timeouts. Pools with `tls = true` speak
 //! TLS through hyper-rustls (ALPN `h2` for HTTP/2 pools, none otherwise),
 //! verifying each backend against the pool's `ca` (or the system roots) and
 //! its `server_name` (or the backend's configured host name).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::{Request, Response, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
+use tower_service::Service;
+use tracing::debug;
 
 use super::Backend;
 use crate::config::{BackendAddress, PoolConfig};
@@ -24,7 +30,288 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// size-limited) or an empty one.
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+/// A pool's connections to its backends, keyed by backend address.
+///
+/// hyper-util's pooling client (`client::legacy`) did this job until
+/// issue 3's profiling: per request it cloned the client and its
+/// connector, hashed the pool key, checked a connection out and back in
+/// through its pool, and spawned a task to return an HTTP/1.1 connection
+/// once its response body ended: ~2.7 µs of the 13 µs Switchyard spent per
+/// proxied request (bench/RESULTS.md). This keeps hyper's own connection
+/// types (`client::conn`) and the same hyper-rustls connector, and only
+/// replaces the bookkeeping:
+/// - HTTP/1.1: every open connection stays in its backend's list, busy or
+///   not; a request goes to the first one hyper says is ready (its previous
+///   response done), else a new connection is opened. No hand-off task.
+/// - HTTP/2: one shared connection per backend, reopened when it closes.
+/// - A connection that closed before it took the request (the backend hung
+///   up an idle keep-alive connection) gets the request back from hyper,
+///   which is then sent on a new connection.
+/// - Connections idle longer than the pool's `idle_timeout_ms` are closed
+///   (at the next request, or by a sweep every half idle timeout).
+#[derive(Clone)]
+pub struct UpstreamClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: HttpsConnector<HttpConnector>,
+    http2: bool,
+    idle_timeout: Duration,
+    hosts: Mutex<HashMap<Box<str>, Host>>,
+    sweeping: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct Host {
+    h1: Vec<H1>,
+    h2: Option<http2::SendRequest<UpstreamBody>>,
+}
+
+struct H1 {
+    sender: http1::SendRequest<UpstreamBody>,
+    last_used: Instant,
+}
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub enum ClientError {
+    /// No connection could be opened (refused, unreachable, timed out, or
+    /// the TLS handshake failed).
+    Connect(BoxError),
+    /// The connection failed after the request went out, or the response
+    /// was malformed.
+    Http(hyper::Error),
+    /// The request itself could not be sent as given.
+    Request(String),
+}
+
+impl ClientError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, ClientError::Connect(_))
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Connect(_) => f.write_str("cannot connect"),
+            ClientError::Http(e) => e.fmt(f),
+            ClientError::Request(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Connect(e) => Some(&**e),
+            ClientError::Http(e) => Some(e),
+            ClientError::Request(_) => None,
+        }
+    }
+}
+
+impl Host {
+    /// Drops connections that closed or idled past `idle_timeout`.
+    fn prune(&mut self, now: Instant, idle_timeout: Duration) {
+        self.h1.retain(|c| {
+            !c.sender.is_closed()
+                && !(c.sender.is_ready() && now.duration_since(c.last_used) > idle_timeout)
+        });
+        if self.h2.as_ref().is_some_and(|s| s.is_closed()) {
+            self.h2 = None;
+        }
+    }
+}
+
+impl UpstreamClient {
+    /// Sends `req` (its URI absolute: scheme and backend address) on a
+    /// pooled connection, or a new one.
+    pub async fn request(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let uri = req.uri().clone();
+        let Some(authority) = uri.authority().map(|a| a.as_str()) else {
+            return Err(ClientError::Request(format!("no backend address in {uri}")));
+        };
+        if self.inner.http2 {
+            let sender = self.h2_sender(authority);
+            let mut sender = match sender {
+                Some(s) => s,
+                None => self.connect_h2(&uri, authority).await?,
+            };
+            return sender.send_request(req).await.map_err(ClientError::Http);
+        }
+        // HTTP/1.1 sends the origin form; Host is set by the caller.
+        *req.uri_mut() = origin_form(&uri);
+        let sent = {
+            let now = Instant::now();
+            let mut hosts = self.inner.hosts.lock().expect("upstream connections");
+            let ready = hosts
+                .get_mut(authority)
+                .and_then(|h| h.h1.iter_mut().rev().find(|c| c.sender.is_ready()));
+            match ready {
+                Some(c) => {
+                    c.last_used = now;
+                    Ok(c.sender.try_send_request(req))
+                }
+                None => {
+                    if let Some(h) = hosts.get_mut(authority) {
+                        h.prune(now, self.inner.idle_timeout);
+                    }
+                    Err(req)
+                }
+            }
+        };
+        let req = match sent {
+            Ok(sent) => match sent.await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    // Closed before it took the request: try a new one.
+                    Some(req) => {
+                        debug!(backend = %authority, error = %e.error(), "pooled connection closed; opening another");
+                        req
+                    }
+                    None => return Err(ClientError::Http(e.into_error())),
+                },
+            },
+            Err(req) => req,
+        };
+        let mut sender = self.connect_h1(&uri).await?;
+        let sent = sender.send_request(req);
+        self.inner
+            .hosts
+            .lock()
+            .expect("upstream connections")
+            .entry(authority.into())
+            .or_default()
+            .h1
+            .push(H1 {
+                sender,
+                last_used: Instant::now(),
+            });
+        self.start_sweeping();
+        sent.await.map_err(ClientError::Http)
+    }
+
+    fn h2_sender(&self, authority: &str) -> Option<http2::SendRequest<UpstreamBody>> {
+        let hosts = self.inner.hosts.lock().expect("upstream connections");
+        hosts
+            .get(authority)
+            .and_then(|h| h.h2.as_ref())
+            .filter(|s| !s.is_closed())
+            .cloned()
+    }
+
+    async fn connect(
+        &self,
+        uri: &Uri,
+    ) -> Result<
+        hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>,
+        ClientError,
+    > {
+        let mut connector = self.inner.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(ClientError::Connect)?;
+        connector
+            .call(uri.clone())
+            .await
+            .map_err(ClientError::Connect)
+    }
+
+    async fn connect_h1(&self, uri: &Uri) -> Result<http1::SendRequest<UpstreamBody>, ClientError> {
+        let io = self.connect(uri).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| ClientError::Connect(e.into()))?;
+        // With upgrades, so a 101 hands the connection to the tunnel.
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_h2(
+        &self,
+        uri: &Uri,
+        authority: &str,
+    ) -> Result<http2::SendRequest<UpstreamBody>, ClientError> {
+        let io = self.connect(uri).await?;
+        if uri.scheme() == Some(&http::uri::Scheme::HTTPS) && !io.connected().is_negotiated_h2() {
+            return Err(ClientError::Connect(
+                "the backend did not agree to HTTP/2 (ALPN h2)".into(),
+            ));
+        }
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| ClientError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        self.inner
+            .hosts
+            .lock()
+            .expect("upstream connections")
+            .entry(authority.into())
+            .or_default()
+            .h2 = Some(sender.clone());
+        self.start_sweeping();
+        Ok(sender)
+    }
+
+    /// Starts the sweep of idle connections, once per client; it ends with
+    /// the client.
+    fn start_sweeping(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let every = (self.inner.idle_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let now = Instant::now();
+                let mut hosts = inner.hosts.lock().expect("upstream connections");
+                for h in hosts.values_mut() {
+                    h.prune(now, inner.idle_timeout);
+                }
+                hosts.retain(|_, h| !h.h1.is_empty() || h.h2.is_some());
+            }
+        });
+    }
+
+    /// Open connections (busy or idle) per backend address, for tests.
+    pub fn open_connections(&self) -> usize {
+        let hosts = self.inner.hosts.lock().expect("upstream connections");
+        hosts
+            .values()
+            .map(|h| {
+                h.h1.iter().filter(|c| !c.sender.is_closed()).count() + usize::from(h.h2.is_some())
+            })
+            .sum()
+    }
+}
+
+/// `/path?query` of an absolute URI.
+fn origin_form(uri: &Uri) -> Uri {
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    Uri::from(pq)
+}
 
 /// The client of pool `name`; an error names the key and file at fault.
 pub fn build(
@@ -73,14 +360,15 @@ pub fn build(
             }
         }
     };
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(c.idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http2_only(c.http2)
-        // The proxy sets Host itself, from the client's request.
-        .set_host(false)
-        .build(connector))
+    Ok(UpstreamClient {
+        inner: Arc::new(Inner {
+            connector,
+            http2: c.http2,
+            idle_timeout: c.idle_timeout,
+            hosts: Mutex::new(HashMap::new()),
+            sweeping: std::sync::atomic::AtomicBool::new(false),
+        }),
+    })
 }
 
 /// The name a backend's certificate is checked against: its configured
