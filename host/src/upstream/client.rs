@@ -116,8 +116,9 @@ impl Host {
     /// Drops connections that closed or idled past `idle_timeout`.
     fn prune(&mut self, now: Instant, idle_timeout: Duration) {
         self.h1.retain(|c| {
-            !c.sender.is_closed()
-                && !(c.sender.is_ready() && now.duration_since(c.last_used) > idle_timeout)
+            let idle_too_long =
+                c.sender.is_ready() && now.duration_since(c.last_used) > idle_timeout;
+            !(c.sender.is_closed() || idle_too_long)
         });
         if self.h2.as_ref().is_some_and(|s| s.is_closed()) {
             self.h2 = None;
