@@ -53,6 +53,16 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop fields. With `keep_upgrade`, `Upgrade` and a
 /// `Connection: upgrade` survive, as an upgrade needs them end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most heads carry none of these: one pass over the (few) names is
+    // cheaper than hashing every hop-by-hop name into the map.
+    let fixed = fixed_hop_by_hop();
+    if !keep_upgrade
+        && !headers
+            .keys()
+            .any(|n| n == header::UPGRADE || fixed.iter().any(|f| *f == n))
+    {
+        return;
+    }
     // Fields named by Connection are hop-by-hop too (RFC 9110 §7.6.1).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -65,7 +75,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for n in named {
         headers.remove(n);
     }
-    for n in fixed_hop_by_hop() {
+    for n in fixed {
         headers.remove(n);
     }
     if keep_upgrade {
