@@ -59,7 +59,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade
         && !headers
             .keys()
-            .any(|n| n == header::UPGRADE || fixed.iter().any(|f| *f == n))
+            .any(|n| n == header::UPGRADE || fixed.contains(&n))
     {
         return;
     }
