@@ -748,3 +748,92 @@ async fn a_backend_that_closes_idle_connections_costs_no_request() {
     server.abort();
     sy.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_host_that_is_not_visible_ascii_is_not_forwarded() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", web.addr)])).await;
+    let reply = raw(
+        addr_of(&sy, "l"),
+        b"GET /odd HTTP/1.1\r\nHost: caf\xe9.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let seen = web.seen();
+    let got = seen
+        .iter()
+        .find(|s| s.uri == "/odd")
+        .expect("request reached the backend");
+    assert!(got.headers.get("host").is_none(), "{:?}", got.headers);
+    assert!(got.headers.get("x-forwarded-host").is_none());
+    assert!(!got.headers["forwarded"].to_str().unwrap().contains("host="));
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_http2_backend_that_sends_goaway_after_each_request_costs_no_request() {
+    use hyper::server::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    // Every connection says GOAWAY as soon as it has answered one request
+    // (like a backend with max requests per connection = 1).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let answered = std::sync::Arc::new(tokio::sync::Notify::new());
+                let signal = answered.clone();
+                let svc = hyper::service::service_fn(move |_req| {
+                    signal.notify_one();
+                    async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"h2")),
+                        ))
+                    }
+                });
+                let conn = http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = answered.notified() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        }
+    });
+    let sy = start_switchyard(
+        &one_pool("http2 = true", ""),
+        &BTreeMap::from([("web", addr)]),
+    )
+    .await;
+    let c = client(false);
+    let at = addr_of(&sy, "l");
+    // Concurrent requests, so some reach the shared connection while its
+    // GOAWAY is on the way: those must go out again on a new connection.
+    for round in 0..10 {
+        let batch: Vec<_> = (0..8)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { get(&c, at, "/", &[]).await })
+            })
+            .collect();
+        for b in batch {
+            let got = b.await.unwrap();
+            assert_eq!(
+                (round, got.status.as_u16(), got.text()),
+                (round, 200, "h2".to_owned())
+            );
+        }
+    }
+    assert!(accepted.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    server.abort();
+    sy.shutdown(Duration::from_secs(5)).await;
+}

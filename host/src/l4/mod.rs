@@ -54,14 +54,13 @@ pub(crate) async fn route(
     let (mut pool_name, mut named) = (cfg.pool.clone(), None);
     if let Some(policy) = &state.policy {
         let directory: Arc<dyn Directory> = state.upstreams.clone();
-        let called = std::time::Instant::now();
-        let verdict = policy
-            .on_connect(&info, cfg.pool.as_deref(), &directory)
+        let (verdict, took) = policy
+            .on_connect_timed(&info, cfg.pool.as_deref(), &directory)
             .await;
         crate::l7::server::record_policy_call(
             &state.metrics,
             &policy.name,
-            called,
+            took,
             verdict.as_ref().err(),
         );
         match verdict {

@@ -288,7 +288,7 @@ async fn handle(req: Request<Incoming>, conn: &Conn, state: &HttpState) -> Respo
 pub(crate) fn record_policy_call(
     metrics: &Metrics,
     policy: &Label,
-    started: Instant,
+    took: std::time::Duration,
     error: Option<&crate::policy::PolicyError>,
 ) {
     metrics
@@ -303,7 +303,7 @@ pub(crate) fn record_policy_call(
         .get_or_create(&PolicyLabel {
             policy: policy.clone(),
         })
-        .observe(started.elapsed().as_secs_f64());
+        .observe(took.as_secs_f64());
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -380,11 +380,10 @@ async fn proxy(
                     &fresh
                 }
             };
-            let called = Instant::now();
-            let d = policy
-                .on_request(&head, info, cfg.pool.as_deref(), &directory)
+            let (d, took) = policy
+                .on_request_timed(&head, info, cfg.pool.as_deref(), &directory)
                 .await;
-            record_policy_call(&state.metrics, &policy.name, called, d.as_ref().err());
+            record_policy_call(&state.metrics, &policy.name, took, d.as_ref().err());
             snapshot = Some(head);
             match d {
                 Ok(d) => {
@@ -451,10 +450,16 @@ async fn proxy(
     // The request as the backend gets it.
     let upgrade = req.version() == Version::HTTP_11 && hygiene::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    // The authority the client named, as it sent it.
+    // The authority the client named, as it sent it: the same one the
+    // policy and the TLS Host check saw (a Host that is not visible ASCII
+    // counts as none and is not forwarded).
     let client_host = match req.uri().authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req.headers().get(header::HOST).cloned(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .filter(|v| v.to_str().is_ok())
+            .cloned(),
     };
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
@@ -541,7 +546,8 @@ async fn proxy(
     // Headers kept for a retry only when one is possible.
     let spare_headers = (retryable && pool.backends.len() > 1).then(|| headers.clone());
     let first = build(&backend, headers, body)?;
-    let sent = Instant::now();
+    // Upstream time is for the access log only.
+    let sent = (cfg.access_log != Format::Off).then(Instant::now);
     let (mut resp, in_flight) = match send(&state.metrics, &pool, &backend, first)
         .await
         .map_err(over_limit)
@@ -560,7 +566,7 @@ async fn proxy(
         Err(e) => return Err(e),
     };
 
-    trace.upstream = Some(sent.elapsed());
+    trace.upstream = sent.map(|s| s.elapsed());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);

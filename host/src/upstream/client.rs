@@ -44,11 +44,15 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 ///   not; a request goes to the first one hyper says is ready (its previous
 ///   response done), else a new connection is opened. No hand-off task.
 /// - HTTP/2: one shared connection per backend, reopened when it closes.
-/// - A connection that closed before it took the request (the backend hung
-///   up an idle keep-alive connection) gets the request back from hyper,
-///   which is then sent on a new connection.
-/// - Connections idle longer than the pool's `idle_timeout_ms` are closed
-///   (at the next request, or by a sweep every half idle timeout).
+///   Requests that find no connection open one each, so a burst at start
+///   may open a few; the last one is kept, the others close when their
+///   requests end.
+/// - A connection that closed (HTTP/1.1) or is going away (HTTP/2 GOAWAY)
+///   before it took the request gets the request back from hyper, which is
+///   then sent on a new connection.
+/// - Connections idle longer than the pool's `idle_timeout_ms` are not
+///   used again and are closed (at the next request, or by a sweep every
+///   half idle timeout).
 #[derive(Clone)]
 pub struct UpstreamClient {
     inner: Arc<Inner>,
@@ -65,11 +69,16 @@ struct Inner {
 #[derive(Default)]
 struct Host {
     h1: Vec<H1>,
-    h2: Option<http2::SendRequest<UpstreamBody>>,
+    h2: Option<H2>,
 }
 
 struct H1 {
     sender: http1::SendRequest<UpstreamBody>,
+    last_used: Instant,
+}
+
+struct H2 {
+    sender: http2::SendRequest<UpstreamBody>,
     last_used: Instant,
 }
 
@@ -106,24 +115,33 @@ impl std::error::Error for ClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ClientError::Connect(e) => Some(&**e),
-            ClientError::Http(e) => Some(e),
+            // The hyper error is this error's own text; its cause (a body
+            // error such as the size limit) is the source.
+            ClientError::Http(e) => e.source(),
             ClientError::Request(_) => None,
         }
     }
 }
 
 impl Host {
-    /// Drops connections that closed or idled past `idle_timeout`.
+    /// Drops connections that closed or idled past `idle_timeout` (an
+    /// HTTP/2 connection is closed by hyper once its last stream ends).
     fn prune(&mut self, now: Instant, idle_timeout: Duration) {
-        self.h1.retain(|c| {
-            let idle_too_long =
-                c.sender.is_ready() && now.duration_since(c.last_used) > idle_timeout;
-            !(c.sender.is_closed() || idle_too_long)
-        });
-        if self.h2.as_ref().is_some_and(|s| s.is_closed()) {
+        self.h1
+            .retain(|c| !(c.sender.is_closed() || expired(c, now, idle_timeout)));
+        if self
+            .h2
+            .as_ref()
+            .is_some_and(|c| c.sender.is_closed() || now.duration_since(c.last_used) > idle_timeout)
+        {
             self.h2 = None;
         }
     }
+}
+
+/// An idle HTTP/1.1 connection unused for longer than `idle_timeout`.
+fn expired(c: &H1, now: Instant, idle_timeout: Duration) -> bool {
+    c.sender.is_ready() && now.duration_since(c.last_used) > idle_timeout
 }
 
 impl UpstreamClient {
@@ -138,11 +156,22 @@ impl UpstreamClient {
             return Err(ClientError::Request(format!("no backend address in {uri}")));
         };
         if self.inner.http2 {
-            let sender = self.h2_sender(authority);
-            let mut sender = match sender {
-                Some(s) => s,
-                None => self.connect_h2(&uri, authority).await?,
-            };
+            if let Some(mut sender) = self.h2_sender(authority) {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(mut e) => match e.take_message() {
+                        // The connection was going away (GOAWAY, or closed)
+                        // before it took the request: send it on a new one.
+                        Some(back) => {
+                            debug!(backend = %authority, error = %e.error(), "HTTP/2 connection closing; opening another");
+                            self.forget_h2(authority);
+                            req = back;
+                        }
+                        None => return Err(ClientError::Http(e.into_error())),
+                    },
+                }
+            }
+            let mut sender = self.connect_h2(&uri, authority).await?;
             return sender.send_request(req).await.map_err(ClientError::Http);
         }
         // HTTP/1.1 sends the origin form; Host is set by the caller.
@@ -150,9 +179,12 @@ impl UpstreamClient {
         let sent = {
             let now = Instant::now();
             let mut hosts = self.inner.hosts.lock().expect("upstream connections");
-            let ready = hosts
-                .get_mut(authority)
-                .and_then(|h| h.h1.iter_mut().rev().find(|c| c.sender.is_ready()));
+            let idle_timeout = self.inner.idle_timeout;
+            let ready = hosts.get_mut(authority).and_then(|h| {
+                h.h1.iter_mut()
+                    .rev()
+                    .find(|c| c.sender.is_ready() && !expired(c, now, idle_timeout))
+            });
             match ready {
                 Some(c) => {
                     c.last_used = now;
@@ -160,7 +192,7 @@ impl UpstreamClient {
                 }
                 None => {
                     if let Some(h) = hosts.get_mut(authority) {
-                        h.prune(now, self.inner.idle_timeout);
+                        h.prune(now, idle_timeout);
                     }
                     Err(req)
                 }
@@ -197,13 +229,30 @@ impl UpstreamClient {
         sent.await.map_err(ClientError::Http)
     }
 
+    /// The shared HTTP/2 connection to `authority`, unless it closed or
+    /// idled out.
     fn h2_sender(&self, authority: &str) -> Option<http2::SendRequest<UpstreamBody>> {
-        let hosts = self.inner.hosts.lock().expect("upstream connections");
-        hosts
-            .get(authority)
-            .and_then(|h| h.h2.as_ref())
-            .filter(|s| !s.is_closed())
-            .cloned()
+        let now = Instant::now();
+        let mut hosts = self.inner.hosts.lock().expect("upstream connections");
+        let h = hosts.get_mut(authority)?;
+        h.prune(now, self.inner.idle_timeout);
+        let c = h.h2.as_mut()?;
+        c.last_used = now;
+        Some(c.sender.clone())
+    }
+
+    /// Stops sharing the HTTP/2 connection to `authority` (it is going
+    /// away); requests in flight on it finish.
+    fn forget_h2(&self, authority: &str) {
+        if let Some(h) = self
+            .inner
+            .hosts
+            .lock()
+            .expect("upstream connections")
+            .get_mut(authority)
+        {
+            h.h2 = None;
+        }
     }
 
     async fn connect(
@@ -265,7 +314,10 @@ impl UpstreamClient {
             .expect("upstream connections")
             .entry(authority.into())
             .or_default()
-            .h2 = Some(sender.clone());
+            .h2 = Some(H2 {
+            sender: sender.clone(),
+            last_used: Instant::now(),
+        });
         self.start_sweeping();
         Ok(sender)
     }
@@ -291,17 +343,6 @@ impl UpstreamClient {
                 hosts.retain(|_, h| !h.h1.is_empty() || h.h2.is_some());
             }
         });
-    }
-
-    /// Open connections (busy or idle) per backend address, for tests.
-    pub fn open_connections(&self) -> usize {
-        let hosts = self.inner.hosts.lock().expect("upstream connections");
-        hosts
-            .values()
-            .map(|h| {
-                h.h1.iter().filter(|c| !c.sender.is_closed()).count() + usize::from(h.h2.is_some())
-            })
-            .sum()
     }
 }
 
