@@ -837,3 +837,172 @@ async fn an_http2_backend_that_sends_goaway_after_each_request_costs_no_request(
     server.abort();
     sy.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_client_that_sends_its_head_too_slowly_is_disconnected() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("", "header_read_timeout_ms = 300"),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(addr_of(&sy, "l"))
+        .await
+        .unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Drip: ")
+        .await
+        .unwrap();
+    // One byte every 100 ms, never finishing the head (slowloris).
+    let started = Instant::now();
+    let mut closed = None;
+    while started.elapsed() < Duration::from_secs(3) {
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = Some(started.elapsed());
+                break;
+            }
+            Ok(Ok(_)) => {} // a 408 is fine too; keep reading until closed
+            Err(_) => {
+                if s.write_all(b"a").await.is_err() {
+                    closed = Some(started.elapsed());
+                    break;
+                }
+            }
+        }
+    }
+    let closed = closed.expect("the connection was still open after 3 s");
+    assert!(
+        closed < Duration::from_millis(1500),
+        "closed after {closed:?}"
+    );
+    assert!(web.seen().iter().all(|r| r.uri != "/slow"));
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn http2_clients_get_at_most_the_configured_concurrent_streams() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    // A backend that takes 300 ms per request.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(Bytes::from_static(b"slow")),
+                    ))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let sy = start_switchyard(
+        &one_pool("", "http2_max_concurrent_streams = 2"),
+        &BTreeMap::from([("web", addr)]),
+    )
+    .await;
+    // One HTTP/2 connection, six requests at once: with two streams at a
+    // time they take three rounds of 300 ms. (A first request lets the
+    // client read the server's SETTINGS; streams a client opens past the
+    // limit before that are refused with REFUSED_STREAM.)
+    let c = client(true);
+    let at = addr_of(&sy, "l");
+    assert_eq!(get(&c, at, "/", &[]).await.text(), "slow");
+    let started = Instant::now();
+    let all: Vec<_> = (0..6)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { get(&c, at, "/", &[]).await })
+        })
+        .collect();
+    for r in all {
+        assert_eq!(r.await.unwrap().text(), "slow");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(850),
+        "six 300 ms requests over two streams took only {took:?}"
+    );
+    server.abort();
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_http2_reset_flood_is_cut_off_and_barely_reaches_the_backend() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", web.addr)])).await;
+    let tcp = tokio::net::TcpStream::connect(addr_of(&sy, "l"))
+        .await
+        .unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(conn);
+    // "Rapid reset" (CVE-2023-44487): open a stream and cancel it at once,
+    // thousands of times, never waiting for an answer.
+    let mut sent = 0;
+    for _ in 0..5_000 {
+        let req = Request::get("http://x/flood").body(()).unwrap();
+        let Ok(ready) = h2.clone().ready().await else {
+            break;
+        };
+        h2 = ready;
+        match h2.send_request(req, true) {
+            Ok((_, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(_) => break,
+        }
+        sent += 1;
+    }
+    // The server ends the connection (GOAWAY) rather than serving them all.
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    let forwarded = web.seen().iter().filter(|s| s.uri == "/flood").count();
+    assert!(
+        ended.is_ok(),
+        "the connection survived {sent} reset streams"
+    );
+    assert!(
+        forwarded < 1_000,
+        "{forwarded} of {sent} cancelled streams reached the backend"
+    );
+    // The listener still serves others.
+    assert_eq!(
+        get(&client(false), addr_of(&sy, "l"), "/", &[])
+            .await
+            .status,
+        200
+    );
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_http2_header_list_over_the_cap_never_reaches_the_backend() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("", "max_header_bytes = 8192"),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let c = client(true);
+    let at = addr_of(&sy, "l");
+    let big = "v".repeat(32 * 1024);
+    let req = Request::get(format!("http://{at}/big-h2"))
+        .header("x-big", big.as_str())
+        .body(
+            http_body_util::Empty::<Bytes>::new()
+                .map_err(|n| match n {})
+                .boxed(),
+        )
+        .unwrap();
+    match c.request(req).await {
+        Ok(resp) => assert_eq!(resp.status(), 431),
+        Err(e) => eprintln!("refused: {e}"), // a stream reset is fine too
+    }
+    assert!(web.seen().iter().all(|s| s.uri != "/big-h2"));
+    // The same client, under the cap, is served.
+    assert_eq!(get(&c, at, "/", &[]).await.status, 200);
+    sy.shutdown(Duration::from_secs(5)).await;
+}
