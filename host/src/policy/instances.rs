@@ -239,20 +239,22 @@ impl Policy {
         }
     }
 
-    /// A warm instance armed with the call budget from `started`.
+    /// A warm instance armed with the call budget: from `started` when one
+    /// was waiting (no clock read), from now when one had to be made (the
+    /// instantiation has its own budget and must not eat the call's).
     async fn checkout(
         &self,
         directory: &Arc<dyn Directory>,
         started: Instant,
     ) -> Result<Warm, PolicyError> {
         let warm = self.idle.lock().expect("idle instances").pop();
-        let mut warm = match warm {
-            Some(w) => w,
-            None => self.instantiate(directory.clone()).await?,
+        let (mut warm, from) = match warm {
+            Some(w) => (w, started),
+            None => (self.instantiate(directory.clone()).await?, Instant::now()),
         };
         warm.store.data_mut().directory = directory.clone();
         warm.calls += 1;
-        Self::arm(&mut warm.store, started, self.limits.timeout);
+        Self::arm(&mut warm.store, from, self.limits.timeout);
         Ok(warm)
     }
 
