@@ -710,31 +710,22 @@ async fn pooled_connections_close_after_the_pool_idle_timeout() {
 async fn a_backend_that_closes_idle_connections_costs_no_request() {
     // Answers one request per connection, then hangs up after 20 ms
     // without saying so (like a short keep-alive timeout).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = accepted.clone();
-    let server = tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            });
+    let backend = RawBackend::start(|mut s| async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
         }
-    });
-    let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", addr)])).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    })
+    .await;
+    let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", backend.addr)])).await;
     let c = client(false);
     for i in 0..5 {
         let got = get(&c, addr_of(&sy, "l"), "/", &[]).await;
@@ -744,8 +735,7 @@ async fn a_backend_that_closes_idle_connections_costs_no_request() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 5);
-    server.abort();
+    assert_eq!(backend.accepted(), 5);
     sy.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -777,41 +767,31 @@ async fn an_http2_backend_that_sends_goaway_after_each_request_costs_no_request(
     use hyper_util::rt::{TokioExecutor, TokioIo};
     // Every connection says GOAWAY as soon as it has answered one request
     // (like a backend with max requests per connection = 1).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = accepted.clone();
-    let server = tokio::spawn(async move {
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tokio::spawn(async move {
-                let answered = std::sync::Arc::new(tokio::sync::Notify::new());
-                let signal = answered.clone();
-                let svc = hyper::service::service_fn(move |_req| {
-                    signal.notify_one();
-                    async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            http_body_util::Full::new(Bytes::from_static(b"h2")),
-                        ))
-                    }
-                });
-                let conn = http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = answered.notified() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
-            });
+    let backend = RawBackend::start(|s| async move {
+        let answered = std::sync::Arc::new(tokio::sync::Notify::new());
+        let signal = answered.clone();
+        let svc = hyper::service::service_fn(move |_req| {
+            signal.notify_one();
+            async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    Bytes::from_static(b"h2"),
+                )))
+            }
+        });
+        let conn = http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(s), svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = answered.notified() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
         }
-    });
+    })
+    .await;
     let sy = start_switchyard(
         &one_pool("http2 = true", ""),
-        &BTreeMap::from([("web", addr)]),
+        &BTreeMap::from([("web", backend.addr)]),
     )
     .await;
     let c = client(false);
@@ -833,8 +813,7 @@ async fn an_http2_backend_that_sends_goaway_after_each_request_costs_no_request(
             );
         }
     }
-    assert!(accepted.load(std::sync::atomic::Ordering::Relaxed) >= 2);
-    server.abort();
+    assert!(backend.accepted() >= 2);
     sy.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -884,27 +863,21 @@ async fn a_client_that_sends_its_head_too_slowly_is_disconnected() {
 async fn http2_clients_get_at_most_the_configured_concurrent_streams() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     // A backend that takes 300 ms per request.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(Bytes::from_static(b"slow")),
-                    ))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
+    let backend = RawBackend::start(|s| async move {
+        let svc = hyper::service::service_fn(|_req| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                Bytes::from_static(b"slow"),
+            )))
+        });
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(s), svc)
+            .await;
+    })
+    .await;
     let sy = start_switchyard(
         &one_pool("", "http2_max_concurrent_streams = 2"),
-        &BTreeMap::from([("web", addr)]),
+        &BTreeMap::from([("web", backend.addr)]),
     )
     .await;
     // One HTTP/2 connection, six requests at once: with two streams at a
@@ -929,7 +902,6 @@ async fn http2_clients_get_at_most_the_configured_concurrent_streams() {
         took >= Duration::from_millis(850),
         "six 300 ms requests over two streams took only {took:?}"
     );
-    server.abort();
     sy.shutdown(Duration::from_secs(5)).await;
 }
 

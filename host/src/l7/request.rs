@@ -3,20 +3,22 @@
 //! headers built from the decision afterwards.
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Uri, Version, header};
 
 use crate::config::HashKey;
 use crate::policy::{ForwardAction, types};
 
 /// The authority the client named: `:authority`/absolute-form first, then
-/// `Host`.
-pub fn authority(uri: &Uri, headers: &HeaderMap) -> Option<String> {
-    uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
-        headers
+/// `Host` (only when it is visible ASCII), as a header value ready to
+/// forward.
+pub fn authority(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
+    match uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => headers
             .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-    })
+            .filter(|h| h.to_str().is_ok())
+            .cloned(),
+    }
 }
 
 fn version(v: Version) -> types::HttpVersion {

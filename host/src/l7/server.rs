@@ -341,12 +341,16 @@ async fn proxy(
         .trusted_proxies
         .iter()
         .any(|n| n.contains(&peer.ip().to_canonical()));
-    let authority = request::authority(req.uri(), req.headers());
+    // The authority the client named (`:authority`/absolute form, else
+    // `Host`), as it sent it; a Host that is not visible ASCII counts as
+    // none, for the policy, the TLS Host check and the backend alike.
+    let client_host = request::authority(req.uri(), req.headers());
+    let authority = client_host.as_ref().and_then(|v| v.to_str().ok());
     // Domain-fronting guard: a TLS connection made for one name carries
     // requests for that name only.
     if let (Some(tls), Some(terminator)) = (&conn.tls, &state.tls)
         && terminator.settings.check_host
-        && let (Some(sni), Some(host)) = (&tls.sni, authority.as_deref())
+        && let (Some(sni), Some(host)) = (&tls.sni, authority)
         && !request::host_matches(host, sni)
     {
         return Err(ProxyError::Misdirected {
@@ -367,7 +371,7 @@ async fn proxy(
                 req.version(),
                 req.headers(),
                 conn.scheme(),
-                authority.as_deref(),
+                authority,
             );
             let fresh;
             let info = match conn.policy_view.get() {
@@ -450,41 +454,20 @@ async fn proxy(
     // The request as the backend gets it.
     let upgrade = req.version() == Version::HTTP_11 && hygiene::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    // The authority the client named, as it sent it: the same one the
-    // policy and the TLS Host check saw (a Host that is not visible ASCII
-    // counts as none and is not forwarded).
-    let client_host = match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .filter(|v| v.to_str().is_ok())
-            .cloned(),
-    };
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     hygiene::strip_hop_by_hop(&mut headers, upgrade);
     for edit in &action.request_headers {
         edit.apply(&mut headers);
     }
-    match &action.authority {
-        Some(a) => match HeaderValue::from_str(a.as_str()) {
-            Ok(v) => {
-                headers.insert(header::HOST, v);
-            }
-            Err(_) => {
-                headers.remove(header::HOST);
-            }
-        },
-        None => match &client_host {
-            Some(v) => {
-                headers.insert(header::HOST, v.clone());
-            }
-            None => {
-                headers.remove(header::HOST);
-            }
-        },
-    }
+    let host = match &action.authority {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => client_host.clone(),
+    };
+    match host {
+        Some(v) => headers.insert(header::HOST, v),
+        None => headers.remove(header::HOST),
+    };
     hygiene::add_forwarded(
         &mut headers,
         &conn.peer_text,

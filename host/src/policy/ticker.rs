@@ -43,7 +43,7 @@ struct Shared {
     /// Current watch period in nanoseconds.
     watch_ns: AtomicU64,
     thread: OnceLock<Thread>,
-    /// Epoch increments so far (for tests and the admin view).
+    /// Epoch increments so far (read by the tests).
     ticks: AtomicU64,
 }
 
@@ -104,13 +104,15 @@ impl Ticker {
         Busy(s)
     }
 
-    /// Whether the ticker thread is parked (for tests).
-    pub fn is_parked(&self) -> bool {
+    /// Whether the ticker thread is parked.
+    #[cfg(test)]
+    fn is_parked(&self) -> bool {
         self.shared.parked.load(Ordering::SeqCst)
     }
 
     /// Epoch increments so far.
-    pub fn ticks(&self) -> u64 {
+    #[cfg(test)]
+    fn ticks(&self) -> u64 {
         self.shared.ticks.load(Ordering::Relaxed)
     }
 }

@@ -66,6 +66,12 @@ struct Inner {
     sweeping: std::sync::atomic::AtomicBool,
 }
 
+impl Inner {
+    fn hosts(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Host>> {
+        self.hosts.lock().expect("upstream connections")
+    }
+}
+
 #[derive(Default)]
 struct Host {
     h1: Vec<H1>,
@@ -178,7 +184,7 @@ impl UpstreamClient {
         *req.uri_mut() = origin_form(&uri);
         let sent = {
             let now = Instant::now();
-            let mut hosts = self.inner.hosts.lock().expect("upstream connections");
+            let mut hosts = self.inner.hosts();
             let idle_timeout = self.inner.idle_timeout;
             let ready = hosts.get_mut(authority).and_then(|h| {
                 h.h1.iter_mut()
@@ -215,9 +221,7 @@ impl UpstreamClient {
         let mut sender = self.connect_h1(&uri).await?;
         let sent = sender.send_request(req);
         self.inner
-            .hosts
-            .lock()
-            .expect("upstream connections")
+            .hosts()
             .entry(authority.into())
             .or_default()
             .h1
@@ -233,7 +237,7 @@ impl UpstreamClient {
     /// idled out.
     fn h2_sender(&self, authority: &str) -> Option<http2::SendRequest<UpstreamBody>> {
         let now = Instant::now();
-        let mut hosts = self.inner.hosts.lock().expect("upstream connections");
+        let mut hosts = self.inner.hosts();
         let h = hosts.get_mut(authority)?;
         h.prune(now, self.inner.idle_timeout);
         let c = h.h2.as_mut()?;
@@ -244,13 +248,7 @@ impl UpstreamClient {
     /// Stops sharing the HTTP/2 connection to `authority` (it is going
     /// away); requests in flight on it finish.
     fn forget_h2(&self, authority: &str) {
-        if let Some(h) = self
-            .inner
-            .hosts
-            .lock()
-            .expect("upstream connections")
-            .get_mut(authority)
-        {
+        if let Some(h) = self.inner.hosts().get_mut(authority) {
             h.h2 = None;
         }
     }
@@ -308,13 +306,7 @@ impl UpstreamClient {
                 debug!(error = %e, "upstream HTTP/2 connection ended with an error");
             }
         });
-        self.inner
-            .hosts
-            .lock()
-            .expect("upstream connections")
-            .entry(authority.into())
-            .or_default()
-            .h2 = Some(H2 {
+        self.inner.hosts().entry(authority.into()).or_default().h2 = Some(H2 {
             sender: sender.clone(),
             last_used: Instant::now(),
         });
@@ -336,7 +328,7 @@ impl UpstreamClient {
                 tokio::time::sleep(every).await;
                 let Some(inner) = weak.upgrade() else { return };
                 let now = Instant::now();
-                let mut hosts = inner.hosts.lock().expect("upstream connections");
+                let mut hosts = inner.hosts();
                 for h in hosts.values_mut() {
                     h.prune(now, inner.idle_timeout);
                 }
