@@ -40,7 +40,7 @@ fn main() {
         .unwrap();
     let dir: Arc<dyn Directory> = Arc::new(OpenDirectory);
     let cache = std::env::temp_dir().join(format!("switchyard-lang-bench-{}", std::process::id()));
-    let (req, conn) = (common::request("/images/cat.png"), common::connection());
+    let (mut req, conn) = (common::request("/images/cat.png"), common::connection());
     println!(
         "| language | component | compile (no cache) | load from cache | fresh instance (instantiate + init + call) | warm call |"
     );
@@ -108,7 +108,7 @@ fn main() {
         let mut fresh_calls = Vec::new();
         for _ in 0..20 {
             let started = Instant::now();
-            rt.block_on(fresh.on_request(&req, &conn, Some("web"), &dir))
+            rt.block_on(fresh.on_request(&mut req, &conn, Some("web"), &dir))
                 .unwrap();
             fresh_calls.push(started.elapsed());
         }
@@ -124,7 +124,7 @@ fn main() {
             let started = Instant::now();
             rt.block_on(async {
                 for _ in 0..n {
-                    warm.on_request(&req, &conn, Some("web"), &dir)
+                    warm.on_request(&mut req, &conn, Some("web"), &dir)
                         .await
                         .unwrap();
                 }

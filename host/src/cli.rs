@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Protocol};
 use crate::policy::{
-    self, Directory, EngineSettings, Limits, OpenDirectory, PolicyEngine, PolicyKind,
-    StaticDirectory, types,
+    self, ConnectionInfo, Directory, EngineSettings, Limits, OpenDirectory, PolicyEngine,
+    PolicyKind, RequestView, StaticDirectory, types,
 };
 
 #[derive(Debug, Parser)]
@@ -174,7 +174,7 @@ pub async fn check(config_path: &Path) -> Result<(), Vec<String>> {
     }
 }
 
-fn parse_request(t: &PolicyTest) -> anyhow::Result<types::RequestHead> {
+fn parse_request(t: &PolicyTest) -> anyhow::Result<RequestView> {
     let (method, target) = t
         .request
         .split_once(' ')
@@ -183,31 +183,22 @@ fn parse_request(t: &PolicyTest) -> anyhow::Result<types::RequestHead> {
     if !target.starts_with('/') {
         bail!("--request path must start with '/': {target:?}");
     }
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-        None => (target.to_owned(), None),
-    };
     let mut headers = Vec::new();
-    let mut authority = String::from("localhost");
     for h in &t.headers {
         let (name, value) = h
             .split_once(':')
             .with_context(|| format!("--header must look like \"name: value\": {h:?}"))?;
-        let name = name.trim().to_ascii_lowercase();
-        let value = value.trim().to_owned();
-        if name == "host" {
-            authority = value.clone();
-        }
-        headers.push(types::Header { name, value });
+        headers.push((name.trim().to_ascii_lowercase(), value.trim()));
     }
-    Ok(types::RequestHead {
-        method: method.to_owned(),
-        scheme: "http".into(),
-        authority,
-        path,
-        query,
-        headers,
-        version: types::HttpVersion::Http11,
+    if !headers.iter().any(|(n, _)| n == "host") {
+        headers.insert(0, ("host".into(), "localhost"));
+    }
+    let pairs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    RequestView::build(method, target, &pairs).with_context(|| {
+        format!(
+            "--request/--header do not make a valid request: {:?}",
+            t.request
+        )
     })
 }
 
@@ -239,34 +230,29 @@ pub async fn policy_test(t: &PolicyTest) -> anyhow::Result<serde_json::Value> {
         .client
         .parse()
         .with_context(|| format!("--client is not an IP address: {:?}", t.client))?;
-    let conn = types::ConnectionInfo {
-        client: types::SocketAddress {
-            ip: client_ip.to_string(),
-            port: 40000,
-        },
-        local: types::SocketAddress {
-            ip: "127.0.0.1".into(),
-            port: 8080,
-        },
-        listener: "policy-test".into(),
-        pool: t.pool.clone(),
-        transport: types::Transport::Tcp,
-        tls: t.sni.as_ref().map(|sni| types::TlsInfo {
-            sni: Some(sni.to_ascii_lowercase()),
-            alpn: None,
-            version: None,
-            client_subject: None,
-        }),
-    };
+    let mut conn = ConnectionInfo::new(
+        std::net::SocketAddr::new(client_ip, 40000),
+        "127.0.0.1:8080".parse().expect("an address"),
+        "policy-test",
+        t.pool.as_deref(),
+        types::Transport::Tcp,
+    );
+    conn.tls = t.sni.as_ref().map(|sni| types::TlsInfo {
+        sni: Some(sni.to_ascii_lowercase()),
+        alpn: None,
+        version: None,
+        client_subject: None,
+    });
+    let conn = Arc::new(conn);
     if t.sni.is_some() {
         Ok(loaded
             .on_connect(&conn, t.pool.as_deref(), &directory)
             .await?
             .to_json())
     } else {
-        let request = parse_request(t)?;
+        let mut request = parse_request(t)?;
         Ok(loaded
-            .on_request(&request, &conn, t.pool.as_deref(), &directory)
+            .on_request(&mut request, &conn, t.pool.as_deref(), &directory)
             .await?
             .to_json())
     }

@@ -128,6 +128,68 @@ dir = "{fixtures}"
     sy.shutdown(Duration::from_secs(5)).await;
 }
 
+/// The policy reads the request, its connection and the upstream response
+/// on demand (`request-head`, `connection`, `response-head` handles); what
+/// it reads is the request as the client sent it, and the request it lent
+/// comes back intact for the backend.
+#[tokio::test]
+async fn a_policy_reads_request_connection_and_response_on_demand() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        r#"
+[pools.web]
+backends = ["{web}"]
+[listeners.l]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+policy = "misbehave"
+[policies]
+dir = "{fixtures}"
+"#
+        .replace(
+            "{fixtures}",
+            &repo().join("tests/fixtures/wasm").display().to_string(),
+        )
+        .as_str(),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let c = client(false);
+    let l = addr_of(&sy, "l");
+    let probe = [
+        ("x-probe", "p1"),
+        ("x-multi", "1"),
+        ("x-multi", "2"),
+        ("cookie", "a=b; id=7"),
+    ];
+    let got = get(&c, l, "/echo?q=1", &probe).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&got.body),
+        format!(
+            "method=GET scheme=http authority={l} path=/echo query=q=1 version=1.1 \
+             probe=p1 PROBE=p1 multi=1|2 cookie=7 headers=5 \
+             client=127.0.0.1 local-port={} listener=l pool=web transport=tcp",
+            l.port()
+        )
+    );
+    assert!(web.seen().is_empty(), "a direct answer reaches no backend");
+
+    let got = get(&c, l, "/echo?inspect", &probe).await;
+    assert_eq!(got.status, 200);
+    let seen = got.headers["x-seen-response"].to_str().unwrap();
+    assert!(
+        seen.starts_with("request-path=/echo probe=p1 upstream-header=web headers="),
+        "{seen}"
+    );
+    let upstream = &web.seen()[0];
+    assert_eq!(upstream.uri, "/echo?inspect", "the lent request came back");
+    assert_eq!(upstream.headers["x-probe"], "p1");
+    assert_eq!(upstream.headers.get_all("x-multi").iter().count(), 2);
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn rate_limit_answers_429_directly() {
     let web = TestBackend::start("web").await;

@@ -16,7 +16,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use switchyard::policy::{
-    Directory, EngineSettings, HttpDecision, Limits, OpenDirectory, PolicyEngine, PolicyKind, types,
+    ConnectionInfo, Directory, EngineSettings, HttpDecision, Limits, OpenDirectory, PolicyEngine,
+    PolicyKind, RequestView, types,
 };
 use switchyard_tests::*;
 
@@ -71,36 +72,27 @@ fn config() -> String {
     std::fs::read_to_string(repo().join("policies/path-router.json")).unwrap()
 }
 
-fn request(method: &str, path: &str, query: Option<&str>) -> types::RequestHead {
-    types::RequestHead {
-        method: method.into(),
-        scheme: "http".into(),
-        authority: "example.test".into(),
-        path: path.into(),
-        query: query.map(Into::into),
-        headers: vec![types::Header {
-            name: "user-agent".into(),
-            value: "table/1".into(),
-        }],
-        version: types::HttpVersion::Http11,
-    }
+fn request(method: &str, path: &str, query: Option<&str>) -> RequestView {
+    let target = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    RequestView::build(
+        method,
+        &target,
+        &[("host", "example.test"), ("user-agent", "table/1")],
+    )
+    .unwrap()
 }
 
-fn conn() -> types::ConnectionInfo {
-    types::ConnectionInfo {
-        client: types::SocketAddress {
-            ip: "192.0.2.1".into(),
-            port: 40000,
-        },
-        local: types::SocketAddress {
-            ip: "127.0.0.1".into(),
-            port: 8080,
-        },
-        listener: "public".into(),
-        pool: Some("web".into()),
-        transport: types::Transport::Tcp,
-        tls: None,
-    }
+fn conn() -> Arc<ConnectionInfo> {
+    Arc::new(ConnectionInfo::new(
+        "192.0.2.1:40000".parse().unwrap(),
+        "127.0.0.1:8080".parse().unwrap(),
+        "public",
+        Some("web"),
+        types::Transport::Tcp,
+    ))
 }
 
 /// A decision, as comparable text.
@@ -156,7 +148,7 @@ async fn every_language_makes_the_same_decisions() {
         for (method, path, query) in table {
             let d = policy
                 .on_request(
-                    &request(method, path, query),
+                    &mut request(method, path, query),
                     &conn(),
                     Some("web"),
                     &directory,

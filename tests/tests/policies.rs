@@ -5,13 +5,15 @@
 //! `cargo xtask test` runs first).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use switchyard::policy::{
-    ConnDecision, Directory, EngineSettings, HeaderEdit, HttpDecision, Limits, OpenDirectory,
-    Policy, PolicyEngine, PolicyError, PolicyKind, StaticDirectory, types,
+    ConnDecision, ConnectionInfo, Directory, EngineSettings, HeaderEdit, HttpDecision, Limits,
+    OpenDirectory, Policy, PolicyEngine, PolicyError, PolicyKind, RequestView, StaticDirectory,
+    types,
 };
 
 static ENGINE: LazyLock<Arc<PolicyEngine>> =
@@ -78,55 +80,36 @@ fn open() -> Arc<dyn Directory> {
     Arc::new(OpenDirectory)
 }
 
-fn request(path: &str, headers: &[(&str, &str)]) -> types::RequestHead {
-    types::RequestHead {
-        method: "GET".into(),
-        scheme: "http".into(),
-        authority: "example.test".into(),
-        path: path.into(),
-        query: None,
-        headers: headers
-            .iter()
-            .map(|(n, v)| types::Header {
-                name: (*n).into(),
-                value: (*v).into(),
-            })
-            .collect(),
-        version: types::HttpVersion::Http11,
-    }
+fn request(path: &str, headers: &[(&str, &str)]) -> RequestView {
+    let mut all = vec![("host", "example.test")];
+    all.extend_from_slice(headers);
+    RequestView::build("GET", path, &all).unwrap()
 }
 
-fn conn_from(ip: &str) -> types::ConnectionInfo {
-    types::ConnectionInfo {
-        client: types::SocketAddress {
-            ip: ip.into(),
-            port: 50000,
-        },
-        local: types::SocketAddress {
-            ip: "127.0.0.1".into(),
-            port: 8080,
-        },
-        listener: "test".into(),
-        pool: Some("web".into()),
-        transport: types::Transport::Tcp,
-        tls: None,
-    }
+fn conn_from(ip: &str) -> Arc<ConnectionInfo> {
+    Arc::new(ConnectionInfo::new(
+        SocketAddr::new(ip.parse().unwrap(), 50000),
+        "127.0.0.1:8080".parse().unwrap(),
+        "test",
+        Some("web"),
+        types::Transport::Tcp,
+    ))
 }
 
-fn with_sni(sni: &str) -> types::ConnectionInfo {
-    let mut c = conn_from("127.0.0.1");
+fn with_sni(sni: &str) -> Arc<ConnectionInfo> {
+    let mut c = (*conn_from("127.0.0.1")).clone();
     c.tls = Some(types::TlsInfo {
         sni: Some(sni.into()),
         alpn: None,
         version: None,
         client_subject: None,
     });
-    c
+    Arc::new(c)
 }
 
 async fn decide(p: &Policy, path: &str, headers: &[(&str, &str)]) -> HttpDecision {
     p.on_request(
-        &request(path, headers),
+        &mut request(path, headers),
         &conn_from("127.0.0.1"),
         Some("web"),
         &open(),
@@ -286,7 +269,7 @@ async fn rate_limit_spends_a_shared_bucket_per_client() {
     let call = |ip: &'static str| {
         let p = p.clone();
         async move {
-            p.on_request(&request("/", &[]), &conn_from(ip), None, &open())
+            p.on_request(&mut request("/", &[]), &conn_from(ip), None, &open())
                 .await
                 .unwrap()
         }
@@ -309,7 +292,7 @@ async fn rate_limit_spends_a_shared_bucket_per_client() {
             let p = p.clone();
             tokio::spawn(async move {
                 p.on_request(
-                    &request("/", &[]),
+                    &mut request("/", &[]),
                     &conn_from("198.51.100.9"),
                     None,
                     &open(),
@@ -338,7 +321,7 @@ async fn deny_list_forbids_paths_and_networks() {
     let call = |path: &'static str, ip: &'static str| {
         let p = p.clone();
         async move {
-            p.on_request(&request(path, &[]), &conn_from(ip), None, &open())
+            p.on_request(&mut request(path, &[]), &conn_from(ip), None, &open())
                 .await
                 .unwrap()
         }
@@ -368,7 +351,7 @@ async fn deny_list_forbids_paths_and_networks() {
 async fn sni_router_routes_by_server_name() {
     let cfg = r#"{"routes": {"a.test": "a", "b.test": "b", "*.c.test": "c"}}"#;
     let p = example("sni-router", cfg).await;
-    let pool_for = |c: types::ConnectionInfo| {
+    let pool_for = |c: Arc<ConnectionInfo>| {
         let p = p.clone();
         async move {
             match p.on_connect(&c, Some("web"), &open()).await.unwrap() {
@@ -467,7 +450,7 @@ async fn an_infinite_loop_ends_as_a_timeout_and_the_policy_keeps_serving() {
     let started = Instant::now();
     let e = p
         .on_request(
-            &request("/loop", &[]),
+            &mut request("/loop", &[]),
             &conn_from("127.0.0.1"),
             None,
             &open(),
@@ -490,7 +473,7 @@ async fn a_memory_hog_hits_the_cap_and_the_policy_keeps_serving() {
     let p = misbehave(limits(5_000, 16)).await;
     let e = p
         .on_request(
-            &request("/hog", &[]),
+            &mut request("/hog", &[]),
             &conn_from("127.0.0.1"),
             None,
             &open(),
@@ -512,7 +495,7 @@ async fn a_panic_is_a_trap_and_the_instance_is_replaced() {
     );
     let e = p
         .on_request(
-            &request("/panic", &[]),
+            &mut request("/panic", &[]),
             &conn_from("127.0.0.1"),
             None,
             &open(),
@@ -529,6 +512,54 @@ async fn a_panic_is_a_trap_and_the_instance_is_replaced() {
     );
     assert_eq!(body(decide(&p, "/count", &[]).await), "2");
     assert_eq!(p.stats.errors.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn the_lent_request_comes_back_whatever_the_call_did() {
+    let p = misbehave(limits(50, 16)).await;
+    for path in ["/", "/count", "/loop", "/hog", "/panic", "/bad-pool", "/crlf"] {
+        let mut req = request(path, &[("x-keep", "1"), ("x-keep", "2")]);
+        let r = p
+            .on_request(&mut req, &conn_from("127.0.0.1"), None, &open())
+            .await;
+        assert_eq!(req.uri.path(), path, "{path}: {r:?}");
+        assert_eq!(req.headers.get_all("x-keep").iter().count(), 2, "{path}");
+        assert_eq!(req.authority.as_ref().unwrap(), "example.test", "{path}");
+        assert_eq!(req.method, "GET", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_policy_reads_each_part_of_the_request_on_demand() {
+    let p = misbehave(Limits::default()).await;
+    let mut req = RequestView::build(
+        "POST",
+        "/echo?a=1",
+        &[
+            ("host", "ex.test:8080"),
+            ("x-multi", "1"),
+            ("x-multi", "2"),
+            ("cookie", "a=b; id=7"),
+        ],
+    )
+    .unwrap();
+    // Not UTF-8: shown with a replacement character.
+    req.headers.insert(
+        "x-probe",
+        http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+    );
+    req.scheme = "https";
+    req.version = http::Version::HTTP_2;
+    let d = p
+        .on_request(&mut req, &conn_from("::ffff:192.0.2.9"), None, &open())
+        .await
+        .unwrap();
+    assert_eq!(
+        body(d),
+        "method=POST scheme=https authority=ex.test:8080 path=/echo query=a=1 version=2 \
+         probe=caf\u{FFFD} PROBE=caf\u{FFFD} multi=1|2 cookie=7 headers=5 \
+         client=192.0.2.9 local-port=8080 listener=test pool=web transport=tcp"
+    );
 }
 
 #[tokio::test]
@@ -562,7 +593,7 @@ async fn invalid_decisions_are_typed_errors() {
     ] {
         let e = p
             .on_request(
-                &request(path, &[]),
+                &mut request(path, &[]),
                 &conn_from("127.0.0.1"),
                 Some("web"),
                 &dir,
@@ -574,7 +605,7 @@ async fn invalid_decisions_are_typed_errors() {
     }
     forward(
         p.on_request(
-            &request("/", &[]),
+            &mut request("/", &[]),
             &conn_from("127.0.0.1"),
             Some("web"),
             &dir,

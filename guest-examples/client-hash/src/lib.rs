@@ -30,14 +30,15 @@ impl ConnectionPolicy for ClientHash {
         CONFIG.set(c).map_err(|_| "init called twice".to_string())
     }
 
-    fn on_connect(conn: ConnectionInfo) -> ConnectDecision {
+    fn on_connect(conn: &Connection) -> ConnectDecision {
         let configured = CONFIG.get().and_then(|c| c.pool.clone());
-        let Some(pool) = configured.or(conn.pool) else {
+        let Some(pool) = configured.or_else(|| conn.pool()) else {
             return ConnectForward::default_pool().into();
         };
+        let client = conn.client().ip;
         let backends = backends::for_pool(&pool).unwrap_or_default();
         let best = backends.iter().filter(|b| b.healthy).max_by_key(|b| {
-            let mut key = conn.client.ip.clone().into_bytes();
+            let mut key = client.clone().into_bytes();
             key.push(0);
             key.extend_from_slice(b.name.as_bytes());
             fnv1a(&key)

@@ -54,14 +54,15 @@ impl HttpPolicy for DenyList {
         CONFIG.set(c).map_err(|_| "init called twice".to_string())
     }
 
-    fn on_request(req: RequestHead, conn: ConnectionInfo) -> Decision {
+    fn on_request(req: &RequestHead, conn: &Connection) -> Decision {
         let Some(c) = CONFIG.get() else {
             return forward().into();
         };
-        if c.paths.iter().any(|p| req.path.starts_with(p.as_str())) {
+        let path = req.path();
+        if c.paths.iter().any(|p| path.starts_with(p.as_str())) {
             return forbidden();
         }
-        if let Ok(ip) = conn.client.ip.parse::<IpAddr>() {
+        if let Ok(ip) = conn.client().ip.parse::<IpAddr>() {
             // An IPv4 client seen through an IPv6 socket matches IPv4 nets.
             let ip = match ip {
                 IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),

@@ -36,12 +36,12 @@ impl HttpPolicy for HeaderCanary {
         CONFIG.set(c).map_err(|_| "init called twice".to_string())
     }
 
-    fn on_request(req: RequestHead, _conn: ConnectionInfo) -> Decision {
+    fn on_request(req: &RequestHead, _conn: &Connection) -> Decision {
         let Some(c) = CONFIG.get() else {
             return forward().into();
         };
         let matched = match (req.header(&c.header), &c.value) {
-            (Some(v), Some(want)) => v == want,
+            (Some(v), Some(want)) => v == *want,
             (Some(_), None) => true,
             (None, _) => false,
         };

@@ -46,15 +46,16 @@ impl HttpPolicy for PathRouter {
             .map_err(|_| "init called twice".to_string())
     }
 
-    fn on_request(req: RequestHead, _conn: ConnectionInfo) -> Decision {
+    fn on_request(req: &RequestHead, _conn: &Connection) -> Decision {
+        let path = req.path();
         let routes = ROUTES.get().map(Vec::as_slice).unwrap_or_default();
-        let Some(route) = routes.iter().find(|r| req.path.starts_with(&r.prefix)) else {
+        let Some(route) = routes.iter().find(|r| path.starts_with(&r.prefix)) else {
             return forward().into();
         };
         let mut decision = forward().pool(&route.pool);
         if route.strip_prefix {
             // Keep the leading slash: "/images/a.png" -> "/a.png", "/images/" -> "/".
-            let rest = &req.path[route.prefix.len()..];
+            let rest = &path[route.prefix.len()..];
             let rest = rest.trim_start_matches('/');
             decision = decision.path(&format!("/{rest}"));
         }

@@ -42,11 +42,11 @@ impl HttpPolicy for RateLimit {
         CONFIG.set(c).map_err(|_| "init called twice".to_string())
     }
 
-    fn on_request(_req: RequestHead, conn: ConnectionInfo) -> Decision {
+    fn on_request(_req: &RequestHead, conn: &Connection) -> Decision {
         let Some(c) = CONFIG.get() else {
             return forward().into();
         };
-        let key = conn.client.ip;
+        let key = conn.client().ip;
         let full = c.burst * 1000;
         // Time for an empty bucket to refill, plus a second: the TTL.
         let ttl_ms = c.burst * 1000 / c.rate_per_second + 1000;

@@ -6,7 +6,10 @@
 //!
 //! - the contract's types at the crate root ([`RequestHead`], [`Decision`], ...);
 //! - decision builders ([`forward`], [`respond`], [`ConnectForward`]);
-//! - helpers for request heads ([`RequestHead::header`], [`RequestHead::cookie`]);
+//! - the request, response and connection as handles whose parts are read on
+//!   demand ([`RequestHead::path`], [`RequestHead::header`],
+//!   [`Connection::client`], ...): a call costs only what the policy reads;
+//! - helpers for request heads ([`RequestHead::cookie`], [`RequestHead::host`]);
 //! - the host imports as plain modules ([`log`], [`kv`], [`clock`], [`random`],
 //!   [`backends`]);
 //! - traits with defaults for the hooks a policy doesn't need
@@ -17,8 +20,8 @@
 //!
 //! struct Hello;
 //! impl HttpPolicy for Hello {
-//!     fn on_request(req: RequestHead, _conn: ConnectionInfo) -> Decision {
-//!         if req.path == "/hello" {
+//!     fn on_request(req: &RequestHead, _conn: &Connection) -> Decision {
+//!         if req.path() == "/hello" {
 //!             respond(200).body("hi\n").into()
 //!         } else {
 //!             forward().into()
@@ -52,12 +55,12 @@ pub mod connection {
         path: "../../wit",
         world: "switchyard:policy/connection-policy",
         with: {
-            "switchyard:policy/types@0.1.0": crate::http::switchyard::policy::types,
-            "switchyard:policy/log@0.1.0": crate::http::switchyard::policy::log,
-            "switchyard:policy/clock@0.1.0": crate::http::switchyard::policy::clock,
-            "switchyard:policy/random@0.1.0": crate::http::switchyard::policy::random,
-            "switchyard:policy/kv@0.1.0": crate::http::switchyard::policy::kv,
-            "switchyard:policy/backends@0.1.0": crate::http::switchyard::policy::backends,
+            "switchyard:policy/types@0.2.0": crate::http::switchyard::policy::types,
+            "switchyard:policy/log@0.2.0": crate::http::switchyard::policy::log,
+            "switchyard:policy/clock@0.2.0": crate::http::switchyard::policy::clock,
+            "switchyard:policy/random@0.2.0": crate::http::switchyard::policy::random,
+            "switchyard:policy/kv@0.2.0": crate::http::switchyard::policy::kv,
+            "switchyard:policy/backends@0.2.0": crate::http::switchyard::policy::backends,
         },
         pub_export_macro: true,
         export_macro_name: "export_connection_policy",
@@ -70,7 +73,7 @@ pub mod connection {
 pub use wit_bindgen::rt as __rt;
 
 pub use http::switchyard::policy::types::{
-    Backend, ConnectDecision, ConnectForward, ConnectionInfo, Decision, Forward, Header, HeaderOp,
+    Backend, ConnectDecision, ConnectForward, Connection, Decision, Forward, Header, HeaderOp,
     HttpVersion, RequestHead, Response, ResponseHead, SocketAddress, TlsInfo, Transport,
 };
 
@@ -119,10 +122,10 @@ pub trait HttpPolicy {
         Ok(())
     }
     /// Decides what to do with one request.
-    fn on_request(request: RequestHead, connection: ConnectionInfo) -> Decision;
+    fn on_request(request: &RequestHead, connection: &Connection) -> Decision;
     /// Edits response headers; called only when the forward decision set
     /// `inspect_response`.
-    fn on_response(_request: RequestHead, _response: ResponseHead) -> Vec<HeaderOp> {
+    fn on_response(_request: &RequestHead, _response: &ResponseHead) -> Vec<HeaderOp> {
         Vec::new()
     }
 }
@@ -131,10 +134,10 @@ impl<T: HttpPolicy> http::Guest for T {
     fn init(config: String) -> Result<(), String> {
         <T as HttpPolicy>::init(config)
     }
-    fn on_request(request: RequestHead, connection: ConnectionInfo) -> Decision {
+    fn on_request(request: &RequestHead, connection: &Connection) -> Decision {
         <T as HttpPolicy>::on_request(request, connection)
     }
-    fn on_response(request: RequestHead, response: ResponseHead) -> Vec<HeaderOp> {
+    fn on_response(request: &RequestHead, response: &ResponseHead) -> Vec<HeaderOp> {
         <T as HttpPolicy>::on_response(request, response)
     }
 }
@@ -147,14 +150,14 @@ pub trait ConnectionPolicy {
         Ok(())
     }
     /// Decides where a new connection or flow goes.
-    fn on_connect(connection: ConnectionInfo) -> ConnectDecision;
+    fn on_connect(connection: &Connection) -> ConnectDecision;
 }
 
 impl<T: ConnectionPolicy> connection::Guest for T {
     fn init(config: String) -> Result<(), String> {
         <T as ConnectionPolicy>::init(config)
     }
-    fn on_connect(connection: ConnectionInfo) -> ConnectDecision {
+    fn on_connect(connection: &Connection) -> ConnectDecision {
         <T as ConnectionPolicy>::on_connect(connection)
     }
 }
@@ -311,28 +314,19 @@ impl From<ConnectForward> for ConnectDecision {
 }
 
 impl RequestHead {
-    /// The first value of a header (name matched case-insensitively).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
-    }
-
     /// The value of a cookie from the `cookie` header(s).
-    pub fn cookie(&self, name: &str) -> Option<&str> {
-        self.headers
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.header_values("cookie")
             .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-            .flat_map(|h| h.value.split(';'))
+            .flat_map(|h| h.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
+            .map(|(_, v)| v.to_owned())
     }
 
     /// The host the request names, without a port.
-    pub fn host(&self) -> &str {
-        strip_port(&self.authority)
+    pub fn host(&self) -> String {
+        strip_port(&self.authority()).to_owned()
     }
 }
 

@@ -34,9 +34,9 @@ impl ConnectionPolicy for SniRouter {
             .map_err(|_| "init called twice".to_string())
     }
 
-    fn on_connect(conn: ConnectionInfo) -> ConnectDecision {
+    fn on_connect(conn: &Connection) -> ConnectDecision {
         let routes = ROUTES.get();
-        let sni = conn.tls.and_then(|t| t.sni);
+        let sni = conn.tls().and_then(|t| t.sni);
         let pool = routes.zip(sni.as_deref()).and_then(|(routes, sni)| {
             routes.get(sni).or_else(|| {
                 let (_, parent) = sni.split_once('.')?;

@@ -47,14 +47,14 @@ impl HttpPolicy for WeightedSplit {
         CONFIG.set(c).map_err(|_| "init called twice".to_string())
     }
 
-    fn on_request(req: RequestHead, _conn: ConnectionInfo) -> Decision {
+    fn on_request(req: &RequestHead, _conn: &Connection) -> Decision {
         let Some(c) = CONFIG.get() else {
             return forward().into();
         };
         if let Some(pool) = req.cookie(&c.cookie)
             && c.splits.iter().any(|s| s.pool == pool)
         {
-            return forward().pool(pool).into();
+            return forward().pool(&pool).into();
         }
         let total: u64 = c.splits.iter().map(|s| s.weight).sum();
         let mut ticket = random::next_u64() % total;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use crate::config::{ListenerConfig, OnError};
-use crate::policy::{ConnDecision, Directory, Policy, types};
+use crate::policy::{ConnDecision, Directory, Policy};
 use crate::upstream::{Backend, Pool, Upstreams};
 
 pub use tcp::serve_connection;
@@ -46,7 +46,7 @@ impl Route {
 /// flow goes. `None`: rejected, or nowhere to go (both logged).
 pub(crate) async fn route(
     state: &L4State,
-    info: types::ConnectionInfo,
+    info: crate::policy::ConnectionInfo,
     peer: SocketAddr,
 ) -> Option<Route> {
     let cfg = &state.config;
@@ -55,7 +55,7 @@ pub(crate) async fn route(
     if let Some(policy) = &state.policy {
         let directory: Arc<dyn Directory> = state.upstreams.clone();
         let (verdict, took) = policy
-            .on_connect_timed(&info, cfg.pool.as_deref(), &directory)
+            .on_connect_timed(&Arc::new(info), cfg.pool.as_deref(), &directory)
             .await;
         crate::l7::server::record_policy_call(
             &state.metrics,

@@ -42,7 +42,7 @@ pub async fn serve_connection(
     } else {
         None
     };
-    let mut info = crate::policy::connection_info(
+    let mut info = crate::policy::ConnectionInfo::new(
         peer,
         local,
         &state.name,

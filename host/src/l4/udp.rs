@@ -128,7 +128,7 @@ async fn start_flow(
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Option<(FlowRoute, Arc<Flow>)> {
-    let info = crate::policy::connection_info(
+    let info = crate::policy::ConnectionInfo::new(
         peer,
         local,
         &state.name,

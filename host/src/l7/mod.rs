@@ -3,7 +3,7 @@
 //! ```text
 //! server.rs   per connection: hyper auto (h1 + h2c); per request: policy,
 //!             balance, upstream, response edits, upgrades
-//! request.rs  the policy's snapshot; the upstream URI; hash keys
+//! request.rs  the client's authority; the upstream URI; hash keys
 //! hygiene.rs  hop-by-hop removal, client address, X-Forwarded-*/Forwarded
 //! ```
 

@@ -1,12 +1,11 @@
-//! The request as the policy sees it, and the request as the backend gets
-//! it: the snapshot taken before the policy call, and the upstream URI and
-//! headers built from the decision afterwards.
+//! The request as the backend gets it: the client's authority, and the
+//! upstream URI built from the decision.
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Uri, header};
 
 use crate::config::HashKey;
-use crate::policy::{ForwardAction, types};
+use crate::policy::ForwardAction;
 
 /// The authority the client named: `:authority`/absolute-form first, then
 /// `Host` (only when it is visible ASCII), as a header value ready to
@@ -18,44 +17,6 @@ pub fn authority(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
             .get(header::HOST)
             .filter(|h| h.to_str().is_ok())
             .cloned(),
-    }
-}
-
-fn version(v: Version) -> types::HttpVersion {
-    match v {
-        Version::HTTP_10 | Version::HTTP_09 => types::HttpVersion::Http10,
-        Version::HTTP_2 => types::HttpVersion::Http2,
-        Version::HTTP_3 => types::HttpVersion::Http3,
-        _ => types::HttpVersion::Http11,
-    }
-}
-
-/// The policy's view of a request head.
-pub fn snapshot(
-    method: &http::Method,
-    uri: &Uri,
-    v: Version,
-    headers: &HeaderMap,
-    scheme: &str,
-    authority: Option<&str>,
-) -> types::RequestHead {
-    types::RequestHead {
-        method: method.as_str().to_owned(),
-        scheme: scheme.to_owned(),
-        authority: authority.unwrap_or_default().to_owned(),
-        path: uri.path().to_owned(),
-        query: uri.query().map(str::to_owned),
-        headers: headers
-            .iter()
-            .map(|(n, v)| types::Header {
-                name: n.as_str().to_owned(),
-                value: match v.to_str() {
-                    Ok(s) => s.to_owned(),
-                    Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                },
-            })
-            .collect(),
-        version: version(v),
     }
 }
 
@@ -152,27 +113,5 @@ mod tests {
         assert!(!host_matches("b.test", "a.test"));
         assert!(!host_matches("a.test.evil", "a.test"));
         assert!(!host_matches("b.test:443", "a.test"));
-    }
-
-    #[test]
-    fn the_snapshot_carries_every_header_and_the_split_target() {
-        let uri: Uri = "/p/q?x=1&y".parse().unwrap();
-        let mut h = HeaderMap::new();
-        h.insert("x-a", "1".parse().unwrap());
-        h.append("x-a", "2".parse().unwrap());
-        let s = snapshot(
-            &http::Method::POST,
-            &uri,
-            Version::HTTP_2,
-            &h,
-            "http",
-            Some("ex.test"),
-        );
-        assert_eq!(s.method, "POST");
-        assert_eq!(s.path, "/p/q");
-        assert_eq!(s.query.as_deref(), Some("x=1&y"));
-        assert_eq!(s.authority, "ex.test");
-        assert_eq!(s.headers.len(), 2);
-        assert!(matches!(s.version, types::HttpVersion::Http2));
     }
 }

@@ -29,7 +29,10 @@ use crate::admin::{AccessLog, Metrics};
 use crate::config::{Algorithm, ListenerConfig, OnError};
 use crate::error::{self, ProxyError};
 use crate::health::{self, Outcome};
-use crate::policy::{Directory, ForwardAction, HttpDecision, Policy, types};
+use crate::policy::{
+    ConnectionInfo, Directory, ForwardAction, HttpDecision, Policy, RequestView, ResponseView,
+    types,
+};
 use crate::upstream::{Backend, BoxError, InFlight, Pool, UpstreamBody, Upstreams};
 
 /// What an HTTP listener serves with; swapped whole on reload.
@@ -62,7 +65,7 @@ pub struct Conn {
     /// The connection as the policy sees it, built at the first request
     /// (when the client is the peer itself, i.e. no trusted
     /// `X-Forwarded-For` names another).
-    policy_view: std::sync::OnceLock<types::ConnectionInfo>,
+    policy_view: std::sync::OnceLock<Arc<ConnectionInfo>>,
 }
 
 impl Conn {
@@ -77,8 +80,8 @@ impl Conn {
     }
 
     /// The connection-info a policy gets for a request from `client`.
-    fn view(&self, client: SocketAddr, state: &HttpState) -> types::ConnectionInfo {
-        let mut info = crate::policy::connection_info(
+    fn view(&self, client: SocketAddr, state: &HttpState) -> Arc<ConnectionInfo> {
+        let mut info = ConnectionInfo::new(
             client,
             self.local,
             &state.name,
@@ -91,7 +94,7 @@ impl Conn {
             version: t.version,
             client_subject: t.client_subject,
         });
-        info
+        Arc::new(info)
     }
 
     fn scheme(&self) -> &'static str {
@@ -360,35 +363,42 @@ async fn proxy(
     }
     let directory = state.directory();
 
-    // The policy decides, on the request as the client sent it.
+    // The policy decides, on the request as the client sent it. Its head
+    // is lent to the call and comes back after it; a copy is kept only for
+    // a response hook.
     let mut snapshot = None;
     let decision = match &state.policy {
         None => HttpDecision::Forward(ForwardAction::default()),
         Some(policy) => {
-            let head = request::snapshot(
-                req.method(),
-                req.uri(),
-                req.version(),
-                req.headers(),
-                conn.scheme(),
-                authority,
-            );
-            let fresh;
+            let mut view = RequestView {
+                method: req.method().clone(),
+                uri: std::mem::take(req.uri_mut()),
+                version: req.version(),
+                headers: std::mem::take(req.headers_mut()),
+                scheme: conn.scheme(),
+                authority: client_host.clone(),
+            };
             let info = match conn.policy_view.get() {
-                Some(i) if client == peer && i.pool.as_deref() == cfg.pool.as_deref() => i,
+                Some(i) if client == peer && i.pool.as_deref() == cfg.pool.as_deref() => i.clone(),
                 _ => {
-                    fresh = conn.view(client, state);
+                    let fresh = conn.view(client, state);
                     if client == peer {
                         let _ = conn.policy_view.set(fresh.clone());
                     }
-                    &fresh
+                    fresh
                 }
             };
             let (d, took) = policy
-                .on_request_timed(&head, info, cfg.pool.as_deref(), &directory)
+                .on_request_timed(&mut view, &info, cfg.pool.as_deref(), &directory)
                 .await;
             record_policy_call(&state.metrics, &policy.name, took, d.as_ref().err());
-            snapshot = Some(head);
+            if let Ok(HttpDecision::Forward(f)) = &d
+                && f.inspect_response
+            {
+                snapshot = Some(view.clone());
+            }
+            *req.uri_mut() = view.uri;
+            *req.headers_mut() = view.headers;
             match d {
                 Ok(d) => {
                     trace.decision = match d {
@@ -574,20 +584,15 @@ async fn proxy(
         edit.apply(&mut rparts.headers);
     }
     if action.inspect_response
-        && let (Some(policy), Some(head)) = (&state.policy, &snapshot)
+        && let (Some(policy), Some(head)) = (&state.policy, &mut snapshot)
     {
-        let view = types::ResponseHead {
-            status: rparts.status.as_u16(),
-            headers: rparts
-                .headers
-                .iter()
-                .map(|(n, v)| types::Header {
-                    name: n.as_str().to_owned(),
-                    value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                })
-                .collect(),
+        let mut view = ResponseView {
+            status: rparts.status,
+            headers: std::mem::take(&mut rparts.headers),
         };
-        match policy.on_response(head, &view, &directory).await {
+        let edits = policy.on_response(head, &mut view, &directory).await;
+        rparts.headers = view.headers;
+        match edits {
             Ok(edits) => edits.iter().for_each(|e| e.apply(&mut rparts.headers)),
             Err(e) => warn!(listener = %state.name, policy = %policy.name, error = %e,
                 "response hook failed; response sent unedited"),

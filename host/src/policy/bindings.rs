@@ -8,8 +8,17 @@ pub mod http {
         path: "../wit",
         world: "switchyard:policy/http-policy",
         exports: { default: async },
-        // A key-value call over the store's limits traps the guest.
-        imports: { "switchyard:policy/kv": trappable },
+        // A key-value call over the store's limits traps the guest; so
+        // does a resource call with a handle the table does not hold.
+        imports: {
+            "switchyard:policy/kv": trappable,
+            "switchyard:policy/types": trappable,
+        },
+        with: {
+            "switchyard:policy/types.request-head": crate::policy::view::RequestView,
+            "switchyard:policy/types.response-head": crate::policy::view::ResponseView,
+            "switchyard:policy/types.connection": crate::policy::view::ConnectionHandle,
+        },
     });
 }
 

@@ -25,7 +25,9 @@ pub struct HostState {
     /// When the current call must have returned; read by the epoch callback.
     pub(crate) deadline: Instant,
     wasi: WasiCtx,
-    table: ResourceTable,
+    /// WASI's handles, and the request, response and connection lent to
+    /// the current call (`view.rs`).
+    pub(crate) table: ResourceTable,
     /// The guest's stderr (a Rust panic message lands here), kept so that a
     /// trap's error can say why.
     stderr: MemoryOutputPipe,

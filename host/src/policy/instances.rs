@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{connection, http, types};
@@ -19,6 +20,7 @@ use super::decision::{self, ConnDecision, HeaderEdit, HttpDecision};
 use super::directory::Directory;
 use super::engine::{Compiled, Limits, PolicyEngine};
 use super::host_api::HostState;
+use super::view::{ConnectionHandle, ConnectionInfo, RequestView, ResponseView};
 use super::{PolicyError, PolicyKind};
 
 pub(crate) enum Pre {
@@ -285,11 +287,13 @@ impl Policy {
         (r, took)
     }
 
-    /// Runs the request hook and validates its decision.
+    /// Runs the request hook and validates its decision. The request is
+    /// lent to the call and is back in `request` when this returns,
+    /// whatever the outcome.
     pub async fn on_request(
         &self,
-        request: &types::RequestHead,
-        conn: &types::ConnectionInfo,
+        request: &mut RequestView,
+        conn: &Arc<ConnectionInfo>,
         default_pool: Option<&str>,
         directory: &Arc<dyn Directory>,
     ) -> Result<HttpDecision, PolicyError> {
@@ -302,8 +306,8 @@ impl Policy {
     /// read for the caller's metrics instead of two more).
     pub async fn on_request_timed(
         &self,
-        request: &types::RequestHead,
-        conn: &types::ConnectionInfo,
+        request: &mut RequestView,
+        conn: &Arc<ConnectionInfo>,
         default_pool: Option<&str>,
         directory: &Arc<dyn Directory>,
     ) -> (Result<HttpDecision, PolicyError>, Duration) {
@@ -314,7 +318,22 @@ impl Policy {
             let Bindings::Http(b) = &w.bindings else {
                 return Err(PolicyError::WrongWorld(self.kind));
             };
-            match b.call_on_request(&mut w.store, request, conn).await {
+            let table = &mut w.store.data_mut().table;
+            let req = Lent::swap_in(table, request)?;
+            let con = match Lent::push(table, ConnectionHandle(conn.clone())) {
+                Ok(c) => c,
+                Err(e) => {
+                    req.give_back(table, request);
+                    return Err(e);
+                }
+            };
+            let call = b
+                .call_on_request(&mut w.store, req.handle(), con.handle())
+                .await;
+            let table = &mut w.store.data_mut().table;
+            req.give_back(table, request);
+            con.take(table);
+            match call {
                 Ok(d) => {
                     self.checkin(w);
                     decision::http(d, default_pool, directory.as_ref())
@@ -327,11 +346,12 @@ impl Policy {
         self.record(started, r)
     }
 
-    /// Runs the response hook and validates its header edits.
+    /// Runs the response hook and validates its header edits. Both heads
+    /// are lent to the call and are back when this returns.
     pub async fn on_response(
         &self,
-        request: &types::RequestHead,
-        response: &types::ResponseHead,
+        request: &mut RequestView,
+        response: &mut ResponseView,
         directory: &Arc<dyn Directory>,
     ) -> Result<Vec<HeaderEdit>, PolicyError> {
         let started = Instant::now();
@@ -341,7 +361,22 @@ impl Policy {
             let Bindings::Http(b) = &w.bindings else {
                 return Err(PolicyError::WrongWorld(self.kind));
             };
-            match b.call_on_response(&mut w.store, request, response).await {
+            let table = &mut w.store.data_mut().table;
+            let req = Lent::swap_in(table, request)?;
+            let resp = match Lent::swap_in(table, response) {
+                Ok(r) => r,
+                Err(e) => {
+                    req.give_back(table, request);
+                    return Err(e);
+                }
+            };
+            let call = b
+                .call_on_response(&mut w.store, req.handle(), resp.handle())
+                .await;
+            let table = &mut w.store.data_mut().table;
+            req.give_back(table, request);
+            resp.give_back(table, response);
+            match call {
                 Ok(ops) => {
                     self.checkin(w);
                     decision::response_edits(ops).map_err(PolicyError::InvalidDecision)
@@ -356,7 +391,7 @@ impl Policy {
     /// Runs the connection hook and validates its decision.
     pub async fn on_connect(
         &self,
-        conn: &types::ConnectionInfo,
+        conn: &Arc<ConnectionInfo>,
         default_pool: Option<&str>,
         directory: &Arc<dyn Directory>,
     ) -> Result<ConnDecision, PolicyError> {
@@ -366,7 +401,7 @@ impl Policy {
     /// [`Policy::on_connect`], with how long the call took.
     pub async fn on_connect_timed(
         &self,
-        conn: &types::ConnectionInfo,
+        conn: &Arc<ConnectionInfo>,
         default_pool: Option<&str>,
         directory: &Arc<dyn Directory>,
     ) -> (Result<ConnDecision, PolicyError>, Duration) {
@@ -377,7 +412,11 @@ impl Policy {
             let Bindings::Connection(b) = &w.bindings else {
                 return Err(PolicyError::WrongWorld(self.kind));
             };
-            match b.call_on_connect(&mut w.store, conn).await {
+            let table = &mut w.store.data_mut().table;
+            let con = Lent::push(table, ConnectionHandle(conn.clone()))?;
+            let call = b.call_on_connect(&mut w.store, con.handle()).await;
+            con.take(&mut w.store.data_mut().table);
+            match call {
                 Ok(d) => {
                     self.checkin(w);
                     decision::connection(d, default_pool, directory.as_ref())
@@ -399,10 +438,10 @@ impl Policy {
     ) -> Result<(), PolicyError> {
         let warm = self.instantiate(directory.clone()).await?;
         self.checkin(warm);
-        let conn = sample_connection();
+        let conn = Arc::new(sample_connection());
         let r = match self.kind {
             PolicyKind::Http => self
-                .on_request(&sample_request(), &conn, None, &open_directory())
+                .on_request(&mut sample_request(), &conn, None, &open_directory())
                 .await
                 .map(drop),
             PolicyKind::Connection => self
@@ -425,37 +464,73 @@ fn open_directory() -> Arc<dyn Directory> {
     Arc::new(super::directory::OpenDirectory)
 }
 
-fn sample_request() -> types::RequestHead {
-    types::RequestHead {
-        method: "GET".into(),
-        scheme: "http".into(),
-        authority: "localhost".into(),
-        path: "/".into(),
-        query: None,
-        headers: vec![types::Header {
-            name: "user-agent".into(),
-            value: "switchyard-smoke-test".into(),
-        }],
-        version: types::HttpVersion::Http11,
+/// A value lent to one call through the instance's resource table. The
+/// guest only ever holds a borrow of the entry, which it cannot drop, so the
+/// entry is still there to take back after the call.
+struct Lent<T> {
+    rep: u32,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: Send + 'static> Lent<T> {
+    fn push(table: &mut ResourceTable, value: T) -> Result<Self, PolicyError> {
+        let entry = table
+            .push(value)
+            .map_err(|e| PolicyError::Trap(format!("cannot lend to the policy: {e}")))?;
+        Ok(Lent {
+            rep: entry.rep(),
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    fn handle(&self) -> Resource<T> {
+        Resource::new_borrow(self.rep)
+    }
+
+    fn take(self, table: &mut ResourceTable) -> Option<T> {
+        table.delete(Resource::<T>::new_own(self.rep)).ok()
     }
 }
 
-fn sample_connection() -> types::ConnectionInfo {
+impl<T: Default + Send + 'static> Lent<T> {
+    /// Moves `value` into the table, leaving its default behind. A full
+    /// table refuses the placeholder, not the value, so the caller's value
+    /// is never lost.
+    fn swap_in(table: &mut ResourceTable, value: &mut T) -> Result<Self, PolicyError> {
+        let lent = Self::push(table, T::default())?;
+        if let Ok(slot) = table.get_mut(&Resource::<T>::new_borrow(lent.rep)) {
+            std::mem::swap(slot, value);
+        }
+        Ok(lent)
+    }
+
+    fn give_back(self, table: &mut ResourceTable, value: &mut T) {
+        if let Some(v) = self.take(table) {
+            *value = v;
+        }
+    }
+}
+
+fn sample_request() -> RequestView {
+    RequestView::build(
+        "GET",
+        "/",
+        &[
+            ("host", "localhost"),
+            ("user-agent", "switchyard-smoke-test"),
+        ],
+    )
+    .expect("a valid sample request")
+}
+
+fn sample_connection() -> ConnectionInfo {
     // Documentation addresses (RFC 5737), so that a policy keeping state per
     // client (a rate limiter) spends nothing of a real client's on this call.
-    let addr = |port| types::SocketAddress {
-        ip: "192.0.2.1".into(),
-        port,
-    };
-    types::ConnectionInfo {
-        client: addr(40000),
-        local: types::SocketAddress {
-            ip: "192.0.2.2".into(),
-            port: 8080,
-        },
-        listener: "smoke-test".into(),
-        pool: None,
-        transport: types::Transport::Tcp,
-        tls: None,
-    }
+    ConnectionInfo::new(
+        "192.0.2.1:40000".parse().expect("an address"),
+        "192.0.2.2:8080".parse().expect("an address"),
+        "smoke-test",
+        None,
+        types::Transport::Tcp,
+    )
 }

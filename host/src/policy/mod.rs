@@ -8,6 +8,7 @@
 //! bindings.rs   bindgen! per world (the only generated code)
 //! decision.rs   guest decision -> validated HttpDecision / ConnDecision
 //! host_api.rs   per-store state and the host imports
+//! view.rs       request/response/connection as the policy reads them
 //! kv.rs         the per-policy key-value store
 //! directory.rs  the pools and backends a policy may see
 //! guest_log.rs  guest log lines -> tracing target `policy::<name>`
@@ -22,6 +23,7 @@ mod host_api;
 pub mod instances;
 pub mod kv;
 pub mod ticker;
+pub mod view;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,28 +35,7 @@ pub use engine::{
     Compiled, EngineSettings, Limits, PolicyEngine, policy_name, read_policy_files, version_of,
 };
 pub use instances::Policy;
-
-/// The connection part of what a policy sees, from plain addresses.
-pub fn connection_info(
-    client: std::net::SocketAddr,
-    local: std::net::SocketAddr,
-    listener: &str,
-    pool: Option<&str>,
-    transport: types::Transport,
-) -> types::ConnectionInfo {
-    let addr = |a: std::net::SocketAddr| types::SocketAddress {
-        ip: a.ip().to_canonical().to_string(),
-        port: a.port(),
-    };
-    types::ConnectionInfo {
-        client: addr(client),
-        local: addr(local),
-        listener: listener.to_owned(),
-        pool: pool.map(str::to_owned),
-        transport,
-        tls: None,
-    }
-}
+pub use view::{ConnectionInfo, RequestView, ResponseView};
 
 /// Which world a policy implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
