@@ -517,7 +517,15 @@ async fn a_panic_is_a_trap_and_the_instance_is_replaced() {
 #[tokio::test]
 async fn the_lent_request_comes_back_whatever_the_call_did() {
     let p = misbehave(limits(50, 16)).await;
-    for path in ["/", "/count", "/loop", "/hog", "/panic", "/bad-pool", "/crlf"] {
+    for path in [
+        "/",
+        "/count",
+        "/loop",
+        "/hog",
+        "/panic",
+        "/bad-pool",
+        "/crlf",
+    ] {
         let mut req = request(path, &[("x-keep", "1"), ("x-keep", "2")]);
         let r = p
             .on_request(&mut req, &conn_from("127.0.0.1"), None, &open())

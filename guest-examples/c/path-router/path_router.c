@@ -275,14 +275,19 @@ static void some(http_policy_option_string_t *opt, const char *s, size_t len) {
     http_policy_string_dup_n(&opt->val, s, len);
 }
 
-void exports_http_policy_on_request(http_policy_request_head_t *request,
-                                    http_policy_connection_info_t *connection,
+// The request and connection are borrowed handles: each part is read from
+// the host on demand, and the handles are given back (drop_borrow) before
+// returning.
+void exports_http_policy_on_request(http_policy_borrow_request_head_t request,
+                                    http_policy_borrow_connection_t connection,
                                     http_policy_decision_t *ret) {
     memset(ret, 0, sizeof *ret);
     ret->tag = SWITCHYARD_POLICY_TYPES_DECISION_FORWARD;
     switchyard_policy_types_forward_t *fwd = &ret->val.forward;
-    const uint8_t *path = request->path.ptr;
-    size_t len = request->path.len;
+    http_policy_string_t request_path;
+    switchyard_policy_types_method_request_head_path(request, &request_path);
+    const uint8_t *path = request_path.ptr;
+    size_t len = request_path.len;
     for (size_t i = 0; i < n_routes; i++) {
         const route_t *rt = &routes[i];
         if (len < rt->prefix_len || memcmp(path, rt->prefix, rt->prefix_len) != 0) {
@@ -302,15 +307,16 @@ void exports_http_policy_on_request(http_policy_request_head_t *request,
         }
         break;
     }
-    http_policy_request_head_free(request);
-    http_policy_connection_info_free(connection);
+    http_policy_string_free(&request_path);
+    switchyard_policy_types_request_head_drop_borrow(request);
+    switchyard_policy_types_connection_drop_borrow(connection);
 }
 
-void exports_http_policy_on_response(http_policy_request_head_t *request,
-                                     http_policy_response_head_t *response,
+void exports_http_policy_on_response(http_policy_borrow_request_head_t request,
+                                     http_policy_borrow_response_head_t response,
                                      http_policy_list_header_op_t *ret) {
     ret->ptr = NULL;
     ret->len = 0;
-    http_policy_request_head_free(request);
-    http_policy_response_head_free(response);
+    switchyard_policy_types_request_head_drop_borrow(request);
+    switchyard_policy_types_response_head_drop_borrow(response);
 }

@@ -65,11 +65,13 @@ export function init(config) {
 }
 
 export function onRequest(request, _connection) {
+  // The request is a handle: each part is read from the host on demand.
+  const path = request.path();
   for (const route of routes) {
-    if (request.path.startsWith(route.prefix)) {
+    if (path.startsWith(route.prefix)) {
       if (route.strip) {
         // Keep the leading slash: "/images/a.png" -> "/a.png", "/images/" -> "/".
-        const rest = request.path.slice(route.prefix.length).replace(/^\/+/, "");
+        const rest = path.slice(route.prefix.length).replace(/^\/+/, "");
         return forward(route.pool, "/" + rest);
       }
       return forward(route.pool, undefined);

@@ -68,12 +68,14 @@ class WitWorld(wit_world.WitWorld):
         global ROUTES
         ROUTES = parse(config)
 
-    def on_request(self, request: types.RequestHead, connection: types.ConnectionInfo) -> types.Decision:
+    def on_request(self, request: types.RequestHead, connection: types.Connection) -> types.Decision:
+        # The request is a handle: each part is read from the host on demand.
+        path = request.path()
         for route in ROUTES:
-            if request.path.startswith(route.prefix):
+            if path.startswith(route.prefix):
                 if route.strip_prefix:
                     # Keep the leading slash: "/images/a.png" -> "/a.png", "/images/" -> "/".
-                    rest = request.path[len(route.prefix):].lstrip("/")
+                    rest = path[len(route.prefix):].lstrip("/")
                     return forward(route.pool, "/" + rest)
                 return forward(route.pool)
         return forward()

@@ -9,14 +9,14 @@ pub mod http {
         world: "switchyard:policy/http-policy",
         exports: { default: async },
         // A key-value call over the store's limits traps the guest; so
-        // does a resource call with a handle the table does not hold.
+        // does reading a connection when none is lent.
         imports: {
             "switchyard:policy/kv": trappable,
             "switchyard:policy/types": trappable,
         },
         with: {
-            "switchyard:policy/types.request-head": crate::policy::view::RequestView,
-            "switchyard:policy/types.response-head": crate::policy::view::ResponseView,
+            "switchyard:policy/types.request-head": crate::policy::view::RequestHandle,
+            "switchyard:policy/types.response-head": crate::policy::view::ResponseHandle,
             "switchyard:policy/types.connection": crate::policy::view::ConnectionHandle,
         },
     });

@@ -25,9 +25,9 @@ pub struct HostState {
     /// When the current call must have returned; read by the epoch callback.
     pub(crate) deadline: Instant,
     wasi: WasiCtx,
-    /// WASI's handles, and the request, response and connection lent to
-    /// the current call (`view.rs`).
-    pub(crate) table: ResourceTable,
+    table: ResourceTable,
+    /// The request, response and connection lent to the running call.
+    pub(crate) lent: super::view::Lent,
     /// The guest's stderr (a Rust panic message lands here), kept so that a
     /// trap's error can say why.
     stderr: MemoryOutputPipe,
@@ -50,6 +50,7 @@ impl HostState {
             // Nothing is inherited or granted: no preopens, env, args, stdio.
             wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             table: ResourceTable::new(),
+            lent: Default::default(),
             stderr,
         }
     }

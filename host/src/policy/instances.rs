@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{connection, http, types};
@@ -20,7 +19,7 @@ use super::decision::{self, ConnDecision, HeaderEdit, HttpDecision};
 use super::directory::Directory;
 use super::engine::{Compiled, Limits, PolicyEngine};
 use super::host_api::HostState;
-use super::view::{ConnectionHandle, ConnectionInfo, RequestView, ResponseView};
+use super::view::{ConnectionInfo, RequestView, ResponseView, handle};
 use super::{PolicyError, PolicyKind};
 
 pub(crate) enum Pre {
@@ -318,21 +317,13 @@ impl Policy {
             let Bindings::Http(b) = &w.bindings else {
                 return Err(PolicyError::WrongWorld(self.kind));
             };
-            let table = &mut w.store.data_mut().table;
-            let req = Lent::swap_in(table, request)?;
-            let con = match Lent::push(table, ConnectionHandle(conn.clone())) {
-                Ok(c) => c,
-                Err(e) => {
-                    req.give_back(table, request);
-                    return Err(e);
-                }
-            };
-            let call = b
-                .call_on_request(&mut w.store, req.handle(), con.handle())
-                .await;
-            let table = &mut w.store.data_mut().table;
-            req.give_back(table, request);
-            con.take(table);
+            let lent = &mut w.store.data_mut().lent;
+            std::mem::swap(&mut lent.request, request);
+            lent.connection = Some(conn.clone());
+            let call = b.call_on_request(&mut w.store, handle(), handle()).await;
+            let lent = &mut w.store.data_mut().lent;
+            std::mem::swap(&mut lent.request, request);
+            lent.connection = None;
             match call {
                 Ok(d) => {
                     self.checkin(w);
@@ -361,21 +352,13 @@ impl Policy {
             let Bindings::Http(b) = &w.bindings else {
                 return Err(PolicyError::WrongWorld(self.kind));
             };
-            let table = &mut w.store.data_mut().table;
-            let req = Lent::swap_in(table, request)?;
-            let resp = match Lent::swap_in(table, response) {
-                Ok(r) => r,
-                Err(e) => {
-                    req.give_back(table, request);
-                    return Err(e);
-                }
-            };
-            let call = b
-                .call_on_response(&mut w.store, req.handle(), resp.handle())
-                .await;
-            let table = &mut w.store.data_mut().table;
-            req.give_back(table, request);
-            resp.give_back(table, response);
+            let lent = &mut w.store.data_mut().lent;
+            std::mem::swap(&mut lent.request, request);
+            std::mem::swap(&mut lent.response, response);
+            let call = b.call_on_response(&mut w.store, handle(), handle()).await;
+            let lent = &mut w.store.data_mut().lent;
+            std::mem::swap(&mut lent.request, request);
+            std::mem::swap(&mut lent.response, response);
             match call {
                 Ok(ops) => {
                     self.checkin(w);
@@ -412,10 +395,9 @@ impl Policy {
             let Bindings::Connection(b) = &w.bindings else {
                 return Err(PolicyError::WrongWorld(self.kind));
             };
-            let table = &mut w.store.data_mut().table;
-            let con = Lent::push(table, ConnectionHandle(conn.clone()))?;
-            let call = b.call_on_connect(&mut w.store, con.handle()).await;
-            con.take(&mut w.store.data_mut().table);
+            w.store.data_mut().lent.connection = Some(conn.clone());
+            let call = b.call_on_connect(&mut w.store, handle()).await;
+            w.store.data_mut().lent.connection = None;
             match call {
                 Ok(d) => {
                     self.checkin(w);
@@ -462,53 +444,6 @@ impl Policy {
 
 fn open_directory() -> Arc<dyn Directory> {
     Arc::new(super::directory::OpenDirectory)
-}
-
-/// A value lent to one call through the instance's resource table. The
-/// guest only ever holds a borrow of the entry, which it cannot drop, so the
-/// entry is still there to take back after the call.
-struct Lent<T> {
-    rep: u32,
-    _t: std::marker::PhantomData<T>,
-}
-
-impl<T: Send + 'static> Lent<T> {
-    fn push(table: &mut ResourceTable, value: T) -> Result<Self, PolicyError> {
-        let entry = table
-            .push(value)
-            .map_err(|e| PolicyError::Trap(format!("cannot lend to the policy: {e}")))?;
-        Ok(Lent {
-            rep: entry.rep(),
-            _t: std::marker::PhantomData,
-        })
-    }
-
-    fn handle(&self) -> Resource<T> {
-        Resource::new_borrow(self.rep)
-    }
-
-    fn take(self, table: &mut ResourceTable) -> Option<T> {
-        table.delete(Resource::<T>::new_own(self.rep)).ok()
-    }
-}
-
-impl<T: Default + Send + 'static> Lent<T> {
-    /// Moves `value` into the table, leaving its default behind. A full
-    /// table refuses the placeholder, not the value, so the caller's value
-    /// is never lost.
-    fn swap_in(table: &mut ResourceTable, value: &mut T) -> Result<Self, PolicyError> {
-        let lent = Self::push(table, T::default())?;
-        if let Ok(slot) = table.get_mut(&Resource::<T>::new_borrow(lent.rep)) {
-            std::mem::swap(slot, value);
-        }
-        Ok(lent)
-    }
-
-    fn give_back(self, table: &mut ResourceTable, value: &mut T) {
-        if let Some(v) = self.take(table) {
-            *value = v;
-        }
-    }
 }
 
 fn sample_request() -> RequestView {

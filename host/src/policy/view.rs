@@ -2,10 +2,16 @@
 //! `connection` resources that show it.
 //!
 //! A hook gets handles, not copies: the request's head is moved into the
-//! instance's resource table for the call and moved back after it, and each
-//! accessor the policy calls copies out only what it asks for. A policy that
-//! routes on the path pays for one string, not for every header (each string
-//! lowered into the guest costs an allocation call into it, ~0.1 µs).
+//! instance's store for the call ([`Lent`]) and moved back after it, and
+//! each accessor the policy calls copies out only what it asks for. A policy
+//! that routes on the path pays for one string, not for every header (each
+//! string lowered into the guest costs an allocation call into it, ~0.1 µs).
+//!
+//! An instance serves one call at a time and a call is lent at most one
+//! request, response and connection, so the handles need no table: each is
+//! a borrow of rep 0 that stands for "the one lent to this call", and the
+//! canonical ABI ends every borrow when the call returns, so a guest cannot
+//! keep one for a later call.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,8 +97,26 @@ impl ConnectionInfo {
     }
 }
 
-/// The table entry behind a `connection` handle.
-pub struct ConnectionHandle(pub Arc<ConnectionInfo>);
+/// What the running call was lent, kept in the instance's store. Between
+/// calls it holds defaults and no connection.
+#[derive(Default)]
+pub struct Lent {
+    pub(crate) request: RequestView,
+    pub(crate) response: ResponseView,
+    pub(crate) connection: Option<Arc<ConnectionInfo>>,
+}
+
+/// A handle to the lent request head (the resource's host type; no data).
+pub struct RequestHandle;
+/// A handle to the lent response head.
+pub struct ResponseHandle;
+/// A handle to the lent connection.
+pub struct ConnectionHandle;
+
+/// The handle a call's parameter carries.
+pub(crate) fn handle<T: 'static>() -> Resource<T> {
+    Resource::new_borrow(0)
+}
 
 fn text(v: &HeaderValue) -> String {
     match v.to_str() {
@@ -148,98 +172,102 @@ fn lower(name: &str) -> std::borrow::Cow<'_, str> {
 type R<T> = wasmtime::Result<T>;
 
 impl HostState {
-    fn request(&self, r: &Resource<RequestView>) -> R<&RequestView> {
-        Ok(self.table.get(r)?)
+    fn request(&self) -> &RequestView {
+        &self.lent.request
     }
-    fn response(&self, r: &Resource<ResponseView>) -> R<&ResponseView> {
-        Ok(self.table.get(r)?)
+    fn response(&self) -> &ResponseView {
+        &self.lent.response
     }
-    fn connection(&self, r: &Resource<ConnectionHandle>) -> R<&ConnectionInfo> {
-        Ok(&self.table.get(r)?.0)
+    fn connection(&self) -> R<&ConnectionInfo> {
+        self.lent
+            .connection
+            .as_deref()
+            .ok_or_else(|| wasmtime::format_err!("no connection is lent to this call"))
     }
 }
 
+type Req = Resource<RequestHandle>;
+type Resp = Resource<ResponseHandle>;
+type Conn = Resource<ConnectionHandle>;
+
 impl types::HostRequestHead for HostState {
-    fn method(&mut self, r: Resource<RequestView>) -> R<String> {
-        Ok(self.request(&r)?.method.as_str().to_owned())
+    fn method(&mut self, _: Req) -> R<String> {
+        Ok(self.request().method.as_str().to_owned())
     }
-    fn scheme(&mut self, r: Resource<RequestView>) -> R<String> {
-        Ok(self.request(&r)?.scheme.to_owned())
+    fn scheme(&mut self, _: Req) -> R<String> {
+        Ok(self.request().scheme.to_owned())
     }
-    fn authority(&mut self, r: Resource<RequestView>) -> R<String> {
+    fn authority(&mut self, _: Req) -> R<String> {
         Ok(self
-            .request(&r)?
+            .request()
             .authority
             .as_ref()
             .map(text)
             .unwrap_or_default())
     }
-    fn path(&mut self, r: Resource<RequestView>) -> R<String> {
-        Ok(self.request(&r)?.uri.path().to_owned())
+    fn path(&mut self, _: Req) -> R<String> {
+        Ok(self.request().uri.path().to_owned())
     }
-    fn query(&mut self, r: Resource<RequestView>) -> R<Option<String>> {
-        Ok(self.request(&r)?.uri.query().map(str::to_owned))
+    fn query(&mut self, _: Req) -> R<Option<String>> {
+        Ok(self.request().uri.query().map(str::to_owned))
     }
-    fn version(&mut self, r: Resource<RequestView>) -> R<types::HttpVersion> {
-        Ok(version(self.request(&r)?.version))
+    fn version(&mut self, _: Req) -> R<types::HttpVersion> {
+        Ok(version(self.request().version))
     }
-    fn header(&mut self, r: Resource<RequestView>, name: String) -> R<Option<String>> {
-        Ok(first(&self.request(&r)?.headers, &lower(&name)))
+    fn header(&mut self, _: Req, name: String) -> R<Option<String>> {
+        Ok(first(&self.request().headers, &lower(&name)))
     }
-    fn header_values(&mut self, r: Resource<RequestView>, name: String) -> R<Vec<String>> {
-        Ok(values(&self.request(&r)?.headers, &lower(&name)))
+    fn header_values(&mut self, _: Req, name: String) -> R<Vec<String>> {
+        Ok(values(&self.request().headers, &lower(&name)))
     }
-    fn headers(&mut self, r: Resource<RequestView>) -> R<Vec<types::Header>> {
-        Ok(all(&self.request(&r)?.headers))
+    fn headers(&mut self, _: Req) -> R<Vec<types::Header>> {
+        Ok(all(&self.request().headers))
     }
     // Handles are only ever lent to the guest, never given, so it has none
-    // of its own to drop; the host takes its entries back after each call.
-    fn drop(&mut self, r: Resource<RequestView>) -> R<()> {
-        self.table.delete(r)?;
+    // of its own to drop.
+    fn drop(&mut self, _: Req) -> R<()> {
         Ok(())
     }
 }
 
 impl types::HostResponseHead for HostState {
-    fn status(&mut self, r: Resource<ResponseView>) -> R<u16> {
-        Ok(self.response(&r)?.status.as_u16())
+    fn status(&mut self, _: Resp) -> R<u16> {
+        Ok(self.response().status.as_u16())
     }
-    fn header(&mut self, r: Resource<ResponseView>, name: String) -> R<Option<String>> {
-        Ok(first(&self.response(&r)?.headers, &lower(&name)))
+    fn header(&mut self, _: Resp, name: String) -> R<Option<String>> {
+        Ok(first(&self.response().headers, &lower(&name)))
     }
-    fn header_values(&mut self, r: Resource<ResponseView>, name: String) -> R<Vec<String>> {
-        Ok(values(&self.response(&r)?.headers, &lower(&name)))
+    fn header_values(&mut self, _: Resp, name: String) -> R<Vec<String>> {
+        Ok(values(&self.response().headers, &lower(&name)))
     }
-    fn headers(&mut self, r: Resource<ResponseView>) -> R<Vec<types::Header>> {
-        Ok(all(&self.response(&r)?.headers))
+    fn headers(&mut self, _: Resp) -> R<Vec<types::Header>> {
+        Ok(all(&self.response().headers))
     }
-    fn drop(&mut self, r: Resource<ResponseView>) -> R<()> {
-        self.table.delete(r)?;
+    fn drop(&mut self, _: Resp) -> R<()> {
         Ok(())
     }
 }
 
 impl types::HostConnection for HostState {
-    fn client(&mut self, r: Resource<ConnectionHandle>) -> R<types::SocketAddress> {
-        Ok(address(self.connection(&r)?.client))
+    fn client(&mut self, _: Conn) -> R<types::SocketAddress> {
+        Ok(address(self.connection()?.client))
     }
-    fn local(&mut self, r: Resource<ConnectionHandle>) -> R<types::SocketAddress> {
-        Ok(address(self.connection(&r)?.local))
+    fn local(&mut self, _: Conn) -> R<types::SocketAddress> {
+        Ok(address(self.connection()?.local))
     }
-    fn listener(&mut self, r: Resource<ConnectionHandle>) -> R<String> {
-        Ok(self.connection(&r)?.listener.to_string())
+    fn listener(&mut self, _: Conn) -> R<String> {
+        Ok(self.connection()?.listener.to_string())
     }
-    fn pool(&mut self, r: Resource<ConnectionHandle>) -> R<Option<String>> {
-        Ok(self.connection(&r)?.pool.as_deref().map(str::to_owned))
+    fn pool(&mut self, _: Conn) -> R<Option<String>> {
+        Ok(self.connection()?.pool.as_deref().map(str::to_owned))
     }
-    fn transport(&mut self, r: Resource<ConnectionHandle>) -> R<types::Transport> {
-        Ok(self.connection(&r)?.transport)
+    fn transport(&mut self, _: Conn) -> R<types::Transport> {
+        Ok(self.connection()?.transport)
     }
-    fn tls(&mut self, r: Resource<ConnectionHandle>) -> R<Option<types::TlsInfo>> {
-        Ok(self.connection(&r)?.tls.clone())
+    fn tls(&mut self, _: Conn) -> R<Option<types::TlsInfo>> {
+        Ok(self.connection()?.tls.clone())
     }
-    fn drop(&mut self, r: Resource<ConnectionHandle>) -> R<()> {
-        self.table.delete(r)?;
+    fn drop(&mut self, _: Conn) -> R<()> {
         Ok(())
     }
 }
