@@ -675,6 +675,26 @@ async fn bad_files_are_refused_with_the_file_and_the_reason() {
         "{e}"
     );
 
+    // A component built against an older WIT package: it imports
+    // `switchyard:policy/log@0.1.0` (an empty instance type; hand-encoded:
+    // preamble, a type section with one empty instance type, an import
+    // section with that one import).
+    let name = b"switchyard:policy/log@0.1.0";
+    let mut old = b"\0asm\x0d\0\x01\0".to_vec();
+    old.extend_from_slice(&[0x07, 0x03, 0x01, 0x42, 0x00]);
+    old.extend_from_slice(&[0x0a, (name.len() + 5) as u8, 0x01, 0x00, name.len() as u8]);
+    old.extend_from_slice(name);
+    old.extend_from_slice(&[0x05, 0x00]);
+    let e = refused("old.wasm", old, "", PolicyKind::Http).await;
+    assert!(
+        e.contains("built against switchyard:policy@0.1.0")
+            && e.contains(&format!(
+                "implements switchyard:policy@{}",
+                switchyard::policy::WIT_VERSION
+            )),
+        "{e}"
+    );
+
     let http = std::fs::read(wasm_file("policies/path-router.wasm")).unwrap();
     let e = refused("router.wasm", http, PATH_ROUTER, PolicyKind::Connection).await;
     assert!(e.contains("switchyard:policy/connection-policy"), "{e}");

@@ -113,6 +113,18 @@ fn wasm_kind(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The `switchyard:policy` version a component imports, when it imports
+/// any of its interfaces (every policy imports `types`).
+fn wit_version(component: &Component, engine: &Engine) -> Option<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .find_map(|(name, _)| {
+            let (_, version) = name.strip_prefix("switchyard:policy/")?.split_once('@')?;
+            Some(version.to_owned())
+        })
+}
+
 impl PolicyEngine {
     pub fn new(settings: &EngineSettings) -> anyhow::Result<Arc<Self>> {
         let mut cfg = Config::new();
@@ -179,6 +191,13 @@ impl PolicyEngine {
             .map_err(|e| err(format!("does not compile: {e:#}")))?;
         let compile_time = started.elapsed();
         let from_cache = self.cache_hits() > hits_before;
+        if let Some(v) = wit_version(&component, &self.engine).filter(|v| v != super::WIT_VERSION) {
+            return Err(err(format!(
+                "was built against switchyard:policy@{v}, and this host implements \
+                 switchyard:policy@{}: rebuild it against the current wit/ (or SDK)",
+                super::WIT_VERSION
+            )));
+        }
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             err(format!(
                 "imports something the host does not provide: {e:#}"

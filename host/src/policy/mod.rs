@@ -37,6 +37,11 @@ pub use engine::{
 pub use instances::Policy;
 pub use view::{ConnectionInfo, RequestView, ResponseView};
 
+/// The version of the `switchyard:policy` WIT package this host implements
+/// (`wit/`). A policy built against another version is refused with both
+/// versions named, before its imports and exports are type-checked.
+pub const WIT_VERSION: &str = "0.2.0";
+
 /// Which world a policy implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PolicyKind {
@@ -94,4 +99,24 @@ impl PolicyError {
 pub struct LoadError {
     pub file: PathBuf,
     pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wit_version_matches_the_wit_files() {
+        for wit in [
+            include_str!("../../../wit/types.wit"),
+            include_str!("../../../wit/host.wit"),
+            include_str!("../../../wit/worlds.wit"),
+        ] {
+            assert!(
+                wit.contains(&format!(
+                    "package switchyard:policy@{};",
+                    super::WIT_VERSION
+                )),
+                "wit/ and WIT_VERSION disagree"
+            );
+        }
+    }
 }
