@@ -1,5 +1,5 @@
-//! What a policy reads, and the host side of the `request`, `response` and
-//! `connection` resources that show it.
+//! What a policy reads, and the host side of the `request-head`,
+//! `response-head` and `connection` resources that show it.
 //!
 //! A hook gets handles, not copies: the request's head is moved into the
 //! instance's store for the call ([`Lent`]) and moved back after it, and
@@ -37,9 +37,9 @@ pub struct RequestView {
 }
 
 impl RequestView {
-    /// A request for tests, tools and load checks: `GET`-style method,
-    /// origin-form target, `name: value` headers (a `host` header is also
-    /// the authority).
+    /// A request for tests, tools and load checks: a method, an
+    /// origin-form target (`/path?query`) and header pairs; a `host`
+    /// header is also the authority.
     pub fn build(method: &str, target: &str, headers: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut map = HeaderMap::new();
         for (n, v) in headers {
