@@ -38,7 +38,7 @@ impl ConnectionPolicy for ClientHash {
         let client = conn.client().ip;
         let backends = backends::for_pool(&pool).unwrap_or_default();
         let best = backends.iter().filter(|b| b.healthy).max_by_key(|b| {
-            let mut key = client.clone().into_bytes();
+            let mut key = client.as_bytes().to_vec();
             key.push(0);
             key.extend_from_slice(b.name.as_bytes());
             fnv1a(&key)
