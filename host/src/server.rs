@@ -199,6 +199,9 @@ impl Daemon {
         let tls = self.terminators.get(name).cloned();
         let name: crate::admin::metrics::Label = name.into();
         HttpState {
+            policy_metrics: policy
+                .as_ref()
+                .map(|p| self.metrics.policy_handles(&p.name)),
             bytes: (
                 self.metrics.bytes_counter(&name, "in"),
                 self.metrics.bytes_counter(&name, "out"),

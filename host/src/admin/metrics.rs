@@ -47,6 +47,14 @@ pub struct BackendLabels {
     pub backend: Label,
 }
 
+/// A listener's handles on its policy's metrics (see
+/// [`Metrics::policy_handles`]).
+#[derive(Clone, Debug)]
+pub struct PolicyHandles {
+    pub ok: Counter,
+    pub duration: Histogram,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyOutcome {
     pub policy: Label,
@@ -271,6 +279,26 @@ impl Metrics {
                 direction,
             })
             .clone()
+    }
+
+    /// The `ok` call counter and the duration histogram of one policy, for
+    /// a listener to hold (one lookup per state, not per request).
+    pub fn policy_handles(&self, policy: &Label) -> PolicyHandles {
+        PolicyHandles {
+            ok: self
+                .policy_calls
+                .get_or_create(&PolicyOutcome {
+                    policy: policy.clone(),
+                    outcome: "ok",
+                })
+                .clone(),
+            duration: self
+                .policy_duration
+                .get_or_create(&PolicyLabel {
+                    policy: policy.clone(),
+                })
+                .clone(),
+        }
     }
 
     pub fn connect_error(&self, pool: &Label, backend: &Label, kind: &'static str) {

@@ -45,6 +45,9 @@ pub struct HttpState {
     pub access_log: AccessLog,
     /// TLS termination, when the listener has `[listeners.NAME.tls]`.
     pub tls: Option<Arc<crate::tls::Terminator>>,
+    /// The policy's `ok` call counter and duration histogram, looked up
+    /// once (errors are rarer and looked up when they happen).
+    pub policy_metrics: Option<crate::admin::metrics::PolicyHandles>,
     /// This listener's byte counters (`in`, `out`), looked up once.
     pub bytes: (
         prometheus_client::metrics::counter::Counter,
@@ -391,7 +394,13 @@ async fn proxy(
             let (d, took) = policy
                 .on_request_timed(&mut view, &info, cfg.pool.as_deref(), &directory)
                 .await;
-            record_policy_call(&state.metrics, &policy.name, took, d.as_ref().err());
+            match (&state.policy_metrics, &d) {
+                (Some(m), Ok(_)) => {
+                    m.ok.inc();
+                    m.duration.observe(took.as_secs_f64());
+                }
+                _ => record_policy_call(&state.metrics, &policy.name, took, d.as_ref().err()),
+            }
             if let Ok(HttpDecision::Forward(f)) = &d
                 && f.inspect_response
             {
