@@ -188,13 +188,12 @@ fn parse_request(t: &PolicyTest) -> anyhow::Result<RequestView> {
         let (name, value) = h
             .split_once(':')
             .with_context(|| format!("--header must look like \"name: value\": {h:?}"))?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim()));
+        headers.push((name.trim(), value.trim()));
     }
-    if !headers.iter().any(|(n, _)| n == "host") {
-        headers.insert(0, ("host".into(), "localhost"));
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        headers.insert(0, ("host", "localhost"));
     }
-    let pairs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-    RequestView::build(method, target, &pairs).with_context(|| {
+    RequestView::build(method, target, &headers).with_context(|| {
         format!(
             "--request/--header do not make a valid request: {:?}",
             t.request

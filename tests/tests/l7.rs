@@ -71,10 +71,10 @@ async fn path_router_sends_each_prefix_to_its_pool_and_strips() {
     sy.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test]
-async fn header_edits_apply_both_ways_and_hop_by_hop_headers_stop() {
-    let web = TestBackend::start("web").await;
-    let sy = start_switchyard(
+/// Switchyard with one HTTP listener `l` whose policy is the `misbehave`
+/// fixture, in front of `web`.
+async fn behind_misbehave(web: &TestBackend) -> switchyard::server::Running {
+    start_switchyard(
         r#"
 [pools.web]
 backends = ["{web}"]
@@ -93,7 +93,13 @@ dir = "{fixtures}"
         .as_str(),
         &BTreeMap::from([("web", web.addr)]),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn header_edits_apply_both_ways_and_hop_by_hop_headers_stop() {
+    let web = TestBackend::start("web").await;
+    let sy = behind_misbehave(&web).await;
     let c = client(false);
     let got = get(
         &c,
@@ -135,26 +141,7 @@ dir = "{fixtures}"
 #[tokio::test]
 async fn a_policy_reads_request_connection_and_response_on_demand() {
     let web = TestBackend::start("web").await;
-    let sy = start_switchyard(
-        r#"
-[pools.web]
-backends = ["{web}"]
-[listeners.l]
-protocol = "http"
-bind = "127.0.0.1:0"
-pool = "web"
-policy = "misbehave"
-[policies]
-dir = "{fixtures}"
-"#
-        .replace(
-            "{fixtures}",
-            &repo().join("tests/fixtures/wasm").display().to_string(),
-        )
-        .as_str(),
-        &BTreeMap::from([("web", web.addr)]),
-    )
-    .await;
+    let sy = behind_misbehave(&web).await;
     let c = client(false);
     let l = addr_of(&sy, "l");
     let probe = [

@@ -60,6 +60,7 @@ pub(crate) async fn route(
         crate::l7::server::record_policy_call(
             &state.metrics,
             &policy.name,
+            None,
             took,
             verdict.as_ref().err(),
         );

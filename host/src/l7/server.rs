@@ -290,13 +290,20 @@ async fn handle(req: Request<Incoming>, conn: &Conn, state: &HttpState) -> Respo
     resp
 }
 
-/// Counts one policy call by outcome and its duration.
+/// Counts one policy call by outcome and its duration; a successful call
+/// goes straight to the listener's `held` handles when it has them.
 pub(crate) fn record_policy_call(
     metrics: &Metrics,
     policy: &Label,
+    held: Option<&crate::admin::metrics::PolicyHandles>,
     took: std::time::Duration,
     error: Option<&crate::policy::PolicyError>,
 ) {
+    if let (Some(h), None) = (held, error) {
+        h.ok.inc();
+        h.duration.observe(took.as_secs_f64());
+        return;
+    }
     metrics
         .policy_calls
         .get_or_create(&PolicyOutcome {
@@ -394,13 +401,13 @@ async fn proxy(
             let (d, took) = policy
                 .on_request_timed(&mut view, &info, cfg.pool.as_deref(), &directory)
                 .await;
-            match (&state.policy_metrics, &d) {
-                (Some(m), Ok(_)) => {
-                    m.ok.inc();
-                    m.duration.observe(took.as_secs_f64());
-                }
-                _ => record_policy_call(&state.metrics, &policy.name, took, d.as_ref().err()),
-            }
+            record_policy_call(
+                &state.metrics,
+                &policy.name,
+                state.policy_metrics.as_ref(),
+                took,
+                d.as_ref().err(),
+            );
             if let Ok(HttpDecision::Forward(f)) = &d
                 && f.inspect_response
             {
