@@ -7,6 +7,9 @@ use switchyard::cli::{self, Cli, Command, LogFormat, PolicyCommand};
 use switchyard::config::Config;
 use switchyard::server;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing(format: LogFormat, level: Option<&str>) {
     use std::io::IsTerminal;
     let filter = match level {
