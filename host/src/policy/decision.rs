@@ -143,9 +143,14 @@ fn pool_and_backend(
     default_pool: Option<&str>,
     directory: &dyn Directory,
 ) -> Result<(), String> {
-    match (pool.as_deref().or(default_pool), backend.as_deref()) {
+    match (pool.as_deref(), backend.as_deref()) {
         (Some(p), b) => directory.check(p, b),
-        (None, Some(_)) => Err("names a backend but the listener has no default pool".into()),
+        (None, Some(b)) => match default_pool {
+            Some(p) => directory.check(p, Some(b)),
+            None => Err("names a backend but the listener has no default pool".into()),
+        },
+        // The listener's own pool, checked when the configuration loaded:
+        // no lookup on the common path.
         (None, None) => Ok(()),
     }
 }
