@@ -144,14 +144,13 @@ fn pool_and_backend(
     directory: &dyn Directory,
 ) -> Result<(), String> {
     match (pool.as_deref(), backend.as_deref()) {
-        (Some(p), b) => directory.check(p, b),
-        (None, Some(b)) => match default_pool {
-            Some(p) => directory.check(p, Some(b)),
-            None => Err("names a backend but the listener has no default pool".into()),
-        },
         // The listener's own pool, checked when the configuration loaded:
         // no lookup on the common path.
         (None, None) => Ok(()),
+        (pool, backend) => match pool.or(default_pool) {
+            Some(p) => directory.check(p, backend),
+            None => Err("names a backend but the listener has no default pool".into()),
+        },
     }
 }
 
@@ -293,6 +292,47 @@ mod tests {
 
     fn check(f: types::Forward) -> Result<HttpDecision, String> {
         http(types::Decision::Forward(f), Some("web"), &OpenDirectory)
+    }
+
+    #[test]
+    fn only_named_pools_and_backends_are_looked_up() {
+        use super::super::directory::StaticDirectory;
+        // Knows pool "api" only, with one backend "a1".
+        let dir = StaticDirectory::new(
+            [(
+                "api".to_string(),
+                vec![types::Backend {
+                    name: "a1".into(),
+                    address: "127.0.0.1:1".into(),
+                    weight: 1,
+                    healthy: true,
+                    in_flight: 0,
+                }],
+            )]
+            .into(),
+        );
+        let decide = |pool: Option<&str>, backend: Option<&str>, default: Option<&str>| {
+            let mut f = fwd();
+            f.pool = pool.map(Into::into);
+            f.backend = backend.map(Into::into);
+            http(types::Decision::Forward(f), default, &dir).map(|_| ())
+        };
+        // The listener's own pool was checked when the configuration
+        // loaded; a forward naming nothing is not looked up again (this
+        // directory does not know "web").
+        assert_eq!(decide(None, None, Some("web")), Ok(()));
+        assert_eq!(decide(None, None, None), Ok(()));
+        // A named backend is checked in the listener's pool...
+        assert_eq!(decide(None, Some("a1"), Some("api")), Ok(()));
+        let e = decide(None, Some("a2"), Some("api")).unwrap_err();
+        assert!(e.contains("no backend named \"a2\""), "{e}");
+        // ...and refused when the listener has none.
+        let e = decide(None, Some("a1"), None).unwrap_err();
+        assert!(e.contains("no default pool"), "{e}");
+        // A named pool is always checked.
+        assert_eq!(decide(Some("api"), Some("a1"), Some("web")), Ok(()));
+        let e = decide(Some("web"), None, Some("api")).unwrap_err();
+        assert!(e.contains("no pool named \"web\""), "{e}");
     }
 
     #[test]
