@@ -290,8 +290,9 @@ async fn handle(req: Request<Incoming>, conn: &Conn, state: &HttpState) -> Respo
     resp
 }
 
-/// Counts one policy call by outcome and its duration; a successful call
-/// goes straight to the listener's `held` handles when it has them.
+/// Counts one policy call by outcome and its duration, through the
+/// listener's `held` handles where it has them (the duration always, the
+/// `ok` count); other outcomes look their series up.
 pub(crate) fn record_policy_call(
     metrics: &Metrics,
     policy: &Label,
@@ -299,24 +300,26 @@ pub(crate) fn record_policy_call(
     took: std::time::Duration,
     error: Option<&crate::policy::PolicyError>,
 ) {
-    if let (Some(h), None) = (held, error) {
-        h.ok.inc();
-        h.duration.observe(took.as_secs_f64());
-        return;
+    let secs = took.as_secs_f64();
+    match held {
+        Some(h) => h.duration.observe(secs),
+        None => metrics
+            .policy_duration
+            .get_or_create(&PolicyLabel {
+                policy: policy.clone(),
+            })
+            .observe(secs),
     }
-    metrics
-        .policy_calls
-        .get_or_create(&PolicyOutcome {
-            policy: policy.clone(),
-            outcome: error.map_or("ok", |e| e.outcome()),
-        })
-        .inc();
-    metrics
-        .policy_duration
-        .get_or_create(&PolicyLabel {
-            policy: policy.clone(),
-        })
-        .observe(took.as_secs_f64());
+    match (held, error) {
+        (Some(h), None) => h.ok.inc(),
+        _ => metrics
+            .policy_calls
+            .get_or_create(&PolicyOutcome {
+                policy: policy.clone(),
+                outcome: error.map_or("ok", |e| e.outcome()),
+            })
+            .inc(),
+    };
 }
 
 fn idempotent(m: &Method) -> bool {
