@@ -1,11 +1,14 @@
 //! Proxy errors and the one place that maps them to HTTP statuses:
 //! nothing available → 503, upstream unreachable or broken → 502, upstream
 //! too slow → 504, request too large → 413, a Host the TLS connection was
-//! not made for → 421.
+//! not made for → 421, a request Switchyard will not forward as it could
+//! be read two ways (framing, Host, path) → 400, 414 or 501.
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 
+use crate::l7::hygiene::Refusal;
+use crate::l7::path::PathError;
 use crate::policy::PolicyError;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,17 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("request for {host:?} on a TLS connection made for {sni:?}")]
     Misdirected { sni: String, host: String },
+    #[error("request refused: {0:?}")]
+    Refused(Refusal),
+    #[error("bad request path: {0}")]
+    BadPath(PathError),
+    #[error("the policy's rewritten path is refused: {0}")]
+    BadRewrite(PathError),
+    /// The client's body broke its own framing (a bad chunk size, fewer
+    /// bytes than its Content-Length) after the head went upstream: the
+    /// client's fault, not the backend's.
+    #[error("the request body is malformed: {0}")]
+    BadRequestBody(String),
 }
 
 impl ProxyError {
@@ -50,7 +64,19 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::Refused(Refusal::BadRequest(_))
+            | ProxyError::BadPath(_)
+            | ProxyError::BadRewrite(_)
+            | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Refused(Refusal::UriTooLong(_)) => StatusCode::URI_TOO_LONG,
+            ProxyError::Refused(Refusal::NotImplemented(_)) => StatusCode::NOT_IMPLEMENTED,
         }
+    }
+
+    /// Whether the client connection must close after this answer: its
+    /// framing can no longer be trusted (RFC 9112 §6.3, §11.2).
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::Refused(_) | ProxyError::BadRequestBody(_))
     }
 }
 

@@ -301,6 +301,13 @@ pub struct ListenerFile {
     pub idle_timeout_ms: Option<u64>,
     /// http: terminate TLS (`[listeners.NAME.tls]`).
     pub tls: Option<TlsFile>,
+    /// http: the longest request target accepted (414 beyond; default 8192).
+    pub max_uri_bytes: Option<usize>,
+    /// http: normalize the path before the policy and the backend see it
+    /// (default true).
+    pub normalize_path: Option<bool>,
+    /// http: what `%2F`, `%5C` and `\` in a path do (default reject).
+    pub path_with_escaped_slashes: Option<crate::l7::path::EscapedSlashes>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

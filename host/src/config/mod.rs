@@ -194,6 +194,12 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     /// http: TLS termination.
     pub tls: Option<ListenerTls>,
+    /// http: the longest request target accepted (414 beyond).
+    pub max_uri_bytes: usize,
+    /// http: normalize paths (`l7/path.rs`); off passes them raw.
+    pub normalize_path: bool,
+    /// http: what `%2F`, `%5C` and `\` in a path do.
+    pub path_with_escaped_slashes: crate::l7::path::EscapedSlashes,
 }
 
 #[derive(Debug, Clone)]
@@ -562,6 +568,23 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
         if l.max_header_bytes < 8192 {
             problems.push(format!("{key}.max_header_bytes: must be at least 8192"));
         }
+        if l.protocol != Protocol::Http {
+            for (set, k) in [
+                (l.max_uri_bytes.is_some(), "max_uri_bytes"),
+                (l.normalize_path.is_some(), "normalize_path"),
+                (
+                    l.path_with_escaped_slashes.is_some(),
+                    "path_with_escaped_slashes",
+                ),
+            ] {
+                if set {
+                    problems.push(format!("{key}.{k}: only http listeners read paths"));
+                }
+            }
+        }
+        if l.max_uri_bytes == Some(0) {
+            problems.push(format!("{key}.max_uri_bytes: must be at least 1"));
+        }
         if l.policy_config.is_some() && l.policy.is_none() {
             problems.push(format!("{key}.policy_config: set without a policy"));
         }
@@ -611,6 +634,9 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 access_log: l.access_log,
                 peek_sni,
                 tls,
+                max_uri_bytes: l.max_uri_bytes.unwrap_or(8192),
+                normalize_path: l.normalize_path.unwrap_or(true),
+                path_with_escaped_slashes: l.path_with_escaped_slashes.unwrap_or_default(),
                 sni_peek_timeout: Duration::from_millis(l.sni_peek_timeout_ms.max(1)),
                 idle_timeout: Duration::from_millis(
                     l.idle_timeout_ms

@@ -1,14 +1,17 @@
 //! Proxy hygiene: what a request and response must lose or gain when they
-//! cross the proxy. Hop-by-hop fields (RFC 9110 §7.6.1) stop here, the
-//! client's address is established once (so policies, logs and backends
-//! all see the same one), and `X-Forwarded-*` / `Forwarded` tell the
-//! backend who asked.
+//! cross the proxy, and which messages never cross it. Hop-by-hop fields
+//! (RFC 9110 §7.6.1) stop here, the client's address is established once
+//! (so policies, logs and backends all see the same one), and
+//! `X-Forwarded-*` / `Forwarded` tell the backend who asked.
 //!
-//! Framing attacks are stopped before this point by hyper's parser:
-//! differing duplicate `Content-Length` and obs-fold are 400, and
-//! `Content-Length` with `Transfer-Encoding` is read as chunked with the
-//! length dropped and the connection closed after the response
-//! (RFC 9112 §6.1).
+//! Framing: hyper's parser refuses differing duplicate `Content-Length`,
+//! obs-fold, a `Transfer-Encoding` that does not end in `chunked`, NUL and
+//! bare CR; with `Content-Length` and `Transfer-Encoding` together it reads
+//! the body as chunked, drops the length and closes after the response
+//! (RFC 9112 §6.1). What hyper accepts but Switchyard refuses is checked
+//! here: [`check_request`] (Host, transfer codings, the target's length,
+//! HTTP/2 `host` against `:authority`) and [`check_response_framing`]
+//! (a backend's ambiguous framing). `docs/SECURITY.md` has the table.
 
 use std::net::IpAddr;
 
@@ -21,9 +24,24 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Fields the proxy sets itself: a `Connection` line cannot name them away
+/// (else a client removes the chain its front proxy built, and the backend
+/// sees the front proxy as the client).
+fn set_by_proxy(n: &HeaderName) -> bool {
+    n == X_FORWARDED_FOR
+        || n == X_FORWARDED_PROTO
+        || n == X_FORWARDED_HOST
+        || n == header::FORWARDED
+        || n == X_REAL_IP
+}
 
 /// Fields that never cross a hop, besides those `Connection` names.
-fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
+/// `Trailer` is not one: it is end to end (RFC 9110 §6.6.2), and gRPC
+/// needs it. `TE` is, but `TE: trailers` is sent again toward HTTP/2
+/// pools (RFC 9113 §8.2.2; see [`wants_trailers`]).
+fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
     [
         &header::CONNECTION,
         &KEEP_ALIVE,
@@ -31,9 +49,30 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
         &header::PROXY_AUTHENTICATE,
         &header::PROXY_AUTHORIZATION,
         &header::TE,
-        &header::TRAILER,
         &header::TRANSFER_ENCODING,
     ]
+}
+
+/// Whether the client's `TE` accepts trailers: gRPC's `te: trailers`,
+/// which an HTTP/2 backend must see again.
+pub fn wants_trailers(headers: &HeaderMap) -> bool {
+    tokens(headers, &header::TE).any(|t| {
+        t.split(';')
+            .next()
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case("trailers"))
+    })
+}
+
+/// The comma-separated elements of every line of a field, trimmed, empty
+/// ones skipped (RFC 9110 §5.6.1).
+fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// Whether a request asks to switch protocols (WebSocket and the like).
@@ -42,12 +81,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    tokens(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Removes hop-by-hop fields. With `keep_upgrade`, `Upgrade` and a
@@ -63,14 +97,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     {
         return;
     }
-    // Fields named by Connection are hop-by-hop too (RFC 9110 §7.6.1).
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+    // Fields named by Connection are hop-by-hop too (RFC 9110 §7.6.1),
+    // but never the ones this proxy sets itself.
+    let named: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| !(set_by_proxy(n) || keep_upgrade && n == header::UPGRADE))
         .collect();
     for n in named {
         headers.remove(n);
@@ -83,6 +114,120 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// Why a request is refused before it reaches a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400: a message Switchyard will not forward as it could be read two
+    /// ways.
+    BadRequest(&'static str),
+    /// 414: the request target is longer than `max_uri_bytes`.
+    UriTooLong(usize),
+    /// 501: a transfer coding other than `chunked`.
+    NotImplemented(String),
+}
+
+/// The framing and target checks hyper leaves to its user (RFC 9110,
+/// 9112, 9113), on a request head as hyper parsed it:
+/// - at most one `Host`, exactly one in HTTP/1.1 (RFC 9112 §3.2), valid
+///   as `uri-host [":" port]`; in HTTP/2 it must name what `:authority`
+///   names (RFC 9113 §8.3.1);
+/// - `Transfer-Encoding` is exactly one `chunked`: `chunked` twice is
+///   400, another coding before it 501 (RFC 9112 §6.1, §7);
+/// - the request target is at most `max_uri_bytes` long (414).
+pub fn check_request(
+    version: http::Version,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    max_uri_bytes: usize,
+) -> Result<(), Refusal> {
+    let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if target > max_uri_bytes {
+        return Err(Refusal::UriTooLong(max_uri_bytes));
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refusal::BadRequest("more than one Host"));
+    }
+    match (host, version) {
+        (None, http::Version::HTTP_11) => {
+            return Err(Refusal::BadRequest("an HTTP/1.1 request without Host"));
+        }
+        (Some(h), _) if !valid_host(h.as_bytes()) => {
+            return Err(Refusal::BadRequest("an invalid Host"));
+        }
+        (Some(h), http::Version::HTTP_2) => {
+            if let Some(a) = uri.authority()
+                && !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes())
+            {
+                return Err(Refusal::BadRequest("host disagrees with :authority"));
+            }
+        }
+        _ => {}
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let mut chunked = 0;
+        let mut other = None;
+        for t in tokens(headers, &header::TRANSFER_ENCODING) {
+            if t.eq_ignore_ascii_case("chunked") {
+                chunked += 1;
+            } else {
+                other.get_or_insert(t);
+            }
+        }
+        if chunked != 1 {
+            return Err(Refusal::BadRequest("Transfer-Encoding is not one chunked"));
+        }
+        if let Some(coding) = other {
+            return Err(Refusal::NotImplemented(format!(
+                "transfer coding {coding:?} is not implemented"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `uri-host [":" port]` (RFC 9110 §7.2), or empty (RFC 9112 §3.2: a
+/// target without an authority). No userinfo, path or query.
+fn valid_host(h: &[u8]) -> bool {
+    if h.is_empty() {
+        return true;
+    }
+    if h.iter()
+        .any(|&b| matches!(b, b'@' | b'/' | b'?' | b'#' | b'\\'))
+    {
+        return false;
+    }
+    http::uri::Authority::try_from(h).is_ok()
+}
+
+/// A backend's response whose framing could be read two ways (RFC 9112
+/// §6.1, §6.3): `Content-Length` with `Transfer-Encoding`, a
+/// `Transfer-Encoding` that is not exactly one `chunked`, or
+/// `Content-Length` lines that differ. hyper reads such responses one way
+/// (the first two as chunked or to EOF); Switchyard answers 502 and closes
+/// that connection.
+pub fn check_response_framing(headers: &HeaderMap) -> Result<(), &'static str> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err("Content-Length and Transfer-Encoding together");
+        }
+        let mut t = tokens(headers, &header::TRANSFER_ENCODING);
+        if !(t.next().is_some_and(|c| c.eq_ignore_ascii_case("chunked")) && t.next().is_none()) {
+            return Err("a Transfer-Encoding other than one chunked");
+        }
+        return Ok(());
+    }
+    let mut lengths = tokens(headers, &header::CONTENT_LENGTH);
+    if let Some(first) = lengths.next()
+        && lengths.any(|l| l != first)
+    {
+        return Err("differing Content-Length values");
+    }
+    Ok(())
 }
 
 /// The client's address: the peer's, unless the peer is a trusted proxy, in
@@ -149,13 +294,22 @@ pub fn add_forwarded(
     scheme: &str,
     host: Option<&HeaderValue>,
 ) {
+    // From a trusted peer, every line of the chain it sent, in order.
     let prior = |headers: &HeaderMap, name: &HeaderName| {
-        headers
-            .get(name)
-            .filter(|_| trusted_peer)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+        if !trusted_peer {
+            return None;
+        }
+        let mut lines = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+        let first = lines.next()?;
+        Some(lines.fold(first.to_owned(), |mut all, line| {
+            all.push_str(", ");
+            all.push_str(line);
+            all
+        }))
     };
+    if !trusted_peer {
+        headers.remove(&X_REAL_IP);
+    }
     let xff = match prior(headers, &X_FORWARDED_FOR) {
         Some(p) => chained(&p, peer.ip.to_str().unwrap_or_default()),
         None => Some(peer.ip.clone()),

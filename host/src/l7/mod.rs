@@ -4,10 +4,13 @@
 //! server.rs   per connection: hyper auto (h1 + h2c); per request: policy,
 //!             balance, upstream, response edits, upgrades
 //! request.rs  the client's authority; the upstream URI; hash keys
-//! hygiene.rs  hop-by-hop removal, client address, X-Forwarded-*/Forwarded
+//! hygiene.rs  framing checks, hop-by-hop removal, client address,
+//!             X-Forwarded-*/Forwarded
+//! path.rs     the one normalized path policies and backends both see
 //! ```
 
 pub mod hygiene;
+pub mod path;
 pub mod request;
 pub mod server;
 

@@ -1,6 +1,7 @@
 //! The HTTP listener's per-connection server and per-request proxy:
 //! snapshot → policy → decision → balance → upstream → response edits.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -11,7 +12,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
-use http_body_util::{BodyExt, Empty, Full, Limited};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 use super::hygiene;
+use super::path;
 use super::request;
 use crate::admin::access_log::{Entry, Format};
 use crate::admin::metrics::{
@@ -166,6 +168,73 @@ impl Body for Tracked {
     }
 }
 
+/// The client's request body on its way upstream: counts its bytes, stops
+/// at the listener's size cap, and notes whether it failed on the
+/// client's side (bad chunked framing, fewer bytes than its length, over
+/// the cap), so that failure is answered 400 or 413 and never charged to
+/// the backend.
+struct ClientBody {
+    inner: Incoming,
+    bytes_in: prometheus_client::metrics::counter::Counter,
+    /// Bytes still allowed under `max_request_body_bytes`.
+    left: u64,
+    fault: Arc<BodyFault>,
+}
+
+/// How a client body failed, seen by the request after the upstream
+/// exchange failed.
+#[derive(Default)]
+struct BodyFault(std::sync::OnceLock<BodyFailure>);
+
+#[derive(Debug, Clone)]
+enum BodyFailure {
+    TooLarge,
+    Malformed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body over max_request_body_bytes")]
+struct TooLarge;
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    let n = d.len() as u64;
+                    if n > this.left {
+                        let _ = this.fault.0.set(BodyFailure::TooLarge);
+                        return Poll::Ready(Some(Err(TooLarge.into())));
+                    }
+                    this.left -= n;
+                    this.bytes_in.inc_by(n);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let _ = this.fault.0.set(BodyFailure::Malformed(e.to_string()));
+                Poll::Ready(Some(Err(e.into())))
+            }
+            other => other.map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Serves one accepted connection until it closes. When `drain` turns
 /// true, the connection finishes its in-flight requests and closes
 /// (HTTP/1.1: after the current response; HTTP/2: GOAWAY). A `last_call`
@@ -230,6 +299,7 @@ async fn handle(req: Request<Incoming>, conn: &Conn, state: &HttpState) -> Respo
     let peer = conn.peer;
     let started = Instant::now();
     let method = req.method().clone();
+    let version = req.version();
     // Cheap to clone (shared bytes); only read if something is logged.
     let uri = req.uri().clone();
     let mut trace = Trace {
@@ -245,7 +315,12 @@ async fn handle(req: Request<Incoming>, conn: &Conn, state: &HttpState) -> Respo
         Err(e) => {
             warn!(listener = %state.name, client = %peer, %method, path = %uri.path(),
                 status = e.status().as_u16(), cause = %e, "request failed");
-            error_response(&e)
+            let mut resp = error_response(&e);
+            if e.closes_connection() && version < Version::HTTP_2 {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     };
     let total = started.elapsed();
@@ -337,6 +412,17 @@ async fn proxy(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let peer = conn.peer;
     let cfg = &state.config;
+    hygiene::check_request(req.version(), req.uri(), req.headers(), cfg.max_uri_bytes)
+        .map_err(ProxyError::Refused)?;
+    if cfg.normalize_path {
+        let normal = path::normalize(req.uri().path(), cfg.path_with_escaped_slashes)
+            .map_err(ProxyError::BadPath)?;
+        if let Cow::Owned(p) = normal {
+            let uri = with_path(req.uri(), &p)
+                .map_err(|_| ProxyError::BadPath(path::PathError::BadEscape))?;
+            *req.uri_mut() = uri;
+        }
+    }
     if let Some(limit) = cfg.max_request_body_bytes {
         let declared = req
             .headers()
@@ -452,6 +538,21 @@ async fn proxy(
         }
         HttpDecision::Forward(f) => f,
     };
+    let mut action = action;
+    if cfg.normalize_path
+        && let Some(p) = &action.path
+        && let Cow::Owned(normal) = path::normalize(p.path(), cfg.path_with_escaped_slashes)
+            .map_err(ProxyError::BadRewrite)?
+    {
+        let with_query = match p.query() {
+            Some(q) => format!("{normal}?{q}"),
+            None => normal,
+        };
+        action.path = Some(
+            http::uri::PathAndQuery::try_from(with_query)
+                .map_err(|_| ProxyError::BadRewrite(path::PathError::BadEscape))?,
+        );
+    }
 
     let pool_name = action
         .pool
@@ -480,12 +581,26 @@ async fn proxy(
             pool: pool_name.to_owned(),
         })?;
 
-    // The request as the backend gets it.
-    let upgrade = req.version() == Version::HTTP_11 && hygiene::is_upgrade(req.headers());
+    // The request as the backend gets it. An upgrade goes to HTTP/1.1
+    // pools only (toward HTTP/2 its fields are hop-by-hop and removed),
+    // and never with a body: the backend could leave a body it did not
+    // read for the next request on that connection.
+    let upgrade = req.version() == Version::HTTP_11
+        && !pool.config.http2
+        && hygiene::is_upgrade(req.headers());
+    if upgrade && !req.body().is_end_stream() {
+        return Err(ProxyError::Refused(hygiene::Refusal::BadRequest(
+            "an upgrade request with a body",
+        )));
+    }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
+    let trailers = pool.config.http2 && hygiene::wants_trailers(&headers);
     hygiene::strip_hop_by_hop(&mut headers, upgrade);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     for edit in &action.request_headers {
         edit.apply(&mut headers);
     }
@@ -511,19 +626,16 @@ async fn proxy(
     };
     let bodyless = body.is_end_stream();
     let retryable = bodyless && idempotent(&parts.method);
-    let bytes_in = state.bytes.0.clone();
-    let body = body.map_frame(move |f| {
-        if let Some(d) = f.data_ref() {
-            bytes_in.inc_by(d.len() as u64);
+    let fault = (!bodyless).then(|| Arc::new(BodyFault::default()));
+    let body: UpstreamBody = match &fault {
+        None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+        Some(fault) => ClientBody {
+            inner: body,
+            bytes_in: state.bytes.0.clone(),
+            left: cfg.max_request_body_bytes.unwrap_or(u64::MAX),
+            fault: fault.clone(),
         }
-        f
-    });
-    let body: UpstreamBody = match (upgrade, cfg.max_request_body_bytes) {
-        (true, _) => Empty::new().map_err(|never| match never {}).boxed_unsync(),
-        (false, Some(limit)) => {
-            Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
-        }
-        (false, None) => body.map_err(BoxError::from).boxed_unsync(),
+        .boxed_unsync(),
     };
     let build = |backend: &Backend, headers: http::HeaderMap, body: UpstreamBody| {
         let Some(at) = backend.address() else {
@@ -551,19 +663,17 @@ async fn proxy(
     };
 
     let limit = cfg.max_request_body_bytes.unwrap_or(u64::MAX);
-    let over_limit = |e| match e {
-        ProxyError::BodyTooLarge { .. } => ProxyError::BodyTooLarge { limit },
-        other => other,
-    };
     // Headers kept for a retry only when one is possible.
     let spare_headers = (retryable && pool.backends.len() > 1).then(|| headers.clone());
     let first = build(&backend, headers, body)?;
     // Upstream time is for the access log only.
     let sent = (cfg.access_log != Format::Off).then(Instant::now);
-    let (mut resp, in_flight) = match send(&state.metrics, &pool, &backend, first)
-        .await
-        .map_err(over_limit)
-    {
+    let how = SendHow {
+        unpooled: upgrade,
+        fault: fault.as_deref(),
+        limit,
+    };
+    let (mut resp, in_flight) = match send(&state.metrics, &pool, &backend, first, &how).await {
         Ok(ok) => ok,
         Err(e @ ProxyError::Connect { .. }) if spare_headers.is_some() => {
             let Some(other) = pool.pick(key, Some(&backend)) else {
@@ -573,7 +683,7 @@ async fn proxy(
                 cause = %e, retry = %other.name, "connect failed; retrying on another backend");
             let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
             let again = build(&other, spare_headers.unwrap_or_default(), empty)?;
-            send(&state.metrics, &pool, &other, again).await?
+            send(&state.metrics, &pool, &other, again, &how).await?
         }
         Err(e) => return Err(e),
     };
@@ -629,17 +739,44 @@ async fn proxy(
     ))
 }
 
+/// How one request is sent.
+struct SendHow<'a> {
+    /// On a connection of its own, never pooled (an upgrade).
+    unpooled: bool,
+    /// Where the client's body notes how it failed, when it has one.
+    fault: Option<&'a BodyFault>,
+    /// The listener's `max_request_body_bytes`, for the 413's text.
+    limit: u64,
+}
+
 /// Sends one request to one backend, counting it in flight, within the
-/// pool's response timeout.
+/// pool's response timeout. A failure of the client's own body is the
+/// client's (400 or 413), not counted against the backend.
 async fn send(
     metrics: &Metrics,
     pool: &Pool,
     backend: &Arc<Backend>,
     req: Request<UpstreamBody>,
+    how: &SendHow<'_>,
 ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
     let in_flight = backend.start();
     let timeout = pool.config.response_timeout;
-    let result = tokio::time::timeout(timeout, pool.client.request(req)).await;
+    let exchange = async {
+        if how.unpooled {
+            pool.client.request_unpooled(req).await
+        } else {
+            pool.client.request(req).await
+        }
+    };
+    let result = tokio::time::timeout(timeout, exchange).await;
+    if result.as_ref().is_ok_and(|r| r.is_err())
+        && let Some(failure) = how.fault.and_then(|f| f.0.get())
+    {
+        return Err(match failure {
+            BodyFailure::TooLarge => ProxyError::BodyTooLarge { limit: how.limit },
+            BodyFailure::Malformed(why) => ProxyError::BadRequestBody(why.clone()),
+        });
+    }
     let outcome = match &result {
         Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
         _ => Outcome::Failure,
@@ -661,8 +798,6 @@ async fn send(
                     backend: backend.name.to_string(),
                     cause,
                 })
-            } else if find_source::<http_body_util::LengthLimitError>(&e) {
-                Err(ProxyError::BodyTooLarge { limit: 0 })
             } else {
                 Err(ProxyError::Upstream {
                     pool: pool.name.to_string(),
@@ -690,13 +825,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn find_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(c) = cur {
-        if c.is::<T>() {
-            return true;
-        }
-        cur = c.source();
-    }
-    false
+/// `uri` with its path replaced by `path` (already normalized), the
+/// query kept.
+fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, http::Error> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(pq)?);
+    Ok(http::Uri::from_parts(parts)?)
 }

@@ -64,6 +64,7 @@ struct Inner {
     idle_timeout: Duration,
     hosts: Mutex<HashMap<Box<str>, Host>>,
     sweeping: std::sync::atomic::AtomicBool,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -79,6 +80,8 @@ struct Host {
 }
 
 struct H1 {
+    /// Tells this connection apart from its neighbours, to drop it.
+    id: u64,
     sender: http1::SendRequest<UpstreamBody>,
     last_used: Instant,
 }
@@ -99,6 +102,9 @@ pub enum ClientError {
     Http(hyper::Error),
     /// The request itself could not be sent as given.
     Request(String),
+    /// The backend's response head has framing that could be read two
+    /// ways; its connection was dropped.
+    Framing(&'static str),
 }
 
 impl ClientError {
@@ -113,6 +119,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Connect(_) => f.write_str("cannot connect"),
             ClientError::Http(e) => e.fmt(f),
             ClientError::Request(why) => f.write_str(why),
+            ClientError::Framing(why) => write!(f, "ambiguous response framing: {why}"),
         }
     }
 }
@@ -124,7 +131,7 @@ impl std::error::Error for ClientError {
             // The hyper error is this error's own text; its cause (a body
             // error such as the size limit) is the source.
             ClientError::Http(e) => e.source(),
-            ClientError::Request(_) => None,
+            ClientError::Request(_) | ClientError::Framing(_) => None,
         }
     }
 }
@@ -194,7 +201,7 @@ impl UpstreamClient {
             match ready {
                 Some(c) => {
                     c.last_used = now;
-                    Ok(c.sender.try_send_request(req))
+                    Ok((c.id, c.sender.try_send_request(req)))
                 }
                 None => {
                     if let Some(h) = hosts.get_mut(authority) {
@@ -205,8 +212,8 @@ impl UpstreamClient {
             }
         };
         let req = match sent {
-            Ok(sent) => match sent.await {
-                Ok(resp) => return Ok(resp),
+            Ok((id, sent)) => match sent.await {
+                Ok(resp) => return self.checked(authority, id, resp),
                 Err(mut e) => match e.take_message() {
                     // Closed before it took the request: try a new one.
                     Some(req) => {
@@ -220,17 +227,54 @@ impl UpstreamClient {
         };
         let mut sender = self.connect_h1(&uri).await?;
         let sent = sender.send_request(req);
+        let id = self
+            .inner
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner
             .hosts()
             .entry(authority.into())
             .or_default()
             .h1
             .push(H1 {
+                id,
                 sender,
                 last_used: Instant::now(),
             });
         self.start_sweeping();
-        sent.await.map_err(ClientError::Http)
+        let resp = sent.await.map_err(ClientError::Http)?;
+        self.checked(authority, id, resp)
+    }
+
+    /// Sends an HTTP/1.1 upgrade request on a connection of its own that
+    /// is never pooled: after a 101 it is the tunnel's; after any other
+    /// answer it closes once the response ends, so nothing the backend
+    /// may still read as this request's body can meet the next request.
+    pub async fn request_unpooled(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let uri = req.uri().clone();
+        *req.uri_mut() = origin_form(&uri);
+        let mut sender = self.connect_h1(&uri).await?;
+        let resp = sender.send_request(req).await.map_err(ClientError::Http)?;
+        check_framing(resp)
+    }
+
+    /// `resp` if its framing is unambiguous; otherwise its connection
+    /// (`id` of `authority`) is dropped from the pool, and so closed,
+    /// even when the body was complete.
+    fn checked(
+        &self,
+        authority: &str,
+        id: u64,
+        resp: Response<Incoming>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        check_framing(resp).inspect_err(|_| {
+            if let Some(h) = self.inner.hosts().get_mut(authority) {
+                h.h1.retain(|c| c.id != id);
+            }
+        })
     }
 
     /// The shared HTTP/2 connection to `authority`, unless it closed or
@@ -338,6 +382,15 @@ impl UpstreamClient {
     }
 }
 
+/// An HTTP/1 response, unless its framing is ambiguous (the response and
+/// its body are dropped, which aborts an unfinished connection).
+fn check_framing(resp: Response<Incoming>) -> Result<Response<Incoming>, ClientError> {
+    match crate::l7::hygiene::check_response_framing(resp.headers()) {
+        Ok(()) => Ok(resp),
+        Err(why) => Err(ClientError::Framing(why)),
+    }
+}
+
 /// `/path?query` of an absolute URI.
 fn origin_form(uri: &Uri) -> Uri {
     let pq = uri
@@ -401,6 +454,7 @@ pub fn build(
             idle_timeout: c.idle_timeout,
             hosts: Mutex::new(HashMap::new()),
             sweeping: std::sync::atomic::AtomicBool::new(false),
+            next_id: std::sync::atomic::AtomicU64::new(0),
         }),
     })
 }
