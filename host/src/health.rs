@@ -255,7 +255,7 @@ async fn probe(
             let resp = client
                 .request(req)
                 .await
-                .map_err(|e| format!("https: {e}"))?;
+                .map_err(|e| format!("https: {}", e.error))?;
             return expect(resp.status().as_u16(), hc);
         }
         let stream = tokio::net::TcpStream::connect(at.socket)

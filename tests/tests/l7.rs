@@ -330,7 +330,7 @@ pool = "web"
 }
 
 #[tokio::test]
-async fn a_dead_backend_is_retried_for_gets_and_is_502_otherwise() {
+async fn a_dead_backend_is_passed_over_for_any_method_and_is_502_alone() {
     let live = TestBackend::start("live").await;
     let dead = dead_addr().await;
     let sy = start_switchyard(
@@ -359,6 +359,18 @@ pool = "gone"
         assert_eq!(got.status, 200, "a GET is retried on the live backend");
         assert_eq!(got.text(), "live");
     }
+    // A POST that could not connect reached no backend: it is resent too,
+    // body and all, and arrives once.
+    for i in 0..4 {
+        let post = Request::post(format!("http://{}/echo", addr_of(&sy, "l")))
+            .body(streamed(format!("post {i}").into_bytes(), 3))
+            .unwrap();
+        let got = send(&c, post).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.text(), format!("post {i}"));
+    }
+    let posts = live.seen().iter().filter(|s| s.method == "POST").count();
+    assert_eq!(posts, 4, "each POST reached the live backend once");
     let got = get(&c, addr_of(&sy, "gone"), "/", &[]).await;
     assert_eq!(got.status, 502);
     let post = Request::post(format!("http://{}/", addr_of(&sy, "gone")))

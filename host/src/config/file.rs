@@ -139,6 +139,44 @@ pub struct PoolFile {
     /// A client certificate (PEM chain) and key for mTLS to the backends.
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// http: resends of a failed request to other backends (default 1).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// http: which failures are resent (default both).
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<RetryOn>,
+    /// http: resends of requests that reached a backend, as a share of
+    /// the pool's requests over the last 10 s (default 20).
+    #[serde(default = "default_retry_budget_percent")]
+    pub retry_budget_percent: u32,
+    /// http: resends allowed per second on top of that share (default 10).
+    #[serde(default = "default_min_retries_per_second")]
+    pub min_retries_per_second: u32,
+}
+
+/// A failure of an upstream exchange that may be resent (nginx's
+/// `proxy_next_upstream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    /// Cannot connect, or the connection reset or closed before the
+    /// response head.
+    Error,
+    /// No response head within `response_timeout_ms`.
+    Timeout,
+}
+
+fn default_retries() -> u32 {
+    1
+}
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::Error, RetryOn::Timeout]
+}
+fn default_retry_budget_percent() -> u32 {
+    20
+}
+fn default_min_retries_per_second() -> u32 {
+    10
 }
 
 /// The PROXY protocol version sent to a pool's backends on TCP connections.

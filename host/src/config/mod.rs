@@ -118,6 +118,24 @@ pub struct PoolConfig {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// TLS to the backends (`tls = true`).
     pub tls: Option<PoolTls>,
+    /// HTTP: how a failed request is resent to another backend.
+    pub retry: Retry,
+}
+
+/// When and how often an HTTP pool resends a failed request (`docs/CONFIG.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Resends per request, each to a backend not tried yet.
+    pub retries: u32,
+    /// Resend on connect errors, resets and EOF before the response head.
+    pub on_error: bool,
+    /// Resend when the response head did not come within the timeout.
+    pub on_timeout: bool,
+    /// Resends of requests that reached a backend, over the last 10 s: at
+    /// most this share of the pool's requests, plus `min_per_second` per
+    /// second (Finagle's and Linkerd's retry budget).
+    pub budget_percent: u32,
+    pub min_per_second: u32,
 }
 
 /// TLS from a pool to its backends; paths are absolute.
@@ -459,6 +477,11 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 unhealthy_threshold: h.unhealthy_threshold.max(1),
             })
         });
+        if pool.retry_budget_percent > 100 {
+            problems.push(format!(
+                "{key}.retry_budget_percent: must be between 0 and 100"
+            ));
+        }
         if pool.hash_key.is_some() && pool.algorithm != Algorithm::Hash {
             problems.push(format!(
                 "{key}.hash_key: only used with algorithm = \"hash\""
@@ -488,6 +511,13 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 }),
                 proxy_protocol: pool.proxy_protocol,
                 tls,
+                retry: Retry {
+                    retries: pool.retries,
+                    on_error: pool.retry_on.contains(&file::RetryOn::Error),
+                    on_timeout: pool.retry_on.contains(&file::RetryOn::Timeout),
+                    budget_percent: pool.retry_budget_percent,
+                    min_per_second: pool.min_retries_per_second,
+                },
             },
         );
     }

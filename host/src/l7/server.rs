@@ -35,7 +35,7 @@ use crate::policy::{
     ConnectionInfo, Directory, ForwardAction, HttpDecision, Policy, RequestView, ResponseView,
     types,
 };
-use crate::upstream::{Backend, BoxError, InFlight, Pool, UpstreamBody, Upstreams};
+use crate::upstream::{Backend, BoxError, Failed, InFlight, Pool, UpstreamBody, Upstreams};
 
 /// What an HTTP listener serves with; swapped whole on reload.
 pub struct HttpState {
@@ -624,18 +624,48 @@ async fn proxy(
     } else {
         Version::HTTP_11
     };
+    let limit = cfg.max_request_body_bytes.unwrap_or(u64::MAX);
     let bodyless = body.is_end_stream();
-    let retryable = bodyless && idempotent(&parts.method);
+    let retry = &pool.config.retry;
+    // Whether a request that reached a backend may be sent again: an
+    // idempotent method (RFC 9110 §9.2.2), retries configured, another
+    // backend to try.
+    let may_resend = retry.retries > 0 && pool.backends.len() > 1 && idempotent(&parts.method);
     let fault = (!bodyless).then(|| Arc::new(BodyFault::default()));
-    let body: UpstreamBody = match &fault {
-        None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
-        Some(fault) => ClientBody {
-            inner: body,
-            bytes_in: state.bytes.0.clone(),
-            left: cfg.max_request_body_bytes.unwrap_or(u64::MAX),
-            fault: fault.clone(),
+    // The body as sent, and a copy to send again: a body of at most
+    // REPLAY_CAP bytes is read whole first when it may be resent.
+    let (body, spare_body): (UpstreamBody, Option<Replay>) = match &fault {
+        None => (empty(), Some(Replay::default())),
+        Some(fault) => {
+            let client_body = ClientBody {
+                inner: body,
+                bytes_in: state.bytes.0.clone(),
+                left: limit,
+                fault: fault.clone(),
+            };
+            let small = client_body
+                .size_hint()
+                .exact()
+                .is_some_and(|n| n <= REPLAY_CAP);
+            if may_resend && small {
+                let read = client_body
+                    .collect()
+                    .await
+                    .map_err(|_| match fault.0.get() {
+                        Some(BodyFailure::TooLarge) | None => ProxyError::BodyTooLarge { limit },
+                        Some(BodyFailure::Malformed(why)) => {
+                            ProxyError::BadRequestBody(why.clone())
+                        }
+                    })?;
+                let replay = Replay {
+                    trailers: read.trailers().cloned(),
+                    data: read.to_bytes(),
+                };
+                (replay.body(), Some(replay))
+            } else {
+                (client_body.boxed_unsync(), None)
+            }
         }
-        .boxed_unsync(),
     };
     let build = |backend: &Backend, headers: http::HeaderMap, body: UpstreamBody| {
         let Some(at) = backend.address() else {
@@ -662,10 +692,13 @@ async fn proxy(
         Ok::<_, ProxyError>(r)
     };
 
-    let limit = cfg.max_request_body_bytes.unwrap_or(u64::MAX);
-    // Headers kept for a retry only when one is possible.
-    let spare_headers = (retryable && pool.backends.len() > 1).then(|| headers.clone());
-    let first = build(&backend, headers, body)?;
+    // Headers kept for a resend after the request went out, only when
+    // one is possible (an unsent request comes back whole).
+    let spare = match &spare_body {
+        Some(b) if may_resend => Some((headers.clone(), b)),
+        _ => None,
+    };
+    let mut req = build(&backend, headers, body)?;
     // Upstream time is for the access log only.
     let sent = (cfg.access_log != Format::Off).then(Instant::now);
     let how = SendHow {
@@ -673,19 +706,52 @@ async fn proxy(
         fault: fault.as_deref(),
         limit,
     };
-    let (mut resp, in_flight) = match send(&state.metrics, &pool, &backend, first, &how).await {
-        Ok(ok) => ok,
-        Err(e @ ProxyError::Connect { .. }) if spare_headers.is_some() => {
-            let Some(other) = pool.pick(key, Some(&backend)) else {
-                return Err(e);
-            };
-            warn!(listener = %state.name, pool = %pool_name, backend = %backend.name,
-                cause = %e, retry = %other.name, "connect failed; retrying on another backend");
-            let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
-            let again = build(&other, spare_headers.unwrap_or_default(), empty)?;
-            send(&state.metrics, &pool, &other, again, &how).await?
+    // Each attempt goes to a backend not tried yet, at most `retries`
+    // resends; a request that reached a backend is resent only within the
+    // pool's retry budget (docs/CONFIG.md).
+    pool.count_request();
+    let mut tried: Vec<Arc<Backend>> = Vec::new();
+    let mut target = backend;
+    let (mut resp, in_flight) = loop {
+        trace.backend = Some(target.name.clone());
+        let failed = match send(&state.metrics, &pool, &target, req, &how).await {
+            Ok(ok) => break ok,
+            Err(failed) => failed,
+        };
+        tried.push(target.clone());
+        let allowed = match failed.class {
+            Some(FailureClass::Error) => retry.on_error,
+            Some(FailureClass::Timeout) => retry.on_timeout,
+            None => false,
+        };
+        if !allowed || tried.len() > retry.retries as usize {
+            return Err(failed.error);
         }
-        Err(e) => return Err(e),
+        // Unsent: whatever the method. Sent: an idempotent request whose
+        // body was kept.
+        let again = match (failed.unsent, &spare) {
+            (Some(unsent), _) => Ok(unsent),
+            (None, Some((h, b))) => Err((h.clone(), b.body())),
+            (None, None) => return Err(failed.error),
+        };
+        let Some(next) = pool.pick_untried(key, &tried) else {
+            return Err(failed.error);
+        };
+        if again.is_err() && !pool.may_resend() {
+            warn!(listener = %state.name, pool = %pool_name, backend = %target.name,
+                cause = %failed.error, "retry budget spent; not resending");
+            return Err(failed.error);
+        }
+        warn!(listener = %state.name, pool = %pool_name, backend = %target.name,
+            cause = %failed.error, retry = %next.name, "upstream failed before responding; resending on another backend");
+        req = match again {
+            Ok(unsent) => {
+                let (p, b) = unsent.into_parts();
+                build(&next, p.headers, b)?
+            }
+            Err((h, b)) => build(&next, h, b)?,
+        };
+        target = next;
     };
 
     trace.upstream = sent.map(|s| s.elapsed());
@@ -739,6 +805,53 @@ async fn proxy(
     ))
 }
 
+/// Bodies of at most this many bytes are kept to be sent again (nginx
+/// buffers request bodies whole by default; this keeps streaming for the
+/// rest).
+const REPLAY_CAP: u64 = 64 * 1024;
+
+fn empty() -> UpstreamBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A request body read whole, to send again on a resend.
+#[derive(Default)]
+struct Replay {
+    data: Bytes,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl Replay {
+    fn body(&self) -> UpstreamBody {
+        let data = Full::new(self.data.clone()).map_err(|never| match never {});
+        match self.trailers.clone() {
+            None => data.boxed_unsync(),
+            Some(t) => data
+                .with_trailers(async move { Some(Ok(t)) })
+                .boxed_unsync(),
+        }
+    }
+}
+
+/// Which resendable failure an attempt met (`retry_on`).
+#[derive(Debug, Clone, Copy)]
+enum FailureClass {
+    /// No connection, or reset/closed before the response head.
+    Error,
+    /// No response head within `response_timeout_ms`.
+    Timeout,
+}
+
+/// One attempt that got no response.
+struct FailedAttempt {
+    error: ProxyError,
+    /// The request, when none of it reached the backend.
+    unsent: Option<Box<Request<UpstreamBody>>>,
+    /// `None`: not resendable (the response had started, or the client's
+    /// body failed).
+    class: Option<FailureClass>,
+}
+
 /// How one request is sent.
 struct SendHow<'a> {
     /// On a connection of its own, never pooled (an upgrade).
@@ -758,7 +871,7 @@ async fn send(
     backend: &Arc<Backend>,
     req: Request<UpstreamBody>,
     how: &SendHow<'_>,
-) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+) -> Result<(Response<Incoming>, InFlight), FailedAttempt> {
     let in_flight = backend.start();
     let timeout = pool.config.response_timeout;
     let exchange = async {
@@ -772,9 +885,13 @@ async fn send(
     if result.as_ref().is_ok_and(|r| r.is_err())
         && let Some(failure) = how.fault.and_then(|f| f.0.get())
     {
-        return Err(match failure {
-            BodyFailure::TooLarge => ProxyError::BodyTooLarge { limit: how.limit },
-            BodyFailure::Malformed(why) => ProxyError::BadRequestBody(why.clone()),
+        return Err(FailedAttempt {
+            error: match failure {
+                BodyFailure::TooLarge => ProxyError::BodyTooLarge { limit: how.limit },
+                BodyFailure::Malformed(why) => ProxyError::BadRequestBody(why.clone()),
+            },
+            unsent: None,
+            class: None,
         });
     }
     let outcome = match &result {
@@ -783,33 +900,45 @@ async fn send(
     };
     health::report(pool, backend, outcome);
     match &result {
-        Ok(Err(e)) if e.is_connect() => metrics.connect_error(&pool.name, &backend.name, "connect"),
+        Ok(Err(f)) if f.error.is_connect() => {
+            metrics.connect_error(&pool.name, &backend.name, "connect")
+        }
         Ok(Err(_)) => metrics.connect_error(&pool.name, &backend.name, "reset"),
         Err(_) => metrics.connect_error(&pool.name, &backend.name, "timeout"),
         Ok(Ok(_)) => {}
     }
     match result {
         Ok(Ok(resp)) => Ok((resp, in_flight)),
-        Ok(Err(e)) => {
-            let cause = error_chain(&e);
-            if e.is_connect() {
-                Err(ProxyError::Connect {
+        Ok(Err(Failed { error, unsent })) => {
+            let cause = error_chain(&error);
+            let class = error.before_response().then_some(FailureClass::Error);
+            let error = if error.is_connect() {
+                ProxyError::Connect {
                     pool: pool.name.to_string(),
                     backend: backend.name.to_string(),
                     cause,
-                })
+                }
             } else {
-                Err(ProxyError::Upstream {
+                ProxyError::Upstream {
                     pool: pool.name.to_string(),
                     backend: backend.name.to_string(),
                     cause,
-                })
-            }
+                }
+            };
+            Err(FailedAttempt {
+                error,
+                unsent,
+                class,
+            })
         }
-        Err(_) => Err(ProxyError::Timeout {
-            pool: pool.name.to_string(),
-            backend: backend.name.to_string(),
-            timeout_ms: timeout.as_millis(),
+        Err(_) => Err(FailedAttempt {
+            error: ProxyError::Timeout {
+                pool: pool.name.to_string(),
+                backend: backend.name.to_string(),
+                timeout_ms: timeout.as_millis(),
+            },
+            unsent: None,
+            class: Some(FailureClass::Timeout),
         }),
     }
 }

@@ -111,6 +111,51 @@ impl ClientError {
     pub fn is_connect(&self) -> bool {
         matches!(self, ClientError::Connect(_))
     }
+
+    /// Whether the exchange failed before any response byte: the
+    /// connection could not be opened, or reset or closed before the
+    /// response head (not: a malformed or ambiguous response, or a failure
+    /// of the request's own body).
+    pub fn before_response(&self) -> bool {
+        match self {
+            ClientError::Connect(_) => true,
+            ClientError::Http(e) => !(e.is_parse() || e.is_user() || e.is_parse_status()),
+            ClientError::Request(_) | ClientError::Framing(_) => false,
+        }
+    }
+}
+
+/// A request that got no response.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ClientError,
+    /// The request, when none of it reached the backend: no connection
+    /// could be opened, or the connection closed before hyper wrote it. It
+    /// may go to another backend whatever its method.
+    /// Boxed: failures are rare, and the `Result` stays small.
+    pub unsent: Option<Box<Request<UpstreamBody>>>,
+}
+
+impl From<ClientError> for Failed {
+    fn from(error: ClientError) -> Self {
+        Failed {
+            error,
+            unsent: None,
+        }
+    }
+}
+
+/// The result of a send whose request hyper may hand back.
+fn handed_back<T>(
+    r: Result<T, hyper::client::conn::TrySendError<Request<UpstreamBody>>>,
+) -> Result<T, Failed> {
+    r.map_err(|mut e| {
+        let unsent = e.take_message().map(Box::new);
+        Failed {
+            error: ClientError::Http(e.into_error()),
+            unsent,
+        }
+    })
 }
 
 impl std::fmt::Display for ClientError {
@@ -163,10 +208,10 @@ impl UpstreamClient {
     pub async fn request(
         &self,
         mut req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, ClientError> {
+    ) -> Result<Response<Incoming>, Failed> {
         let uri = req.uri().clone();
         let Some(authority) = uri.authority().map(|a| a.as_str()) else {
-            return Err(ClientError::Request(format!("no backend address in {uri}")));
+            return Err(ClientError::Request(format!("no backend address in {uri}")).into());
         };
         if self.inner.http2 {
             if let Some(mut sender) = self.h2_sender(authority) {
@@ -180,12 +225,20 @@ impl UpstreamClient {
                             self.forget_h2(authority);
                             req = back;
                         }
-                        None => return Err(ClientError::Http(e.into_error())),
+                        None => return Err(ClientError::Http(e.into_error()).into()),
                     },
                 }
             }
-            let mut sender = self.connect_h2(&uri, authority).await?;
-            return sender.send_request(req).await.map_err(ClientError::Http);
+            let mut sender = match self.connect_h2(&uri, authority).await {
+                Ok(s) => s,
+                Err(error) => {
+                    return Err(Failed {
+                        error,
+                        unsent: Some(Box::new(req)),
+                    });
+                }
+            };
+            return handed_back(sender.try_send_request(req).await);
         }
         // HTTP/1.1 sends the origin form; Host is set by the caller.
         *req.uri_mut() = origin_form(&uri);
@@ -220,13 +273,21 @@ impl UpstreamClient {
                         debug!(backend = %authority, error = %e.error(), "pooled connection closed; opening another");
                         req
                     }
-                    None => return Err(ClientError::Http(e.into_error())),
+                    None => return Err(ClientError::Http(e.into_error()).into()),
                 },
             },
             Err(req) => req,
         };
-        let mut sender = self.connect_h1(&uri).await?;
-        let sent = sender.send_request(req);
+        let mut sender = match self.connect_h1(&uri).await {
+            Ok(s) => s,
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    unsent: Some(Box::new(req)),
+                });
+            }
+        };
+        let sending = sender.try_send_request(req);
         let id = self
             .inner
             .next_id
@@ -242,7 +303,7 @@ impl UpstreamClient {
                 last_used: Instant::now(),
             });
         self.start_sweeping();
-        let resp = sent.await.map_err(ClientError::Http)?;
+        let resp = handed_back(sending.await)?;
         self.checked(authority, id, resp)
     }
 
@@ -253,12 +314,20 @@ impl UpstreamClient {
     pub async fn request_unpooled(
         &self,
         mut req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, ClientError> {
+    ) -> Result<Response<Incoming>, Failed> {
         let uri = req.uri().clone();
         *req.uri_mut() = origin_form(&uri);
-        let mut sender = self.connect_h1(&uri).await?;
-        let resp = sender.send_request(req).await.map_err(ClientError::Http)?;
-        check_framing(resp)
+        let mut sender = match self.connect_h1(&uri).await {
+            Ok(s) => s,
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    unsent: Some(Box::new(req)),
+                });
+            }
+        };
+        let resp = handed_back(sender.try_send_request(req).await)?;
+        Ok(check_framing(resp)?)
     }
 
     /// `resp` if its framing is unambiguous; otherwise its connection
@@ -269,12 +338,12 @@ impl UpstreamClient {
         authority: &str,
         id: u64,
         resp: Response<Incoming>,
-    ) -> Result<Response<Incoming>, ClientError> {
-        check_framing(resp).inspect_err(|_| {
+    ) -> Result<Response<Incoming>, Failed> {
+        Ok(check_framing(resp).inspect_err(|_| {
             if let Some(h) = self.inner.hosts().get_mut(authority) {
                 h.h1.retain(|c| c.id != id);
             }
-        })
+        })?)
     }
 
     /// The shared HTTP/2 connection to `authority`, unless it closed or

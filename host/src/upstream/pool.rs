@@ -172,6 +172,91 @@ pub struct Pool {
     balancer: Box<dyn Balancer>,
     pub client: UpstreamClient,
     checks_started: std::sync::atomic::AtomicBool,
+    budget: RetryBudget,
+}
+
+/// The retry budget of a pool: requests and resends counted per second
+/// over the last [`WINDOW`] seconds. A resend of a request that reached a
+/// backend is allowed while resends stay under `retry_budget_percent` of
+/// the requests in the window plus `min_retries_per_second` per second of
+/// it, so a storm of failures adds at most that share of load, and a burst
+/// after quiet traffic (a backend killed mid-flight) is covered by what
+/// the window saved up. As Finagle's and Linkerd's budgets; Envoy's counts
+/// resends in flight instead, which a single burst exhausts.
+#[derive(Debug, Default)]
+struct RetryBudget {
+    slots: std::sync::Mutex<[Slot; WINDOW]>,
+}
+
+/// Seconds a request or resend counts in the budget.
+const WINDOW: usize = 10;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Slot {
+    /// Seconds since the budget's clock started, for this slot's counts.
+    second: u64,
+    requests: u64,
+    resends: u64,
+}
+
+fn clock() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs()
+}
+
+impl RetryBudget {
+    fn slot(slots: &mut [Slot; WINDOW], now: u64) -> &mut Slot {
+        let s = &mut slots[(now % WINDOW as u64) as usize];
+        if s.second != now {
+            *s = Slot {
+                second: now,
+                ..Slot::default()
+            };
+        }
+        s
+    }
+
+    fn request(&self) {
+        let now = clock();
+        let mut slots = self.slots.lock().expect("retry budget");
+        Self::slot(&mut slots, now).requests += 1;
+    }
+
+    fn try_resend(&self, percent: u32, per_second: u32) -> bool {
+        let now = clock();
+        let mut slots = self.slots.lock().expect("retry budget");
+        let live = slots
+            .iter()
+            .filter(|s| now.saturating_sub(s.second) < WINDOW as u64);
+        let (requests, resends) = live.fold((0, 0), |(q, r), s| (q + s.requests, r + s.resends));
+        let allowed = requests * u64::from(percent) / 100 + u64::from(per_second) * WINDOW as u64;
+        if resends >= allowed {
+            return false;
+        }
+        Self::slot(&mut slots, now).resends += 1;
+        true
+    }
+}
+
+/// A backend seen through a retry: unavailable if already tried.
+struct Untried<'a> {
+    backend: &'a Backend,
+    tried: bool,
+}
+
+impl Candidate for Untried<'_> {
+    fn weight(&self) -> u32 {
+        self.backend.weight()
+    }
+    fn in_flight(&self) -> u32 {
+        self.backend.in_flight()
+    }
+    fn available(&self) -> bool {
+        !self.tried && self.backend.available()
+    }
 }
 
 impl Pool {
@@ -194,7 +279,36 @@ impl Pool {
             balancer: balance::for_algorithm(config.algorithm, &named),
             config: config.clone(),
             checks_started: std::sync::atomic::AtomicBool::new(false),
+            budget: RetryBudget::default(),
         })
+    }
+
+    /// Counts a request toward the retry budget.
+    pub fn count_request(&self) {
+        self.budget.request();
+    }
+
+    /// Whether the retry budget allows one more resend of a request that
+    /// reached a backend (and counts it).
+    pub fn may_resend(&self) -> bool {
+        let r = &self.config.retry;
+        self.budget.try_resend(r.budget_percent, r.min_per_second)
+    }
+
+    /// The pool's algorithm picks an available backend not in `tried`.
+    pub fn pick_untried(&self, key: Option<u64>, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+        let views: Vec<Untried<'_>> = self
+            .backends
+            .iter()
+            .map(|b| Untried {
+                backend: b,
+                tried: tried.iter().any(|t| Arc::ptr_eq(t, b)),
+            })
+            .collect();
+        let refs: Vec<&dyn Candidate> = views.iter().map(|v| v as &dyn Candidate).collect();
+        self.balancer
+            .pick(&refs, key, None)
+            .map(|i| self.backends[i].clone())
     }
 
     /// The pool's algorithm picks an available backend, other than
