@@ -52,6 +52,10 @@ pub enum ProxyError {
     /// client's fault, not the backend's.
     #[error("the request body is malformed: {0}")]
     BadRequestBody(String),
+    /// The client's body sent nothing for `request_body_timeout_ms`, or
+    /// was still coming when the response timeout fired.
+    #[error("the request body was too slow")]
+    BodyTimeout,
 }
 
 impl ProxyError {
@@ -69,6 +73,7 @@ impl ProxyError {
             | ProxyError::BadRewrite(_)
             | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::Refused(Refusal::UriTooLong(_)) => StatusCode::URI_TOO_LONG,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Refused(Refusal::NotImplemented(_)) => StatusCode::NOT_IMPLEMENTED,
         }
     }
@@ -76,7 +81,10 @@ impl ProxyError {
     /// Whether the client connection must close after this answer: its
     /// framing can no longer be trusted (RFC 9112 §6.3, §11.2).
     pub fn closes_connection(&self) -> bool {
-        matches!(self, ProxyError::Refused(_) | ProxyError::BadRequestBody(_))
+        matches!(
+            self,
+            ProxyError::Refused(_) | ProxyError::BadRequestBody(_) | ProxyError::BodyTimeout
+        )
     }
 }
 

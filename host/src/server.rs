@@ -206,6 +206,13 @@ impl Daemon {
                 self.metrics.bytes_counter(&name, "in"),
                 self.metrics.bytes_counter(&name, "out"),
             ),
+            timeouts: crate::l7::guard::TimeoutCounters {
+                first_byte: self.metrics.timeout_counter(&name, "first_byte"),
+                send: self.metrics.timeout_counter(&name, "send"),
+                request_body: self.metrics.timeout_counter(&name, "request_body"),
+                upstream_body: self.metrics.timeout_counter(&name, "upstream_body"),
+                idle: self.metrics.timeout_counter(&name, "idle"),
+            },
             name,
             config: cfg.clone(),
             policy,

@@ -42,6 +42,13 @@ pub struct ListenerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    pub listener: Label,
+    /// `first_byte`, `send`, `request_body`, `upstream_body`.
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
     pub pool: Label,
     pub backend: Label,
@@ -131,6 +138,7 @@ pub struct Metrics {
     pub upstream_connect_errors: Family<ConnectError, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
     pub policy_reloads: Family<ReloadLabels, Counter>,
+    pub timeouts: Family<TimeoutLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -153,6 +161,7 @@ impl Default for Metrics {
             upstream_connect_errors: Family::default(),
             bytes: Family::default(),
             policy_reloads: Family::default(),
+            timeouts: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -227,6 +236,11 @@ impl Default for Metrics {
             "Policy loads (at start and on change), by result",
             m.policy_reloads.clone(),
         );
+        registry.register(
+            "timeouts",
+            "Connections and requests ended by a timeout, by phase",
+            m.timeouts.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -299,6 +313,16 @@ impl Metrics {
                 })
                 .clone(),
         }
+    }
+
+    /// The counter of one listener's timeouts in one phase.
+    pub fn timeout_counter(&self, listener: &Label, phase: &'static str) -> Counter {
+        self.timeouts
+            .get_or_create(&TimeoutLabels {
+                listener: listener.clone(),
+                phase,
+            })
+            .clone()
     }
 
     pub fn connect_error(&self, pool: &Label, backend: &Label, kind: &'static str) {

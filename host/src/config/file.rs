@@ -139,6 +139,10 @@ pub struct PoolFile {
     /// A client certificate (PEM chain) and key for mTLS to the backends.
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// http: a response body that sends nothing this long is cut and the
+    /// backend charged (default 60000).
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
     /// http: resends of a failed request to other backends (default 1).
     #[serde(default = "default_retries")]
     pub retries: u32,
@@ -166,6 +170,9 @@ pub enum RetryOn {
     Timeout,
 }
 
+fn default_body_timeout_ms() -> u64 {
+    60_000
+}
 fn default_retries() -> u32 {
     1
 }
@@ -346,6 +353,19 @@ pub struct ListenerFile {
     pub normalize_path: Option<bool>,
     /// http: what `%2F`, `%5C` and `\` in a path do (default reject).
     pub path_with_escaped_slashes: Option<crate::l7::path::EscapedSlashes>,
+    /// http: the first byte of a connection must come within this
+    /// (default: header_read_timeout_ms).
+    pub first_byte_timeout_ms: Option<u64>,
+    /// http: a write to the client that makes no progress this long ends
+    /// the connection (default 60000).
+    pub send_timeout_ms: Option<u64>,
+    /// http: a request body that sends nothing this long is 408 (default
+    /// 60000).
+    pub request_body_timeout_ms: Option<u64>,
+    /// http: HTTP/2 PING interval and the wait for its ack (default 30000
+    /// and 20000).
+    pub http2_keepalive_interval_ms: Option<u64>,
+    pub http2_keepalive_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

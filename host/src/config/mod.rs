@@ -120,6 +120,8 @@ pub struct PoolConfig {
     pub tls: Option<PoolTls>,
     /// HTTP: how a failed request is resent to another backend.
     pub retry: Retry,
+    /// HTTP: the longest a response body may send nothing.
+    pub body_timeout: Duration,
 }
 
 /// When and how often an HTTP pool resends a failed request (`docs/CONFIG.md`).
@@ -218,6 +220,15 @@ pub struct ListenerConfig {
     pub normalize_path: bool,
     /// http: what `%2F`, `%5C` and `\` in a path do.
     pub path_with_escaped_slashes: crate::l7::path::EscapedSlashes,
+    /// http: the longest wait for a connection's first byte.
+    pub first_byte_timeout: Duration,
+    /// http: the longest a write to the client may make no progress.
+    pub send_timeout: Duration,
+    /// http: the longest a request body may send nothing.
+    pub request_body_timeout: Duration,
+    /// http: HTTP/2 PING interval, and the wait for its ack.
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -511,6 +522,7 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 }),
                 proxy_protocol: pool.proxy_protocol,
                 tls,
+                body_timeout: ms(pool.body_timeout_ms),
                 retry: Retry {
                     retries: pool.retries,
                     on_error: pool.retry_on.contains(&file::RetryOn::Error),
@@ -615,6 +627,21 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
         if l.max_uri_bytes == Some(0) {
             problems.push(format!("{key}.max_uri_bytes: must be at least 1"));
         }
+        for (value, k) in [
+            (l.first_byte_timeout_ms, "first_byte_timeout_ms"),
+            (l.send_timeout_ms, "send_timeout_ms"),
+            (l.request_body_timeout_ms, "request_body_timeout_ms"),
+            (l.http2_keepalive_interval_ms, "http2_keepalive_interval_ms"),
+            (l.http2_keepalive_timeout_ms, "http2_keepalive_timeout_ms"),
+        ] {
+            match value {
+                Some(_) if l.protocol != Protocol::Http => {
+                    problems.push(format!("{key}.{k}: only http listeners have it"))
+                }
+                Some(0) => problems.push(format!("{key}.{k}: must be at least 1")),
+                _ => {}
+            }
+        }
         if l.policy_config.is_some() && l.policy.is_none() {
             problems.push(format!("{key}.policy_config: set without a policy"));
         }
@@ -667,13 +694,18 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 max_uri_bytes: l.max_uri_bytes.unwrap_or(8192),
                 normalize_path: l.normalize_path.unwrap_or(true),
                 path_with_escaped_slashes: l.path_with_escaped_slashes.unwrap_or_default(),
+                first_byte_timeout: ms(l.first_byte_timeout_ms.unwrap_or(l.header_read_timeout_ms)),
+                send_timeout: ms(l.send_timeout_ms.unwrap_or(60_000)),
+                request_body_timeout: ms(l.request_body_timeout_ms.unwrap_or(60_000)),
+                http2_keepalive_interval: ms(l.http2_keepalive_interval_ms.unwrap_or(30_000)),
+                http2_keepalive_timeout: ms(l.http2_keepalive_timeout_ms.unwrap_or(20_000)),
                 sni_peek_timeout: Duration::from_millis(l.sni_peek_timeout_ms.max(1)),
                 idle_timeout: Duration::from_millis(
                     l.idle_timeout_ms
-                        .unwrap_or(if l.protocol == Protocol::Udp {
-                            60_000
-                        } else {
-                            300_000
+                        .unwrap_or(match l.protocol {
+                            Protocol::Udp => 60_000,
+                            Protocol::Tcp => 300_000,
+                            Protocol::Http => 75_000,
                         })
                         .max(1),
                 ),
@@ -710,6 +742,12 @@ fn default_cache_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir)
         .join("switchyard")
+}
+
+/// Milliseconds from the file (validated to be at least 1 where zero
+/// would mean "at once").
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v.max(1))
 }
 
 #[cfg(test)]

@@ -7,8 +7,11 @@
 //! hygiene.rs  framing checks, hop-by-hop removal, client address,
 //!             X-Forwarded-*/Forwarded
 //! path.rs     the one normalized path policies and backends both see
+//! guard.rs    timers on a client connection's bytes (first byte, send)
+//!             and on bodies (idle)
 //! ```
 
+pub mod guard;
 pub mod hygiene;
 pub mod path;
 pub mod request;

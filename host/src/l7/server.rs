@@ -50,6 +50,8 @@ pub struct HttpState {
     /// The policy's `ok` call counter and duration histogram, looked up
     /// once (errors are rarer and looked up when they happen).
     pub policy_metrics: Option<crate::admin::metrics::PolicyHandles>,
+    /// This listener's timeout counters, by phase, looked up once.
+    pub timeouts: super::guard::TimeoutCounters,
     /// This listener's byte counters (`in`, `out`), looked up once.
     pub bytes: (
         prometheus_client::metrics::counter::Counter,
@@ -135,28 +137,53 @@ fn error_response(e: &ProxyError) -> Response<ProxyBody> {
 
 /// A backend's response body that keeps the backend's in-flight count
 /// until the last byte has gone to the client.
+/// A backend that stops sending its body for the pool's
+/// `body_timeout_ms` has it cut (the client's connection or stream ends
+/// with it) and is charged with a failure.
 struct Tracked {
     inner: Incoming,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    pool: Arc<Pool>,
+    idle: super::guard::Idle,
+    timeouts: prometheus_client::metrics::counter::Counter,
     bytes_out: prometheus_client::metrics::counter::Counter,
+    /// The request stays in progress on its connection until this body
+    /// ends (the connection's idle timeout does not run meanwhile).
+    _open: super::guard::InProgress,
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("the backend sent no body byte for body_timeout_ms")]
+struct BodyStalled;
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            this.bytes_out.inc_by(data.len() as u64);
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if this.idle.expired(cx) {
+                    this.timeouts.inc();
+                    health::report(&this.pool, this.in_flight.backend(), Outcome::Failure);
+                    return Poll::Ready(Some(Err(BodyStalled.into())));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(polled) => {
+                this.idle.reset();
+                if let Some(Ok(frame)) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    this.bytes_out.inc_by(data.len() as u64);
+                }
+                Poll::Ready(polled.map(|r| r.map_err(BoxError::from)))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -175,6 +202,9 @@ impl Body for Tracked {
 /// the backend.
 struct ClientBody {
     inner: Incoming,
+    /// `request_body_timeout_ms` between two frames (a slow upload).
+    idle: super::guard::Idle,
+    timeouts: prometheus_client::metrics::counter::Counter,
     bytes_in: prometheus_client::metrics::counter::Counter,
     /// Bytes still allowed under `max_request_body_bytes`.
     left: u64,
@@ -182,15 +212,32 @@ struct ClientBody {
 }
 
 /// How a client body failed, seen by the request after the upstream
-/// exchange failed.
+/// exchange failed; and whether the body was waiting on the client (a
+/// response timeout then is the client's slowness, not the backend's; a
+/// body the backend stopped reading is not waiting on the client).
 #[derive(Default)]
-struct BodyFault(std::sync::OnceLock<BodyFailure>);
+struct BodyFault(
+    std::sync::OnceLock<BodyFailure>,
+    std::sync::atomic::AtomicBool,
+);
+
+impl BodyFault {
+    fn waiting_on_client(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 #[derive(Debug, Clone)]
 enum BodyFailure {
     TooLarge,
     Malformed(String),
+    /// Nothing for `request_body_timeout_ms`.
+    Idle,
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no body byte for request_body_timeout_ms")]
+struct UploadStalled;
 
 #[derive(Debug, thiserror::Error)]
 #[error("request body over max_request_body_bytes")]
@@ -205,7 +252,23 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let waiting = polled.is_pending();
+        if waiting != this.fault.waiting_on_client() {
+            this.fault
+                .1
+                .store(waiting, std::sync::atomic::Ordering::Relaxed);
+        }
+        if waiting {
+            if this.idle.expired(cx) {
+                this.timeouts.inc();
+                let _ = this.fault.0.set(BodyFailure::Idle);
+                return Poll::Ready(Some(Err(UploadStalled.into())));
+            }
+            return Poll::Pending;
+        }
+        this.idle.reset();
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     let n = d.len() as u64;
@@ -264,15 +327,28 @@ pub async fn serve_connection<S>(
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(state.config.http2_keepalive_interval)
+        .keep_alive_timeout(state.config.http2_keepalive_timeout)
         .max_concurrent_streams(state.config.http2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(state.config.max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(50)
         .max_local_error_reset_streams(256);
+    let stream = super::guard::Guarded::new(
+        stream,
+        state.config.first_byte_timeout,
+        state.config.send_timeout,
+        state.timeouts.clone(),
+    );
+    let idle_timeout = state.config.idle_timeout;
+    let idle_closes = state.timeouts.idle.clone();
     drop(state);
+    let streams = super::guard::Streams::new();
+    let open = streams.clone();
     let service = service_fn(move |req| {
         let shared = shared.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(req, &conn, &shared.load_full()).await) }
+        let open = open.begin();
+        async move { Ok::<_, Infallible>(handle(req, &conn, &shared.load_full(), open).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -288,6 +364,11 @@ pub async fn serve_connection<S>(
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
+            _ = streams.idle(idle_timeout) => {
+                idle_closes.inc();
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
         }
     };
     if let Err(e) = result {
@@ -295,7 +376,12 @@ pub async fn serve_connection<S>(
     }
 }
 
-async fn handle(req: Request<Incoming>, conn: &Conn, state: &HttpState) -> Response<ProxyBody> {
+async fn handle(
+    req: Request<Incoming>,
+    conn: &Conn,
+    state: &HttpState,
+    open: super::guard::InProgress,
+) -> Response<ProxyBody> {
     let peer = conn.peer;
     let started = Instant::now();
     let method = req.method().clone();
@@ -306,7 +392,7 @@ async fn handle(req: Request<Incoming>, conn: &Conn, state: &HttpState) -> Respo
         decision: "default",
         ..Trace::default()
     };
-    let resp = match proxy(req, conn, state, &mut trace).await {
+    let resp = match proxy(req, conn, state, &mut trace, open).await {
         Ok(resp) => {
             debug!(listener = %state.name, %method, path = %uri.path(), status = resp.status().as_u16(),
                 elapsed_us = started.elapsed().as_micros() as u64, "request");
@@ -409,6 +495,7 @@ async fn proxy(
     conn: &Conn,
     state: &HttpState,
     trace: &mut Trace,
+    open: super::guard::InProgress,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let peer = conn.peer;
     let cfg = &state.config;
@@ -639,6 +726,8 @@ async fn proxy(
         Some(fault) => {
             let client_body = ClientBody {
                 inner: body,
+                idle: super::guard::Idle::new(cfg.request_body_timeout),
+                timeouts: state.timeouts.request_body.clone(),
                 bytes_in: state.bytes.0.clone(),
                 left: limit,
                 fault: fault.clone(),
@@ -651,12 +740,7 @@ async fn proxy(
                 let read = client_body
                     .collect()
                     .await
-                    .map_err(|_| match fault.0.get() {
-                        Some(BodyFailure::TooLarge) | None => ProxyError::BodyTooLarge { limit },
-                        Some(BodyFailure::Malformed(why)) => {
-                            ProxyError::BadRequestBody(why.clone())
-                        }
-                    })?;
+                    .map_err(|_| body_error(fault.0.get(), limit))?;
                 let replay = Replay {
                     trailers: read.trailers().cloned(),
                     data: read.to_bytes(),
@@ -759,7 +843,7 @@ async fn proxy(
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
-                let _hold = in_flight;
+                let _hold = (in_flight, open);
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((c, u)) => {
                         let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
@@ -796,13 +880,23 @@ async fn proxy(
     trace.backend = Some(in_flight.backend().name.clone());
     let body = Tracked {
         inner: rbody,
-        _in_flight: in_flight,
+        in_flight,
+        idle: super::guard::Idle::new(pool.config.body_timeout),
+        pool: pool.clone(),
+        timeouts: state.timeouts.upstream_body.clone(),
         bytes_out: state.bytes.1.clone(),
+        _open: open,
     };
-    Ok(Response::from_parts(
-        rparts,
-        body.map_err(BoxError::from).boxed_unsync(),
-    ))
+    Ok(Response::from_parts(rparts, body.boxed_unsync()))
+}
+
+/// The answer to a request whose own body failed.
+fn body_error(failure: Option<&BodyFailure>, limit: u64) -> ProxyError {
+    match failure {
+        Some(BodyFailure::TooLarge) | None => ProxyError::BodyTooLarge { limit },
+        Some(BodyFailure::Malformed(why)) => ProxyError::BadRequestBody(why.clone()),
+        Some(BodyFailure::Idle) => ProxyError::BodyTimeout,
+    }
 }
 
 /// Bodies of at most this many bytes are kept to be sent again (nginx
@@ -882,14 +976,20 @@ async fn send(
         }
     };
     let result = tokio::time::timeout(timeout, exchange).await;
-    if result.as_ref().is_ok_and(|r| r.is_err())
-        && let Some(failure) = how.fault.and_then(|f| f.0.get())
-    {
+    // The client's own body failed, or it was still coming when the
+    // response timeout fired: the client's fault, never the backend's.
+    let clients_fault = match (&result, how.fault) {
+        (Ok(Err(_)), Some(f)) => f.0.get().is_some(),
+        (Err(_), Some(f)) => f.0.get().is_some() || f.waiting_on_client(),
+        _ => false,
+    };
+    if clients_fault {
+        let failure = how
+            .fault
+            .and_then(|f| f.0.get())
+            .unwrap_or(&BodyFailure::Idle);
         return Err(FailedAttempt {
-            error: match failure {
-                BodyFailure::TooLarge => ProxyError::BodyTooLarge { limit: how.limit },
-                BodyFailure::Malformed(why) => ProxyError::BadRequestBody(why.clone()),
-            },
+            error: body_error(Some(failure), how.limit),
             unsent: None,
             class: None,
         });

@@ -1,0 +1,260 @@
+//! Timers on a client connection's bytes, below hyper:
+//!
+//! - **first byte**: the first byte must arrive within
+//!   `first_byte_timeout_ms`. hyper-util's protocol sniff (HTTP/1.1 or
+//!   HTTP/2 preface) has no timer, and hyper's `header_read_timeout` only
+//!   starts after it; on TLS listeners the handshake timeout ends with the
+//!   handshake. Without this, a connection that sends nothing is held
+//!   forever.
+//! - **send**: a write that makes no progress for `send_timeout_ms` (a
+//!   client that stopped reading) ends the connection (nginx's
+//!   `send_timeout`).
+//!
+//! Each closes the connection with a `TimedOut` I/O error, and is counted
+//! in `switchyard_timeouts_total{phase="first_byte"|"send"}`. [`Idle`] is
+//! the same timer for bodies (`request_body`, `upstream_body`).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+/// The counters a guard increments when it closes a connection.
+#[derive(Clone, Debug, Default)]
+pub struct TimeoutCounters {
+    pub first_byte: Counter,
+    pub send: Counter,
+    pub request_body: Counter,
+    pub upstream_body: Counter,
+    pub idle: Counter,
+}
+
+/// A timer for a stream that must make progress every `timeout`: armed
+/// when a poll finds nothing, disarmed by progress. One allocation, at
+/// the first poll that finds nothing; re-armed in place after that.
+#[derive(Debug)]
+pub struct Idle {
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl Idle {
+    pub fn new(timeout: Duration) -> Self {
+        Idle {
+            timeout,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    /// After progress.
+    pub fn reset(&mut self) {
+        self.armed = false;
+    }
+
+    /// After a poll that found nothing: whether the time is up (the
+    /// waker is registered otherwise).
+    pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = || tokio::time::Instant::now() + self.timeout;
+        let timer = match &mut self.timer {
+            Some(t) => {
+                if !self.armed {
+                    t.as_mut().reset(deadline());
+                }
+                t
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline()))),
+        };
+        self.armed = true;
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// A client stream with a first-byte timer and a send-stall timer.
+pub struct Guarded<S> {
+    inner: S,
+    /// Armed until the first byte is read.
+    first_byte: Option<Pin<Box<Sleep>>>,
+    send_timeout: Duration,
+    /// Armed while a write or flush makes no progress.
+    stalled: Option<Pin<Box<Sleep>>>,
+    counters: TimeoutCounters,
+}
+
+impl<S> Guarded<S> {
+    pub fn new(
+        inner: S,
+        first_byte_timeout: Duration,
+        send_timeout: Duration,
+        counters: TimeoutCounters,
+    ) -> Self {
+        Guarded {
+            inner,
+            first_byte: Some(Box::pin(tokio::time::sleep(first_byte_timeout))),
+            send_timeout,
+            stalled: None,
+            counters,
+        }
+    }
+
+    /// Polls the send-stall timer after a write returned `Pending`.
+    fn stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let timeout = self.send_timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(timer.as_mut().poll(cx));
+        self.counters.send.inc();
+        Poll::Ready(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client read nothing for send_timeout_ms",
+        ))
+    }
+
+    fn wrote<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.stall(cx).map(Err),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.first_byte = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if let Some(timer) = &mut this.first_byte
+                    && timer.as_mut().poll(cx).is_ready()
+                {
+                    this.counters.first_byte.inc();
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no byte from the client within first_byte_timeout_ms",
+                    )));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(r, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.wrote(r, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Requests in progress on one client connection, for its idle timeout:
+/// a connection with none for `idle_timeout_ms` is shut down gracefully
+/// (HTTP/2: GOAWAY). A request counts until its response body ends.
+#[derive(Debug)]
+pub struct Streams {
+    active: std::sync::atomic::AtomicUsize,
+    /// When `active` last fell to zero, in ms since `start`.
+    idle_since_ms: std::sync::atomic::AtomicU64,
+    start: std::time::Instant,
+}
+
+/// One request in progress; dropped when its response is done.
+#[derive(Debug)]
+pub struct InProgress(std::sync::Arc<Streams>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let s = &self.0;
+        if s.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let now = u64::try_from(s.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            s.idle_since_ms.store(now, Ordering::Release);
+        }
+    }
+}
+
+impl Streams {
+    pub fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Streams {
+            active: Default::default(),
+            idle_since_ms: Default::default(),
+            start: std::time::Instant::now(),
+        })
+    }
+
+    pub fn begin(self: &std::sync::Arc<Self>) -> InProgress {
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InProgress(self.clone())
+    }
+
+    /// Resolves once the connection has had no request in progress for
+    /// `timeout`.
+    pub async fn idle(&self, timeout: Duration) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let wait = if self.active.load(Ordering::Acquire) == 0 {
+                let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+                let idle_for = self.start.elapsed().saturating_sub(since);
+                if idle_for >= timeout {
+                    return;
+                }
+                timeout - idle_for
+            } else {
+                timeout
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}

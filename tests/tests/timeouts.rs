@@ -1,0 +1,322 @@
+//! A timeout at every phase (issue 18), over real loopback sockets:
+//! connections that send nothing, slow uploads, slow readers, a stalled
+//! upstream body and an HTTP/2 peer that ignores PINGs are each closed
+//! within their timeout, and none of the client's slowness is charged to
+//! a backend.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use switchyard_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn one_pool(extra_pool: &str, extra_listener: &str) -> String {
+    format!(
+        r#"
+[admin]
+bind = "127.0.0.1:0"
+[pools.web]
+backends = ["{{web}}"]
+{extra_pool}
+[listeners.l]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+{extra_listener}
+"#
+    )
+}
+
+/// Reads until EOF or an error; how long it took and how many bytes came.
+async fn until_closed(s: &mut TcpStream, limit: Duration) -> Option<(Duration, usize)> {
+    let started = Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0;
+    loop {
+        match tokio::time::timeout_at((started + limit).into(), s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some((started.elapsed(), n)),
+            Ok(Ok(k)) => n += k,
+        }
+    }
+}
+
+async fn metric(sy: &switchyard::server::Running, name: &str, labels: &str) -> f64 {
+    let text = get(&client(false), sy.admin_addr.unwrap(), "/metrics", &[])
+        .await
+        .text();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// SECURITY.md "slow clients": 1,000 connections that never send a byte
+/// are each closed within the first-byte timeout plus 10%, while a normal
+/// client is served throughout.
+#[tokio::test]
+async fn connections_that_send_nothing_are_closed_within_the_first_byte_timeout() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("", "first_byte_timeout_ms = 1000"),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let a = sy.addr("l");
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push((Instant::now(), TcpStream::connect(a).await.unwrap()));
+    }
+    // A normal client, served while they wait.
+    let served = tokio::spawn(async move {
+        let c = client(false);
+        let mut ok = 0;
+        for _ in 0..20 {
+            if get(&c, a, "/", &[]).await.status == 200 {
+                ok += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ok
+    });
+    let closes = futures_util::future::join_all(idle.into_iter().map(|(at, mut s)| async move {
+        let mut b = [0u8; 1];
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
+        at.elapsed()
+    }))
+    .await;
+    let slowest = closes.iter().max().unwrap();
+    let fastest = closes.iter().min().unwrap();
+    assert!(
+        *fastest >= Duration::from_millis(950),
+        "closed early: {fastest:?}"
+    );
+    assert!(
+        *slowest <= Duration::from_millis(1100),
+        "closed late: {slowest:?}"
+    );
+    assert_eq!(served.await.unwrap(), 20, "the normal client was served");
+    assert_eq!(
+        metric(&sy, "switchyard_timeouts_total", "phase=\"first_byte\"").await,
+        1000.0
+    );
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// SECURITY.md "slow clients": an upload that stops is 408 within the
+/// request-body timeout, and its backend is not charged (one failure
+/// would eject it).
+#[tokio::test]
+async fn a_slow_upload_is_408_within_its_timeout_and_not_the_backends_fault() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool(
+            "response_timeout_ms = 5000\n[pools.web.outlier]\nconsecutive_failures = 1\nmax_ejected_percent = 100",
+            "request_body_timeout_ms = 300",
+        ),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let a = sy.addr("l");
+    let mut s = TcpStream::connect(a).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let took = started.elapsed();
+    let out = String::from_utf8_lossy(&out);
+    // /echo answers at once and streams the body back; the stall then cuts
+    // it. Either the 408 or a cut response, within the timeout.
+    assert!(
+        out.starts_with("HTTP/1.1 408") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    assert!(took < Duration::from_millis(330 + 200), "{took:?}");
+    assert_eq!(
+        metric(&sy, "switchyard_timeouts_total", "phase=\"request_body\"").await,
+        1.0
+    );
+    let got = get(&client(false), a, "/", &[]).await;
+    assert_eq!(
+        got.status,
+        200,
+        "the backend was not ejected: {}",
+        got.text()
+    );
+
+    // A backend that waits for the whole body before answering: the
+    // request-body timeout fires first, 408, and the backend keeps serving.
+    let mut s = TcpStream::connect(a).await.unwrap();
+    s.write_all(b"POST /hang HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n01234")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    let got = get(&client(false), a, "/", &[]).await;
+    assert_eq!(
+        got.status,
+        200,
+        "the backend was not ejected: {}",
+        got.text()
+    );
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// SECURITY.md "slow clients": a client that stops reading a large
+/// response is cut off within the send timeout.
+#[tokio::test]
+async fn a_slow_reader_is_cut_off_within_the_send_timeout() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("", "send_timeout_ms = 300"),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let mut s = TcpStream::connect(sy.addr("l")).await.unwrap();
+    s.write_all(b"GET /bytes/30000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Read nothing: the socket buffers fill, the proxy's writes stall, and
+    // 300 ms later the connection is closed.
+    let started = Instant::now();
+    loop {
+        let closed = metric(&sy, "switchyard_timeouts_total", "phase=\"send\"").await;
+        if closed == 1.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no send timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, n) = until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the connection was closed");
+    assert!(n < 30_000_000, "the whole response came: {n} bytes");
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// SECURITY.md "upstream exhaustion": a backend that sends a response head
+/// and then stalls its body: the client connection closes within the
+/// pool's body timeout plus 10%, and the backend is charged (one failure
+/// ejects it, so the next request is 503).
+#[tokio::test]
+async fn a_stalled_upstream_body_closes_the_client_and_charges_the_backend() {
+    let backend = RawBackend::start(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
+            .await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let sy = start_switchyard(
+        &one_pool(
+            "body_timeout_ms = 400\n[pools.web.outlier]\nconsecutive_failures = 1\nmax_ejected_percent = 100",
+            "",
+        ),
+        &BTreeMap::from([("web", backend.addr)]),
+    )
+    .await;
+    let mut s = TcpStream::connect(sy.addr("l")).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (took, n) = until_closed(&mut s, Duration::from_secs(5))
+        .await
+        .expect("the client connection was closed");
+    assert!(n > 0, "the head came through");
+    assert!(
+        took <= Duration::from_millis(440 + 60),
+        "closed after {took:?}"
+    );
+    assert!(took >= Duration::from_millis(380), "closed early: {took:?}");
+    assert_eq!(
+        metric(&sy, "switchyard_timeouts_total", "phase=\"upstream_body\"").await,
+        1.0
+    );
+    let got = get(&client(false), sy.addr("l"), "/", &[]).await;
+    assert_eq!(got.status, 503, "the backend was charged and ejected");
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// SECURITY.md "HTTP/2 floods and idle peers": an HTTP/2 peer that never
+/// answers PINGs is closed within the keep-alive interval plus the PING
+/// timeout.
+#[tokio::test]
+async fn an_http2_peer_that_ignores_pings_is_closed() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool(
+            "",
+            "http2_keepalive_interval_ms = 300\nhttp2_keepalive_timeout_ms = 300",
+        ),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let mut s = TcpStream::connect(sy.addr("l")).await.unwrap();
+    // The preface and an empty SETTINGS frame; then nothing, ever (no
+    // SETTINGS ack, no PING ack).
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let (took, _) = until_closed(&mut s, Duration::from_secs(5))
+        .await
+        .expect("the connection was closed");
+    assert!(took <= Duration::from_millis(1000), "closed after {took:?}");
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// SECURITY.md "HTTP/2 floods and idle peers": an HTTP/2 connection with
+/// no stream open is closed (GOAWAY) within the listener's idle timeout,
+/// counted from its last response; one with a stream open is not.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_within_its_idle_timeout() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("", "idle_timeout_ms = 500"),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let tcp = TcpStream::connect(sy.addr("l")).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let closed = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    let req = http::Request::get(format!("http://{}/bytes/10", sy.addr("l")))
+        .body(())
+        .unwrap();
+    let (resp, _) = h2.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.unwrap();
+    }
+    let done = Instant::now();
+    // The client keeps its handle: only the server's idle timeout ends it.
+    let _keep = h2;
+    let closed_at = tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the idle connection was closed")
+        .unwrap();
+    let idle = closed_at - done;
+    assert!(idle >= Duration::from_millis(450), "closed early: {idle:?}");
+    assert!(
+        idle <= Duration::from_millis(550 + 100),
+        "closed late: {idle:?}"
+    );
+    assert_eq!(
+        metric(&sy, "switchyard_timeouts_total", "phase=\"idle\"").await,
+        1.0
+    );
+    sy.shutdown(Duration::from_secs(5)).await;
+}
