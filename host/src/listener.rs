@@ -93,11 +93,14 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// Where connection tasks run, and the signal that asks them to drain.
+/// Where connection tasks run, the signal that asks them to drain, and
+/// the one that closes what is left when the drain times out (upgraded
+/// tunnels).
 #[derive(Clone)]
 pub struct Connections {
     pub tracker: TaskTracker,
     pub drain: watch::Receiver<bool>,
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 pub async fn accept_loop(
@@ -204,6 +207,7 @@ fn spawn(
     let span = info_span!("conn", listener = %name, client = %peer, local = %local);
     let handler = handler.clone();
     let drain = conns.drain.clone();
+    let cancel = conns.cancel.clone();
     conns.tracker.spawn(
         async move {
             let mut stream = stream;
@@ -221,7 +225,7 @@ fn spawn(
             match handler {
                 Handler::Http(s) => {
                     let _ = stream.set_nodelay(true);
-                    let mut conn = crate::l7::Conn::new(peer, local);
+                    let mut conn = crate::l7::Conn::new(peer, local).with_cancel(cancel);
                     let state = s.load_full();
                     let Some(tls) = state.tls.clone() else {
                         drop(state);

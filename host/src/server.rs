@@ -212,6 +212,7 @@ impl Daemon {
                 request_body: self.metrics.timeout_counter(&name, "request_body"),
                 upstream_body: self.metrics.timeout_counter(&name, "upstream_body"),
                 idle: self.metrics.timeout_counter(&name, "idle"),
+                tunnel: self.metrics.timeout_counter(&name, "tunnel"),
             },
             name,
             config: cfg.clone(),
@@ -601,9 +602,13 @@ impl Running {
         }
         let _ = d.drain.send(true);
         let tracker = d.conns.tracker.clone();
+        let cancel = d.conns.cancel.clone();
         drop(d);
         tracker.close();
-        tokio::time::timeout(drain, tracker.wait()).await.is_ok()
+        let drained = tokio::time::timeout(drain, tracker.wait()).await.is_ok();
+        // What is left (upgraded tunnels) is closed now.
+        cancel.cancel();
+        drained
     }
 }
 
@@ -690,6 +695,7 @@ pub async fn start_with(
         conns: Connections {
             tracker: TaskTracker::new(),
             drain: drain_rx,
+            cancel: tokio_util::sync::CancellationToken::new(),
         },
         drain,
         view: view.clone(),
@@ -767,6 +773,7 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives while policies load must not
     // kill the process with the default action.
     let mut signals = signals::Signals::install()?;
+    raise_fd_limit(&config);
     let source = config.source.clone();
     let drain = config.runtime.drain_timeout;
     let (running, changes) = start_with(
@@ -794,6 +801,33 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
         warn!("drain timeout reached; closing the remaining connections");
     }
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit (systemd's
+/// default soft limit is 1,024), and warns when the listeners could need
+/// more than that: each client connection may hold an upstream one too.
+fn raise_fd_limit(config: &Config) {
+    let need: u64 = config
+        .listeners
+        .values()
+        .map(|l| 2 * l.max_connections as u64)
+        .sum();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            info!(
+                open_files = limit,
+                "open-file limit raised to the hard limit"
+            );
+            if need > limit {
+                warn!(
+                    limit,
+                    need,
+                    "open-file limit below 2 x the listeners' max_connections (client and upstream sockets): raise LimitNOFILE or lower max_connections"
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 mod signals {

@@ -255,3 +255,69 @@ fn a_new_process_takes_over_the_port_while_the_old_one_drains() {
         Some(0)
     );
 }
+
+/// Under systemd the soft open-file limit is 1,024 by default: the daemon
+/// raises it to the hard limit at start, and warns when the listeners'
+/// `max_connections` (times two: client and upstream sockets) exceed it.
+#[test]
+fn the_open_file_soft_limit_is_raised_and_a_short_one_is_warned_about() {
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .unwrap();
+    if hard == "unlimited" || hard.parse::<u64>().unwrap() <= 256 {
+        eprintln!("SKIPPED: the hard open-file limit ({hard}) leaves nothing to raise");
+        return;
+    }
+    let hard: u64 = hard.parse().unwrap();
+    let dir = std::env::temp_dir().join(format!("switchyard-daemon-nofile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("switchyard.toml");
+    // More connections than the hard limit can hold twice over.
+    let max = hard;
+    std::fs::write(
+        &path,
+        format!(
+            "[pools.web]\nbackends = [\"127.0.0.1:9\"]\n[listeners.l]\nprotocol = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\nmax_connections = {max}\n"
+        ),
+    )
+    .unwrap();
+    // A shell lowers the soft limit, then becomes the daemon (same PID).
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 256 && exec \"$0\" run --config \"$1\" --log-level info")
+        .arg(env!("CARGO_BIN_EXE_switchyard"))
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let daemon_pid = child.id();
+    let stderr = child.stderr.take().unwrap();
+    let _daemon = Daemon(child);
+    let mut warned = false;
+    let mut running = false;
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        warned |= line.contains("open-file limit below");
+        if line.contains("switchyard running") {
+            running = true;
+            break;
+        }
+    }
+    assert!(running, "the daemon started");
+    assert!(warned, "the short limit was warned about");
+    let limits = std::fs::read_to_string(format!("/proc/{daemon_pid}/limits")).unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        soft, hard,
+        "the soft limit was raised from 256 to the hard limit"
+    );
+}

@@ -320,3 +320,76 @@ async fn an_idle_http2_connection_is_closed_within_its_idle_timeout() {
     );
     sy.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Opens a WebSocket-style tunnel through `at` to a TestBackend's `/ws`
+/// (which echoes), and checks it echoes.
+async fn open_tunnel(at: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(at).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    s.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+    s
+}
+
+/// SECURITY.md "slow clients": an upgraded tunnel stays counted in
+/// `max_connections` (a second client waits until it ends), and a quiet
+/// one is closed after `tunnel_idle_timeout_ms`.
+#[tokio::test]
+async fn a_tunnel_counts_in_max_connections_and_idles_out() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("", "max_connections = 1\ntunnel_idle_timeout_ms = 600"),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let a = sy.addr("l");
+    let mut tunnel = open_tunnel(a).await;
+    let opened = Instant::now();
+    // The one slot is the tunnel's: a new client is answered only once
+    // the tunnel has idled out and closed.
+    let got = get(&client(false), a, "/", &[]).await;
+    assert_eq!(got.status, 200);
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_millis(550),
+        "served while the tunnel held the slot: {waited:?}"
+    );
+    until_closed(&mut tunnel, Duration::from_secs(1))
+        .await
+        .expect("the quiet tunnel was closed");
+    assert_eq!(
+        metric(&sy, "switchyard_timeouts_total", "phase=\"tunnel\"").await,
+        1.0
+    );
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// SECURITY.md "slow clients": drain waits for an open tunnel up to its
+/// timeout, then closes it.
+#[tokio::test]
+async fn drain_waits_for_a_tunnel_then_closes_it() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", web.addr)])).await;
+    let mut tunnel = open_tunnel(sy.addr("l")).await;
+    let started = Instant::now();
+    let drained = sy.shutdown(Duration::from_millis(700)).await;
+    let took = started.elapsed();
+    assert!(!drained, "the open tunnel kept the drain waiting");
+    assert!(took >= Duration::from_millis(650), "{took:?}");
+    until_closed(&mut tunnel, Duration::from_secs(2))
+        .await
+        .expect("the tunnel was closed after the drain timeout");
+}

@@ -366,6 +366,9 @@ pub struct ListenerFile {
     /// and 20000).
     pub http2_keepalive_interval_ms: Option<u64>,
     pub http2_keepalive_timeout_ms: Option<u64>,
+    /// http: an upgraded tunnel with no byte either way this long is
+    /// closed (default 300000).
+    pub tunnel_idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

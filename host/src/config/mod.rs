@@ -229,6 +229,8 @@ pub struct ListenerConfig {
     /// http: HTTP/2 PING interval, and the wait for its ack.
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
+    /// http: an upgraded tunnel quiet this long is closed.
+    pub tunnel_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -633,6 +635,7 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
             (l.request_body_timeout_ms, "request_body_timeout_ms"),
             (l.http2_keepalive_interval_ms, "http2_keepalive_interval_ms"),
             (l.http2_keepalive_timeout_ms, "http2_keepalive_timeout_ms"),
+            (l.tunnel_idle_timeout_ms, "tunnel_idle_timeout_ms"),
         ] {
             match value {
                 Some(_) if l.protocol != Protocol::Http => {
@@ -699,6 +702,7 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 request_body_timeout: ms(l.request_body_timeout_ms.unwrap_or(60_000)),
                 http2_keepalive_interval: ms(l.http2_keepalive_interval_ms.unwrap_or(30_000)),
                 http2_keepalive_timeout: ms(l.http2_keepalive_timeout_ms.unwrap_or(20_000)),
+                tunnel_idle_timeout: ms(l.tunnel_idle_timeout_ms.unwrap_or(300_000)),
                 sni_peek_timeout: Duration::from_millis(l.sni_peek_timeout_ms.max(1)),
                 idle_timeout: Duration::from_millis(
                     l.idle_timeout_ms

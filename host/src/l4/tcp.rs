@@ -152,11 +152,15 @@ pub async fn serve_connection(
 /// passes with no byte either way (checked every quarter of it, so a quiet
 /// connection closes between 1 and 1.25 × `idle`). Returns the bytes
 /// copied up (client → backend) and down.
-async fn copy(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+pub(crate) async fn copy<A, B>(
+    client: &mut A,
+    upstream: &mut B,
     idle: Duration,
-) -> (u64, u64, io::Result<()>) {
+) -> (u64, u64, io::Result<()>)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let up = Arc::new(AtomicU64::new(0));
     let down = Arc::new(AtomicU64::new(0));
     let mut a = Counted {
@@ -195,12 +199,12 @@ async fn copy(
 }
 
 /// A stream that counts the bytes read from it.
-struct Counted<'a> {
-    inner: &'a mut TcpStream,
+struct Counted<'a, S> {
+    inner: &'a mut S,
     read: Arc<AtomicU64>,
 }
 
-impl AsyncRead for Counted<'_> {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -216,7 +220,7 @@ impl AsyncRead for Counted<'_> {
     }
 }
 
-impl AsyncWrite for Counted<'_> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

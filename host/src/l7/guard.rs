@@ -32,6 +32,7 @@ pub struct TimeoutCounters {
     pub request_body: Counter,
     pub upstream_body: Counter,
     pub idle: Counter,
+    pub tunnel: Counter,
 }
 
 /// A timer for a stream that must make progress every `timeout`: armed

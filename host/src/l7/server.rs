@@ -73,6 +73,11 @@ pub struct Conn {
     /// (when the client is the peer itself, i.e. no trusted
     /// `X-Forwarded-For` names another).
     policy_view: std::sync::OnceLock<Arc<ConnectionInfo>>,
+    /// This connection's upgraded tunnels: the connection waits for them
+    /// before it ends, so they stay counted in `max_connections` and are
+    /// waited for by drain; `cancel` (a drain that timed out) closes them.
+    tunnels: tokio_util::task::TaskTracker,
+    cancel: tokio_util::sync::CancellationToken,
 }
 
 impl Conn {
@@ -83,7 +88,16 @@ impl Conn {
             tls: None,
             peer_text: hygiene::PeerText::of(peer.ip()),
             policy_view: std::sync::OnceLock::new(),
+            tunnels: tokio_util::task::TaskTracker::new(),
+            cancel: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// The token that closes this connection's tunnels when a drain times
+    /// out.
+    pub fn with_cancel(mut self, cancel: tokio_util::sync::CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
     }
 
     /// The connection-info a policy gets for a request from `client`.
@@ -313,6 +327,7 @@ pub async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
+    let (tunnels, cancel) = (conn.tunnels.clone(), conn.cancel.clone());
     let conn = Arc::new(conn);
     let state = shared.load();
     let _active = state.metrics.connection_open(&state.name);
@@ -373,6 +388,12 @@ pub async fn serve_connection<S>(
     };
     if let Err(e) = result {
         debug!(%peer, error = %e, "connection ended with an error");
+    }
+    // An upgraded connection lives on as its tunnel.
+    tunnels.close();
+    tokio::select! {
+        _ = tunnels.wait() => {}
+        _ = cancel.cancelled() => {}
     }
 }
 
@@ -842,12 +863,21 @@ async fn proxy(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
+            let (idle, cancel) = (cfg.tunnel_idle_timeout, conn.cancel.clone());
+            let idle_closes = state.timeouts.tunnel.clone();
+            conn.tunnels.spawn(async move {
                 let _hold = (in_flight, open);
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((c, u)) => {
                         let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                        tokio::select! {
+                            (_, _, end) = crate::l4::tcp::copy(&mut c, &mut u, idle) => {
+                                if end.is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
+                                    idle_closes.inc();
+                                }
+                            }
+                            _ = cancel.cancelled() => {}
+                        }
                     }
                     Err(e) => debug!(error = %e, "upgrade failed"),
                 }
