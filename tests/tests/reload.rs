@@ -14,9 +14,14 @@ use switchyard_tests::*;
 const ROUTE_API: &str = r#"{"routes": [{"prefix": "/api/", "pool": "api"}]}"#;
 const ROUTE_IMAGES: &str = r#"{"routes": [{"prefix": "/api/", "pool": "images"}]}"#;
 
+// The policy deadline is raised from 10 ms: these tests check that swaps
+// lose nothing, and in a debug build on 2 busy cores a call that waits
+// for a fresh instance can pass 10 ms (a timeout falls back to `web`,
+// which would count as misrouted). Deadlines have their own tests.
 const CONFIG: &str = r#"
 [policies]
 dir = "policies"
+timeout_ms = 100
 [pools.web]
 backends = ["{web}"]
 [pools.api]
