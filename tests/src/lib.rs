@@ -399,3 +399,41 @@ pub async fn until_seen(b: &TestBackend, path: &str) {
     })
     .await;
 }
+
+/// Reads one HTTP/1.1 head (through the blank line) byte by byte, so
+/// nothing after it is consumed. `None` at EOF or error.
+pub async fn read_head(s: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// The `Content-Length` a head declares (0 when none).
+pub fn content_length(head: &str) -> usize {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads until EOF or an error: how long that took and how many bytes
+/// came; `None` if the stream was still open after `limit`.
+pub async fn until_closed(s: &mut TcpStream, limit: Duration) -> Option<(Duration, usize)> {
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0;
+    loop {
+        match tokio::time::timeout_at((started + limit).into(), s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some((started.elapsed(), n)),
+            Ok(Ok(k)) => n += k,
+        }
+    }
+}

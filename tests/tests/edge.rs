@@ -34,28 +34,6 @@ pool = "web"
     )
 }
 
-/// Reads one HTTP/1.1 head (through the blank line) byte by byte, so
-/// nothing after it is consumed. `None` at EOF or error.
-async fn read_head(s: &mut TcpStream) -> Option<String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte).await {
-            Ok(1) => head.push(byte[0]),
-            _ => return None,
-        }
-    }
-    Some(String::from_utf8_lossy(&head).into_owned())
-}
-
-fn content_length(head: &str) -> usize {
-    head.lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// A backend as nginx, Go and hyper behave: it answers a request as soon
 /// as its head is read, then discards the body the head declared, and
 /// reads the next head on the same connection. Records every head.

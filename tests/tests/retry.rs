@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchyard_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// A backend that answers after `delay`, records the body of every
 /// request it answers (the test puts a unique id in each), and can be
@@ -144,10 +144,17 @@ async fn load(
     all
 }
 
-/// The measurement of issue 27 as a test: two backends under steady GET
-/// load from 50 connections, one killed mid-run; every request succeeds.
-#[tokio::test]
-async fn a_backend_killed_under_get_load_costs_no_request() {
+/// Two backends (5 ms per answer) behind Switchyard, 50 connections of
+/// load for 3 s (POSTs with an id as body, or GETs), the second backend
+/// killed 1 s in.
+async fn kill_under_load(
+    post: bool,
+) -> (
+    Counting,
+    Counting,
+    switchyard::server::Running,
+    Vec<(String, u16)>,
+) {
     let (a, b) = (
         Counting::start(Duration::from_millis(5)).await,
         Counting::start(Duration::from_millis(5)).await,
@@ -163,9 +170,17 @@ async fn a_backend_killed_under_get_load_costs_no_request() {
         Duration::from_secs(3),
         Duration::from_secs(1),
         &b,
-        false,
+        post,
     )
     .await;
+    (a, b, sy, results)
+}
+
+/// The measurement of issue 27 as a test: two backends under steady GET
+/// load from 50 connections, one killed mid-run; every request succeeds.
+#[tokio::test]
+async fn a_backend_killed_under_get_load_costs_no_request() {
+    let (a, b, sy, results) = kill_under_load(false).await;
     let failed: Vec<_> = results.iter().filter(|(_, s)| *s != 200).collect();
     assert!(results.len() > 500, "only {} requests", results.len());
     assert!(
@@ -184,26 +199,9 @@ async fn a_backend_killed_under_get_load_costs_no_request() {
 /// them: no id is answered twice.
 #[tokio::test]
 async fn a_backend_killed_under_post_load_duplicates_no_post() {
-    let (a, b) = (
-        Counting::start(Duration::from_millis(5)).await,
-        Counting::start(Duration::from_millis(5)).await,
-    );
     // The dying backend records a POST when it answers; one it read but
     // never answered must not show up at the other either.
-    let sy = start_switchyard(
-        &two_backends(""),
-        &BTreeMap::from([("a", a.addr), ("b", b.addr)]),
-    )
-    .await;
-    let results = load(
-        sy.addr("l"),
-        50,
-        Duration::from_secs(3),
-        Duration::from_secs(1),
-        &b,
-        true,
-    )
-    .await;
+    let (a, b, sy, results) = kill_under_load(true).await;
     let mut count: HashMap<String, usize> = HashMap::new();
     for body in a.bodies().into_iter().chain(b.bodies()) {
         *count.entry(body).or_default() += 1;
@@ -228,26 +226,6 @@ struct Resetting {
     raw: RawBackend,
     resets: Arc<AtomicUsize>,
     answered: Arc<Mutex<Vec<String>>>,
-}
-
-async fn read_head(s: &mut TcpStream) -> Option<String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte).await {
-            Ok(1) => head.push(byte[0]),
-            _ => return None,
-        }
-    }
-    Some(String::from_utf8_lossy(&head).into_owned())
-}
-
-fn content_length(head: &str) -> usize {
-    head.lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 impl Resetting {

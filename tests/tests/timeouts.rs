@@ -28,20 +28,6 @@ pool = "web"
     )
 }
 
-/// Reads until EOF or an error; how long it took and how many bytes came.
-async fn until_closed(s: &mut TcpStream, limit: Duration) -> Option<(Duration, usize)> {
-    let started = Instant::now();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut n = 0;
-    loop {
-        match tokio::time::timeout_at((started + limit).into(), s.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some((started.elapsed(), n)),
-            Ok(Ok(k)) => n += k,
-        }
-    }
-}
-
 async fn metric(sy: &switchyard::server::Running, name: &str, labels: &str) -> f64 {
     let text = get(&client(false), sy.admin_addr.unwrap(), "/metrics", &[])
         .await

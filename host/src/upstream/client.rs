@@ -136,6 +136,16 @@ pub struct Failed {
     pub unsent: Option<Box<Request<UpstreamBody>>>,
 }
 
+impl Failed {
+    /// A failure before any of `req` was written.
+    fn unsent(error: ClientError, req: Request<UpstreamBody>) -> Self {
+        Failed {
+            error,
+            unsent: Some(Box::new(req)),
+        }
+    }
+}
+
 impl From<ClientError> for Failed {
     fn from(error: ClientError) -> Self {
         Failed {
@@ -231,12 +241,7 @@ impl UpstreamClient {
             }
             let mut sender = match self.connect_h2(&uri, authority).await {
                 Ok(s) => s,
-                Err(error) => {
-                    return Err(Failed {
-                        error,
-                        unsent: Some(Box::new(req)),
-                    });
-                }
+                Err(error) => return Err(Failed::unsent(error, req)),
             };
             return handed_back(sender.try_send_request(req).await);
         }
@@ -280,12 +285,7 @@ impl UpstreamClient {
         };
         let mut sender = match self.connect_h1(&uri).await {
             Ok(s) => s,
-            Err(error) => {
-                return Err(Failed {
-                    error,
-                    unsent: Some(Box::new(req)),
-                });
-            }
+            Err(error) => return Err(Failed::unsent(error, req)),
         };
         let sending = sender.try_send_request(req);
         let id = self
@@ -319,12 +319,7 @@ impl UpstreamClient {
         *req.uri_mut() = origin_form(&uri);
         let mut sender = match self.connect_h1(&uri).await {
             Ok(s) => s,
-            Err(error) => {
-                return Err(Failed {
-                    error,
-                    unsent: Some(Box::new(req)),
-                });
-            }
+            Err(error) => return Err(Failed::unsent(error, req)),
         };
         let resp = handed_back(sender.try_send_request(req).await)?;
         Ok(check_framing(resp)?)
