@@ -56,6 +56,9 @@ pub enum ProxyError {
     /// was still coming when the response timeout fired.
     #[error("the request body was too slow")]
     BodyTimeout,
+    /// `max_connections_per_backend` open and none came free in time.
+    #[error("backend {backend} of pool {pool} has no connection free")]
+    Saturated { pool: String, backend: String },
 }
 
 impl ProxyError {
@@ -63,6 +66,7 @@ impl ProxyError {
         match self {
             ProxyError::NoPool(_)
             | ProxyError::NoBackend { .. }
+            | ProxyError::Saturated { .. }
             | ProxyError::PolicyRejected(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,

@@ -122,6 +122,13 @@ pub struct PoolFile {
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
     pub max_requests_per_backend: Option<u32>,
+    /// http: open HTTP/1.1 connections per backend (default 1024).
+    #[serde(default = "default_max_connections_per_backend")]
+    pub max_connections_per_backend: usize,
+    /// http: idle pooled HTTP/1.1 connections kept per backend (default
+    /// 128).
+    #[serde(default = "default_max_idle_per_backend")]
+    pub max_idle_per_backend: usize,
     #[serde(default = "default_resolve_interval_ms")]
     pub resolve_interval_ms: u64,
     pub health: Option<HealthFile>,
@@ -170,6 +177,12 @@ pub enum RetryOn {
     Timeout,
 }
 
+fn default_max_connections_per_backend() -> usize {
+    1024
+}
+fn default_max_idle_per_backend() -> usize {
+    128
+}
 fn default_body_timeout_ms() -> u64 {
     60_000
 }

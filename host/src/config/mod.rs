@@ -108,6 +108,9 @@ pub struct PoolConfig {
     /// Pooled upstream connections idle longer than this are closed.
     pub idle_timeout: Duration,
     pub max_requests_per_backend: Option<u32>,
+    /// HTTP: open HTTP/1.1 connections per backend, and idle ones kept.
+    pub max_connections_per_backend: usize,
+    pub max_idle_per_backend: usize,
     /// How often backends given by DNS name are resolved again.
     pub resolve_interval: Duration,
     /// Active health checks (`[pools.NAME.health]`).
@@ -490,6 +493,11 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 unhealthy_threshold: h.unhealthy_threshold.max(1),
             })
         });
+        if pool.max_connections_per_backend == 0 {
+            problems.push(format!(
+                "{key}.max_connections_per_backend: must be at least 1"
+            ));
+        }
         if pool.retry_budget_percent > 100 {
             problems.push(format!(
                 "{key}.retry_budget_percent: must be between 0 and 100"
@@ -511,6 +519,8 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 response_timeout: Duration::from_millis(pool.response_timeout_ms.max(1)),
                 idle_timeout: Duration::from_millis(pool.idle_timeout_ms.max(1)),
                 max_requests_per_backend: pool.max_requests_per_backend,
+                max_connections_per_backend: pool.max_connections_per_backend.max(1),
+                max_idle_per_backend: pool.max_idle_per_backend,
                 resolve_interval: Duration::from_millis(pool.resolve_interval_ms.max(100)),
                 health,
                 outlier: pool.outlier.map(|o| Outlier {

@@ -35,7 +35,9 @@ use crate::policy::{
     ConnectionInfo, Directory, ForwardAction, HttpDecision, Policy, RequestView, ResponseView,
     types,
 };
-use crate::upstream::{Backend, BoxError, Failed, InFlight, Pool, UpstreamBody, Upstreams};
+use crate::upstream::{
+    Backend, BoxError, Failed, InFlight, Pool, ResponseBody, UpstreamBody, Upstreams,
+};
 
 /// What an HTTP listener serves with; swapped whole on reload.
 pub struct HttpState {
@@ -155,7 +157,7 @@ fn error_response(e: &ProxyError) -> Response<ProxyBody> {
 /// `body_timeout_ms` has it cut (the client's connection or stream ends
 /// with it) and is charged with a failure.
 struct Tracked {
-    inner: Incoming,
+    inner: ResponseBody,
     in_flight: InFlight,
     pool: Arc<Pool>,
     idle: super::guard::Idle,
@@ -995,7 +997,7 @@ async fn send(
     backend: &Arc<Backend>,
     req: Request<UpstreamBody>,
     how: &SendHow<'_>,
-) -> Result<(Response<Incoming>, InFlight), FailedAttempt> {
+) -> Result<(Response<ResponseBody>, InFlight), FailedAttempt> {
     let in_flight = backend.start();
     let timeout = pool.config.response_timeout;
     let exchange = async {
@@ -1024,6 +1026,24 @@ async fn send(
             class: None,
         });
     }
+    // No connection came free: the backend is busy, not failing. Another
+    // backend may take the request (none of it was sent).
+    let result = match result {
+        Ok(Err(Failed {
+            error: crate::upstream::ClientError::Saturated,
+            unsent,
+        })) => {
+            return Err(FailedAttempt {
+                error: ProxyError::Saturated {
+                    pool: pool.name.to_string(),
+                    backend: backend.name.to_string(),
+                },
+                unsent,
+                class: Some(FailureClass::Error),
+            });
+        }
+        other => other,
+    };
     let outcome = match &result {
         Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
         _ => Outcome::Failure,

@@ -40,9 +40,13 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 /// proxied request (bench/RESULTS.md). This keeps hyper's own connection
 /// types (`client::conn`) and the same hyper-rustls connector, and only
 /// replaces the bookkeeping:
-/// - HTTP/1.1: every open connection stays in its backend's list, busy or
-///   not; a request goes to the first one hyper says is ready (its previous
-///   response done), else a new connection is opened. No hand-off task.
+/// - HTTP/1.1: a backend's idle connections wait in a stack; a request
+///   takes the newest (O(1)), else opens one while the backend has fewer
+///   than `max_connections_per_backend` open, else waits for one to come
+///   back, up to the connect timeout (then [`ClientError::Saturated`]).
+///   A connection comes back when its response body ends
+///   ([`ResponseBody`]), with no hand-off task; past `max_idle_per_backend`
+///   idle ones it is closed instead.
 /// - HTTP/2: one shared connection per backend, reopened when it closes.
 ///   Requests that find no connection open one each, so a burst at start
 ///   may open a few; the last one is kept, the others close when their
@@ -62,9 +66,11 @@ struct Inner {
     connector: HttpsConnector<HttpConnector>,
     http2: bool,
     idle_timeout: Duration,
+    connect_timeout: Duration,
+    max_open: usize,
+    max_idle: usize,
     hosts: Mutex<HashMap<Box<str>, Host>>,
     sweeping: std::sync::atomic::AtomicBool,
-    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -75,13 +81,16 @@ impl Inner {
 
 #[derive(Default)]
 struct Host {
+    /// Idle HTTP/1.1 connections, the most recently used last.
     h1: Vec<H1>,
+    /// HTTP/1.1 connections open: idle, busy, or being opened.
+    open: usize,
+    /// Told when a connection comes back or closes.
+    freed: Arc<tokio::sync::Notify>,
     h2: Option<H2>,
 }
 
 struct H1 {
-    /// Tells this connection apart from its neighbours, to drop it.
-    id: u64,
     sender: http1::SendRequest<UpstreamBody>,
     last_used: Instant,
 }
@@ -105,6 +114,9 @@ pub enum ClientError {
     /// The backend's response head has framing that could be read two
     /// ways; its connection was dropped.
     Framing(&'static str),
+    /// The backend has `max_connections_per_backend` connections open and
+    /// none came free within the connect timeout.
+    Saturated,
 }
 
 impl ClientError {
@@ -118,7 +130,7 @@ impl ClientError {
     /// of the request's own body).
     pub fn before_response(&self) -> bool {
         match self {
-            ClientError::Connect(_) => true,
+            ClientError::Connect(_) | ClientError::Saturated => true,
             ClientError::Http(e) => !(e.is_parse() || e.is_user() || e.is_parse_status()),
             ClientError::Request(_) | ClientError::Framing(_) => false,
         }
@@ -175,6 +187,9 @@ impl std::fmt::Display for ClientError {
             ClientError::Http(e) => e.fmt(f),
             ClientError::Request(why) => f.write_str(why),
             ClientError::Framing(why) => write!(f, "ambiguous response framing: {why}"),
+            ClientError::Saturated => {
+                f.write_str("max_connections_per_backend reached; no connection came free")
+            }
         }
     }
 }
@@ -186,7 +201,7 @@ impl std::error::Error for ClientError {
             // The hyper error is this error's own text; its cause (a body
             // error such as the size limit) is the source.
             ClientError::Http(e) => e.source(),
-            ClientError::Request(_) | ClientError::Framing(_) => None,
+            ClientError::Request(_) | ClientError::Framing(_) | ClientError::Saturated => None,
         }
     }
 }
@@ -195,8 +210,13 @@ impl Host {
     /// Drops connections that closed or idled past `idle_timeout` (an
     /// HTTP/2 connection is closed by hyper once its last stream ends).
     fn prune(&mut self, now: Instant, idle_timeout: Duration) {
+        let before = self.h1.len();
         self.h1
             .retain(|c| !(c.sender.is_closed() || expired(c, now, idle_timeout)));
+        if self.h1.len() < before {
+            self.open -= before - self.h1.len();
+            self.freed.notify_waiters();
+        }
         if self
             .h2
             .as_ref()
@@ -209,7 +229,7 @@ impl Host {
 
 /// An idle HTTP/1.1 connection unused for longer than `idle_timeout`.
 fn expired(c: &H1, now: Instant, idle_timeout: Duration) -> bool {
-    c.sender.is_ready() && now.duration_since(c.last_used) > idle_timeout
+    now.duration_since(c.last_used) > idle_timeout
 }
 
 impl UpstreamClient {
@@ -218,7 +238,7 @@ impl UpstreamClient {
     pub async fn request(
         &self,
         mut req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, Failed> {
+    ) -> Result<Response<ResponseBody>, Failed> {
         let uri = req.uri().clone();
         let Some(authority) = uri.authority().map(|a| a.as_str()) else {
             return Err(ClientError::Request(format!("no backend address in {uri}")).into());
@@ -226,7 +246,7 @@ impl UpstreamClient {
         if self.inner.http2 {
             if let Some(mut sender) = self.h2_sender(authority) {
                 match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok(resp),
+                    Ok(resp) => return Ok(resp.map(ResponseBody::unpooled)),
                     Err(mut e) => match e.take_message() {
                         // The connection was going away (GOAWAY, or closed)
                         // before it took the request: send it on a new one.
@@ -243,68 +263,124 @@ impl UpstreamClient {
                 Ok(s) => s,
                 Err(error) => return Err(Failed::unsent(error, req)),
             };
-            return handed_back(sender.try_send_request(req).await);
+            return handed_back(sender.try_send_request(req).await)
+                .map(|r| r.map(ResponseBody::unpooled));
         }
         // HTTP/1.1 sends the origin form; Host is set by the caller.
         *req.uri_mut() = origin_form(&uri);
-        let sent = {
-            let now = Instant::now();
-            let mut hosts = self.inner.hosts();
-            let idle_timeout = self.inner.idle_timeout;
-            let ready = hosts.get_mut(authority).and_then(|h| {
-                h.h1.iter_mut()
-                    .rev()
-                    .find(|c| c.sender.is_ready() && !expired(c, now, idle_timeout))
-            });
-            match ready {
-                Some(c) => {
-                    c.last_used = now;
-                    Ok((c.id, c.sender.try_send_request(req)))
-                }
-                None => {
-                    if let Some(h) = hosts.get_mut(authority) {
-                        h.prune(now, idle_timeout);
+        let deadline = tokio::time::Instant::now() + self.inner.connect_timeout;
+        loop {
+            let take = {
+                let now = Instant::now();
+                let mut hosts = self.inner.hosts();
+                let h = hosts.entry(authority.into()).or_default();
+                let mut idle = None;
+                while let Some(c) = h.h1.pop() {
+                    if c.sender.is_closed() || expired(&c, now, self.inner.idle_timeout) {
+                        h.open -= 1;
+                        continue;
                     }
-                    Err(req)
+                    idle = Some(c);
+                    break;
+                }
+                match idle {
+                    Some(c) => Take::Idle(c),
+                    None if h.open < self.inner.max_open => {
+                        h.open += 1;
+                        Take::Open
+                    }
+                    None => Take::Wait(h.freed.clone()),
+                }
+            };
+            let fresh = matches!(take, Take::Open);
+            let mut conn = match take {
+                Take::Idle(c) => c,
+                Take::Open => {
+                    let sender = match self.connect_h1(&uri).await {
+                        Ok(s) => s,
+                        Err(error) => {
+                            self.closed(authority);
+                            return Err(Failed::unsent(error, req));
+                        }
+                    };
+                    self.start_sweeping();
+                    H1 {
+                        sender,
+                        last_used: Instant::now(),
+                    }
+                }
+                Take::Wait(freed) => {
+                    if tokio::time::timeout_at(deadline, freed.notified())
+                        .await
+                        .is_err()
+                    {
+                        return Err(Failed::unsent(ClientError::Saturated, req));
+                    }
+                    continue;
+                }
+            };
+            // A connection whose response just ended may need one more
+            // poll of its task before it takes the next request.
+            // A pooled one that closed meanwhile is passed over; a new one
+            // that closes at once fails the request (no loop against a
+            // backend that accepts and hangs up).
+            if !matches!(
+                tokio::time::timeout_at(deadline, conn.sender.ready()).await,
+                Ok(Ok(()))
+            ) {
+                self.closed(authority);
+                if fresh {
+                    let why = "the new connection closed before it took the request";
+                    return Err(Failed::unsent(ClientError::Connect(why.into()), req));
+                }
+                continue;
+            }
+            conn.last_used = Instant::now();
+            match conn.sender.try_send_request(req).await {
+                Ok(resp) => {
+                    return match check_framing(resp) {
+                        Ok(resp) => Ok(resp.map(|inner| ResponseBody {
+                            inner,
+                            back: Some(Back {
+                                client: self.inner.clone(),
+                                authority: authority.into(),
+                                conn,
+                            }),
+                        })),
+                        Err(e) => {
+                            // Dropped, so closed, even if the body was whole.
+                            self.closed(authority);
+                            Err(e.into())
+                        }
+                    };
+                }
+                Err(mut e) => {
+                    self.closed(authority);
+                    match e.take_message() {
+                        // A pooled connection closed before it took the
+                        // request: try another. A new one: give it back.
+                        Some(back) if !fresh => {
+                            debug!(backend = %authority, error = %e.error(), "pooled connection closed; trying another");
+                            req = back;
+                        }
+                        back => {
+                            return Err(Failed {
+                                error: ClientError::Http(e.into_error()),
+                                unsent: back.map(Box::new),
+                            });
+                        }
+                    }
                 }
             }
-        };
-        let req = match sent {
-            Ok((id, sent)) => match sent.await {
-                Ok(resp) => return self.checked(authority, id, resp),
-                Err(mut e) => match e.take_message() {
-                    // Closed before it took the request: try a new one.
-                    Some(req) => {
-                        debug!(backend = %authority, error = %e.error(), "pooled connection closed; opening another");
-                        req
-                    }
-                    None => return Err(ClientError::Http(e.into_error()).into()),
-                },
-            },
-            Err(req) => req,
-        };
-        let mut sender = match self.connect_h1(&uri).await {
-            Ok(s) => s,
-            Err(error) => return Err(Failed::unsent(error, req)),
-        };
-        let sending = sender.try_send_request(req);
-        let id = self
-            .inner
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner
-            .hosts()
-            .entry(authority.into())
-            .or_default()
-            .h1
-            .push(H1 {
-                id,
-                sender,
-                last_used: Instant::now(),
-            });
-        self.start_sweeping();
-        let resp = handed_back(sending.await)?;
-        self.checked(authority, id, resp)
+        }
+    }
+
+    /// One HTTP/1.1 connection of `authority` closed (or was dropped).
+    fn closed(&self, authority: &str) {
+        if let Some(h) = self.inner.hosts().get_mut(authority) {
+            h.open = h.open.saturating_sub(1);
+            h.freed.notify_one();
+        }
     }
 
     /// Sends an HTTP/1.1 upgrade request on a connection of its own that
@@ -314,7 +390,7 @@ impl UpstreamClient {
     pub async fn request_unpooled(
         &self,
         mut req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, Failed> {
+    ) -> Result<Response<ResponseBody>, Failed> {
         let uri = req.uri().clone();
         *req.uri_mut() = origin_form(&uri);
         let mut sender = match self.connect_h1(&uri).await {
@@ -322,23 +398,7 @@ impl UpstreamClient {
             Err(error) => return Err(Failed::unsent(error, req)),
         };
         let resp = handed_back(sender.try_send_request(req).await)?;
-        Ok(check_framing(resp)?)
-    }
-
-    /// `resp` if its framing is unambiguous; otherwise its connection
-    /// (`id` of `authority`) is dropped from the pool, and so closed,
-    /// even when the body was complete.
-    fn checked(
-        &self,
-        authority: &str,
-        id: u64,
-        resp: Response<Incoming>,
-    ) -> Result<Response<Incoming>, Failed> {
-        Ok(check_framing(resp).inspect_err(|_| {
-            if let Some(h) = self.inner.hosts().get_mut(authority) {
-                h.h1.retain(|c| c.id != id);
-            }
-        })?)
+        Ok(check_framing(resp)?.map(ResponseBody::unpooled))
     }
 
     /// The shared HTTP/2 connection to `authority`, unless it closed or
@@ -440,7 +500,7 @@ impl UpstreamClient {
                 for h in hosts.values_mut() {
                     h.prune(now, inner.idle_timeout);
                 }
-                hosts.retain(|_, h| !h.h1.is_empty() || h.h2.is_some());
+                hosts.retain(|_, h| h.open > 0 || h.h2.is_some());
             }
         });
     }
@@ -452,6 +512,104 @@ fn check_framing(resp: Response<Incoming>) -> Result<Response<Incoming>, ClientE
     match crate::l7::hygiene::check_response_framing(resp.headers()) {
         Ok(()) => Ok(resp),
         Err(why) => Err(ClientError::Framing(why)),
+    }
+}
+
+/// What the HTTP/1.1 checkout found.
+enum Take {
+    Idle(H1),
+    Open,
+    Wait(Arc<tokio::sync::Notify>),
+}
+
+/// A pooled HTTP/1.1 connection lent to one response, to be given back.
+struct Back {
+    client: Arc<Inner>,
+    authority: Box<str>,
+    conn: H1,
+}
+
+impl Back {
+    /// The response ended: the connection is idle again (or closed, past
+    /// `max_idle_per_backend`).
+    fn give(self) {
+        let mut hosts = self.client.hosts();
+        let Some(h) = hosts.get_mut(&*self.authority) else {
+            return;
+        };
+        if h.h1.len() < self.client.max_idle {
+            let mut conn = self.conn;
+            conn.last_used = Instant::now();
+            h.h1.push(conn);
+        } else {
+            h.open = h.open.saturating_sub(1);
+        }
+        h.freed.notify_one();
+    }
+
+    /// The response was dropped before its end: hyper closes the
+    /// connection.
+    fn drop_conn(self) {
+        let mut hosts = self.client.hosts();
+        if let Some(h) = hosts.get_mut(&*self.authority) {
+            h.open = h.open.saturating_sub(1);
+            h.freed.notify_one();
+        }
+    }
+}
+
+/// A backend's response body; an HTTP/1.1 one gives its connection back
+/// to the pool when it ends.
+pub struct ResponseBody {
+    inner: Incoming,
+    back: Option<Back>,
+}
+
+impl ResponseBody {
+    fn unpooled(inner: Incoming) -> Self {
+        ResponseBody { inner, back: None }
+    }
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        let ended = match &polled {
+            std::task::Poll::Ready(None) => true,
+            std::task::Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended && let Some(back) = this.back.take() {
+            back.give();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(back) = self.back.take() {
+            if hyper::body::Body::is_end_stream(&self.inner) {
+                back.give();
+            } else {
+                back.drop_conn();
+            }
+        }
     }
 }
 
@@ -518,7 +676,9 @@ pub fn build(
             idle_timeout: c.idle_timeout,
             hosts: Mutex::new(HashMap::new()),
             sweeping: std::sync::atomic::AtomicBool::new(false),
-            next_id: std::sync::atomic::AtomicU64::new(0),
+            connect_timeout: c.connect_timeout,
+            max_open: c.max_connections_per_backend,
+            max_idle: c.max_idle_per_backend,
         }),
     })
 }

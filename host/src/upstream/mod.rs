@@ -3,5 +3,5 @@
 pub mod client;
 pub mod pool;
 
-pub use client::{BoxError, ClientError, Failed, UpstreamBody, UpstreamClient};
+pub use client::{BoxError, ClientError, Failed, ResponseBody, UpstreamBody, UpstreamClient};
 pub use pool::{Backend, InFlight, Pool, Upstreams};
