@@ -213,6 +213,7 @@ impl Daemon {
                 upstream_body: self.metrics.timeout_counter(&name, "upstream_body"),
                 idle: self.metrics.timeout_counter(&name, "idle"),
                 tunnel: self.metrics.timeout_counter(&name, "tunnel"),
+                total: self.metrics.timeout_counter(&name, "total"),
             },
             name,
             config: cfg.clone(),

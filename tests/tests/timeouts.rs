@@ -379,3 +379,97 @@ async fn drain_waits_for_a_tunnel_then_closes_it() {
         .await
         .expect("the tunnel was closed after the drain timeout");
 }
+
+/// SECURITY.md "upstream exhaustion": with `total_timeout_ms`, a backend
+/// that trickles its body (never idle long enough for `body_timeout_ms`)
+/// is cut at the total deadline, and one slow to answer is 504 by then.
+#[tokio::test]
+async fn the_total_timeout_bounds_a_trickling_or_slow_backend() {
+    let backend = RawBackend::start(|mut s| async move {
+        let Some(head) = read_head(&mut s).await else {
+            return;
+        };
+        if head.starts_with("GET /slow") {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return;
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+            .await;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if s.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let sy = start_switchyard(
+        &one_pool("total_timeout_ms = 600\nbody_timeout_ms = 400", ""),
+        &BTreeMap::from([("web", backend.addr)]),
+    )
+    .await;
+    let mut s = TcpStream::connect(sy.addr("l")).await.unwrap();
+    s.write_all(b"GET /trickle HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (took, n) = until_closed(&mut s, Duration::from_secs(5))
+        .await
+        .expect("the trickling response was cut");
+    assert!(n < 100 + 200, "the whole body came: {n} bytes");
+    assert!(
+        took >= Duration::from_millis(550) && took <= Duration::from_millis(800),
+        "cut after {took:?}"
+    );
+    let started = Instant::now();
+    let got = get(&client(false), sy.addr("l"), "/slow", &[]).await;
+    assert_eq!(got.status, 504);
+    let took = started.elapsed();
+    assert!(took <= Duration::from_millis(800), "504 after {took:?}");
+    assert_eq!(
+        metric(&sy, "switchyard_timeouts_total", "phase=\"total\"").await,
+        2.0
+    );
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// SECURITY.md "backend health": 20 client aborts mid-upload and 20
+/// oversized uploads against one backend, with ejection after 5 failures,
+/// do not eject it.
+#[tokio::test]
+async fn client_aborts_and_oversized_uploads_do_not_eject_a_backend() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool(
+            "[pools.web.outlier]\nconsecutive_failures = 5\nconsecutive_5xx = 5\nmax_ejected_percent = 100",
+            "max_request_body_bytes = 1000",
+        ),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let a = sy.addr("l");
+    for _ in 0..20 {
+        // Half a declared body, then the client goes away.
+        let mut s = TcpStream::connect(a).await.unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        drop(s);
+    }
+    let c = client(false);
+    for _ in 0..20 {
+        // Chunked, so it is cut on the way: 413 or a cut response.
+        let req = http::Request::post(format!("http://{a}/echo"))
+            .body(streamed(vec![b'y'; 5000], 500))
+            .unwrap();
+        if let Ok(resp) = c.request(req).await {
+            let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+        }
+    }
+    for i in 0..5 {
+        let got = get(&c, a, "/", &[]).await;
+        assert_eq!(got.status, 200, "request {i} after: {}", got.text());
+    }
+    sy.shutdown(Duration::from_secs(5)).await;
+}

@@ -150,6 +150,9 @@ pub struct PoolFile {
     /// backend charged (default 60000).
     #[serde(default = "default_body_timeout_ms")]
     pub body_timeout_ms: u64,
+    /// http: the longest a request may take upstream, resends and the
+    /// response body included (default: no limit).
+    pub total_timeout_ms: Option<u64>,
     /// http: resends of a failed request to other backends (default 1).
     #[serde(default = "default_retries")]
     pub retries: u32,

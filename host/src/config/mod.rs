@@ -125,6 +125,8 @@ pub struct PoolConfig {
     pub retry: Retry,
     /// HTTP: the longest a response body may send nothing.
     pub body_timeout: Duration,
+    /// HTTP: the longest a request may take upstream, all included.
+    pub total_timeout: Option<Duration>,
 }
 
 /// When and how often an HTTP pool resends a failed request (`docs/CONFIG.md`).
@@ -493,6 +495,9 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 unhealthy_threshold: h.unhealthy_threshold.max(1),
             })
         });
+        if pool.total_timeout_ms == Some(0) {
+            problems.push(format!("{key}.total_timeout_ms: must be at least 1"));
+        }
         if pool.max_connections_per_backend == 0 {
             problems.push(format!(
                 "{key}.max_connections_per_backend: must be at least 1"
@@ -535,6 +540,7 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 proxy_protocol: pool.proxy_protocol,
                 tls,
                 body_timeout: ms(pool.body_timeout_ms),
+                total_timeout: pool.total_timeout_ms.map(ms),
                 retry: Retry {
                     retries: pool.retries,
                     on_error: pool.retry_on.contains(&file::RetryOn::Error),

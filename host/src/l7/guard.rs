@@ -33,6 +33,7 @@ pub struct TimeoutCounters {
     pub upstream_body: Counter,
     pub idle: Counter,
     pub tunnel: Counter,
+    pub total: Counter,
 }
 
 /// A timer for a stream that must make progress every `timeout`: armed

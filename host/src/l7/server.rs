@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -161,6 +162,9 @@ struct Tracked {
     in_flight: InFlight,
     pool: Arc<Pool>,
     idle: super::guard::Idle,
+    /// `total_timeout_ms`, when the pool has one: the body must end by it.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    total: prometheus_client::metrics::counter::Counter,
     timeouts: prometheus_client::metrics::counter::Counter,
     bytes_out: prometheus_client::metrics::counter::Counter,
     /// The request stays in progress on its connection until this body
@@ -171,6 +175,10 @@ struct Tracked {
 #[derive(Debug, thiserror::Error)]
 #[error("the backend sent no body byte for body_timeout_ms")]
 struct BodyStalled;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the response did not end within total_timeout_ms")]
+struct TotalTimeout;
 
 impl Body for Tracked {
     type Data = Bytes;
@@ -187,6 +195,12 @@ impl Body for Tracked {
                     this.timeouts.inc();
                     health::report(&this.pool, this.in_flight.backend(), Outcome::Failure);
                     return Poll::Ready(Some(Err(BodyStalled.into())));
+                }
+                if let Some(d) = &mut this.deadline
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    this.total.inc();
+                    return Poll::Ready(Some(Err(TotalTimeout.into())));
                 }
                 Poll::Pending
             }
@@ -819,46 +833,68 @@ async fn proxy(
     pool.count_request();
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut target = backend;
-    let (mut resp, in_flight) = loop {
-        trace.backend = Some(target.name.clone());
-        let failed = match send(&state.metrics, &pool, &target, req, &how).await {
-            Ok(ok) => break ok,
-            Err(failed) => failed,
-        };
-        tried.push(target.clone());
-        let allowed = match failed.class {
-            Some(FailureClass::Error) => retry.on_error,
-            Some(FailureClass::Timeout) => retry.on_timeout,
-            None => false,
-        };
-        if !allowed || tried.len() > retry.retries as usize {
-            return Err(failed.error);
-        }
-        // Unsent: whatever the method. Sent: an idempotent request whose
-        // body was kept.
-        let again = match (failed.unsent, &spare) {
-            (Some(unsent), _) => Ok(unsent),
-            (None, Some((h, b))) => Err((h.clone(), b.body())),
-            (None, None) => return Err(failed.error),
-        };
-        let Some(next) = pool.pick_untried(key, &tried) else {
-            return Err(failed.error);
-        };
-        if again.is_err() && !pool.may_resend() {
-            warn!(listener = %state.name, pool = %pool_name, backend = %target.name,
-                cause = %failed.error, "retry budget spent; not resending");
-            return Err(failed.error);
-        }
-        warn!(listener = %state.name, pool = %pool_name, backend = %target.name,
-            cause = %failed.error, retry = %next.name, "upstream failed before responding; resending on another backend");
-        req = match again {
-            Ok(unsent) => {
-                let (p, b) = unsent.into_parts();
-                build(&next, p.headers, b)?
+    let attempts = async {
+        loop {
+            trace.backend = Some(target.name.clone());
+            let failed = match send(&state.metrics, &pool, &target, req, &how).await {
+                Ok(ok) => return Ok(ok),
+                Err(failed) => failed,
+            };
+            tried.push(target.clone());
+            let allowed = match failed.class {
+                Some(FailureClass::Error) => retry.on_error,
+                Some(FailureClass::Timeout) => retry.on_timeout,
+                None => false,
+            };
+            if !allowed || tried.len() > retry.retries as usize {
+                return Err(failed.error);
             }
-            Err((h, b)) => build(&next, h, b)?,
-        };
-        target = next;
+            // Unsent: whatever the method. Sent: an idempotent request whose
+            // body was kept.
+            let again = match (failed.unsent, &spare) {
+                (Some(unsent), _) => Ok(unsent),
+                (None, Some((h, b))) => Err((h.clone(), b.body())),
+                (None, None) => return Err(failed.error),
+            };
+            let Some(next) = pool.pick_untried(key, &tried) else {
+                return Err(failed.error);
+            };
+            if again.is_err() && !pool.may_resend() {
+                warn!(listener = %state.name, pool = %pool_name, backend = %target.name,
+                cause = %failed.error, "retry budget spent; not resending");
+                return Err(failed.error);
+            }
+            warn!(listener = %state.name, pool = %pool_name, backend = %target.name,
+            cause = %failed.error, retry = %next.name, "upstream failed before responding; resending on another backend");
+            req = match again {
+                Ok(unsent) => {
+                    let (p, b) = unsent.into_parts();
+                    build(&next, p.headers, b)?
+                }
+                Err((h, b)) => build(&next, h, b)?,
+            };
+            target = next;
+        }
+    };
+    // With `total_timeout_ms`, the attempts (resends included) must bring
+    // a response head, and the body must end, by one deadline.
+    let deadline = pool
+        .config
+        .total_timeout
+        .map(|t| tokio::time::Instant::now() + t);
+    let (mut resp, in_flight) = match deadline {
+        None => attempts.await?,
+        Some(at) => match tokio::time::timeout_at(at, attempts).await {
+            Ok(r) => r?,
+            Err(_) => {
+                state.timeouts.total.inc();
+                return Err(ProxyError::Timeout {
+                    pool: pool_name.to_owned(),
+                    backend: trace.backend.as_deref().unwrap_or_default().to_owned(),
+                    timeout_ms: pool.config.total_timeout.unwrap_or_default().as_millis(),
+                });
+            }
+        },
     };
 
     trace.upstream = sent.map(|s| s.elapsed());
@@ -914,6 +950,8 @@ async fn proxy(
         inner: rbody,
         in_flight,
         idle: super::guard::Idle::new(pool.config.body_timeout),
+        deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+        total: state.timeouts.total.clone(),
         pool: pool.clone(),
         timeouts: state.timeouts.upstream_body.clone(),
         bytes_out: state.bytes.1.clone(),
