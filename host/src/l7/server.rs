@@ -79,8 +79,9 @@ pub struct Conn {
     /// This connection's upgraded tunnels: the connection waits for them
     /// before it ends, so they stay counted in `max_connections` and are
     /// waited for by drain; `cancel` (a drain that timed out) closes them.
-    tunnels: tokio_util::task::TaskTracker,
-    cancel: tokio_util::sync::CancellationToken,
+    /// Both made only when needed: most connections never upgrade.
+    tunnels: std::sync::OnceLock<tokio_util::task::TaskTracker>,
+    cancel: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl Conn {
@@ -91,15 +92,15 @@ impl Conn {
             tls: None,
             peer_text: hygiene::PeerText::of(peer.ip()),
             policy_view: std::sync::OnceLock::new(),
-            tunnels: tokio_util::task::TaskTracker::new(),
-            cancel: tokio_util::sync::CancellationToken::new(),
+            tunnels: std::sync::OnceLock::new(),
+            cancel: None,
         }
     }
 
     /// The token that closes this connection's tunnels when a drain times
     /// out.
     pub fn with_cancel(mut self, cancel: tokio_util::sync::CancellationToken) -> Self {
-        self.cancel = cancel;
+        self.cancel = Some(cancel);
         self
     }
 
@@ -343,8 +344,8 @@ pub async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
-    let (tunnels, cancel) = (conn.tunnels.clone(), conn.cancel.clone());
     let conn = Arc::new(conn);
+    let tunnels_of = conn.clone();
     let state = shared.load();
     let _active = state.metrics.connection_open(&state.name);
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -406,10 +407,17 @@ pub async fn serve_connection<S>(
         debug!(%peer, error = %e, "connection ended with an error");
     }
     // An upgraded connection lives on as its tunnel.
-    tunnels.close();
-    tokio::select! {
-        _ = tunnels.wait() => {}
-        _ = cancel.cancelled() => {}
+    if let Some(tunnels) = tunnels_of.tunnels.get() {
+        tunnels.close();
+        match &tunnels_of.cancel {
+            Some(cancel) => {
+                tokio::select! {
+                    _ = tunnels.wait() => {}
+                    _ = cancel.cancelled() => {}
+                }
+            }
+            None => tunnels.wait().await,
+        }
     }
 }
 
@@ -903,18 +911,25 @@ async fn proxy(
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let (idle, cancel) = (cfg.tunnel_idle_timeout, conn.cancel.clone());
             let idle_closes = state.timeouts.tunnel.clone();
-            conn.tunnels.spawn(async move {
+            let tunnels = conn.tunnels.get_or_init(tokio_util::task::TaskTracker::new);
+            tunnels.spawn(async move {
                 let _hold = (in_flight, open);
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((c, u)) => {
                         let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                        let cancelled = async {
+                            match &cancel {
+                                Some(c) => c.cancelled().await,
+                                None => std::future::pending().await,
+                            }
+                        };
                         tokio::select! {
                             (_, _, end) = crate::l4::tcp::copy(&mut c, &mut u, idle) => {
                                 if end.is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
                                     idle_closes.inc();
                                 }
                             }
-                            _ = cancel.cancelled() => {}
+                            _ = cancelled => {}
                         }
                     }
                     Err(e) => debug!(error = %e, "upgrade failed"),

@@ -81,6 +81,9 @@ impl Inner {
 
 #[derive(Default)]
 struct Host {
+    /// The backend address, shared with the responses that give a
+    /// connection back (a reference count, not a copy, per request).
+    name: Arc<str>,
     /// Idle HTTP/1.1 connections, the most recently used last.
     h1: Vec<H1>,
     /// HTTP/1.1 connections open: idle, busy, or being opened.
@@ -273,7 +276,18 @@ impl UpstreamClient {
             let take = {
                 let now = Instant::now();
                 let mut hosts = self.inner.hosts();
-                let h = hosts.entry(authority.into()).or_default();
+                // Looked up first: inserting needs an owned key, which
+                // would allocate on every request.
+                if !hosts.contains_key(authority) {
+                    hosts.insert(
+                        authority.into(),
+                        Host {
+                            name: authority.into(),
+                            ..Host::default()
+                        },
+                    );
+                }
+                let h = hosts.get_mut(authority).expect("inserted above");
                 let mut idle = None;
                 while let Some(c) = h.h1.pop() {
                     if c.sender.is_closed() || expired(&c, now, self.inner.idle_timeout) {
@@ -284,18 +298,18 @@ impl UpstreamClient {
                     break;
                 }
                 match idle {
-                    Some(c) => Take::Idle(c),
+                    Some(c) => Take::Idle(c, h.name.clone()),
                     None if h.open < self.inner.max_open => {
                         h.open += 1;
-                        Take::Open
+                        Take::Open(h.name.clone())
                     }
                     None => Take::Wait(h.freed.clone()),
                 }
             };
-            let fresh = matches!(take, Take::Open);
-            let mut conn = match take {
-                Take::Idle(c) => c,
-                Take::Open => {
+            let fresh = matches!(take, Take::Open(_));
+            let (mut conn, name) = match take {
+                Take::Idle(c, name) => (c, name),
+                Take::Open(name) => {
                     let sender = match self.connect_h1(&uri).await {
                         Ok(s) => s,
                         Err(error) => {
@@ -304,10 +318,11 @@ impl UpstreamClient {
                         }
                     };
                     self.start_sweeping();
-                    H1 {
+                    let conn = H1 {
                         sender,
                         last_used: Instant::now(),
-                    }
+                    };
+                    (conn, name)
                 }
                 Take::Wait(freed) => {
                     if tokio::time::timeout_at(deadline, freed.notified())
@@ -343,7 +358,7 @@ impl UpstreamClient {
                             inner,
                             back: Some(Back {
                                 client: self.inner.clone(),
-                                authority: authority.into(),
+                                authority: name,
                                 conn,
                             }),
                         })),
@@ -517,15 +532,15 @@ fn check_framing(resp: Response<Incoming>) -> Result<Response<Incoming>, ClientE
 
 /// What the HTTP/1.1 checkout found.
 enum Take {
-    Idle(H1),
-    Open,
+    Idle(H1, Arc<str>),
+    Open(Arc<str>),
     Wait(Arc<tokio::sync::Notify>),
 }
 
 /// A pooled HTTP/1.1 connection lent to one response, to be given back.
 struct Back {
     client: Arc<Inner>,
-    authority: Box<str>,
+    authority: Arc<str>,
     conn: H1,
 }
 
