@@ -7,10 +7,15 @@
 //! hygiene.rs  framing checks, hop-by-hop removal, client address,
 //!             X-Forwarded-*/Forwarded
 //! path.rs     the one normalized path policies and backends both see
+//! body.rs     the bodies crossing: response (in flight, idle and total
+//!             timers), request (count, cap, idle, whose fault)
+//! exchange.rs one upstream attempt and what its failure means
 //! guard.rs    timers on a client connection's bytes (first byte, send)
 //!             and on bodies (idle)
 //! ```
 
+mod body;
+mod exchange;
 pub mod guard;
 pub mod hygiene;
 pub mod path;

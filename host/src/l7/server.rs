@@ -3,24 +3,23 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
+use super::body::{BodyFault, ClientBody, REPLAY_CAP, Replay, Tracked, body_error, empty};
+use super::exchange::{FailureClass, SendHow, send};
 use super::hygiene;
 use super::path;
 use super::request;
@@ -31,14 +30,11 @@ use crate::admin::metrics::{
 use crate::admin::{AccessLog, Metrics};
 use crate::config::{Algorithm, ListenerConfig, OnError};
 use crate::error::{self, ProxyError};
-use crate::health::{self, Outcome};
 use crate::policy::{
     ConnectionInfo, Directory, ForwardAction, HttpDecision, Policy, RequestView, ResponseView,
     types,
 };
-use crate::upstream::{
-    Backend, BoxError, Failed, InFlight, Pool, ResponseBody, UpstreamBody, Upstreams,
-};
+use crate::upstream::{Backend, BoxError, UpstreamBody, Upstreams};
 
 /// What an HTTP listener serves with; swapped whole on reload.
 pub struct HttpState {
@@ -151,182 +147,6 @@ fn full(b: Bytes) -> ProxyBody {
 
 fn error_response(e: &ProxyError) -> Response<ProxyBody> {
     error::plain(e.status()).map(full)
-}
-
-/// A backend's response body that keeps the backend's in-flight count
-/// until the last byte has gone to the client.
-/// A backend that stops sending its body for the pool's
-/// `body_timeout_ms` has it cut (the client's connection or stream ends
-/// with it) and is charged with a failure.
-struct Tracked {
-    inner: ResponseBody,
-    in_flight: InFlight,
-    pool: Arc<Pool>,
-    idle: super::guard::Idle,
-    /// `total_timeout_ms`, when the pool has one: the body must end by it.
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    total: prometheus_client::metrics::counter::Counter,
-    timeouts: prometheus_client::metrics::counter::Counter,
-    bytes_out: prometheus_client::metrics::counter::Counter,
-    /// The request stays in progress on its connection until this body
-    /// ends (the connection's idle timeout does not run meanwhile).
-    _open: super::guard::InProgress,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("the backend sent no body byte for body_timeout_ms")]
-struct BodyStalled;
-
-#[derive(Debug, thiserror::Error)]
-#[error("the response did not end within total_timeout_ms")]
-struct TotalTimeout;
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => {
-                if this.idle.expired(cx) {
-                    this.timeouts.inc();
-                    health::report(&this.pool, this.in_flight.backend(), Outcome::Failure);
-                    return Poll::Ready(Some(Err(BodyStalled.into())));
-                }
-                if let Some(d) = &mut this.deadline
-                    && d.as_mut().poll(cx).is_ready()
-                {
-                    this.total.inc();
-                    return Poll::Ready(Some(Err(TotalTimeout.into())));
-                }
-                Poll::Pending
-            }
-            Poll::Ready(polled) => {
-                this.idle.reset();
-                if let Some(Ok(frame)) = &polled
-                    && let Some(data) = frame.data_ref()
-                {
-                    this.bytes_out.inc_by(data.len() as u64);
-                }
-                Poll::Ready(polled.map(|r| r.map_err(BoxError::from)))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The client's request body on its way upstream: counts its bytes, stops
-/// at the listener's size cap, and notes whether it failed on the
-/// client's side (bad chunked framing, fewer bytes than its length, over
-/// the cap), so that failure is answered 400 or 413 and never charged to
-/// the backend.
-struct ClientBody {
-    inner: Incoming,
-    /// `request_body_timeout_ms` between two frames (a slow upload).
-    idle: super::guard::Idle,
-    timeouts: prometheus_client::metrics::counter::Counter,
-    bytes_in: prometheus_client::metrics::counter::Counter,
-    /// Bytes still allowed under `max_request_body_bytes`.
-    left: u64,
-    fault: Arc<BodyFault>,
-}
-
-/// How a client body failed, seen by the request after the upstream
-/// exchange failed; and whether the body was waiting on the client (a
-/// response timeout then is the client's slowness, not the backend's; a
-/// body the backend stopped reading is not waiting on the client).
-#[derive(Default)]
-struct BodyFault(
-    std::sync::OnceLock<BodyFailure>,
-    std::sync::atomic::AtomicBool,
-);
-
-impl BodyFault {
-    fn waiting_on_client(&self) -> bool {
-        self.1.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-#[derive(Debug, Clone)]
-enum BodyFailure {
-    TooLarge,
-    Malformed(String),
-    /// Nothing for `request_body_timeout_ms`.
-    Idle,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("the client sent no body byte for request_body_timeout_ms")]
-struct UploadStalled;
-
-#[derive(Debug, thiserror::Error)]
-#[error("request body over max_request_body_bytes")]
-struct TooLarge;
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        let waiting = polled.is_pending();
-        if waiting != this.fault.waiting_on_client() {
-            this.fault
-                .1
-                .store(waiting, std::sync::atomic::Ordering::Relaxed);
-        }
-        if waiting {
-            if this.idle.expired(cx) {
-                this.timeouts.inc();
-                let _ = this.fault.0.set(BodyFailure::Idle);
-                return Poll::Ready(Some(Err(UploadStalled.into())));
-            }
-            return Poll::Pending;
-        }
-        this.idle.reset();
-        match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    let n = d.len() as u64;
-                    if n > this.left {
-                        let _ = this.fault.0.set(BodyFailure::TooLarge);
-                        return Poll::Ready(Some(Err(TooLarge.into())));
-                    }
-                    this.left -= n;
-                    this.bytes_in.inc_by(n);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                let _ = this.fault.0.set(BodyFailure::Malformed(e.to_string()));
-                Poll::Ready(Some(Err(e.into())))
-            }
-            other => other.map_err(BoxError::from),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// Serves one accepted connection until it closes. When `drain` turns
@@ -973,188 +793,6 @@ async fn proxy(
         _open: open,
     };
     Ok(Response::from_parts(rparts, body.boxed_unsync()))
-}
-
-/// The answer to a request whose own body failed.
-fn body_error(failure: Option<&BodyFailure>, limit: u64) -> ProxyError {
-    match failure {
-        Some(BodyFailure::TooLarge) | None => ProxyError::BodyTooLarge { limit },
-        Some(BodyFailure::Malformed(why)) => ProxyError::BadRequestBody(why.clone()),
-        Some(BodyFailure::Idle) => ProxyError::BodyTimeout,
-    }
-}
-
-/// Bodies of at most this many bytes are kept to be sent again (nginx
-/// buffers request bodies whole by default; this keeps streaming for the
-/// rest).
-const REPLAY_CAP: u64 = 64 * 1024;
-
-fn empty() -> UpstreamBody {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
-}
-
-/// A request body read whole, to send again on a resend.
-#[derive(Default)]
-struct Replay {
-    data: Bytes,
-    trailers: Option<http::HeaderMap>,
-}
-
-impl Replay {
-    fn body(&self) -> UpstreamBody {
-        let data = Full::new(self.data.clone()).map_err(|never| match never {});
-        match self.trailers.clone() {
-            None => data.boxed_unsync(),
-            Some(t) => data
-                .with_trailers(async move { Some(Ok(t)) })
-                .boxed_unsync(),
-        }
-    }
-}
-
-/// Which resendable failure an attempt met (`retry_on`).
-#[derive(Debug, Clone, Copy)]
-enum FailureClass {
-    /// No connection, or reset/closed before the response head.
-    Error,
-    /// No response head within `response_timeout_ms`.
-    Timeout,
-}
-
-/// One attempt that got no response.
-struct FailedAttempt {
-    error: ProxyError,
-    /// The request, when none of it reached the backend.
-    unsent: Option<Box<Request<UpstreamBody>>>,
-    /// `None`: not resendable (the response had started, or the client's
-    /// body failed).
-    class: Option<FailureClass>,
-}
-
-/// How one request is sent.
-struct SendHow<'a> {
-    /// On a connection of its own, never pooled (an upgrade).
-    unpooled: bool,
-    /// Where the client's body notes how it failed, when it has one.
-    fault: Option<&'a BodyFault>,
-    /// The listener's `max_request_body_bytes`, for the 413's text.
-    limit: u64,
-}
-
-/// Sends one request to one backend, counting it in flight, within the
-/// pool's response timeout. A failure of the client's own body is the
-/// client's (400 or 413), not counted against the backend.
-async fn send(
-    metrics: &Metrics,
-    pool: &Pool,
-    backend: &Arc<Backend>,
-    req: Request<UpstreamBody>,
-    how: &SendHow<'_>,
-) -> Result<(Response<ResponseBody>, InFlight), FailedAttempt> {
-    let in_flight = backend.start();
-    let timeout = pool.config.response_timeout;
-    let exchange = async {
-        if how.unpooled {
-            pool.client.request_unpooled(req).await
-        } else {
-            pool.client.request(req).await
-        }
-    };
-    let result = tokio::time::timeout(timeout, exchange).await;
-    // The client's own body failed, or it was still coming when the
-    // response timeout fired: the client's fault, never the backend's.
-    let clients_fault = match (&result, how.fault) {
-        (Ok(Err(_)), Some(f)) => f.0.get().is_some(),
-        (Err(_), Some(f)) => f.0.get().is_some() || f.waiting_on_client(),
-        _ => false,
-    };
-    if clients_fault {
-        let failure = how
-            .fault
-            .and_then(|f| f.0.get())
-            .unwrap_or(&BodyFailure::Idle);
-        return Err(FailedAttempt {
-            error: body_error(Some(failure), how.limit),
-            unsent: None,
-            class: None,
-        });
-    }
-    // No connection came free: the backend is busy, not failing. Another
-    // backend may take the request (none of it was sent).
-    let result = match result {
-        Ok(Err(Failed {
-            error: crate::upstream::ClientError::Saturated,
-            unsent,
-        })) => {
-            return Err(FailedAttempt {
-                error: ProxyError::Saturated {
-                    pool: pool.name.to_string(),
-                    backend: backend.name.to_string(),
-                },
-                unsent,
-                class: Some(FailureClass::Error),
-            });
-        }
-        other => other,
-    };
-    let outcome = match &result {
-        Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
-        _ => Outcome::Failure,
-    };
-    health::report(pool, backend, outcome);
-    match &result {
-        Ok(Err(f)) if f.error.is_connect() => {
-            metrics.connect_error(&pool.name, &backend.name, "connect")
-        }
-        Ok(Err(_)) => metrics.connect_error(&pool.name, &backend.name, "reset"),
-        Err(_) => metrics.connect_error(&pool.name, &backend.name, "timeout"),
-        Ok(Ok(_)) => {}
-    }
-    match result {
-        Ok(Ok(resp)) => Ok((resp, in_flight)),
-        Ok(Err(Failed { error, unsent })) => {
-            let cause = error_chain(&error);
-            let class = error.before_response().then_some(FailureClass::Error);
-            let error = if error.is_connect() {
-                ProxyError::Connect {
-                    pool: pool.name.to_string(),
-                    backend: backend.name.to_string(),
-                    cause,
-                }
-            } else {
-                ProxyError::Upstream {
-                    pool: pool.name.to_string(),
-                    backend: backend.name.to_string(),
-                    cause,
-                }
-            };
-            Err(FailedAttempt {
-                error,
-                unsent,
-                class,
-            })
-        }
-        Err(_) => Err(FailedAttempt {
-            error: ProxyError::Timeout {
-                pool: pool.name.to_string(),
-                backend: backend.name.to_string(),
-                timeout_ms: timeout.as_millis(),
-            },
-            unsent: None,
-            class: Some(FailureClass::Timeout),
-        }),
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// `uri` with its path replaced by `path` (already normalized), the

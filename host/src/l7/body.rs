@@ -1,0 +1,231 @@
+//! The bodies crossing the proxy: the backend's response body on its way
+//! to the client ([`Tracked`]: in-flight count, body idle and total
+//! timers), and the client's request body on its way upstream
+//! ([`ClientBody`]: byte count, size cap, idle timer, and whose fault a
+//! failure is), plus a small body kept to be sent again ([`Replay`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::error::ProxyError;
+use crate::health::{self, Outcome};
+use crate::upstream::{BoxError, InFlight, Pool, ResponseBody, UpstreamBody};
+
+/// A backend's response body on its way to the client: it keeps the
+/// backend's in-flight count until the last byte has gone, and a backend
+/// that stops sending its body for the pool's
+/// `body_timeout_ms` has it cut (the client's connection or stream ends
+/// with it) and is charged with a failure.
+pub(super) struct Tracked {
+    pub(super) inner: ResponseBody,
+    pub(super) in_flight: InFlight,
+    pub(super) pool: Arc<Pool>,
+    pub(super) idle: super::guard::Idle,
+    /// `total_timeout_ms`, when the pool has one: the body must end by it.
+    pub(super) deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    pub(super) total: prometheus_client::metrics::counter::Counter,
+    pub(super) timeouts: prometheus_client::metrics::counter::Counter,
+    pub(super) bytes_out: prometheus_client::metrics::counter::Counter,
+    /// The request stays in progress on its connection until this body
+    /// ends (the connection's idle timeout does not run meanwhile).
+    pub(super) _open: super::guard::InProgress,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the backend sent no body byte for body_timeout_ms")]
+pub(super) struct BodyStalled;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the response did not end within total_timeout_ms")]
+pub(super) struct TotalTimeout;
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if this.idle.expired(cx) {
+                    this.timeouts.inc();
+                    health::report(&this.pool, this.in_flight.backend(), Outcome::Failure);
+                    return Poll::Ready(Some(Err(BodyStalled.into())));
+                }
+                if let Some(d) = &mut this.deadline
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    this.total.inc();
+                    return Poll::Ready(Some(Err(TotalTimeout.into())));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(polled) => {
+                this.idle.reset();
+                if let Some(Ok(frame)) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    this.bytes_out.inc_by(data.len() as u64);
+                }
+                Poll::Ready(polled.map(|r| r.map_err(BoxError::from)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The client's request body on its way upstream: counts its bytes, stops
+/// at the listener's size cap, and notes whether it failed on the
+/// client's side (bad chunked framing, fewer bytes than its length, over
+/// the cap), so that failure is answered 400 or 413 and never charged to
+/// the backend.
+pub(super) struct ClientBody {
+    pub(super) inner: Incoming,
+    /// `request_body_timeout_ms` between two frames (a slow upload).
+    pub(super) idle: super::guard::Idle,
+    pub(super) timeouts: prometheus_client::metrics::counter::Counter,
+    pub(super) bytes_in: prometheus_client::metrics::counter::Counter,
+    /// Bytes still allowed under `max_request_body_bytes`.
+    pub(super) left: u64,
+    pub(super) fault: Arc<BodyFault>,
+}
+
+/// How a client body failed, seen by the request after the upstream
+/// exchange failed; and whether the body was waiting on the client (a
+/// response timeout then is the client's slowness, not the backend's; a
+/// body the backend stopped reading is not waiting on the client).
+#[derive(Default)]
+pub(super) struct BodyFault(
+    pub(super) std::sync::OnceLock<BodyFailure>,
+    pub(super) std::sync::atomic::AtomicBool,
+);
+
+impl BodyFault {
+    pub(super) fn waiting_on_client(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum BodyFailure {
+    TooLarge,
+    Malformed(String),
+    /// Nothing for `request_body_timeout_ms`.
+    Idle,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no body byte for request_body_timeout_ms")]
+pub(super) struct UploadStalled;
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body over max_request_body_bytes")]
+pub(super) struct TooLarge;
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let waiting = polled.is_pending();
+        if waiting != this.fault.waiting_on_client() {
+            this.fault
+                .1
+                .store(waiting, std::sync::atomic::Ordering::Relaxed);
+        }
+        if waiting {
+            if this.idle.expired(cx) {
+                this.timeouts.inc();
+                let _ = this.fault.0.set(BodyFailure::Idle);
+                return Poll::Ready(Some(Err(UploadStalled.into())));
+            }
+            return Poll::Pending;
+        }
+        this.idle.reset();
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    let n = d.len() as u64;
+                    if n > this.left {
+                        let _ = this.fault.0.set(BodyFailure::TooLarge);
+                        return Poll::Ready(Some(Err(TooLarge.into())));
+                    }
+                    this.left -= n;
+                    this.bytes_in.inc_by(n);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let _ = this.fault.0.set(BodyFailure::Malformed(e.to_string()));
+                Poll::Ready(Some(Err(e.into())))
+            }
+            other => other.map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The answer to a request whose own body failed.
+pub(super) fn body_error(failure: Option<&BodyFailure>, limit: u64) -> ProxyError {
+    match failure {
+        Some(BodyFailure::TooLarge) | None => ProxyError::BodyTooLarge { limit },
+        Some(BodyFailure::Malformed(why)) => ProxyError::BadRequestBody(why.clone()),
+        Some(BodyFailure::Idle) => ProxyError::BodyTimeout,
+    }
+}
+
+/// Bodies of at most this many bytes are kept to be sent again (nginx
+/// buffers request bodies whole by default; this keeps streaming for the
+/// rest).
+pub(super) const REPLAY_CAP: u64 = 64 * 1024;
+
+pub(super) fn empty() -> UpstreamBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A request body read whole, to send again on a resend.
+#[derive(Default)]
+pub(super) struct Replay {
+    pub(super) data: Bytes,
+    pub(super) trailers: Option<http::HeaderMap>,
+}
+
+impl Replay {
+    pub(super) fn body(&self) -> UpstreamBody {
+        let data = Full::new(self.data.clone()).map_err(|never| match never {});
+        match self.trailers.clone() {
+            None => data.boxed_unsync(),
+            Some(t) => data
+                .with_trailers(async move { Some(Ok(t)) })
+                .boxed_unsync(),
+        }
+    }
+}
