@@ -14,7 +14,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version};
-use switchyard::l7::hygiene::check_request;
+use switchyard::l7::framing::check_request;
 use switchyard::l7::path::{EscapedSlashes, normalize};
 
 fn head(target: &str, headers: &[(&str, &str)]) -> (Uri, HeaderMap) {

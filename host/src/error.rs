@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 
-use crate::l7::hygiene::Refusal;
+use crate::l7::framing::Refusal;
 use crate::l7::path::PathError;
 use crate::policy::PolicyError;
 

@@ -11,7 +11,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version};
 use libfuzzer_sys::fuzz_target;
-use switchyard::l7::hygiene::check_request;
+use switchyard::l7::framing::check_request;
 use switchyard::l7::path::{EscapedSlashes, normalize};
 
 fn check_path(path: &str) {

@@ -10,12 +10,14 @@
 //! body.rs     the bodies crossing: response (in flight, idle and total
 //!             timers), request (count, cap, idle, whose fault)
 //! exchange.rs one upstream attempt and what its failure means
+//! framing.rs  the framing checks hyper leaves to its user, both ways
 //! guard.rs    timers on a client connection's bytes (first byte, send)
 //!             and on bodies (idle)
 //! ```
 
 mod body;
 mod exchange;
+pub mod framing;
 pub mod guard;
 pub mod hygiene;
 pub mod path;

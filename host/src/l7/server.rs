@@ -364,7 +364,7 @@ async fn proxy(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let peer = conn.peer;
     let cfg = &state.config;
-    hygiene::check_request(req.version(), req.uri(), req.headers(), cfg.max_uri_bytes)
+    super::framing::check_request(req.version(), req.uri(), req.headers(), cfg.max_uri_bytes)
         .map_err(ProxyError::Refused)?;
     if cfg.normalize_path {
         let normal = path::normalize(req.uri().path(), cfg.path_with_escaped_slashes)
@@ -541,7 +541,7 @@ async fn proxy(
         && !pool.config.http2
         && hygiene::is_upgrade(req.headers());
     if upgrade && !req.body().is_end_stream() {
-        return Err(ProxyError::Refused(hygiene::Refusal::BadRequest(
+        return Err(ProxyError::Refused(super::framing::Refusal::BadRequest(
             "an upgrade request with a body",
         )));
     }

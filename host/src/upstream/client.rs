@@ -524,7 +524,7 @@ impl UpstreamClient {
 /// An HTTP/1 response, unless its framing is ambiguous (the response and
 /// its body are dropped, which aborts an unfinished connection).
 fn check_framing(resp: Response<Incoming>) -> Result<Response<Incoming>, ClientError> {
-    match crate::l7::hygiene::check_response_framing(resp.headers()) {
+    match crate::l7::framing::check_response_framing(resp.headers()) {
         Ok(()) => Ok(resp),
         Err(why) => Err(ClientError::Framing(why)),
     }
