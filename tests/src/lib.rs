@@ -437,3 +437,13 @@ pub async fn until_closed(s: &mut TcpStream, limit: Duration) -> Option<(Duratio
         }
     }
 }
+
+/// A config of one pool `web` (backend `{web}`) and one HTTP listener `l`
+/// on port 0: `head` goes first (`[admin]`, `[policies]`…), `pool` and
+/// `listener` extend the two sections.
+pub fn one_http_pool(head: &str, pool: &str, listener: &str) -> String {
+    format!(
+        "{head}\n[pools.web]\nbackends = [\"{{web}}\"]\n{pool}\n\
+         [listeners.l]\nprotocol = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n{listener}\n"
+    )
+}

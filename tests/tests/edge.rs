@@ -18,19 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn one_pool(extra_pool: &str, extra_listener: &str) -> String {
-    format!(
-        r#"
-[policies]
-dir = "{{policies}}"
-[pools.web]
-backends = ["{{web}}"]
-{extra_pool}
-[listeners.l]
-protocol = "http"
-bind = "127.0.0.1:0"
-pool = "web"
-{extra_listener}
-"#
+    one_http_pool(
+        "[policies]\ndir = \"{policies}\"",
+        extra_pool,
+        extra_listener,
     )
 }
 

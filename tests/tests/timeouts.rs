@@ -12,19 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn one_pool(extra_pool: &str, extra_listener: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-[pools.web]
-backends = ["{{web}}"]
-{extra_pool}
-[listeners.l]
-protocol = "http"
-bind = "127.0.0.1:0"
-pool = "web"
-{extra_listener}
-"#
+    one_http_pool(
+        "[admin]\nbind = \"127.0.0.1:0\"",
+        extra_pool,
+        extra_listener,
     )
 }
 
