@@ -57,7 +57,7 @@ fn main() {
             continue;
         };
         // Compile without a cache.
-        let cold = PolicyEngine::new(&EngineSettings { cache_dir: None }).unwrap();
+        let cold = PolicyEngine::new(&EngineSettings::default()).unwrap();
         let started = Instant::now();
         cold.compile(name, &file, &wasm, &config, Some(PolicyKind::Http))
             .expect("compiles");
@@ -65,6 +65,7 @@ fn main() {
         // Fill a cache, then load from it with fresh engines.
         let filler = PolicyEngine::new(&EngineSettings {
             cache_dir: Some(cache.clone()),
+            ..Default::default()
         })
         .unwrap();
         filler
@@ -74,6 +75,7 @@ fn main() {
         for _ in 0..5 {
             let engine = PolicyEngine::new(&EngineSettings {
                 cache_dir: Some(cache.clone()),
+                ..Default::default()
             })
             .unwrap();
             let started = Instant::now();

@@ -1,5 +1,6 @@
 //! Command line: `run`, `check` and `policy test`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -93,8 +94,11 @@ pub struct PolicyTest {
 }
 
 fn engine_for(config: Option<&Config>) -> anyhow::Result<Arc<PolicyEngine>> {
-    let cache_dir = config.and_then(|c| c.policies.cache_dir.clone());
-    PolicyEngine::new(&EngineSettings { cache_dir })
+    PolicyEngine::new(&EngineSettings {
+        cache_dir: config.and_then(|c| c.policies.cache_dir.clone()),
+        pool: config.map(|c| c.policies.pool).unwrap_or_default(),
+        kv: config.map(|c| c.policies.kv).unwrap_or_default(),
+    })
 }
 
 /// The pools of a configuration as a policy sees them offline.
@@ -134,6 +138,7 @@ pub async fn check(config_path: &Path) -> Result<(), Vec<String>> {
     .into_iter()
     .map(|p| format!("{file}: {p}"))
     .collect();
+    let mut needs = BTreeMap::new();
     for (name, listener) in &config.listeners {
         if let Some(tls) = &listener.tls
             && let Err(e) = crate::tls::Terminator::new(name, tls)
@@ -148,7 +153,14 @@ pub async fn check(config_path: &Path) -> Result<(), Vec<String>> {
             Protocol::Tcp | Protocol::Udp => PolicyKind::Connection,
         };
         let file = config.policy_file(policy);
-        let loaded = match policy::read_policy_files(&file, listener.policy_config.as_deref()) {
+        let loaded = match policy::read_policy_files_async(
+            config.policies.dir.clone(),
+            file.clone(),
+            listener.policy_config.clone(),
+            config.policies.files,
+        )
+        .await
+        {
             Ok((wasm, cfg)) => {
                 engine
                     .load_bytes(
@@ -163,9 +175,15 @@ pub async fn check(config_path: &Path) -> Result<(), Vec<String>> {
             }
             Err(e) => Err(e),
         };
-        if let Err(e) = loaded {
-            problems.push(format!("{e} (policy of listeners.{name})"));
+        match loaded {
+            Ok(p) => {
+                needs.insert((policy.clone(), listener.policy_config.clone()), p.need());
+            }
+            Err(e) => problems.push(format!("{e} (policy of listeners.{name})")),
         }
+    }
+    if let Some(why) = engine.pool_limits().overcommitted(needs.into_values()) {
+        problems.push(format!("{file}: policies: {why}"));
     }
     if problems.is_empty() {
         Ok(())
@@ -209,7 +227,16 @@ pub async fn policy_test(t: &PolicyTest) -> anyhow::Result<serde_json::Value> {
         Some(c) => Arc::new(static_directory(c)),
         None => Arc::new(OpenDirectory),
     };
-    let (wasm, config) = policy::read_policy_files(&t.file, t.config.as_deref())?;
+    let dir = match t.file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let (wasm, config) = policy::read_policy_files(
+        dir,
+        &t.file,
+        t.config.as_deref(),
+        policy::FileCaps::default(),
+    )?;
     let expected = if t.sni.is_some() {
         PolicyKind::Connection
     } else {

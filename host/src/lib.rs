@@ -12,6 +12,7 @@ pub mod health;
 pub mod l4;
 pub mod l7;
 pub mod listener;
+pub mod logging;
 pub mod policy;
 pub mod proxy_protocol;
 pub mod reload;

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, info_span};
 
 use crate::l4::L4State;
 use crate::l7::HttpState;
@@ -128,7 +128,7 @@ pub async fn accept_loop(
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: log, breathe, go on.
-                    warn!(listener = %name, error = %e, "accept failed");
+                    crate::warn_limited!(listener = %name, error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
@@ -217,7 +217,7 @@ fn spawn(
                 match crate::proxy_protocol::accept(&mut stream, peer, &trusted).await {
                     Ok(client) => peer = client,
                     Err(e) => {
-                        warn!(error = %e, "PROXY protocol: connection closed");
+                        crate::warn_limited!(error = %e, "PROXY protocol: connection closed");
                         return;
                     }
                 }

@@ -10,25 +10,36 @@ use switchyard::server;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn init_tracing(format: LogFormat, level: Option<&str>) {
+/// Sets up logging; the guard flushes the queued lines when dropped.
+fn init_tracing(
+    format: LogFormat,
+    level: Option<&str>,
+) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
     let filter = match level {
         Some(l) => tracing_subscriber::EnvFilter::new(l),
         None => tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
     };
+    // Serving threads queue their lines (up to 128k of them; past that
+    // they are dropped, never waited for); one thread writes them.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("switchyard-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
+    guard
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format, cli.log_level.as_deref());
+    let _log = init_tracing(cli.log_format, cli.log_level.as_deref());
     // `run` sizes the runtime from its configuration.
     let mut workers = None;
     let mut run_config = None;

@@ -82,6 +82,8 @@ pub struct View {
     pub cache_misses: usize,
     /// Every policy version in use.
     pub policies: Vec<Arc<Policy>>,
+    /// The policy engine, for its pool's gauges.
+    pub engine: Option<Arc<PolicyEngine>>,
     /// Every listener bound and every policy loaded.
     pub ready: bool,
 }
@@ -126,33 +128,62 @@ impl Daemon {
         self.upstreams.clone()
     }
 
-    fn read(&self, key: &PolicyKey) -> Result<(PathBuf, Vec<u8>, String), policy::LoadError> {
-        let file = self.config.policy_file(&key.name);
-        let (wasm, cfg) = policy::read_policy_files(&file, key.config.as_deref())?;
+    /// Reads a policy's files (on a blocking thread) for `config`.
+    async fn read(
+        config: &Config,
+        key: &PolicyKey,
+    ) -> Result<(PathBuf, Vec<u8>, String), policy::LoadError> {
+        let file = config.policy_file(&key.name);
+        let (wasm, cfg) = policy::read_policy_files_async(
+            config.policies.dir.clone(),
+            file.clone(),
+            key.config.clone(),
+            config.policies.files,
+        )
+        .await?;
         Ok((file, wasm, cfg))
     }
 
     /// Compiles (on the low-priority thread) and activates one policy.
+    /// `config` is the configuration it is loaded for and `fresh` what
+    /// else was loaded for it and is not in `self.policies` yet: the
+    /// instance budgets of all of them must fit in the engine's pool.
     async fn load(
         &self,
         key: &PolicyKey,
         file: PathBuf,
         wasm: Vec<u8>,
         cfg: String,
+        config: &Config,
+        fresh: &BTreeMap<PolicyKey, Arc<Policy>>,
     ) -> Result<Arc<Policy>, policy::LoadError> {
         let started = Instant::now();
+        let limits = self.config.policies.limits.clone();
         let loaded = async {
             let compiled = self
                 .compiler
                 .compile(&self.engine, &key.name, &file, wasm, cfg.clone(), key.kind)
                 .await?;
+            let keys: std::collections::BTreeSet<PolicyKey> =
+                config.listeners.values().filter_map(key_of).collect();
+            let needs = keys.iter().filter_map(|k| {
+                if k == key {
+                    Some(compiled.need(&limits))
+                } else {
+                    fresh
+                        .get(k)
+                        .or_else(|| self.policies.get(k))
+                        .map(|p| p.need())
+                }
+            });
+            if let Some(why) = self.engine.pool_limits().overcommitted(needs) {
+                return Err(policy::LoadError {
+                    file: file.clone(),
+                    reason: why,
+                });
+            }
             self.engine
-                .activate(
-                    compiled,
-                    &cfg,
-                    self.config.policies.limits.clone(),
-                    self.directory(),
-                )
+                .activate(compiled, &cfg, limits.clone(), self.directory())
                 .await
         }
         .await;
@@ -310,6 +341,7 @@ impl Daemon {
             cache_hits: self.engine.cache_hits(),
             cache_misses: self.engine.cache_misses(),
             policies: self.policies.values().cloned().collect(),
+            engine: Some(self.engine.clone()),
             ready: self.started,
         }));
         for p in self.policies.values() {
@@ -394,9 +426,8 @@ impl Daemon {
             if self.policies.contains_key(&key) || fresh.contains_key(&key) {
                 continue;
             }
-            let file = config.policy_file(&key.name);
-            let loaded = match policy::read_policy_files(&file, key.config.as_deref()) {
-                Ok((wasm, cfg)) => self.load(&key, file, wasm, cfg).await,
+            let loaded = match Self::read(config, &key).await {
+                Ok((file, wasm, cfg)) => self.load(&key, file, wasm, cfg, config, &fresh).await,
                 Err(e) => Err(e),
             };
             match loaded {
@@ -441,7 +472,7 @@ impl Daemon {
                 continue;
             }
             self.missing.remove(&key);
-            let (file, wasm, cfg) = match self.read(&key) {
+            let (file, wasm, cfg) = match Self::read(&self.config, &key).await {
                 Ok(x) => x,
                 Err(e) => {
                     warn!(policy = %key.name, error = %e, "cannot read the policy; the last loaded version keeps serving");
@@ -455,7 +486,10 @@ impl Daemon {
             {
                 continue;
             }
-            match self.load(&key, file, wasm, cfg).await {
+            match self
+                .load(&key, file, wasm, cfg, &self.config, &BTreeMap::new())
+                .await
+            {
                 Ok(p) => {
                     self.refused.remove(&key);
                     self.policies.insert(key.clone(), p);
@@ -571,6 +605,17 @@ impl Running {
     }
 
     /// (hits, misses) of the compiled-policy cache since start.
+    /// The loaded policy versions in use (tests read their counters).
+    pub fn policies(&self) -> Vec<Arc<Policy>> {
+        self.view.load().policies.clone()
+    }
+
+    /// Live instances, memories and stacks in the engine's pool, as
+    /// wasmtime counts them.
+    pub fn wasm_pool_usage(&self) -> Option<(u64, usize, usize)> {
+        self.view.load().engine.as_ref()?.pool_usage()
+    }
+
     pub fn cache_stats(&self) -> (usize, usize) {
         let v = self.view.load();
         (v.cache_hits, v.cache_misses)
@@ -674,6 +719,8 @@ pub async fn start_with(
 ) -> anyhow::Result<(Running, mpsc::Sender<Change>)> {
     let engine = PolicyEngine::new(&EngineSettings {
         cache_dir: config.policies.cache_dir.clone(),
+        pool: config.policies.pool,
+        kv: config.policies.kv,
     })?;
     let metrics = Arc::new(Metrics::default());
     let access_log = AccessLog::start(
@@ -709,12 +756,15 @@ pub async fn start_with(
     // The admin listener comes first, so /healthz answers and /readyz says
     // 503 while policies load.
     daemon.publish_view();
-    let admin_addr = match config.admin {
-        Some(bind) => Some(
-            admin::serve(bind, view.clone(), daemon.metrics.clone())
-                .await
-                .with_context(|| format!("admin.bind: cannot bind {bind}"))?,
-        ),
+    let admin_addr = match config.admin.clone() {
+        Some(admin) => {
+            let bind = admin.bind;
+            Some(
+                admin::serve(admin, view.clone(), daemon.metrics.clone())
+                    .await
+                    .with_context(|| format!("admin.bind: cannot bind {bind}"))?,
+            )
+        }
         None => None,
     };
     let unresolved = daemon.upstreams.resolve().await;

@@ -321,3 +321,65 @@ fn the_open_file_soft_limit_is_raised_and_a_short_one_is_warned_about() {
         "the soft limit was raised from 256 to the hard limit"
     );
 }
+
+/// Every request to a dead backend fails and would log a warning or two:
+/// 10,000 of them must not write 10,000 lines. Each call site logs at
+/// most 10 lines a second, then says how many it suppressed.
+#[test]
+fn ten_thousand_failing_requests_log_a_bounded_number_of_lines() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let (daemon, addr, lines) = start_daemon(
+        "logflood",
+        &format!(
+            "[pools.web]\nbackends = [\"{dead_addr}\"]\nretries = 0\n\
+             [listeners.l]\nprotocol = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n"
+        ),
+    );
+    let started = Instant::now();
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut failed = 0;
+    for _ in 0..10_000 {
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 5"), "{status:?}");
+        failed += 1;
+        // Skip the rest of the head and the body.
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+    }
+    let took = started.elapsed();
+    // Let the log thread write what it queued.
+    std::thread::sleep(Duration::from_millis(300));
+    let logged: Vec<String> = lines.try_iter().collect();
+    let warnings = logged.iter().filter(|l| l.contains("WARN")).count();
+    let seconds = took.as_secs() + 1;
+    eprintln!("{failed} failed requests in {took:?}: {warnings} warning lines");
+    // Each failing request passes two call sites (connect failed, request
+    // failed); each may write 10 lines and one "suppressed" line a second.
+    assert!(
+        warnings as u64 <= 2 * 11 * (seconds + 1),
+        "{warnings} warning lines for {failed} failed requests in {took:?}"
+    );
+    assert!(warnings >= 2, "the failures were not logged at all");
+    assert!(
+        logged.iter().any(|l| l.contains("suppressed")),
+        "the suppressed lines were not counted"
+    );
+    drop(daemon);
+}

@@ -371,9 +371,10 @@ pub async fn start_watching_strict(
         .0
 }
 
-/// A POST with an empty body.
+/// A POST with an empty JSON body, as the admin API wants it.
 pub async fn post(c: &Client, addr: SocketAddr, path: &str) -> Got {
     let req = Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
         .body(full(Bytes::new()))
         .unwrap();
     send(c, req).await

@@ -394,3 +394,166 @@ async fn connect_errors_are_counted_per_backend_and_kind() {
     );
     sy.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Sends `head` (CRLF-separated lines, no final blank line) to the admin
+/// listener and returns the status code of its answer.
+async fn raw_status(admin: std::net::SocketAddr, head: &str) -> u16 {
+    let text = raw(
+        admin,
+        format!("{head}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+fn drained(sy: &switchyard::server::Running, backend: std::net::SocketAddr) -> bool {
+    let upstreams = sy.upstreams();
+    let pool = upstreams.pool("web").unwrap();
+    pool.backends
+        .iter()
+        .find(|b| *b.name == *backend.to_string())
+        .unwrap()
+        .drained()
+}
+
+#[tokio::test]
+async fn a_cross_site_post_cannot_drain_a_backend() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let sy = start_switchyard(CONFIG, &BTreeMap::from([("a", a.addr), ("b", b.addr)])).await;
+    let admin = sy.admin_addr.unwrap();
+    let drain = format!("POST /api/pools/web/backends/{}/drain HTTP/1.1", b.addr);
+    let host = format!("Host: {admin}");
+    // What a web page the operator opens can send with
+    // fetch(url, {method: 'POST', mode: 'no-cors'}).
+    let cross_site = format!(
+        "{drain}\r\n{host}\r\nOrigin: http://evil.example\r\nSec-Fetch-Site: cross-site\r\nContent-Type: text/plain"
+    );
+    assert_eq!(raw_status(admin, &cross_site).await, 403);
+    // A text/plain POST with no Origin (an older browser, a form) is not
+    // JSON, so no simple request can change state.
+    assert_eq!(
+        raw_status(
+            admin,
+            &format!("{drain}\r\n{host}\r\nContent-Type: text/plain")
+        )
+        .await,
+        415
+    );
+    // Same site but another origin (another port on the same host).
+    let other_port = format!(
+        "{drain}\r\n{host}\r\nOrigin: http://127.0.0.1:1\r\nSec-Fetch-Site: same-site\r\nContent-Type: application/json"
+    );
+    assert_eq!(raw_status(admin, &other_port).await, 403);
+    assert!(
+        !drained(&sy, b.addr),
+        "a refused request drained the backend"
+    );
+    // DNS rebinding: a page at evil.example resolved to 127.0.0.1.
+    let rebound = format!(
+        "GET /api/pools HTTP/1.1\r\nHost: evil.example:{}",
+        admin.port()
+    );
+    assert_eq!(raw_status(admin, &rebound).await, 421);
+    assert_eq!(
+        raw_status(admin, "GET /metrics HTTP/1.1\r\nHost: evil.example").await,
+        421
+    );
+    // The same-origin JSON POST the status page (or curl) sends works.
+    let same_origin = format!(
+        "{drain}\r\n{host}\r\nOrigin: http://{admin}\r\nSec-Fetch-Site: same-origin\r\nContent-Type: application/json"
+    );
+    assert_eq!(raw_status(admin, &same_origin).await, 200);
+    assert!(drained(&sy, b.addr));
+    assert_eq!(
+        raw_status(
+            admin,
+            &format!("GET /healthz HTTP/1.1\r\nHost: localhost:{}", admin.port())
+        )
+        .await,
+        200
+    );
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn with_a_token_only_requests_that_carry_it_pass() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let dir = temp_dir("admin-token");
+    let token = "s3cret-token-0123456789";
+    std::fs::write(dir.join("token"), format!("{token}\n")).unwrap();
+    let text = CONFIG.replace(
+        "bind = \"127.0.0.1:0\"\n[policies]",
+        &format!(
+            "bind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n[policies]",
+            dir.join("token").display()
+        ),
+    );
+    let sy = start_switchyard(&text, &BTreeMap::from([("a", a.addr), ("b", b.addr)])).await;
+    let admin = sy.admin_addr.unwrap();
+    let host = format!("Host: {admin}");
+    for path in ["/metrics", "/api/pools", "/api/policies"] {
+        assert_eq!(
+            raw_status(admin, &format!("GET {path} HTTP/1.1\r\n{host}")).await,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            raw_status(
+                admin,
+                &format!(
+                    "GET {path} HTTP/1.1\r\n{host}\r\nAuthorization: Bearer wrong-token-0123456789"
+                )
+            )
+            .await,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            raw_status(
+                admin,
+                &format!("GET {path} HTTP/1.1\r\n{host}\r\nAuthorization: Bearer {token}")
+            )
+            .await,
+            200,
+            "{path}"
+        );
+    }
+    // Probes need no token.
+    assert_eq!(
+        raw_status(admin, &format!("GET /healthz HTTP/1.1\r\n{host}")).await,
+        200
+    );
+    assert_eq!(
+        raw_status(admin, &format!("GET /readyz HTTP/1.1\r\n{host}")).await,
+        200
+    );
+    let drain = format!(
+        "POST /api/pools/web/backends/{}/drain HTTP/1.1\r\n{host}\r\nContent-Type: application/json",
+        b.addr
+    );
+    assert_eq!(raw_status(admin, &drain).await, 401);
+    assert!(!drained(&sy, b.addr));
+    assert_eq!(
+        raw_status(admin, &format!("{drain}\r\nAuthorization: Bearer {token}")).await,
+        200
+    );
+    assert!(drained(&sy, b.addr));
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_idle_admin_connection_is_closed() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let sy = start_switchyard(CONFIG, &BTreeMap::from([("a", a.addr), ("b", b.addr)])).await;
+    let admin = sy.admin_addr.unwrap();
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    // Nothing sent: the header-read timeout (5 s) closes it.
+    let closed = until_closed(&mut s, Duration::from_secs(8)).await;
+    let (after, _) = closed.expect("the admin listener closed an idle connection");
+    assert!(after >= Duration::from_secs(4), "closed after {after:?}");
+    sy.shutdown(Duration::from_secs(5)).await;
+}

@@ -511,3 +511,59 @@ async fn a_quiet_tcp_connection_is_closed_after_the_idle_timeout() {
         "{waited:?}"
     );
 }
+
+/// A new flow whose policy call sleeps (a cold instance, a slow guest) is
+/// set up off the receive loop: another client's datagrams go through at
+/// once, and the datagrams that waited for the slow flow arrive in order
+/// when it is ready.
+#[tokio::test]
+async fn a_udp_flow_whose_policy_sleeps_does_not_delay_another() {
+    let echo = udp_echo("e").await;
+    let fixtures = switchyard_tests::repo().join("tests/fixtures/wasm");
+    let text = format!(
+        r#"
+[policies]
+dir = "{}"
+timeout_ms = 2000
+max_call_wall_ms = 3000
+[pools.e]
+backends = ["{{e}}"]
+[listeners.u]
+protocol = "udp"
+bind = "127.0.0.1:0"
+pool = "e"
+policy = "slow-connect"
+"#,
+        fixtures.display()
+    );
+    let sy = start_switchyard(&text, &BTreeMap::from([("e", echo)])).await;
+    let listener = sy.addr("u");
+    let slow = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let quick = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let started = Instant::now();
+    for i in 0..3 {
+        slow.send_to(format!("slow{i}").as_bytes(), listener)
+            .await
+            .unwrap();
+    }
+    let answer = ask(&quick, listener, "quick").await;
+    let quick_took = started.elapsed();
+    assert_eq!(answer.as_deref(), Some("e:quick"));
+    assert!(
+        quick_took < Duration::from_millis(400),
+        "the quick flow waited {quick_took:?} behind the slow one"
+    );
+    let mut buf = vec![0u8; 1024];
+    for i in 0..3 {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(3), slow.recv_from(&mut buf))
+            .await
+            .expect("the slow flow's datagrams were held, not lost")
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&buf[..n]), format!("e:slow{i}"));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the policy did not sleep"
+    );
+    sy.shutdown(Duration::from_secs(5)).await;
+}

@@ -539,10 +539,16 @@ policy = "deny-list"
 }
 
 #[tokio::test]
-async fn a_failing_policy_falls_back_or_rejects_as_configured() {
+async fn a_failing_policy_fails_closed_unless_told_to_fall_back() {
     let web = TestBackend::start("web").await;
     let fixtures = repo().join("tests/fixtures/wasm").display().to_string();
-    for (on_error, want) in [("fallback", 200), ("reject", 503)] {
+    // No `on_error` key: the default must be to refuse, and a refused
+    // request must never reach the backend.
+    for (on_error, want) in [
+        ("", 503),
+        ("on_error = \"reject\"", 503),
+        ("on_error = \"fallback\"", 200),
+    ] {
         let text = format!(
             r#"
 [policies]
@@ -554,17 +560,24 @@ protocol = "http"
 bind = "127.0.0.1:0"
 pool = "web"
 policy = "misbehave"
-on_error = "{on_error}"
+{on_error}
 "#
         );
         let sy = start_switchyard(&text, &BTreeMap::from([("web", web.addr)])).await;
         let c = client(false);
-        for path in ["/panic", "/loop", "/crlf"] {
+        for path in ["/panic", "/loop", "/crlf", "/hog"] {
             let got = get(&c, addr_of(&sy, "l"), path, &[]).await;
-            assert_eq!(got.status.as_u16(), want, "{on_error} {path}");
+            assert_eq!(got.status.as_u16(), want, "{on_error:?} {path}");
+            let reached = web.seen().iter().any(|s| s.uri == path);
+            assert_eq!(
+                reached,
+                want == 200,
+                "{on_error:?} {path} reached the backend"
+            );
         }
         assert_eq!(get(&c, addr_of(&sy, "l"), "/", &[]).await.status, 200);
         sy.shutdown(Duration::from_secs(5)).await;
+        web.seen.lock().unwrap().clear();
     }
 }
 

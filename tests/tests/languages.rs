@@ -26,6 +26,7 @@ use switchyard_tests::*;
 static ENGINE: LazyLock<Arc<PolicyEngine>> = LazyLock::new(|| {
     PolicyEngine::new(&EngineSettings {
         cache_dir: Some(std::env::temp_dir().join("switchyard-test-cache")),
+        ..Default::default()
     })
     .expect("policy engine")
 });

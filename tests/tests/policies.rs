@@ -470,6 +470,157 @@ async fn an_infinite_loop_ends_as_a_timeout_and_the_policy_keeps_serving() {
 }
 
 #[tokio::test]
+async fn a_sleep_through_wasi_ends_at_the_deadline() {
+    // The epoch interrupts wasm code only; a guest blocked in
+    // `wasi:io/poll` is stopped by the call's timer.
+    let p = misbehave(limits(50, 32)).await;
+    let (r, took) = p
+        .on_request_timed(
+            &mut request("/sleep?3000", &[]),
+            &conn_from("127.0.0.1"),
+            None,
+            &open(),
+        )
+        .await;
+    let e = r.unwrap_err();
+    assert!(
+        matches!(e, PolicyError::Timeout(d) if d == Duration::from_millis(50)),
+        "{e}"
+    );
+    assert!(took >= Duration::from_millis(50), "cut at {took:?}");
+    assert!(took < Duration::from_millis(75), "cut at {took:?}");
+    // The instance that slept is dropped; the policy keeps serving.
+    forward(decide(&p, "/", &[]).await);
+    // A sleep within the deadline is allowed to finish.
+    assert_eq!(body(decide(&p, "/sleep?5", &[]).await), "slept 5 ms");
+}
+
+#[tokio::test]
+async fn the_wall_clock_cap_bounds_a_call_whatever_its_deadline() {
+    let p = misbehave(Limits {
+        timeout: Duration::from_secs(5),
+        max_call_wall: Duration::from_millis(40),
+        ..Limits::default()
+    })
+    .await;
+    let started = Instant::now();
+    let e = p
+        .on_request(
+            &mut request("/sleep?3000", &[]),
+            &conn_from("127.0.0.1"),
+            None,
+            &open(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, PolicyError::Timeout(d) if d == Duration::from_millis(40)),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn calls_past_the_budget_queue_then_fail_as_overloaded() {
+    let p = misbehave(Limits {
+        timeout: Duration::from_secs(2),
+        max_instances: 2,
+        max_idle: 2,
+        max_queued: 2,
+        queue_timeout: Duration::from_millis(100),
+        ..Limits::default()
+    })
+    .await;
+    // Two calls hold both instances for 400 ms; two more wait in the
+    // queue and give up after 100 ms; the fifth is refused at once.
+    let call = |path: &'static str| {
+        let p = p.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = p
+                .on_request(
+                    &mut request(path, &[]),
+                    &conn_from("127.0.0.1"),
+                    None,
+                    &open(),
+                )
+                .await;
+            (r.map(drop), started.elapsed())
+        })
+    };
+    let holders = [call("/sleep?400"), call("/sleep?400")];
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let queued = [call("/count"), call("/count")];
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (refused, took) = call("/count").await.unwrap();
+    assert!(
+        matches!(refused, Err(PolicyError::Overloaded(2))),
+        "{refused:?}"
+    );
+    assert!(took < Duration::from_millis(20), "refused after {took:?}");
+    for q in queued {
+        let (r, took) = q.await.unwrap();
+        let e = r.unwrap_err();
+        assert_eq!(e.outcome(), "overloaded", "{e}");
+        assert!(
+            took >= Duration::from_millis(100) && took < Duration::from_millis(300),
+            "{took:?}"
+        );
+    }
+    for h in holders {
+        assert!(h.await.unwrap().0.is_ok());
+    }
+    assert!(p.live_instances() <= 2);
+    assert_eq!(
+        p.stats
+            .overloaded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_million_distinct_keys_evict_the_oldest_and_never_fill_the_store() {
+    // An engine of its own: its KV namespaces hold 1,000 entries.
+    let engine = PolicyEngine::new(&EngineSettings {
+        kv: switchyard::policy::kv::KvLimits {
+            max_entries: 1_000,
+            max_bytes: 1 << 20,
+        },
+        ..EngineSettings::default()
+    })
+    .unwrap();
+    let path = wasm_file("tests/fixtures/wasm/misbehave.wasm");
+    let p = engine
+        .load_bytes(
+            &path,
+            std::fs::read(&path).unwrap(),
+            String::new(),
+            Some(PolicyKind::Http),
+            limits(10_000, 32),
+            open(),
+        )
+        .await
+        .unwrap();
+    // 100 calls of 10,000 new keys each: a million distinct keys, as a
+    // rate limiter keyed by a spoofed source address would see them.
+    for round in 0..100 {
+        let d = decide(&p, &format!("/kv-fill?{round}"), &[]).await;
+        assert_eq!(body(d), "true", "round {round}: the newest key reads back");
+    }
+    let evicted: u64 = engine.kv.evictions().iter().map(|(_, n)| n).sum();
+    assert_eq!(
+        evicted,
+        1_000_000 - 1_000,
+        "every key past the cap evicted one"
+    );
+}
+
+#[tokio::test]
 async fn a_memory_hog_hits_the_cap_and_the_policy_keeps_serving() {
     // A generous deadline, so that the memory cap is what stops it.
     let p = misbehave(limits(5_000, 16)).await;

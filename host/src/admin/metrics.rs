@@ -3,6 +3,8 @@
 //! that already lives elsewhere (backend health and in-flight counts) is
 //! copied into gauges when `/metrics` is scraped.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -10,6 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::policy::{Policy, PolicyEngine};
 use crate::upstream::Upstreams;
 
 /// A label value: names of listeners, pools, backends and policies are
@@ -103,6 +106,12 @@ pub struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlotLabels {
+    /// `instances`, `memories` or `stacks`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub listener: Label,
     pub pool: Label,
@@ -134,6 +143,10 @@ pub struct Metrics {
     pub policy_version: Family<PolicyVersion, Gauge>,
     backend_healthy: Family<BackendLabels, Gauge>,
     backend_in_flight: Family<BackendLabels, Gauge>,
+    policy_instances: Family<PolicyLabel, Gauge>,
+    wasm_slots_in_use: Family<SlotLabels, Gauge>,
+    wasm_slots: Family<SlotLabels, Gauge>,
+    kv_evictions: Family<PolicyLabel, Counter>,
     pub access_log_dropped: Counter,
     pub upstream_connect_errors: Family<ConnectError, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
@@ -157,6 +170,10 @@ impl Default for Metrics {
             policy_version: Family::default(),
             backend_healthy: Family::default(),
             backend_in_flight: Family::default(),
+            policy_instances: Family::default(),
+            wasm_slots_in_use: Family::default(),
+            wasm_slots: Family::default(),
+            kv_evictions: Family::default(),
             access_log_dropped: Counter::default(),
             upstream_connect_errors: Family::default(),
             bytes: Family::default(),
@@ -231,6 +248,26 @@ impl Default for Metrics {
             m.upstream_connect_errors.clone(),
         );
         registry.register("bytes", "Body bytes proxied, by direction", m.bytes.clone());
+        registry.register(
+            "policy_instances",
+            "Instances of each policy that exist now, idle or in a call (at most policies.max_instances per loaded version)",
+            m.policy_instances.clone(),
+        );
+        registry.register(
+            "wasm_pool_in_use",
+            "Slots of the engine's pooling allocator in use, as wasmtime counts them",
+            m.wasm_slots_in_use.clone(),
+        );
+        registry.register(
+            "wasm_pool_slots",
+            "Slots of the engine's pooling allocator (policies.total_*)",
+            m.wasm_slots.clone(),
+        );
+        registry.register(
+            "kv_evictions",
+            "Live KV entries evicted (least recently used first) to keep a namespace within kv_max_entries and kv_max_bytes, since start",
+            m.kv_evictions.clone(),
+        );
         registry.register(
             "policy_reloads",
             "Policy loads (at start and on change), by result",
@@ -335,8 +372,45 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition, with backend gauges as of now.
-    pub fn render(&self, upstreams: &Upstreams) -> String {
+    /// The Prometheus text exposition, with backend, policy-instance and
+    /// engine gauges as of now.
+    pub fn render(
+        &self,
+        upstreams: &Upstreams,
+        policies: &[Arc<Policy>],
+        engine: Option<&PolicyEngine>,
+    ) -> String {
+        self.policy_instances.clear();
+        for p in policies {
+            self.policy_instances
+                .get_or_create(&PolicyLabel {
+                    policy: p.name.clone(),
+                })
+                .inc_by(p.live_instances() as i64);
+        }
+        if let Some(e) = engine {
+            for (policy, n) in e.kv.evictions() {
+                let c = self.kv_evictions.get_or_create(&PolicyLabel {
+                    policy: policy.into(),
+                });
+                c.inc_by(n.saturating_sub(c.get()));
+            }
+            let total = e.pool_limits();
+            if let Some((instances, memories, stacks)) = e.pool_usage() {
+                for (kind, used, have) in [
+                    ("instances", instances as i64, total.instances),
+                    ("memories", memories as i64, total.memories),
+                    ("stacks", stacks as i64, total.stacks),
+                ] {
+                    self.wasm_slots_in_use
+                        .get_or_create(&SlotLabels { kind })
+                        .set(used);
+                    self.wasm_slots
+                        .get_or_create(&SlotLabels { kind })
+                        .set(i64::from(have));
+                }
+            }
+        }
         self.backend_healthy.clear();
         self.backend_in_flight.clear();
         for (_, p) in upstreams.pools() {

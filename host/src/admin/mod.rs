@@ -1,6 +1,12 @@
 //! The admin listener (`[admin] bind`): `/metrics`, `/healthz`, `/readyz`,
 //! and a JSON API over pools, backends and policies. It is never served on
 //! a proxy listener, and without an `[admin]` section it does not exist.
+//!
+//! Every request must name the listener in `Host` (or a name of `[admin]
+//! hosts`), which defeats DNS rebinding. With `token_file`, every endpoint
+//! but `/healthz` and `/readyz` needs `Authorization: Bearer`. A request
+//! that changes state must also be same-origin and say it sends JSON, so a
+//! web page the operator opens cannot drain a backend with a no-cors POST.
 
 pub mod access_log;
 pub mod metrics;
@@ -23,7 +29,103 @@ pub use access_log::AccessLog;
 pub use metrics::Metrics;
 
 use crate::balance::Candidate;
+use crate::config::AdminConfig;
 use crate::server::View;
+
+/// Time to read a request head, and the keep-alive idle time between two.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest an admin connection may live.
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+/// Admin connections served at once; past it new ones wait in the backlog.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Whether `host` (a `Host` header) names this listener: its address as
+/// the client connected to it, `localhost` on a loopback listener, or one
+/// of `[admin] hosts`; with the listener's port when it has one.
+fn host_allowed(host: &str, local: SocketAddr, names: &[String]) -> bool {
+    let Ok(auth) = host.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    if auth.port_u16().is_some_and(|p| p != local.port()) {
+        return false;
+    }
+    let name = auth.host().trim_start_matches('[').trim_end_matches(']');
+    let name = name.to_ascii_lowercase();
+    if name
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip == local.ip())
+    {
+        return auth.port_u16().is_some();
+    }
+    (name == "localhost" && local.ip().is_loopback()) || names.contains(&name)
+}
+
+/// The admin API's checks before routing: `Host`, the token, and for a
+/// request that changes state, same-origin and JSON.
+fn refusal(
+    req: &Request<Incoming>,
+    cfg: &AdminConfig,
+    local: SocketAddr,
+) -> Option<Response<Full<Bytes>>> {
+    let header = |n: header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok());
+    let refuse = |status: StatusCode, why: &str| Some(json_reply(status, &json!({"error": why})));
+    let host = header(header::HOST).unwrap_or("");
+    if !host_allowed(host, local, &cfg.hosts) {
+        return refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            "Host does not name this admin listener (add the name to [admin] hosts)",
+        );
+    }
+    let path = req.uri().path();
+    if let Some(token) = &cfg.token
+        && !matches!(path, "/healthz" | "/readyz")
+    {
+        use sha2::{Digest, Sha256};
+        let given = header(header::AUTHORIZATION)
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Digests compared, so the comparison's time says nothing of the token.
+        if Sha256::digest(given.trim()) != Sha256::digest(&**token) {
+            let mut r = json_reply(
+                StatusCode::UNAUTHORIZED,
+                &json!({"error": "a bearer token is required"}),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return Some(r);
+        }
+    }
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let origin_ok = match header(header::ORIGIN) {
+            None => true,
+            Some(o) => o
+                .strip_prefix("http://")
+                .is_some_and(|h| host_allowed(h, local, &cfg.hosts)),
+        };
+        let site_ok = header(http::header::HeaderName::from_static("sec-fetch-site"))
+            .is_none_or(|s| s == "same-origin");
+        if !origin_ok || !site_ok {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "a cross-site request may not change state",
+            );
+        }
+        let json = header(header::CONTENT_TYPE).is_some_and(|c| {
+            c.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a request that changes state must be sent as Content-Type: application/json",
+            );
+        }
+    }
+    None
+}
 
 fn reply(
     status: StatusCode,
@@ -77,7 +179,7 @@ fn route(req: &Request<Incoming>, view: &View, metrics: &Metrics) -> Response<Fu
         (&Method::GET, ["metrics"]) => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(&view.upstreams),
+            metrics.render(&view.upstreams, &view.policies, view.engine.as_deref()),
         ),
         (&Method::GET, ["api", "pools"]) => json_reply(
             StatusCode::OK,
@@ -122,6 +224,8 @@ fn route(req: &Request<Incoming>, view: &View, metrics: &Metrics) -> Response<Fu
                             "compiled_from_cache": p.from_cache,
                             "calls": s.calls.load(std::sync::atomic::Ordering::Relaxed),
                             "errors": s.errors.load(std::sync::atomic::Ordering::Relaxed),
+                            "overloaded": s.overloaded.load(std::sync::atomic::Ordering::Relaxed),
+                            "instances": p.live_instances(),
                             "last_call_error": s.last_error.lock().ok().and_then(|e| e.clone()),
                             "last_refused": view.policy_errors.get(&*p.name),
                             "p50_us_at_most": s.quantile(0.5).map(|d| d.as_secs_f64() * 1e6),
@@ -135,35 +239,51 @@ fn route(req: &Request<Incoming>, view: &View, metrics: &Metrics) -> Response<Fu
     }
 }
 
-/// Serves the admin API on `bind` until the process ends.
+/// Serves the admin API on `cfg.bind` until the process ends.
 pub async fn serve(
-    bind: SocketAddr,
+    cfg: AdminConfig,
     view: Arc<ArcSwap<View>>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(bind).await?;
+    let listener = tokio::net::TcpListener::bind(cfg.bind).await?;
     let addr = listener.local_addr()?;
-    info!(%addr, "admin listening");
+    info!(%addr, token = cfg.token.is_some(), "admin listening");
+    if !addr.ip().is_loopback() && cfg.token.is_none() {
+        warn!(%addr, "the admin API listens beyond loopback without [admin] token_file: \
+            anyone who can reach it can drain backends");
+    }
+    let cfg = Arc::new(cfg);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, peer) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
-                    warn!(error = %e, "admin accept failed");
+                    crate::warn_limited!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 }
             };
-            let (view, metrics) = (view.clone(), metrics.clone());
+            let local = stream.local_addr().unwrap_or(addr);
+            let (view, metrics, cfg) = (view.clone(), metrics.clone(), cfg.clone());
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc = service_fn(move |req| {
-                    let r = route(&req, &view.load(), &metrics);
+                    let r = refusal(&req, &cfg, local)
+                        .unwrap_or_else(|| route(&req, &view.load(), &metrics));
                     async move { Ok::<_, Infallible>(r) }
                 });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await
-                {
-                    debug!(%peer, error = %e, "admin connection error");
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc);
+                match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                    Ok(Err(e)) => debug!(%peer, error = %e, "admin connection error"),
+                    Err(_) => debug!(%peer, "admin connection closed at its lifetime"),
+                    Ok(Ok(())) => {}
                 }
             });
         }

@@ -26,6 +26,12 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub bind: String,
+    /// A file holding the bearer token every endpoint but `/healthz` and
+    /// `/readyz` requires.
+    pub token_file: Option<PathBuf>,
+    /// Names besides the listener's address that `Host` may carry.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -43,6 +49,30 @@ fn default_max_calls() -> u64 {
 fn yes() -> bool {
     true
 }
+fn default_max_instances() -> usize {
+    16
+}
+fn default_max_queued() -> usize {
+    128
+}
+fn default_queue_timeout_ms() -> u64 {
+    50
+}
+fn default_pool_total() -> u32 {
+    1000
+}
+fn default_max_wasm_bytes() -> u64 {
+    128 << 20
+}
+fn default_max_config_bytes() -> u64 {
+    1 << 20
+}
+fn default_kv_max_entries() -> usize {
+    100_000
+}
+fn default_kv_max_bytes() -> usize {
+    64 << 20
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +89,28 @@ pub struct PoliciesFile {
     #[serde(default = "yes")]
     pub cache: bool,
     pub cache_dir: Option<PathBuf>,
+    #[serde(default = "default_max_instances")]
+    pub max_instances: usize,
+    #[serde(default = "default_max_queued")]
+    pub max_queued: usize,
+    #[serde(default = "default_queue_timeout_ms")]
+    pub queue_timeout_ms: u64,
+    /// Default: the larger of 1000 and `timeout_ms`.
+    pub max_call_wall_ms: Option<u64>,
+    #[serde(default = "default_pool_total")]
+    pub total_instances: u32,
+    #[serde(default = "default_pool_total")]
+    pub total_memories: u32,
+    #[serde(default = "default_pool_total")]
+    pub total_stacks: u32,
+    #[serde(default = "default_max_wasm_bytes")]
+    pub max_wasm_bytes: u64,
+    #[serde(default = "default_max_config_bytes")]
+    pub max_config_bytes: u64,
+    #[serde(default = "default_kv_max_entries")]
+    pub kv_max_entries: usize,
+    #[serde(default = "default_kv_max_bytes")]
+    pub kv_max_bytes: usize,
 }
 
 impl Default for PoliciesFile {
@@ -71,6 +123,17 @@ impl Default for PoliciesFile {
             max_calls_per_instance: default_max_calls(),
             cache: true,
             cache_dir: None,
+            max_instances: default_max_instances(),
+            max_queued: default_max_queued(),
+            queue_timeout_ms: default_queue_timeout_ms(),
+            max_call_wall_ms: None,
+            total_instances: default_pool_total(),
+            total_memories: default_pool_total(),
+            total_stacks: default_pool_total(),
+            max_wasm_bytes: default_max_wasm_bytes(),
+            max_config_bytes: default_max_config_bytes(),
+            kv_max_entries: default_kv_max_entries(),
+            kv_max_bytes: default_kv_max_bytes(),
         }
     }
 }
@@ -320,8 +383,13 @@ pub enum Protocol {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
-    #[default]
+    /// Go on as if the policy had not been there: the listener's pool and
+    /// its algorithm. Only for policies that steer, never for ones that
+    /// deny: a client who can make the policy fail turns the rule off.
     Fallback,
+    /// Fail closed (the default, as Envoy's ext_authz and proxy-wasm do):
+    /// 503 at L7, a closed connection at L4.
+    #[default]
     Reject,
 }
 
@@ -385,6 +453,9 @@ pub struct ListenerFile {
     /// http: an upgraded tunnel with no byte either way this long is
     /// closed (default 300000).
     pub tunnel_idle_timeout_ms: Option<u64>,
+    /// udp: new flows one source address may start per second (default
+    /// 100).
+    pub new_flows_per_source_per_second: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

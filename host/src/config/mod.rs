@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use file::{
@@ -17,18 +18,38 @@ pub use file::{
 };
 use file::{BackendFile, FileConfig};
 
-use crate::policy::Limits;
+use crate::policy::{FileCaps, Limits, PoolLimits};
 
 /// A checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it was read from.
     pub source: PathBuf,
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<AdminConfig>,
     pub policies: PolicySettings,
     pub pools: BTreeMap<String, PoolConfig>,
     pub listeners: BTreeMap<String, ListenerConfig>,
     pub runtime: RuntimeConfig,
+}
+
+/// The admin listener (`[admin]`).
+#[derive(Clone)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+    /// The bearer token from `token_file`, when one is set.
+    pub token: Option<Arc<str>>,
+    /// Extra names `Host` may carry (lower case, without a port).
+    pub hosts: Vec<String>,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("hosts", &self.hosts)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +59,12 @@ pub struct PolicySettings {
     pub limits: Limits,
     /// Compiled-artifact cache; `None` when `cache = false`.
     pub cache_dir: Option<PathBuf>,
+    /// The engine's pooling-allocator slots (fixed at start).
+    pub pool: PoolLimits,
+    /// Size caps on policy files.
+    pub files: FileCaps,
+    /// Caps of each policy's KV namespace (fixed at start).
+    pub kv: crate::policy::kv::KvLimits,
 }
 
 /// Where a backend is: an IP address, or a DNS name resolved at start and
@@ -236,6 +263,8 @@ pub struct ListenerConfig {
     pub http2_keepalive_timeout: Duration,
     /// http: an upgraded tunnel quiet this long is closed.
     pub tunnel_idle_timeout: Duration,
+    /// udp: new flows one source address may start per second.
+    pub new_flows_per_source_per_second: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -338,15 +367,41 @@ fn valid_policy_name(n: &str) -> bool {
 fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<String>> {
     let mut problems = Vec::new();
 
-    let admin = f.admin.and_then(|a| match a.bind.parse::<SocketAddr>() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
-            problems.push(format!(
-                "admin.bind: {:?} is not an address like \"127.0.0.1:9901\"",
-                a.bind
-            ));
-            None
-        }
+    let admin = f.admin.and_then(|a| {
+        let bind = match a.bind.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                problems.push(format!(
+                    "admin.bind: {:?} is not an address like \"127.0.0.1:9901\"",
+                    a.bind
+                ));
+                return None;
+            }
+        };
+        let token = match a.token_file.map(|t| base.join(t)) {
+            None => None,
+            Some(file) => match std::fs::read_to_string(&file) {
+                Ok(t) if t.trim().len() >= 16 && t.trim().bytes().all(|b| b.is_ascii_graphic()) => {
+                    Some(Arc::from(t.trim()))
+                }
+                Ok(_) => {
+                    problems.push(format!(
+                        "admin.token_file: {} must hold one token of at least 16 printable ASCII characters",
+                        file.display()
+                    ));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("admin.token_file: cannot read {}: {e}", file.display()));
+                    None
+                }
+            },
+        };
+        Some(AdminConfig {
+            bind,
+            token,
+            hosts: a.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        })
     });
 
     let p = f.policies;
@@ -359,6 +414,40 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
     if p.max_calls_per_instance == 0 {
         problems.push("policies.max_calls_per_instance: must be at least 1".into());
     }
+    if p.max_instances == 0 {
+        problems.push("policies.max_instances: must be at least 1".into());
+    }
+    if p.instances > p.max_instances {
+        problems.push(format!(
+            "policies.instances: {} warm instances cannot be kept with policies.max_instances = {}",
+            p.instances, p.max_instances
+        ));
+    }
+    if p.queue_timeout_ms == 0 {
+        problems.push("policies.queue_timeout_ms: must be at least 1".into());
+    }
+    let max_call_wall_ms = p.max_call_wall_ms.unwrap_or(p.timeout_ms.max(1000));
+    if max_call_wall_ms < p.timeout_ms {
+        problems.push(format!(
+            "policies.max_call_wall_ms: {max_call_wall_ms} is below policies.timeout_ms = {}",
+            p.timeout_ms
+        ));
+    }
+    if p.kv_max_entries == 0 {
+        problems.push("policies.kv_max_entries: must be at least 1".into());
+    }
+    if p.kv_max_bytes < 64 << 10 {
+        problems.push("policies.kv_max_bytes: must be at least 65536".into());
+    }
+    for (key, v) in [
+        ("total_instances", p.total_instances),
+        ("total_memories", p.total_memories),
+        ("total_stacks", p.total_stacks),
+    ] {
+        if v == 0 {
+            problems.push(format!("policies.{key}: must be at least 1"));
+        }
+    }
     let timeout = Duration::from_millis(p.timeout_ms);
     let policies = PolicySettings {
         dir: base.join(p.dir.unwrap_or_else(|| PathBuf::from("policies"))),
@@ -368,11 +457,28 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
             memory_bytes: usize::try_from(p.memory_mb.min(4096) << 20).unwrap_or(usize::MAX),
             max_idle: p.instances,
             max_calls: p.max_calls_per_instance.max(1),
+            max_instances: p.max_instances.max(1),
+            max_queued: p.max_queued,
+            queue_timeout: Duration::from_millis(p.queue_timeout_ms),
+            max_call_wall: Duration::from_millis(max_call_wall_ms).max(timeout),
+        },
+        pool: PoolLimits {
+            instances: p.total_instances,
+            memories: p.total_memories,
+            stacks: p.total_stacks,
+        },
+        files: FileCaps {
+            wasm: p.max_wasm_bytes,
+            config: p.max_config_bytes,
+        },
+        kv: crate::policy::kv::KvLimits {
+            max_entries: p.kv_max_entries,
+            max_bytes: p.kv_max_bytes,
         },
         cache_dir: match (p.cache, p.cache_dir) {
             (false, _) => None,
             (true, Some(d)) => Some(base.join(d)),
-            (true, None) => Some(default_cache_dir()),
+            (true, None) => default_cache_dir(),
         },
     };
 
@@ -719,6 +825,10 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
                 http2_keepalive_interval: ms(l.http2_keepalive_interval_ms.unwrap_or(30_000)),
                 http2_keepalive_timeout: ms(l.http2_keepalive_timeout_ms.unwrap_or(20_000)),
                 tunnel_idle_timeout: ms(l.tunnel_idle_timeout_ms.unwrap_or(300_000)),
+                new_flows_per_source_per_second: l
+                    .new_flows_per_source_per_second
+                    .unwrap_or(100)
+                    .max(1),
                 sni_peek_timeout: Duration::from_millis(l.sni_peek_timeout_ms.max(1)),
                 idle_timeout: Duration::from_millis(
                     l.idle_timeout_ms
@@ -756,12 +866,24 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
 
 /// `$XDG_CACHE_HOME/switchyard` or `~/.cache/switchyard`, else a folder in
 /// the system temp directory.
-fn default_cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
+/// Where compiled policies are cached when `cache_dir` is not set:
+/// systemd's `$CACHE_DIRECTORY` (the first, when it lists several), else
+/// `$XDG_CACHE_HOME/switchyard`, else `~/.cache/switchyard`; never a shared
+/// temporary folder, where another local user could plant native code
+/// that wasmtime would run. `None` (no cache) when none of them is set.
+fn default_cache_dir() -> Option<PathBuf> {
+    let set = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
+    if let Some(dirs) = set("CACHE_DIRECTORY") {
+        let first = dirs.to_string_lossy().split(':').next().map(PathBuf::from);
+        if let Some(d) = first.filter(|d| d.is_absolute()) {
+            return Some(d);
+        }
+    }
+    set("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("switchyard")
+        .filter(|d| d.is_absolute())
+        .or_else(|| set("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("switchyard"))
 }
 
 /// Milliseconds from the file (validated to be at least 1 where zero
@@ -813,7 +935,7 @@ mod tests {
         assert_eq!(web.backends[0].name, "127.0.0.1:9001");
         assert_eq!(web.backends[1].name, "b");
         assert_eq!(web.backends[1].weight, 3);
-        assert_eq!(c.listeners["public"].on_error, OnError::Fallback);
+        assert_eq!(c.listeners["public"].on_error, OnError::Reject);
     }
 
     #[test]

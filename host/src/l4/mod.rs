@@ -8,7 +8,7 @@ pub mod udp;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::config::{ListenerConfig, OnError};
 use crate::policy::{ConnDecision, Directory, Policy};
@@ -75,7 +75,7 @@ pub(crate) async fn route(
                 return None;
             }
             Err(e) => {
-                warn!(listener = %state.name, policy = %policy.name, error = %e,
+                crate::warn_limited!(listener = %state.name, policy = %policy.name, error = %e,
                     on_error = ?cfg.on_error, "policy call failed");
                 if cfg.on_error == OnError::Reject {
                     return None;
@@ -85,7 +85,7 @@ pub(crate) async fn route(
         }
     }
     let Some(pool) = pool_name.as_deref().and_then(|p| state.upstreams.pool(p)) else {
-        warn!(listener = %state.name, client = %peer, pool = ?pool_name, "no pool; connection closed");
+        crate::warn_limited!(listener = %state.name, client = %peer, pool = ?pool_name, "no pool; connection closed");
         return None;
     };
     let first = named

@@ -17,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{L4State, Route, sni};
 use crate::policy::types;
@@ -136,7 +136,7 @@ pub async fn serve_connection(
         state
             .metrics
             .connect_error(&pool.name, &backend.name, failure.0);
-        warn!(listener = %state.name, pool = %pool.name, backend = %backend.name,
+        crate::warn_limited!(listener = %state.name, pool = %pool.name, backend = %backend.name,
             error = %failure.1, "connect failed");
         crate::health::report(&pool, &backend, crate::health::Outcome::Failure);
         if tried.is_some() {
@@ -145,7 +145,7 @@ pub async fn serve_connection(
         candidate = pool.pick(Route::key(peer), Some(&backend));
         tried = Some(backend);
     }
-    warn!(listener = %state.name, client = %peer, pool = %pool.name, "no backend reachable; connection closed");
+    crate::warn_limited!(listener = %state.name, client = %peer, pool = %pool.name, "no backend reachable; connection closed");
 }
 
 /// Copies both ways until both directions are done, an error, or `idle`

@@ -4,19 +4,32 @@
 //! client. A flow with no datagram either way for `idle_timeout` is
 //! forgotten; past `max_connections` flows, datagrams that would start a
 //! new flow are dropped (and counted).
+//!
+//! The receive loop never waits on a flow. A new flow is set up (policy
+//! call, which may need a cold instance, then the backend socket) in a
+//! task of its own; the datagrams that arrive for it meanwhile wait in a
+//! queue of [`PENDING_DATAGRAMS`], past which they are dropped, as a full
+//! socket buffer would. New flows per source address are capped
+//! (`new_flows_per_source_per_second`) in a table of at most
+//! [`MAX_SOURCES`] addresses, least recently seen forgotten first. A flow
+//! counts as in flight on its backend while it lives (least_request, p2c,
+//! `max_requests_per_backend` see it), and an ICMP error from the backend
+//! (port unreachable) is reported to outlier detection as a failure.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{L4State, Route};
 use crate::policy::types;
@@ -24,8 +37,20 @@ use crate::policy::types;
 /// The largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
 
+/// Datagrams held for a flow while it is set up.
+pub const PENDING_DATAGRAMS: usize = 16;
+
+/// Source addresses whose new-flow rate is tracked.
+pub const MAX_SOURCES: usize = 65_536;
+
 struct Flow {
     upstream: UdpSocket,
+    pool: Arc<crate::upstream::Pool>,
+    backend: Arc<crate::upstream::Backend>,
+    /// Counts the flow in its backend's in-flight requests while it lives.
+    _in_flight: crate::upstream::InFlight,
+    /// A reply came back (reported once to outlier detection).
+    answered: AtomicBool,
     started: Instant,
     /// Milliseconds after `started` of the last datagram either way.
     last: AtomicU64,
@@ -45,7 +70,42 @@ impl Flow {
     }
 }
 
-type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<Flow>>>>;
+/// A client address's flow: set up, or being set up with the datagrams
+/// that wait for it.
+enum Slot {
+    Ready(Arc<Flow>),
+    Pending(mpsc::Sender<Bytes>),
+}
+
+type Flows = Arc<Mutex<HashMap<SocketAddr, Slot>>>;
+
+/// New flows per source address and second, in a bounded table.
+struct Sources {
+    per_second: u32,
+    table: lru::LruCache<IpAddr, (u64, u32)>,
+    started: Instant,
+}
+
+impl Sources {
+    fn new(per_second: u32) -> Self {
+        Sources {
+            per_second,
+            table: lru::LruCache::new(NonZeroUsize::new(MAX_SOURCES).expect("nonzero")),
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether `ip` may start one more flow this second.
+    fn admit(&mut self, ip: IpAddr) -> bool {
+        let now = self.started.elapsed().as_secs();
+        let entry = self.table.get_or_insert_mut(ip.to_canonical(), || (now, 0));
+        if entry.0 != now {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= self.per_second
+    }
+}
 
 /// Serves one UDP socket until `stop`; flows end with it.
 pub async fn serve(
@@ -59,6 +119,7 @@ pub async fn serve(
         Err(_) => return,
     };
     let flows: Flows = Arc::default();
+    let mut sources = Sources::new(shared.load().config.new_flows_per_source_per_second);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let (n, peer) = tokio::select! {
@@ -73,18 +134,32 @@ pub async fn serve(
             _ = stop.changed() => break,
         };
         let datagram = &buf[..n];
-        let existing = flows.lock().expect("flows lock").get(&peer).cloned();
-        if let Some(flow) = existing {
-            flow.touch();
-            flow.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-            if let Err(e) = flow.upstream.send(datagram).await {
-                debug!(client = %peer, error = %e, "udp send to backend failed");
+        let count = {
+            let map = flows.lock().expect("flows lock");
+            match map.get(&peer) {
+                Some(Slot::Ready(flow)) => {
+                    flow.touch();
+                    flow.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    // A connected UDP socket's send does not wait for the
+                    // peer; a full buffer drops the datagram, as UDP does.
+                    if let Err(e) = flow.upstream.try_send(datagram) {
+                        debug!(client = %peer, error = %e, "udp send to backend failed");
+                    }
+                    continue;
+                }
+                Some(Slot::Pending(queue)) => {
+                    // Held under the lock, so the flow's task cannot turn
+                    // ready between the look-up and the queueing.
+                    if queue.try_send(Bytes::copy_from_slice(datagram)).is_err() {
+                        debug!(client = %peer, "udp flow still being set up and its queue is full; datagram dropped");
+                    }
+                    continue;
+                }
+                None => map.len(),
             }
-            continue;
-        }
+        };
         let state = shared.load_full();
-        let count = flows.lock().expect("flows lock").len();
-        if count >= state.config.max_connections {
+        let refuse = |why: &str| {
             state
                 .metrics
                 .refused
@@ -92,28 +167,67 @@ pub async fn serve(
                     listener: state.name.clone(),
                 })
                 .inc();
-            debug!(listener = %state.name, client = %peer, flows = count,
-                "max_connections flows reached; datagram dropped");
-            continue;
-        }
-        let Some((route, flow)) = start_flow(&state, peer, local).await else {
-            continue;
+            debug!(listener = %state.name, client = %peer, flows = count, "{why}; datagram dropped");
         };
-        flow.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-        if let Err(e) = flow.upstream.send(datagram).await {
-            debug!(client = %peer, error = %e, "udp send to backend failed");
+        if count >= state.config.max_connections {
+            refuse("max_connections flows reached");
+            continue;
         }
-        flows.lock().expect("flows lock").insert(peer, flow.clone());
-        tracker.spawn(relay(
+        if !sources.admit(peer.ip()) {
+            refuse("new_flows_per_source_per_second reached");
+            continue;
+        }
+        let (queue, waiting) = mpsc::channel(PENDING_DATAGRAMS);
+        let _ = queue.try_send(Bytes::copy_from_slice(datagram));
+        flows
+            .lock()
+            .expect("flows lock")
+            .insert(peer, Slot::Pending(queue));
+        tracker.spawn(flow_task(
             socket.clone(),
             peer,
-            route,
-            flow,
+            local,
             state,
             flows.clone(),
+            waiting,
             stop.clone(),
         ));
     }
+}
+
+/// Sets up one flow off the receive loop, sends what waited for it, then
+/// relays its replies until it ends.
+async fn flow_task(
+    socket: Arc<UdpSocket>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    state: Arc<L4State>,
+    flows: Flows,
+    mut waiting: mpsc::Receiver<Bytes>,
+    stop: watch::Receiver<bool>,
+) {
+    let Some((route, flow)) = start_flow(&state, peer, local).await else {
+        flows.lock().expect("flows lock").remove(&peer);
+        return;
+    };
+    // Drain the queue (the flow's own task may wait on its socket), then
+    // turn ready under the lock once it is empty: no datagram overtakes
+    // one that waited.
+    loop {
+        while let Ok(d) = waiting.try_recv() {
+            flow.bytes_in.fetch_add(d.len() as u64, Ordering::Relaxed);
+            if let Err(e) = flow.upstream.send(&d).await {
+                debug!(client = %peer, error = %e, "udp send to backend failed");
+            }
+        }
+        let mut map = flows.lock().expect("flows lock");
+        if waiting.is_empty() {
+            map.insert(peer, Slot::Ready(flow.clone()));
+            break;
+        }
+    }
+    flow.touch();
+    relay(socket, peer, route, flow, state, flows, stop).await;
 }
 
 /// Where a flow went, for its access-log line.
@@ -141,7 +255,7 @@ async fn start_flow(
         decision,
     } = super::route(state, info, peer).await?;
     let Some(backend) = first else {
-        warn!(listener = %state.name, client = %peer, pool = %pool.name, "no backend available; datagram dropped");
+        crate::warn_limited!(listener = %state.name, client = %peer, pool = %pool.name, "no backend available; datagram dropped");
         return None;
     };
     let at = backend.address()?.socket;
@@ -159,7 +273,7 @@ async fn start_flow(
     let upstream = match upstream {
         Ok(s) => s,
         Err(e) => {
-            warn!(listener = %state.name, backend = %backend.name, error = %e, "cannot open a udp socket to the backend");
+            crate::warn_limited!(listener = %state.name, backend = %backend.name, error = %e, "cannot open a udp socket to the backend");
             return None;
         }
     };
@@ -174,6 +288,10 @@ async fn start_flow(
         .inc();
     let flow = Arc::new(Flow {
         upstream,
+        _in_flight: backend.start(),
+        pool: pool.clone(),
+        backend: backend.clone(),
+        answered: AtomicBool::new(false),
         started: Instant::now(),
         last: AtomicU64::new(0),
         bytes_in: AtomicU64::new(0),
@@ -215,10 +333,17 @@ async fn relay(
                 if r.is_err() {
                     break;
                 }
-                let n = forward_replies(&flow.upstream, &socket, peer);
+                let (n, refused) = forward_replies(&flow.upstream, &socket, peer);
                 if n > 0 {
                     flow.touch();
                     flow.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                    if !flow.answered.swap(true, Ordering::Relaxed) {
+                        crate::health::report(&flow.pool, &flow.backend, crate::health::Outcome::Connected);
+                    }
+                }
+                if refused {
+                    // ICMP port unreachable: nothing listens there.
+                    crate::health::report(&flow.pool, &flow.backend, crate::health::Outcome::Failure);
                 }
             }
             _ = tokio::time::sleep(quiet) => {}
@@ -260,10 +385,11 @@ async fn relay(
 }
 
 /// Sends every datagram waiting on `upstream` to `peer`; returns the bytes
-/// sent. A reply the client's side cannot take right now is dropped, as
-/// UDP would. Synchronous, so one 64 KiB buffer per thread serves every
-/// flow instead of one in each flow's task.
-fn forward_replies(upstream: &UdpSocket, socket: &UdpSocket, peer: SocketAddr) -> usize {
+/// sent and whether the backend refused one (ICMP port unreachable). A
+/// reply the client's side cannot take right now is dropped, as UDP
+/// would. Synchronous, so one 64 KiB buffer per thread serves every flow
+/// instead of one in each flow's task.
+fn forward_replies(upstream: &UdpSocket, socket: &UdpSocket, peer: SocketAddr) -> (usize, bool) {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_DATAGRAM]);
     }
@@ -278,7 +404,7 @@ fn forward_replies(upstream: &UdpSocket, socket: &UdpSocket, peer: SocketAddr) -
                 }
                 // WouldBlock: all taken. Other errors (ICMP unreachable
                 // from the backend) are per-datagram: the flow stays.
-                Err(_) => return total,
+                Err(e) => return (total, e.kind() == io::ErrorKind::ConnectionRefused),
             }
         }
     })

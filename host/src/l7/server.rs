@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::body::{BodyFault, ClientBody, REPLAY_CAP, Replay, Tracked, body_error, empty};
 use super::exchange::{FailureClass, SendHow, send};
@@ -264,7 +264,7 @@ async fn handle(
             resp
         }
         Err(e) => {
-            warn!(listener = %state.name, client = %peer, %method, path = %uri.path(),
+            crate::warn_limited!(listener = %state.name, client = %peer, %method, path = %uri.path(),
                 status = e.status().as_u16(), cause = %e, "request failed");
             let mut resp = error_response(&e);
             if e.closes_connection() && version < Version::HTTP_2 {
@@ -469,7 +469,7 @@ async fn proxy(
                         OnError::Fallback => "fallback",
                         OnError::Reject => "reject",
                     };
-                    warn!(listener = %state.name, policy = %policy.name, version = %policy.version,
+                    crate::warn_limited!(listener = %state.name, policy = %policy.name, version = %policy.version,
                         error = %e, on_error = ?cfg.on_error, "policy call failed");
                     match cfg.on_error {
                         OnError::Fallback => HttpDecision::Forward(ForwardAction::default()),
@@ -688,11 +688,11 @@ async fn proxy(
                 return Err(failed.error);
             };
             if again.is_err() && !pool.may_resend() {
-                warn!(listener = %state.name, pool = %pool_name, backend = %target.name,
+                crate::warn_limited!(listener = %state.name, pool = %pool_name, backend = %target.name,
                 cause = %failed.error, "retry budget spent; not resending");
                 return Err(failed.error);
             }
-            warn!(listener = %state.name, pool = %pool_name, backend = %target.name,
+            crate::warn_limited!(listener = %state.name, pool = %pool_name, backend = %target.name,
             cause = %failed.error, retry = %next.name, "upstream failed before responding; resending on another backend");
             req = match again {
                 Ok(unsent) => {
@@ -776,8 +776,10 @@ async fn proxy(
         rparts.headers = view.headers;
         match edits {
             Ok(edits) => edits.iter().for_each(|e| e.apply(&mut rparts.headers)),
-            Err(e) => warn!(listener = %state.name, policy = %policy.name, error = %e,
-                "response hook failed; response sent unedited"),
+            Err(e) => {
+                crate::warn_limited!(listener = %state.name, policy = %policy.name, error = %e,
+                "response hook failed; response sent unedited")
+            }
         }
     }
     trace.backend = Some(in_flight.backend().name.clone());

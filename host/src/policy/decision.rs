@@ -102,6 +102,42 @@ const RESERVED: &[&str] = &[
     "host",
 ];
 
+/// Header operations one decision may carry, request and response edits
+/// (or a direct response's headers) together.
+pub const MAX_HEADER_OPS: usize = 256;
+/// Bytes of header names and values, path and authority in one decision:
+/// what the proxy would add to a request or response head. nginx refuses
+/// a client's request head past 8-32 KiB; a policy gets 64 KiB.
+pub const MAX_DECISION_BYTES: usize = 64 << 10;
+/// Bytes of a direct response's body.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Checks a decision's size before anything in it is parsed, so that a
+/// guest returning 100,000 header operations costs one cheap error.
+fn within_caps<'a>(
+    ops: impl IntoIterator<Item = &'a types::HeaderOp>,
+    extra_bytes: usize,
+) -> Result<(), String> {
+    let mut count = 0usize;
+    let mut bytes = extra_bytes;
+    for op in ops {
+        count += 1;
+        if count > MAX_HEADER_OPS {
+            return Err(format!("more than {MAX_HEADER_OPS} header operations"));
+        }
+        bytes += match op {
+            types::HeaderOp::Set(h) | types::HeaderOp::Append(h) => h.name.len() + h.value.len(),
+            types::HeaderOp::Remove(n) => n.len(),
+        };
+    }
+    if bytes > MAX_DECISION_BYTES {
+        return Err(format!(
+            "{bytes} bytes of headers, path and authority, over {MAX_DECISION_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
 fn name(raw: &str) -> Result<HeaderName, String> {
     let n = HeaderName::from_bytes(raw.as_bytes())
         .map_err(|_| format!("{raw:?} is not a valid header name"))?;
@@ -162,6 +198,11 @@ pub fn http(
 ) -> Result<HttpDecision, String> {
     match d {
         types::Decision::Forward(f) => {
+            within_caps(
+                f.request_headers.iter().chain(&f.response_headers),
+                f.path.as_ref().map_or(0, String::len)
+                    + f.authority.as_ref().map_or(0, String::len),
+            )?;
             pool_and_backend(&f.pool, &f.backend, default_pool, directory)?;
             let path = match f.path {
                 None => None,
@@ -193,6 +234,21 @@ pub fn http(
             }))
         }
         types::Decision::Respond(r) => {
+            if r.body.len() > MAX_BODY_BYTES {
+                return Err(format!(
+                    "a response body of {} bytes, over {MAX_BODY_BYTES}",
+                    r.body.len()
+                ));
+            }
+            if r.headers.len() > MAX_HEADER_OPS {
+                return Err(format!("more than {MAX_HEADER_OPS} response headers"));
+            }
+            let bytes: usize = r.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+            if bytes > MAX_DECISION_BYTES {
+                return Err(format!(
+                    "{bytes} bytes of headers, over {MAX_DECISION_BYTES}"
+                ));
+            }
             let status = StatusCode::from_u16(r.status)
                 .ok()
                 .filter(|s| (200..=599).contains(&s.as_u16()))
@@ -209,6 +265,7 @@ pub fn http(
 
 /// Validates the header edits of the response hook.
 pub fn response_edits(ops: Vec<types::HeaderOp>) -> Result<Vec<HeaderEdit>, String> {
+    within_caps(&ops, 0)?;
     edits(&ops)
 }
 
@@ -292,6 +349,35 @@ mod tests {
 
     fn check(f: types::Forward) -> Result<HttpDecision, String> {
         http(types::Decision::Forward(f), Some("web"), &OpenDirectory)
+    }
+
+    #[test]
+    fn oversized_decisions_are_invalid_not_applied() {
+        let mut f = fwd();
+        f.response_headers = (0..MAX_HEADER_OPS)
+            .map(|i| set("x-n", &i.to_string()))
+            .collect();
+        assert!(
+            check(f.clone()).is_ok(),
+            "{MAX_HEADER_OPS} operations are allowed"
+        );
+        f.request_headers.push(set("x-one", "more"));
+        assert!(check(f).unwrap_err().contains("header operations"));
+        let mut f = fwd();
+        f.request_headers = vec![set("x-big", &"a".repeat(MAX_DECISION_BYTES))];
+        assert!(check(f).unwrap_err().contains("bytes"));
+        let big = types::Decision::Respond(types::Response {
+            status: 200,
+            headers: vec![],
+            body: vec![0; MAX_BODY_BYTES + 1],
+        });
+        assert!(
+            http(big, None, &OpenDirectory)
+                .unwrap_err()
+                .contains("body")
+        );
+        let edits = (0..=MAX_HEADER_OPS).map(|_| set("x-n", "1")).collect();
+        assert!(response_edits(edits).is_err());
     }
 
     #[test]

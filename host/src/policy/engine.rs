@@ -39,6 +39,19 @@ pub struct Limits {
     pub max_idle: usize,
     /// Calls after which an instance is replaced (`max_calls_per_instance`).
     pub max_calls: u64,
+    /// Instances of one loaded version that may exist at once, idle or in
+    /// a call (`max_instances`): a flood on one policy cannot take another
+    /// policy's share of the engine's pool.
+    pub max_instances: usize,
+    /// Calls that may wait for an instance when all are busy
+    /// (`max_queued`); past it a call fails at once as `overloaded`.
+    pub max_queued: usize,
+    /// How long a call may wait for an instance (`queue_timeout_ms`)
+    /// before it fails as `overloaded`.
+    pub queue_timeout: Duration,
+    /// Hard wall-clock cap on one hook call, whatever it waits on
+    /// (`max_call_wall_ms`); when it fires the instance is dropped.
+    pub max_call_wall: Duration,
 }
 
 impl Default for Limits {
@@ -49,6 +62,10 @@ impl Default for Limits {
             memory_bytes: 32 << 20,
             max_idle: 4,
             max_calls: 10_000,
+            max_instances: 16,
+            max_queued: 128,
+            queue_timeout: Duration::from_millis(50),
+            max_call_wall: Duration::from_secs(1),
         }
     }
 }
@@ -58,6 +75,96 @@ impl Default for Limits {
 pub struct EngineSettings {
     /// Where compiled artifacts are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// The pooling allocator's process-wide slots.
+    pub pool: PoolLimits,
+    /// The caps of each policy's KV namespace.
+    pub kv: super::kv::KvLimits,
+}
+
+/// The pooling allocator's process-wide slots, shared by every policy
+/// (`total_instances`, `total_memories`, `total_stacks`). Fixed when the
+/// engine is made: changing them needs a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// Component instances (one per policy instance).
+    pub instances: u32,
+    /// Linear memories (a Rust policy has one per instance; interpreted
+    /// languages several).
+    pub memories: u32,
+    /// Fiber stacks: one per hook call or instantiation in progress.
+    pub stacks: u32,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        PoolLimits {
+            instances: 1000,
+            memories: 1000,
+            stacks: 1000,
+        }
+    }
+}
+
+/// What one policy may hold of the engine's pool at most: its instance
+/// budget, each with its memories, and one stack per concurrent call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    pub instances: u64,
+    pub memories: u64,
+    pub stacks: u64,
+}
+
+impl Need {
+    /// The share of a policy with `memories` memories per instance under
+    /// `limits`, counted twice: during a reload the old version serves its
+    /// last calls while the new one takes the next.
+    pub fn of(limits: &Limits, memories: usize) -> Need {
+        let n = 2 * limits.max_instances as u64;
+        Need {
+            instances: n,
+            memories: n * memories as u64,
+            // An instantiation or a call takes a stack; a call waiting in
+            // the queue does not.
+            stacks: n,
+        }
+    }
+}
+
+/// Memories per instance assumed when a component does not say (it
+/// imports core modules): the most a component may have.
+const MAX_MEMORIES_PER_COMPONENT: u32 = 8;
+
+impl PoolLimits {
+    /// Why `needs` do not fit in these slots, naming the keys to change.
+    pub fn overcommitted(&self, needs: impl IntoIterator<Item = Need>) -> Option<String> {
+        let mut sum = Need {
+            instances: 0,
+            memories: 0,
+            stacks: 0,
+        };
+        for n in needs {
+            sum.instances += n.instances;
+            sum.memories += n.memories;
+            sum.stacks += n.stacks;
+        }
+        let over: Vec<String> = [
+            ("instances", sum.instances, self.instances),
+            ("memories", sum.memories, self.memories),
+            ("stacks", sum.stacks, self.stacks),
+        ]
+        .iter()
+        .filter(|(_, need, have)| *need > u64::from(*have))
+        .map(|(what, need, have)| format!("{need} {what} > policies.total_{what} = {have}"))
+        .collect();
+        (!over.is_empty()).then(|| {
+            format!(
+                "the policies' instance budgets (policies.max_instances, counted twice for \
+                 reloads) do not fit in the engine's pool: {}; lower max_instances or raise \
+                 the totals",
+                over.join(", ")
+            )
+        })
+    }
 }
 
 /// Compiled, type-checked code of one policy file, not yet initialised.
@@ -69,6 +176,8 @@ pub struct Compiled {
     pub(crate) pre: Pre,
     pub(crate) compile_time: Duration,
     pub(crate) from_cache: bool,
+    /// Linear memories one instance allocates.
+    pub(crate) memories: usize,
 }
 
 impl Compiled {
@@ -78,6 +187,10 @@ impl Compiled {
     pub fn version(&self) -> &str {
         &self.version
     }
+    /// What this policy may hold of the engine's pool under `limits`.
+    pub fn need(&self, limits: &Limits) -> Need {
+        Need::of(limits, self.memories)
+    }
 }
 
 /// The process's one policy engine.
@@ -85,8 +198,9 @@ pub struct PolicyEngine {
     pub(crate) engine: Engine,
     cache: Option<Cache>,
     linker: Linker<HostState>,
-    pub(crate) kv: KvStore,
+    pub kv: KvStore,
     pub(crate) ticker: Ticker,
+    pub(crate) pool: PoolLimits,
 }
 
 /// The content hash by which a policy version is known: the first 12 hex
@@ -131,21 +245,34 @@ impl PolicyEngine {
         cfg.epoch_interruption(true);
         cfg.wasm_component_model(true);
         let mut pool = PoolingAllocationConfig::default();
-        // Sized for a few dozen policies with a handful of warm instances
-        // each; interpreted-language components bring several core
-        // instances and memories apiece.
-        pool.total_component_instances(200)
-            .total_core_instances(1000)
-            .total_memories(200)
-            .total_tables(400)
-            .max_memories_per_component(8)
+        // Sized by `[policies] total_*`; interpreted-language components
+        // bring several core instances and memories apiece.
+        let limits = settings.pool;
+        pool.total_component_instances(limits.instances)
+            .total_core_instances(limits.instances.saturating_mul(5))
+            .total_memories(limits.memories)
+            .total_tables(limits.instances.saturating_mul(2))
+            .total_stacks(limits.stacks)
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
             .max_tables_per_component(16)
             .max_core_instances_per_component(50)
             .max_core_instance_size(8 << 20)
             .max_component_instance_size(8 << 20)
             .table_elements(100_000);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let cache = match &settings.cache_dir {
+        let cache_dir = settings
+            .cache_dir
+            .as_deref()
+            .and_then(|dir| match own_private_dir(dir) {
+                Ok(()) => Some(dir),
+                Err(why) => {
+                    tracing::warn!(cache_dir = %dir.display(),
+                        "policies.cache_dir {} refused: {why}; compiling without a cache",
+                        dir.display());
+                    None
+                }
+            });
+        let cache = match cache_dir {
             Some(dir) => {
                 let mut cache = CacheConfig::new();
                 cache.with_directory(dir);
@@ -165,7 +292,8 @@ impl PolicyEngine {
             engine,
             cache,
             linker,
-            kv: KvStore::default(),
+            kv: KvStore::new(settings.kv),
+            pool: settings.pool,
         }))
     }
 
@@ -203,6 +331,11 @@ impl PolicyEngine {
                 "imports something the host does not provide: {e:#}"
             ))
         })?;
+        let memories = component
+            .resources_required()
+            .map_or(MAX_MEMORIES_PER_COMPONENT as usize, |r| {
+                r.num_memories as usize
+            });
         let exports: Vec<String> = component
             .component_type()
             .exports(&self.engine)
@@ -236,7 +369,26 @@ impl PolicyEngine {
             pre,
             compile_time,
             from_cache,
+            memories,
         })
+    }
+
+    /// The pooling allocator's process-wide slots.
+    pub fn pool_limits(&self) -> PoolLimits {
+        self.pool
+    }
+
+    /// Live instances, memories and stacks in the pooling allocator, as
+    /// wasmtime counts them.
+    pub fn pool_usage(&self) -> Option<(u64, usize, usize)> {
+        let m = self.engine.pooling_allocator_metrics()?;
+        Some((m.component_instances(), m.memories(), m.stacks()))
+    }
+
+    /// Whether compiled code is cached on disk (a refused `cache_dir`
+    /// turns the cache off).
+    pub fn has_cache(&self) -> bool {
+        self.cache.is_some()
     }
 
     /// Compilations answered from the on-disk cache since start.
@@ -293,6 +445,43 @@ impl PolicyEngine {
     }
 }
 
+/// Makes `dir` (mode 0700) when it is missing, then checks that it is a
+/// directory (not a symlink) that belongs to the user running the daemon
+/// and that neither group nor others may write: wasmtime runs the native
+/// code it finds in its cache without checking where it came from.
+pub fn own_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create it: {e}"))?;
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("cannot stat it: {e}"))?;
+    if meta.file_type().is_symlink() {
+        return Err("it is a symbolic link".into());
+    }
+    if !meta.is_dir() {
+        return Err("it is not a directory".into());
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!(
+            "it belongs to uid {}, and the daemon runs as uid {me}",
+            meta.uid()
+        ));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "group or others may write to it (mode {:o}); chmod go-w it",
+            mode & 0o777
+        ));
+    }
+    Ok(())
+}
+
 /// `policies/path-router.wasm` -> `path-router`.
 pub fn policy_name(wasm_path: &Path) -> String {
     wasm_path
@@ -301,31 +490,140 @@ pub fn policy_name(wasm_path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Reads a policy file and its config: `config_path` when given, else the
-/// `.json` beside the `.wasm` when it exists, else an empty config.
+/// Size caps on policy files (`max_wasm_bytes`, `max_config_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileCaps {
+    pub wasm: u64,
+    pub config: u64,
+}
+
+impl Default for FileCaps {
+    fn default() -> Self {
+        FileCaps {
+            wasm: 128 << 20,
+            config: 1 << 20,
+        }
+    }
+}
+
+/// Reads a policy file and its config: `config_path` when given (a path
+/// the operator wrote in the configuration), else the `.json` beside the
+/// `.wasm` when it exists, else an empty config.
+///
+/// Files found in the policy directory `dir` must resolve, symlinks
+/// followed, to a regular file inside `dir`'s own resolution: a symlink
+/// to another file of the directory (as Kubernetes' ConfigMap volumes
+/// make) is fine, one to `/etc/ssl/private/key.pem` or `/dev/zero` is
+/// refused and named. Every file must be within its size cap, checked on
+/// the open file before a byte is read. Blocking: call it through
+/// [`read_policy_files_async`] from async code.
 pub fn read_policy_files(
+    dir: &Path,
     wasm_path: &Path,
     config_path: Option<&Path>,
+    caps: FileCaps,
 ) -> Result<(Vec<u8>, String), LoadError> {
-    let wasm = std::fs::read(wasm_path).map_err(|e| LoadError {
+    let root = dir.canonicalize().map_err(|e| LoadError {
         file: wasm_path.to_path_buf(),
-        reason: format!("cannot read: {e}"),
+        reason: format!(
+            "the policy directory {} does not resolve: {e}",
+            dir.display()
+        ),
     })?;
+    let wasm = read_capped(wasm_path, Some(&root), caps.wasm, "max_wasm_bytes")?;
     let default_config = wasm_path.with_extension("json");
-    let config_file = config_path.unwrap_or(&default_config);
-    let config = match std::fs::read_to_string(config_file) {
-        Ok(c) => c,
-        Err(e) if config_path.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
-            String::new()
-        }
-        Err(e) => {
-            return Err(LoadError {
-                file: config_file.to_path_buf(),
-                reason: format!("cannot read: {e}"),
-            });
-        }
+    let config = match config_path {
+        Some(path) => read_capped(path, None, caps.config, "max_config_bytes")?,
+        None => match std::fs::symlink_metadata(&default_config) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            _ => read_capped(
+                &default_config,
+                Some(&root),
+                caps.config,
+                "max_config_bytes",
+            )?,
+        },
     };
+    let config = String::from_utf8(config).map_err(|_| LoadError {
+        file: config_path.unwrap_or(&default_config).to_path_buf(),
+        reason: "is not UTF-8".into(),
+    })?;
     Ok((wasm, config))
+}
+
+/// [`read_policy_files`] on a blocking thread.
+pub async fn read_policy_files_async(
+    dir: PathBuf,
+    wasm_path: PathBuf,
+    config_path: Option<PathBuf>,
+    caps: FileCaps,
+) -> Result<(Vec<u8>, String), LoadError> {
+    let file = wasm_path.clone();
+    tokio::task::spawn_blocking(move || {
+        read_policy_files(&dir, &wasm_path, config_path.as_deref(), caps)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(LoadError {
+            file,
+            reason: format!("read task failed: {e}"),
+        })
+    })
+}
+
+/// Reads `path`, a regular file of at most `cap` bytes that resolves
+/// inside `root` when one is given.
+fn read_capped(
+    path: &Path,
+    root: Option<&Path>,
+    cap: u64,
+    key: &str,
+) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |reason: String| LoadError {
+        file: path.to_path_buf(),
+        reason,
+    };
+    let resolved = path
+        .canonicalize()
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if let Some(root) = root
+        && !resolved.starts_with(root)
+    {
+        return Err(err(format!(
+            "resolves to {}, outside the policy directory {}: refused",
+            resolved.display(),
+            root.display()
+        )));
+    }
+    // The resolved path has no symlink left; refuse one swapped in since.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&resolved)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    let meta = f.metadata().map_err(|e| err(format!("cannot stat: {e}")))?;
+    if !meta.is_file() {
+        return Err(err("is not a regular file: refused".into()));
+    }
+    if meta.len() > cap {
+        return Err(err(format!(
+            "is {} bytes, over policies.{key} = {cap}: refused without reading it",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    (&mut f)
+        .take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > cap {
+        return Err(err(format!(
+            "grew past policies.{key} = {cap} while read: refused"
+        )));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ use super::bindings::log::Level as GuestLevel;
 
 struct GuestCallsite {
     meta: OnceLock<Metadata<'static>>,
+    /// Lines of this policy at this level per second.
+    limit: crate::logging::RateLimit,
 }
 
 impl Callsite for GuestCallsite {
@@ -56,6 +58,7 @@ fn callsite(policy: &str, level: Level) -> &'static GuestCallsite {
     let target: &'static str = Box::leak(format!("policy::{policy}").into_boxed_str());
     let cs: &'static GuestCallsite = Box::leak(Box::new(GuestCallsite {
         meta: OnceLock::new(),
+        limit: crate::logging::RateLimit::new(),
     }));
     let meta = Metadata::new(
         "guest log",
@@ -73,18 +76,29 @@ fn callsite(policy: &str, level: Level) -> &'static GuestCallsite {
     cs
 }
 
-/// Emits one guest log line, if any subscriber wants it.
+/// Emits one guest log line, if any subscriber wants it: capped at 4 KiB,
+/// control characters escaped, and at most `logging::PER_SECOND` lines a
+/// second per policy and level (the next line let through says how many
+/// were suppressed).
 pub(crate) fn emit(policy: &str, guest_level: GuestLevel, message: &str) {
-    let meta = callsite(policy, level(guest_level)).metadata();
+    let site = callsite(policy, level(guest_level));
+    let meta = site.metadata();
     tracing::dispatcher::get_default(|dispatch| {
         if !dispatch.enabled(meta) {
             return;
         }
+        let Some(suppressed) = site.limit.admit() else {
+            return;
+        };
         let fields = meta.fields();
         let Some(field) = fields.field("message") else {
             return;
         };
-        let values = [(&field, Some(&message as &dyn Value))];
+        let mut line = crate::logging::guest_line(message);
+        if suppressed > 0 {
+            line = format!("({suppressed} earlier lines suppressed) {line}");
+        }
+        let values = [(&field, Some(&line.as_str() as &dyn Value))];
         dispatch.event(&Event::new(meta, &fields.value_set(&values)));
     });
 }

@@ -8,7 +8,7 @@
 //! import.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -36,6 +36,23 @@ struct Warm {
     store: Store<HostState>,
     bindings: Bindings,
     calls: u64,
+    _live: Live,
+}
+
+/// Counts an instance in [`Policy::live_instances`] while it exists.
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn new(count: &Arc<AtomicUsize>) -> Live {
+        count.fetch_add(1, Ordering::Relaxed);
+        Live(count.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counters for the admin API and metrics.
@@ -44,6 +61,9 @@ pub struct PolicyStats {
     pub calls: AtomicU64,
     pub errors: AtomicU64,
     pub instantiations: AtomicU64,
+    /// Calls refused because every instance was busy and the queue was
+    /// full or too slow.
+    pub overloaded: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     /// Call times in power-of-two nanosecond buckets: bucket `i` counts
     /// calls that took under `2^(i+1)` ns. Lock-free; enough for p50/p99
@@ -57,6 +77,7 @@ impl Default for PolicyStats {
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             instantiations: AtomicU64::new(0),
+            overloaded: AtomicU64::new(0),
             last_error: Mutex::new(None),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -95,6 +116,7 @@ impl PolicyStats {
     fn reset(&self) {
         self.calls.store(0, Ordering::Relaxed);
         self.errors.store(0, Ordering::Relaxed);
+        self.overloaded.store(0, Ordering::Relaxed);
         *self.last_error.lock().expect("last error") = None;
         for c in &self.latency {
             c.store(0, Ordering::Relaxed);
@@ -119,6 +141,15 @@ pub struct Policy {
     config: String,
     limits: Limits,
     idle: Mutex<Vec<Warm>>,
+    /// One permit per instance of the budget (`max_instances`): a call
+    /// holds one from before it takes an instance until it gives it back.
+    permits: tokio::sync::Semaphore,
+    /// Calls waiting for a permit.
+    queued: AtomicUsize,
+    /// Instances that exist, idle or in a call.
+    live: Arc<AtomicUsize>,
+    /// Linear memories one instance allocates.
+    memories: usize,
 }
 
 impl std::fmt::Debug for Policy {
@@ -150,6 +181,10 @@ impl Policy {
             engine,
             pre: c.pre,
             config: config.to_owned(),
+            permits: tokio::sync::Semaphore::new(limits.max_instances.max(1)),
+            queued: AtomicUsize::new(0),
+            live: Arc::new(AtomicUsize::new(0)),
+            memories: c.memories,
             limits,
             idle: Mutex::new(Vec::new()),
         })
@@ -158,6 +193,39 @@ impl Policy {
     /// Warm instances now idle (for tests and the admin API).
     pub fn idle_instances(&self) -> usize {
         self.idle.lock().expect("idle instances").len()
+    }
+
+    /// Instances that exist now, idle or in a call; never more than
+    /// `max_instances`.
+    pub fn live_instances(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// What this version may hold of the engine's pool.
+    pub fn need(&self) -> super::engine::Need {
+        super::engine::Need::of(&self.limits, self.memories)
+    }
+
+    /// A permit to hold an instance: at once when one is free, else after
+    /// waiting in the bounded queue for at most `queue_timeout`.
+    async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, PolicyError> {
+        if let Ok(p) = self.permits.try_acquire() {
+            return Ok(p);
+        }
+        let overloaded = || {
+            self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            PolicyError::Overloaded(self.limits.max_instances)
+        };
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.limits.max_queued {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(overloaded());
+        }
+        let waited = tokio::time::timeout(self.limits.queue_timeout, self.permits.acquire()).await;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        match waited {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(overloaded()),
+        }
     }
 
     fn arm(store: &mut Store<HostState>, started: Instant, budget: Duration) {
@@ -214,49 +282,78 @@ impl Policy {
         let _busy = self.engine.ticker.busy(budget);
         Self::arm(&mut store, Instant::now(), budget);
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
-        let bindings = match &self.pre {
-            Pre::Http(p) => p.instantiate_async(&mut store).await.map(Bindings::Http),
-            Pre::Connection(p) => p
-                .instantiate_async(&mut store)
-                .await
-                .map(Bindings::Connection),
-        }
-        .map_err(|e| match self.classify(e, &store, budget) {
-            PolicyError::Trap(r) => PolicyError::Instantiate(r),
-            other => other,
-        })?;
-        let init = match &bindings {
-            Bindings::Http(b) => b.call_init(&mut store, &self.config).await,
-            Bindings::Connection(b) => b.call_init(&mut store, &self.config).await,
-        };
-        match init {
-            Ok(Ok(())) => Ok(Warm {
-                store,
-                bindings,
-                calls: 0,
-            }),
-            Ok(Err(msg)) => Err(PolicyError::Init(msg)),
-            Err(e) => Err(self.classify(e, &store, budget)),
-        }
+        let live = Live::new(&self.live);
+        let made = tokio::time::timeout(budget, async {
+            let bindings = match &self.pre {
+                Pre::Http(p) => p.instantiate_async(&mut store).await.map(Bindings::Http),
+                Pre::Connection(p) => p
+                    .instantiate_async(&mut store)
+                    .await
+                    .map(Bindings::Connection),
+            }
+            .map_err(|e| match self.classify(e, &store, budget) {
+                PolicyError::Trap(r) => PolicyError::Instantiate(r),
+                other => other,
+            })?;
+            let init = match &bindings {
+                Bindings::Http(b) => b.call_init(&mut store, &self.config).await,
+                Bindings::Connection(b) => b.call_init(&mut store, &self.config).await,
+            };
+            match init {
+                Ok(Ok(())) => Ok(bindings),
+                Ok(Err(msg)) => Err(PolicyError::Init(msg)),
+                Err(e) => Err(self.classify(e, &store, budget)),
+            }
+        })
+        .await
+        // Out of time while waiting in WASI: the epoch only stops wasm code.
+        .unwrap_or(Err(PolicyError::Timeout(budget)))?;
+        Ok(Warm {
+            store,
+            bindings: made,
+            calls: 0,
+            _live: live,
+        })
     }
 
     /// A warm instance armed with the call budget: from `started` when one
     /// was waiting (no clock read), from now when one had to be made (the
-    /// instantiation has its own budget and must not eat the call's).
+    /// instantiation has its own budget and must not eat the call's). With
+    /// it, when the call must end: the guest's deadline or the wall-clock
+    /// cap, whichever comes first.
     async fn checkout(
         &self,
         directory: &Arc<dyn Directory>,
         started: Instant,
-    ) -> Result<Warm, PolicyError> {
+    ) -> Result<(Warm, tokio::time::Instant), PolicyError> {
+        let wall = started + self.limits.max_call_wall;
         let warm = self.idle.lock().expect("idle instances").pop();
         let (mut warm, from) = match warm {
             Some(w) => (w, started),
-            None => (self.instantiate(directory.clone()).await?, Instant::now()),
+            None => {
+                let made =
+                    tokio::time::timeout_at(wall.into(), self.instantiate(directory.clone()))
+                        .await
+                        .unwrap_or(Err(PolicyError::Timeout(self.limits.max_call_wall)))?;
+                (made, Instant::now())
+            }
         };
         warm.store.data_mut().directory = directory.clone();
         warm.calls += 1;
         Self::arm(&mut warm.store, from, self.limits.timeout);
-        Ok(warm)
+        let until = (from + self.limits.timeout).min(wall);
+        Ok((warm, until.into()))
+    }
+
+    /// The error of a call whose timer fired while the guest waited on
+    /// the host (a WASI sleep or poll): the wall-clock cap when that is
+    /// what ran out, else the guest's deadline.
+    fn timed_out(&self, started: Instant) -> PolicyError {
+        if started.elapsed() >= self.limits.max_call_wall {
+            PolicyError::Timeout(self.limits.max_call_wall)
+        } else {
+            PolicyError::Timeout(self.limits.timeout)
+        }
     }
 
     fn checkin(&self, warm: Warm) {
@@ -312,25 +409,29 @@ impl Policy {
     ) -> (Result<HttpDecision, PolicyError>, Duration) {
         let started = Instant::now();
         let r = async {
+            let _permit = self.admit().await?;
             let _busy = self.engine.ticker.busy(self.limits.timeout);
-            let mut w = self.checkout(directory, started).await?;
+            let (mut w, until) = self.checkout(directory, started).await?;
             let Bindings::Http(b) = &w.bindings else {
                 return Err(PolicyError::WrongWorld(self.kind));
             };
             let lent = &mut w.store.data_mut().lent;
             std::mem::swap(&mut lent.request, request);
             lent.connection = Some(conn.clone());
-            let call = b.call_on_request(&mut w.store, handle(), handle()).await;
+            let call =
+                tokio::time::timeout_at(until, b.call_on_request(&mut w.store, handle(), handle()))
+                    .await;
             let lent = &mut w.store.data_mut().lent;
             std::mem::swap(&mut lent.request, request);
             lent.connection = None;
             match call {
-                Ok(d) => {
+                Ok(Ok(d)) => {
                     self.checkin(w);
                     decision::http(d, default_pool, directory.as_ref())
                         .map_err(PolicyError::InvalidDecision)
                 }
-                Err(e) => Err(self.classify(e, &w.store, self.limits.timeout)),
+                Ok(Err(e)) => Err(self.classify(e, &w.store, self.limits.timeout)),
+                Err(_) => Err(self.timed_out(started)),
             }
         }
         .await;
@@ -347,24 +448,30 @@ impl Policy {
     ) -> Result<Vec<HeaderEdit>, PolicyError> {
         let started = Instant::now();
         let r = async {
+            let _permit = self.admit().await?;
             let _busy = self.engine.ticker.busy(self.limits.timeout);
-            let mut w = self.checkout(directory, started).await?;
+            let (mut w, until) = self.checkout(directory, started).await?;
             let Bindings::Http(b) = &w.bindings else {
                 return Err(PolicyError::WrongWorld(self.kind));
             };
             let lent = &mut w.store.data_mut().lent;
             std::mem::swap(&mut lent.request, request);
             std::mem::swap(&mut lent.response, response);
-            let call = b.call_on_response(&mut w.store, handle(), handle()).await;
+            let call = tokio::time::timeout_at(
+                until,
+                b.call_on_response(&mut w.store, handle(), handle()),
+            )
+            .await;
             let lent = &mut w.store.data_mut().lent;
             std::mem::swap(&mut lent.request, request);
             std::mem::swap(&mut lent.response, response);
             match call {
-                Ok(ops) => {
+                Ok(Ok(ops)) => {
                     self.checkin(w);
                     decision::response_edits(ops).map_err(PolicyError::InvalidDecision)
                 }
-                Err(e) => Err(self.classify(e, &w.store, self.limits.timeout)),
+                Ok(Err(e)) => Err(self.classify(e, &w.store, self.limits.timeout)),
+                Err(_) => Err(self.timed_out(started)),
             }
         }
         .await;
@@ -390,21 +497,24 @@ impl Policy {
     ) -> (Result<ConnDecision, PolicyError>, Duration) {
         let started = Instant::now();
         let r = async {
+            let _permit = self.admit().await?;
             let _busy = self.engine.ticker.busy(self.limits.timeout);
-            let mut w = self.checkout(directory, started).await?;
+            let (mut w, until) = self.checkout(directory, started).await?;
             let Bindings::Connection(b) = &w.bindings else {
                 return Err(PolicyError::WrongWorld(self.kind));
             };
             w.store.data_mut().lent.connection = Some(conn.clone());
-            let call = b.call_on_connect(&mut w.store, handle()).await;
+            let call =
+                tokio::time::timeout_at(until, b.call_on_connect(&mut w.store, handle())).await;
             w.store.data_mut().lent.connection = None;
             match call {
-                Ok(d) => {
+                Ok(Ok(d)) => {
                     self.checkin(w);
                     decision::connection(d, default_pool, directory.as_ref())
                         .map_err(PolicyError::InvalidDecision)
                 }
-                Err(e) => Err(self.classify(e, &w.store, self.limits.timeout)),
+                Ok(Err(e)) => Err(self.classify(e, &w.store, self.limits.timeout)),
+                Err(_) => Err(self.timed_out(started)),
             }
         }
         .await;

@@ -2,23 +2,55 @@
 //!
 //! One namespace per policy name, shared by every instance and every loaded
 //! version of that policy (so a rate limiter's buckets survive a reload).
-//! Each namespace is a mutex-guarded map: every operation takes the lock
-//! once, which makes get/set/compare-and-swap/increment atomic with respect
-//! to each other. Expired entries are dropped lazily on access and by a
-//! sweep once the map has doubled since the last one.
+//! Each namespace is a mutex-guarded LRU map (the `lru` crate): every
+//! operation takes the lock once, which makes get/set/compare-and-swap/
+//! increment atomic with respect to each other.
+//!
+//! A namespace is bounded by entries and by bytes (`kv_max_entries`,
+//! `kv_max_bytes`). A new key that would pass either evicts the least
+//! recently used entries, as nginx's `limit_req` zones do, and counts
+//! them in `switchyard_kv_evictions_total`: a flood of distinct keys (a
+//! rate limiter keyed by client address under a spoofed-source flood)
+//! costs the oldest keys, never the store. Expired entries are dropped
+//! when read, and every write also looks at the two least recently used
+//! entries and drops them when expired: the sweep is spread over the
+//! operations, never one stop-the-world scan.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Keys and values larger than these are refused (the call traps), so a
-/// runaway policy cannot grow the host's memory without bound through the
-/// store.
+use lru::LruCache;
+
+/// Keys and values larger than these are refused (the call traps).
 pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
-/// Entries per namespace; a `set` of a new key beyond it evicts nothing and
-/// traps instead.
-pub const MAX_ENTRIES: usize = 1_000_000;
+
+/// What one entry is charged besides its key and value: the map's own
+/// bookkeeping, so that a million empty keys are not free.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// Expired entries looked at, from the least recently used end, per write.
+const SWEEP_PER_WRITE: usize = 2;
+
+/// The caps of every namespace (`[policies] kv_max_entries`,
+/// `kv_max_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLimits {
+    pub max_entries: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for KvLimits {
+    fn default() -> Self {
+        KvLimits {
+            max_entries: 100_000,
+            max_bytes: 64 << 20,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KvError {
@@ -26,21 +58,39 @@ pub enum KvError {
     KeyTooLarge(usize),
     #[error("kv value is {0} bytes, the limit is {MAX_VALUE_BYTES}")]
     ValueTooLarge(usize),
-    #[error("kv namespace is full ({MAX_ENTRIES} entries)")]
-    Full,
+    #[error("kv entry of {0} bytes is larger than the namespace's kv_max_bytes")]
+    TooLargeForNamespace(usize),
 }
 
 /// All namespaces of the process.
 #[derive(Default)]
 pub struct KvStore {
+    limits: KvLimits,
     namespaces: Mutex<HashMap<String, Arc<Namespace>>>,
 }
 
 impl KvStore {
+    pub fn new(limits: KvLimits) -> Self {
+        KvStore {
+            limits,
+            namespaces: Mutex::default(),
+        }
+    }
+
     /// The namespace of one policy, created on first use.
     pub fn namespace(&self, policy: &str) -> Arc<Namespace> {
         let mut map = self.namespaces.lock().expect("kv store lock");
-        map.entry(policy.to_owned()).or_default().clone()
+        map.entry(policy.to_owned())
+            .or_insert_with(|| Arc::new(Namespace::new(self.limits)))
+            .clone()
+    }
+
+    /// Entries evicted to make room, by namespace, since start.
+    pub fn evictions(&self) -> Vec<(String, u64)> {
+        let map = self.namespaces.lock().expect("kv store lock");
+        map.iter()
+            .map(|(name, ns)| (name.clone(), ns.evictions()))
+            .collect()
     }
 }
 
@@ -55,16 +105,26 @@ impl Entry {
     }
 }
 
-#[derive(Default)]
+fn cost(key: &str, value: &[u8]) -> usize {
+    key.len() + value.len() + ENTRY_OVERHEAD
+}
+
 struct Inner {
-    map: HashMap<String, Entry>,
-    sweep_at: usize,
+    map: LruCache<String, Entry>,
+    bytes: usize,
 }
 
 /// One policy's keys.
-#[derive(Default)]
 pub struct Namespace {
+    limits: KvLimits,
     inner: Mutex<Inner>,
+    evicted: AtomicU64,
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Namespace::new(KvLimits::default())
+    }
 }
 
 fn expiry(now: Instant, ttl_ms: Option<u64>) -> Option<Instant> {
@@ -82,34 +142,89 @@ fn check(key: &str, value: &[u8]) -> Result<(), KvError> {
 }
 
 impl Inner {
+    /// The live entry of `key`, marked used; an expired one is dropped.
     fn live(&mut self, key: &str, now: Instant) -> Option<&mut Entry> {
-        match self.map.get(key) {
-            Some(e) if !e.live(now) => {
-                self.map.remove(key);
-                None
+        if self.map.peek(key).is_some_and(|e| !e.live(now)) {
+            self.remove(key);
+            return None;
+        }
+        self.map.get_mut(key)
+    }
+
+    fn remove(&mut self, key: &str) -> bool {
+        match self.map.pop(key) {
+            Some(e) => {
+                self.bytes -= cost(key, &e.value);
+                true
             }
-            _ => self.map.get_mut(key),
+            None => false,
         }
     }
 
-    fn insert(&mut self, key: &str, entry: Entry, now: Instant) -> Result<(), KvError> {
-        if !self.map.contains_key(key) {
-            if self.map.len() >= self.sweep_at.max(1024) {
-                self.map.retain(|_, e| e.live(now));
-                self.sweep_at = self.map.len() * 2;
-            }
-            if self.map.len() >= MAX_ENTRIES {
-                return Err(KvError::Full);
+    /// Drops up to `SWEEP_PER_WRITE` expired entries from the least
+    /// recently used end.
+    fn sweep(&mut self, now: Instant) {
+        for _ in 0..SWEEP_PER_WRITE {
+            match self.map.peek_lru() {
+                Some((_, e)) if !e.live(now) => {
+                    let (k, e) = self.map.pop_lru().expect("peeked");
+                    self.bytes -= cost(&k, &e.value);
+                }
+                _ => return,
             }
         }
-        self.map.insert(key.to_owned(), entry);
-        Ok(())
     }
 }
 
 impl Namespace {
+    pub fn new(limits: KvLimits) -> Self {
+        Namespace {
+            limits,
+            inner: Mutex::new(Inner {
+                map: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            evicted: AtomicU64::new(0),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("kv namespace lock")
+    }
+
+    /// Entries evicted to make room since start.
+    pub fn evictions(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Stores `entry` under `key`, evicting the least recently used
+    /// entries while the namespace would pass a cap.
+    fn insert(
+        &self,
+        inner: &mut Inner,
+        key: &str,
+        entry: Entry,
+        now: Instant,
+    ) -> Result<(), KvError> {
+        let need = cost(key, &entry.value);
+        if need > self.limits.max_bytes {
+            return Err(KvError::TooLargeForNamespace(need));
+        }
+        inner.sweep(now);
+        inner.remove(key);
+        let max_entries = NonZeroUsize::new(self.limits.max_entries).map_or(1, NonZeroUsize::get);
+        while inner.map.len() >= max_entries || inner.bytes + need > self.limits.max_bytes {
+            let Some((k, e)) = inner.map.pop_lru() else {
+                break;
+            };
+            inner.bytes -= cost(&k, &e.value);
+            if e.live(now) {
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        inner.bytes += need;
+        inner.map.put(key.to_owned(), entry);
+        Ok(())
     }
 
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
@@ -124,7 +239,8 @@ impl Namespace {
             value,
             expires: expiry(now, ttl_ms),
         };
-        self.lock().insert(key, entry, now)
+        let mut inner = self.lock();
+        self.insert(&mut inner, key, entry, now)
     }
 
     pub fn compare_and_swap(
@@ -145,7 +261,7 @@ impl Namespace {
             value: new,
             expires: expiry(now, ttl_ms),
         };
-        inner.insert(key, entry, now)?;
+        self.insert(&mut inner, key, entry, now)?;
         Ok(true)
     }
 
@@ -160,14 +276,17 @@ impl Namespace {
                 .and_then(|s| s.parse::<i64>().ok())
                 .unwrap_or(0);
             let next = current.wrapping_add(delta);
-            entry.value = next.to_string().into_bytes();
+            let text = next.to_string().into_bytes();
+            let grew = text.len() as isize - entry.value.len() as isize;
+            entry.value = text;
+            inner.bytes = inner.bytes.saturating_add_signed(grew);
             return Ok(next);
         }
         let entry = Entry {
             value: delta.to_string().into_bytes(),
             expires: expiry(now, ttl_ms),
         };
-        inner.insert(key, entry, now)?;
+        self.insert(&mut inner, key, entry, now)?;
         Ok(delta)
     }
 
@@ -175,13 +294,18 @@ impl Namespace {
         let now = Instant::now();
         let mut inner = self.lock();
         let present = inner.live(key, now).is_some();
-        inner.map.remove(key);
+        inner.remove(key);
         present
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().map.len()
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 }
 
@@ -242,12 +366,58 @@ mod tests {
     }
 
     #[test]
-    fn sweep_drops_expired_entries_as_the_map_grows() {
+    fn expired_entries_are_swept_a_few_per_write() {
         let ns = Namespace::default();
         for i in 0..3000 {
             ns.set(&format!("k{i}"), vec![], Some(0)).unwrap();
         }
-        assert!(ns.len() < 2100, "expired entries were kept: {}", ns.len());
+        // Each write dropped the expired ones at the old end before it.
+        assert!(ns.len() <= 2, "expired entries were kept: {}", ns.len());
+    }
+
+    #[test]
+    fn a_full_namespace_evicts_its_least_recently_used_keys() {
+        let ns = Namespace::new(KvLimits {
+            max_entries: 1000,
+            max_bytes: 1 << 20,
+        });
+        for i in 0..1000 {
+            ns.set(&format!("k{i}"), b"v".to_vec(), None).unwrap();
+        }
+        // k0 is used, so k1 is now the least recently used.
+        assert!(ns.get("k0").is_some());
+        ns.set("new", b"v".to_vec(), None).unwrap();
+        assert_eq!(ns.len(), 1000);
+        assert!(ns.get("k0").is_some(), "a recently used key was evicted");
+        assert!(ns.get("k1").is_none(), "the least recently used key stayed");
+        assert_eq!(ns.evictions(), 1);
+        // The byte cap: 64 KiB values into a 1 MiB namespace.
+        for i in 0..100 {
+            ns.set(&format!("big{i}"), vec![0; MAX_VALUE_BYTES], None)
+                .unwrap();
+        }
+        assert!(ns.bytes() <= 1 << 20, "{} bytes", ns.bytes());
+        assert!(ns.get("big99").is_some());
+        ns.delete("big99");
+        assert!(ns.bytes() <= 1 << 20);
+    }
+
+    #[test]
+    fn byte_accounting_follows_every_operation() {
+        let ns = Namespace::default();
+        ns.set("a", b"12345".to_vec(), None).unwrap();
+        assert_eq!(ns.bytes(), 1 + 5 + ENTRY_OVERHEAD);
+        ns.set("a", b"1".to_vec(), None).unwrap();
+        assert_eq!(ns.bytes(), 1 + 1 + ENTRY_OVERHEAD);
+        assert_eq!(ns.increment("a", 99, None).unwrap(), 100);
+        assert_eq!(ns.bytes(), 1 + 3 + ENTRY_OVERHEAD);
+        assert!(
+            ns.compare_and_swap("a", Some(b"100"), b"xy".to_vec(), None)
+                .unwrap()
+        );
+        assert_eq!(ns.bytes(), 1 + 2 + ENTRY_OVERHEAD);
+        ns.delete("a");
+        assert_eq!(ns.bytes(), 0);
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub use bindings::types;
 pub use decision::{ConnDecision, DirectResponse, ForwardAction, HeaderEdit, HttpDecision};
 pub use directory::{Directory, OpenDirectory, StaticDirectory};
 pub use engine::{
-    Compiled, EngineSettings, Limits, PolicyEngine, policy_name, read_policy_files, version_of,
+    Compiled, EngineSettings, FileCaps, Limits, Need, PolicyEngine, PoolLimits, own_private_dir,
+    policy_name, read_policy_files, read_policy_files_async, version_of,
 };
 pub use instances::Policy;
 pub use view::{ConnectionInfo, RequestView, ResponseView};
@@ -78,16 +79,20 @@ pub enum PolicyError {
     InvalidDecision(String),
     #[error("policy implements {}, not the hook called", .0.world())]
     WrongWorld(PolicyKind),
+    #[error("policy overloaded: all {0} instances busy and the queue full or too slow")]
+    Overloaded(usize),
     #[error("smoke test call failed: {0}")]
     SmokeTest(Box<PolicyError>),
 }
 
 impl PolicyError {
-    /// The `outcome` label of `policy_calls_total`: `trap`, `timeout` or `error`.
+    /// The `outcome` label of `policy_calls_total`: `trap`, `timeout`,
+    /// `overloaded` or `error`.
     pub fn outcome(&self) -> &'static str {
         match self {
             PolicyError::Timeout(_) => "timeout",
             PolicyError::Trap(_) | PolicyError::Memory(_) => "trap",
+            PolicyError::Overloaded(_) => "overloaded",
             _ => "error",
         }
     }
