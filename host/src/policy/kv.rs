@@ -127,8 +127,10 @@ impl Default for Namespace {
     }
 }
 
+/// When an entry set now with `ttl_ms` expires; a TTL too long for the
+/// clock (`u64::MAX` as "never") is no expiry, never a panic.
 fn expiry(now: Instant, ttl_ms: Option<u64>) -> Option<Instant> {
-    ttl_ms.map(|ms| now + Duration::from_millis(ms))
+    ttl_ms.and_then(|ms| now.checked_add(Duration::from_millis(ms)))
 }
 
 fn check(key: &str, value: &[u8]) -> Result<(), KvError> {
@@ -400,6 +402,18 @@ mod tests {
         assert!(ns.get("big99").is_some());
         ns.delete("big99");
         assert!(ns.bytes() <= 1 << 20);
+    }
+
+    #[test]
+    fn a_ttl_too_long_for_the_clock_is_no_expiry() {
+        let ns = Namespace::default();
+        ns.set("k", b"v".to_vec(), Some(u64::MAX)).unwrap();
+        assert_eq!(ns.increment("n", 1, Some(u64::MAX)).unwrap(), 1);
+        assert!(
+            ns.compare_and_swap("c", None, b"1".to_vec(), Some(u64::MAX))
+                .unwrap()
+        );
+        assert_eq!(ns.get("k"), Some(b"v".to_vec()));
     }
 
     #[test]
