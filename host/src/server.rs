@@ -115,35 +115,36 @@ struct Daemon {
     watches: Option<Watches>,
 }
 
-/// A started daemon.
-pub struct Running {
-    daemon: Arc<Mutex<Daemon>>,
-    view: Arc<ArcSwap<View>>,
-    /// Where the admin API listens, when configured.
-    pub admin_addr: Option<SocketAddr>,
+/// Reads a policy's files (on a blocking thread) for `config`.
+async fn read_policy(
+    config: &Config,
+    key: &PolicyKey,
+) -> Result<(PathBuf, Vec<u8>, String), policy::LoadError> {
+    let file = config.policy_file(&key.name);
+    let (wasm, cfg) = policy::read_policy_files_async(
+        config.policies.dir.clone(),
+        file.clone(),
+        key.config.clone(),
+        config.policies.files,
+    )
+    .await?;
+    Ok((file, wasm, cfg))
 }
 
-impl Daemon {
-    fn directory(&self) -> Arc<dyn Directory> {
-        self.upstreams.clone()
-    }
+/// What loading policies needs, taken from the daemon under its lock and
+/// used without it: reading files, compiling and the smoke call never
+/// hold the daemon's state.
+struct Loader {
+    engine: Arc<PolicyEngine>,
+    compiler: Compiler,
+    metrics: Arc<Metrics>,
+    /// The pools the smoke call sees.
+    directory: Arc<dyn Directory>,
+    /// The policies loaded now.
+    policies: BTreeMap<PolicyKey, Arc<Policy>>,
+}
 
-    /// Reads a policy's files (on a blocking thread) for `config`.
-    async fn read(
-        config: &Config,
-        key: &PolicyKey,
-    ) -> Result<(PathBuf, Vec<u8>, String), policy::LoadError> {
-        let file = config.policy_file(&key.name);
-        let (wasm, cfg) = policy::read_policy_files_async(
-            config.policies.dir.clone(),
-            file.clone(),
-            key.config.clone(),
-            config.policies.files,
-        )
-        .await?;
-        Ok((file, wasm, cfg))
-    }
-
+impl Loader {
     /// Compiles (on the low-priority thread) and activates one policy.
     /// `config` is the configuration it is loaded for and `fresh` what
     /// else was loaded for it and is not in `self.policies` yet: the
@@ -158,7 +159,8 @@ impl Daemon {
         fresh: &BTreeMap<PolicyKey, Arc<Policy>>,
     ) -> Result<Arc<Policy>, policy::LoadError> {
         let started = Instant::now();
-        let limits = self.config.policies.limits.clone();
+        // The limits of the configuration being loaded, not the running one.
+        let limits = config.policies.limits.clone();
         let loaded = async {
             let compiled = self
                 .compiler
@@ -183,7 +185,7 @@ impl Daemon {
                 });
             }
             self.engine
-                .activate(compiled, &cfg, limits.clone(), self.directory())
+                .activate(compiled, &cfg, limits.clone(), self.directory.clone())
                 .await
         }
         .await;
@@ -206,6 +208,75 @@ impl Daemon {
             if p.from_cache { "compiled code from cache" } else { "compiled" }
         );
         Ok(p)
+    }
+
+    /// Loads every policy the configuration's listeners name that is not
+    /// loaded yet. Any failure refuses the whole set.
+    async fn load_missing(
+        &self,
+        config: &Config,
+    ) -> Result<BTreeMap<PolicyKey, Arc<Policy>>, Vec<String>> {
+        let mut fresh = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (name, l) in &config.listeners {
+            let Some(key) = key_of(l) else {
+                continue;
+            };
+            if self.policies.contains_key(&key) || fresh.contains_key(&key) {
+                continue;
+            }
+            let loaded = match read_policy(config, &key).await {
+                Ok((file, wasm, cfg)) => self.load(&key, file, wasm, cfg, config, &fresh).await,
+                Err(e) => Err(e),
+            };
+            match loaded {
+                Ok(p) => {
+                    fresh.insert(key, p);
+                }
+                Err(e) => problems.push(format!("{e} (policy of listeners.{name})")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(fresh)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// The daemon's state behind its lock, and the lock that serializes
+/// reloads. A reload holds `reloads` from start to end and takes `state`
+/// only to read or change the state, never while it reads files,
+/// compiles, resolves names or calls a policy: a slow policy load stalls
+/// neither shutdown nor the admin view, and a later reload waits at most
+/// for the load in progress, whose every step has a deadline.
+struct Control {
+    state: Mutex<Daemon>,
+    reloads: Mutex<()>,
+}
+
+/// A started daemon.
+pub struct Running {
+    daemon: Arc<Control>,
+    view: Arc<ArcSwap<View>>,
+    /// Where the admin API listens, when configured.
+    pub admin_addr: Option<SocketAddr>,
+}
+
+impl Daemon {
+    fn directory(&self) -> Arc<dyn Directory> {
+        self.upstreams.clone()
+    }
+
+    /// What a reload needs to load policies without this lock.
+    fn loader(&self) -> Loader {
+        Loader {
+            engine: self.engine.clone(),
+            compiler: self.compiler.clone(),
+            metrics: self.metrics.clone(),
+            directory: self.directory(),
+            policies: self.policies.clone(),
+        }
     }
 
     /// Publishes a listener's current state.
@@ -411,101 +482,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// Loads every policy the configuration's listeners name that is not
-    /// loaded yet. Any failure refuses the whole set.
-    async fn load_missing(
-        &mut self,
-        config: &Config,
-    ) -> Result<BTreeMap<PolicyKey, Arc<Policy>>, Vec<String>> {
-        let mut fresh = BTreeMap::new();
-        let mut problems = Vec::new();
-        for (name, l) in &config.listeners {
-            let Some(key) = key_of(l) else {
-                continue;
-            };
-            if self.policies.contains_key(&key) || fresh.contains_key(&key) {
-                continue;
-            }
-            let loaded = match Self::read(config, &key).await {
-                Ok((file, wasm, cfg)) => self.load(&key, file, wasm, cfg, config, &fresh).await,
-                Err(e) => Err(e),
-            };
-            match loaded {
-                Ok(p) => {
-                    fresh.insert(key, p);
-                }
-                Err(e) => problems.push(format!("{e} (policy of listeners.{name})")),
-            }
-        }
-        if problems.is_empty() {
-            Ok(fresh)
-        } else {
-            Err(problems)
-        }
-    }
-
-    /// Looks at every policy file in use; loads what changed, keeps the last
-    /// good version of what is broken or gone.
-    async fn rescan(&mut self) {
-        let keys: Vec<PolicyKey> = self
-            .config
-            .listeners
-            .values()
-            .filter_map(key_of)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        for key in keys {
-            let file = self.config.policy_file(&key.name);
-            if !file.exists() {
-                if self.missing.insert(key.clone(), ()).is_none() {
-                    if self.options.strict_policies {
-                        warn!(policy = %key.name, file = %file.display(),
-                            "policy file removed; its listeners fall back to the pool's algorithm (--strict-policies)");
-                        self.policies.remove(&key);
-                        self.republish(&key);
-                    } else {
-                        warn!(policy = %key.name, file = %file.display(),
-                            "policy file removed; the last loaded version keeps serving");
-                    }
-                }
-                continue;
-            }
-            self.missing.remove(&key);
-            let (file, wasm, cfg) = match Self::read(&self.config, &key).await {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(policy = %key.name, error = %e, "cannot read the policy; the last loaded version keeps serving");
-                    continue;
-                }
-            };
-            let version = version_of(&wasm, &cfg);
-            let current = self.policies.get(&key).map(|p| p.version.clone());
-            if current.as_deref() == Some(version.as_str())
-                || self.refused.get(&key).is_some_and(|(v, _)| *v == version)
-            {
-                continue;
-            }
-            match self
-                .load(&key, file, wasm, cfg, &self.config, &BTreeMap::new())
-                .await
-            {
-                Ok(p) => {
-                    self.refused.remove(&key);
-                    self.policies.insert(key.clone(), p);
-                    self.republish(&key);
-                }
-                Err(e) => {
-                    warn!(policy = %key.name, version = %version, current = ?current,
-                        "policy={} version={} refused: {}; the last loaded version keeps serving",
-                        key.name, version, e);
-                    self.refused.insert(key, (version, e.to_string()));
-                }
-            }
-        }
-        self.publish_view();
-    }
-
     fn republish(&self, key: &PolicyKey) {
         for (name, l) in &self.config.listeners {
             if key_of(l).as_ref() == Some(key) {
@@ -514,15 +490,14 @@ impl Daemon {
         }
     }
 
-    /// Applies a new configuration, or refuses it whole and keeps the
-    /// running one.
-    async fn apply(&mut self, new: Config) -> Result<(), Vec<String>> {
-        let upstreams = Arc::new(Upstreams::rebuild(Some(&self.upstreams), &new)?);
-        let unresolved = upstreams.resolve().await;
-        if !unresolved.is_empty() {
-            return Err(unresolved);
-        }
-        let fresh = self.load_missing(&new).await?;
+    /// The part of a reload that changes the daemon: certificates,
+    /// binding, swapping pools and policies. Quick, with the lock held.
+    fn finish_apply(
+        &mut self,
+        new: Config,
+        upstreams: Arc<Upstreams>,
+        fresh: BTreeMap<PolicyKey, Arc<Policy>>,
+    ) -> Result<(), Vec<String>> {
         let terminators = self.terminators_for(&new)?;
         // Bind what is new or moved before changing anything, so a bind
         // failure refuses the reload cleanly.
@@ -568,7 +543,13 @@ impl Daemon {
             }
         }
         let in_use: Vec<PolicyKey> = self.config.listeners.values().filter_map(key_of).collect();
-        self.policies.retain(|k, _| in_use.contains(k));
+        self.policies.retain(|k, p| {
+            let keep = in_use.contains(k);
+            if !keep {
+                p.retire();
+            }
+            keep
+        });
         for (name, socket) in sockets {
             if let Err(e) = self.open(&name, socket) {
                 error!(listener = %name, error = %e, "cannot open listener");
@@ -581,6 +562,113 @@ impl Daemon {
         self.publish_view();
         Ok(())
     }
+}
+
+/// Looks at every policy file in use; loads what changed, keeps the last
+/// good version of what is broken or gone. Reads and loads without the
+/// daemon's lock; the caller holds the reload lock.
+async fn rescan(control: &Control) {
+    let (loader, config, present, current, refused) = {
+        let mut d = control.state.lock().await;
+        let keys: std::collections::BTreeSet<PolicyKey> =
+            d.config.listeners.values().filter_map(key_of).collect();
+        let mut present = Vec::new();
+        for key in keys {
+            let file = d.config.policy_file(&key.name);
+            if file.exists() {
+                d.missing.remove(&key);
+                present.push(key);
+                continue;
+            }
+            if d.missing.insert(key.clone(), ()).is_none() {
+                if d.options.strict_policies {
+                    warn!(policy = %key.name, file = %file.display(),
+                        "policy file removed; its listeners fall back to the pool's algorithm (--strict-policies)");
+                    if let Some(old) = d.policies.remove(&key) {
+                        old.retire();
+                    }
+                    d.republish(&key);
+                } else {
+                    warn!(policy = %key.name, file = %file.display(),
+                        "policy file removed; the last loaded version keeps serving");
+                }
+            }
+        }
+        let current: BTreeMap<PolicyKey, String> = d
+            .policies
+            .iter()
+            .map(|(k, p)| (k.clone(), p.version.clone()))
+            .collect();
+        let refused: BTreeMap<PolicyKey, String> = d
+            .refused
+            .iter()
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect();
+        (d.loader(), d.config.clone(), present, current, refused)
+    };
+    let mut outcomes = Vec::new();
+    for key in present {
+        let (file, wasm, cfg) = match read_policy(&config, &key).await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(policy = %key.name, error = %e, "cannot read the policy; the last loaded version keeps serving");
+                continue;
+            }
+        };
+        let version = version_of(&wasm, &cfg);
+        let now = current.get(&key);
+        if now == Some(&version) || refused.get(&key) == Some(&version) {
+            continue;
+        }
+        let loaded = loader
+            .load(&key, file, wasm, cfg, &config, &BTreeMap::new())
+            .await;
+        outcomes.push((key, version, now.cloned(), loaded));
+    }
+    let mut d = control.state.lock().await;
+    for (key, version, current, loaded) in outcomes {
+        match loaded {
+            Ok(p) => {
+                d.refused.remove(&key);
+                if let Some(old) = d.policies.insert(key.clone(), p) {
+                    old.retire();
+                }
+                d.republish(&key);
+            }
+            Err(e) => {
+                warn!(policy = %key.name, version = %version, current = ?current,
+                    "policy={} version={} refused: {}; the last loaded version keeps serving",
+                    key.name, version, e);
+                d.refused.insert(key, (version, e.to_string()));
+            }
+        }
+    }
+    d.publish_view();
+}
+
+/// Applies a new configuration, or refuses it whole and keeps the running
+/// one. Resolves names and loads policies without the daemon's lock; the
+/// caller holds the reload lock.
+async fn apply(control: &Control, new: Config) -> Result<(), Vec<String>> {
+    let (loader, current) = {
+        let d = control.state.lock().await;
+        (d.loader(), d.upstreams.clone())
+    };
+    let upstreams = Arc::new(Upstreams::rebuild(Some(&current), &new)?);
+    let unresolved = upstreams.resolve().await;
+    if !unresolved.is_empty() {
+        return Err(unresolved);
+    }
+    let loader = Loader {
+        directory: upstreams.clone(),
+        ..loader
+    };
+    let fresh = loader.load_missing(&new).await?;
+    control
+        .state
+        .lock()
+        .await
+        .finish_apply(new, upstreams, fresh)
 }
 
 impl Running {
@@ -623,12 +711,13 @@ impl Running {
 
     /// Applies a new configuration; on error the running one stays.
     pub async fn reload(&self, config: Config) -> Result<(), Vec<String>> {
-        self.daemon.lock().await.apply(config).await
+        let _reloading = self.daemon.reloads.lock().await;
+        apply(&self.daemon, config).await
     }
 
     /// Re-reads the configuration file and applies it.
     pub async fn reload_from_file(&self) -> Result<(), Vec<String>> {
-        let source = self.daemon.lock().await.config.source.clone();
+        let source = self.daemon.state.lock().await.config.source.clone();
         let config = Config::load(&source)
             .map_err(|e| e.to_string().lines().map(str::to_owned).collect::<Vec<_>>())?;
         self.reload(config).await
@@ -636,13 +725,14 @@ impl Running {
 
     /// Looks for changed policy files now (the watcher does it on events).
     pub async fn rescan_policies(&self) {
-        self.daemon.lock().await.rescan().await
+        let _reloading = self.daemon.reloads.lock().await;
+        rescan(&self.daemon).await
     }
 
     /// Stops accepting, asks every connection to finish what it is doing,
     /// and waits up to `drain` for them. Returns whether all finished.
     pub async fn shutdown(self, drain: Duration) -> bool {
-        let d = self.daemon.lock().await;
+        let d = self.daemon.state.lock().await;
         for h in d.listeners.values() {
             let _ = h.stop.send(true);
         }
@@ -682,16 +772,16 @@ async fn re_resolve(view: std::sync::Weak<ArcSwap<View>>) {
     }
 }
 
-async fn on_change(daemon: &Arc<Mutex<Daemon>>, change: Change) {
-    let mut d = daemon.lock().await;
+async fn on_change(control: &Control, change: Change) {
+    let _reloading = control.reloads.lock().await;
     if change == Change::Certs {
-        d.reload_certs();
+        control.state.lock().await.reload_certs();
         return;
     }
     if change == Change::Config {
-        let source = d.config.source.clone();
+        let source = control.state.lock().await.config.source.clone();
         match Config::load(&source) {
-            Ok(c) => match d.apply(c).await {
+            Ok(c) => match apply(control, c).await {
                 Ok(()) => info!(config = %source.display(), "configuration reloaded"),
                 Err(problems) => {
                     for p in &problems {
@@ -708,7 +798,7 @@ async fn on_change(daemon: &Arc<Mutex<Daemon>>, change: Change) {
             }
         }
     }
-    d.rescan().await;
+    rescan(control).await;
 }
 
 /// Loads every policy, binds every listener and starts accepting; with
@@ -772,6 +862,7 @@ pub async fn start_with(
         anyhow::bail!("{}", unresolved.join("\n"));
     }
     let fresh = daemon
+        .loader()
         .load_missing(&config)
         .await
         .map_err(|p| anyhow::anyhow!(p.join("\n")))?;
@@ -796,7 +887,10 @@ pub async fn start_with(
     }
     daemon.upstreams.start_health_checks();
     tokio::spawn(re_resolve(Arc::downgrade(&view)));
-    let daemon = Arc::new(Mutex::new(daemon));
+    let daemon = Arc::new(Control {
+        state: Mutex::new(daemon),
+        reloads: Mutex::new(()),
+    });
     let d = daemon.clone();
     tokio::spawn(async move {
         while let Some(change) = rx.recv().await {
