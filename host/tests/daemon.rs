@@ -339,11 +339,13 @@ fn ten_thousand_failing_requests_log_a_bounded_number_of_lines() {
     );
     let started = Instant::now();
     let mut conn = TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut failed = 0;
     for _ in 0..10_000 {
-        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         let mut status = String::new();
         reader.read_line(&mut status).unwrap();
         assert!(status.starts_with("HTTP/1.1 5"), "{status:?}");
