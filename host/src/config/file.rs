@@ -95,7 +95,8 @@ pub struct PoliciesFile {
     pub max_queued: usize,
     #[serde(default = "default_queue_timeout_ms")]
     pub queue_timeout_ms: u64,
-    /// Default: the larger of 1000 and `timeout_ms`.
+    /// Default: the larger of 1000 and `timeout_ms` (a cold instance's
+    /// instantiation and init), plus `timeout_ms` (the call).
     pub max_call_wall_ms: Option<u64>,
     #[serde(default = "default_pool_total")]
     pub total_instances: u32,

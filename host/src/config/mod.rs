@@ -426,7 +426,11 @@ fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Strin
     if p.queue_timeout_ms == 0 {
         problems.push("policies.queue_timeout_ms: must be at least 1".into());
     }
-    let max_call_wall_ms = p.max_call_wall_ms.unwrap_or(p.timeout_ms.max(1000));
+    // Room for a cold instance (instantiate and init: the larger of 1 s and
+    // timeout_ms) and then the call itself.
+    let max_call_wall_ms = p
+        .max_call_wall_ms
+        .unwrap_or(p.timeout_ms.max(1000).saturating_add(p.timeout_ms));
     if max_call_wall_ms < p.timeout_ms {
         problems.push(format!(
             "policies.max_call_wall_ms: {max_call_wall_ms} is below policies.timeout_ms = {}",
@@ -928,6 +932,9 @@ mod tests {
             Path::new("/etc/sy/policies/path-router.wasm")
         );
         assert_eq!(c.policies.limits.timeout, Duration::from_millis(5));
+        // Room for a cold instance (1 s) and the call (5 ms).
+        assert_eq!(c.policies.limits.max_call_wall, Duration::from_millis(1005));
+        assert_eq!(c.policies.limits.max_instances, 16);
         assert_eq!(c.policies.limits.memory_bytes, 32 << 20);
         assert!(c.admin.is_none());
         let web = &c.pools["web"];
