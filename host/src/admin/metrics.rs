@@ -362,6 +362,38 @@ impl Metrics {
             .clone()
     }
 
+    /// Counts one policy hook call and its time: through the listener's
+    /// `held` handles when it has them (the hot path: no family lookup),
+    /// else through the families (L4, and every error).
+    pub fn record_policy_call(
+        &self,
+        policy: &Label,
+        held: Option<&PolicyHandles>,
+        took: std::time::Duration,
+        error: Option<&crate::policy::PolicyError>,
+    ) {
+        let secs = took.as_secs_f64();
+        match held {
+            Some(h) => h.duration.observe(secs),
+            None => self
+                .policy_duration
+                .get_or_create(&PolicyLabel {
+                    policy: policy.clone(),
+                })
+                .observe(secs),
+        }
+        match (held, error) {
+            (Some(h), None) => h.ok.inc(),
+            _ => self
+                .policy_calls
+                .get_or_create(&PolicyOutcome {
+                    policy: policy.clone(),
+                    outcome: error.map_or("ok", |e| e.outcome()),
+                })
+                .inc(),
+        };
+    }
+
     pub fn connect_error(&self, pool: &Label, backend: &Label, kind: &'static str) {
         self.upstream_connect_errors
             .get_or_create(&ConnectError {

@@ -57,13 +57,9 @@ pub(crate) async fn route(
         let (verdict, took) = policy
             .on_connect_timed(&Arc::new(info), cfg.pool.as_deref(), &directory)
             .await;
-        crate::l7::server::record_policy_call(
-            &state.metrics,
-            &policy.name,
-            None,
-            took,
-            verdict.as_ref().err(),
-        );
+        state
+            .metrics
+            .record_policy_call(&policy.name, None, took, verdict.as_ref().err());
         match verdict {
             Ok(ConnDecision::Forward { pool, backend }) => {
                 decision = "forward";

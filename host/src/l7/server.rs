@@ -24,9 +24,7 @@ use super::hygiene;
 use super::path;
 use super::request;
 use crate::admin::access_log::{Entry, Format};
-use crate::admin::metrics::{
-    Label, ListenerPool, PolicyLabel, PolicyOutcome, RequestLabels, status_class,
-};
+use crate::admin::metrics::{Label, ListenerPool, RequestLabels, status_class};
 use crate::admin::{AccessLog, Metrics};
 use crate::config::{Algorithm, ListenerConfig, OnError};
 use crate::error::{self, ProxyError};
@@ -316,38 +314,6 @@ async fn handle(
     resp
 }
 
-/// Counts one policy call by outcome and its duration, through the
-/// listener's `held` handles where it has them (the duration always, the
-/// `ok` count); other outcomes look their series up.
-pub(crate) fn record_policy_call(
-    metrics: &Metrics,
-    policy: &Label,
-    held: Option<&crate::admin::metrics::PolicyHandles>,
-    took: std::time::Duration,
-    error: Option<&crate::policy::PolicyError>,
-) {
-    let secs = took.as_secs_f64();
-    match held {
-        Some(h) => h.duration.observe(secs),
-        None => metrics
-            .policy_duration
-            .get_or_create(&PolicyLabel {
-                policy: policy.clone(),
-            })
-            .observe(secs),
-    }
-    match (held, error) {
-        (Some(h), None) => h.ok.inc(),
-        _ => metrics
-            .policy_calls
-            .get_or_create(&PolicyOutcome {
-                policy: policy.clone(),
-                outcome: error.map_or("ok", |e| e.outcome()),
-            })
-            .inc(),
-    };
-}
-
 fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -442,8 +408,7 @@ async fn proxy(
             let (d, took) = policy
                 .on_request_timed(&mut view, &info, cfg.pool.as_deref(), &directory)
                 .await;
-            record_policy_call(
-                &state.metrics,
+            state.metrics.record_policy_call(
                 &policy.name,
                 state.policy_metrics.as_ref(),
                 took,
