@@ -68,25 +68,7 @@ struct ListenerHandle {
     stop: watch::Sender<bool>,
 }
 
-/// What tests and the admin API read without taking the daemon's lock.
-#[derive(Default)]
-pub struct View {
-    pub addrs: BTreeMap<String, SocketAddr>,
-    pub upstreams: Arc<Upstreams>,
-    /// Loaded policy versions by listener.
-    pub policy_versions: BTreeMap<String, String>,
-    /// Why the newest version of a policy (by name) was refused, if it was.
-    pub policy_errors: BTreeMap<String, String>,
-    /// Compilations answered from / missing in the on-disk cache.
-    pub cache_hits: usize,
-    pub cache_misses: usize,
-    /// Every policy version in use.
-    pub policies: Vec<Arc<Policy>>,
-    /// The policy engine, for its pool's gauges.
-    pub engine: Option<Arc<PolicyEngine>>,
-    /// Every listener bound and every policy loaded.
-    pub ready: bool,
-}
+pub use crate::admin::View;
 
 struct Daemon {
     engine: Arc<PolicyEngine>,

@@ -11,6 +11,7 @@
 pub mod access_log;
 pub mod metrics;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +31,29 @@ pub use metrics::Metrics;
 
 use crate::balance::Candidate;
 use crate::config::AdminConfig;
-use crate::server::View;
+use crate::policy::{Policy, PolicyEngine};
+use crate::upstream::Upstreams;
+
+/// What the admin API (and tests) read without taking the daemon's
+/// lock; the daemon publishes a new one whenever its state changes.
+#[derive(Default)]
+pub struct View {
+    pub addrs: BTreeMap<String, SocketAddr>,
+    pub upstreams: Arc<Upstreams>,
+    /// Loaded policy versions by listener.
+    pub policy_versions: BTreeMap<String, String>,
+    /// Why the newest version of a policy (by name) was refused, if it was.
+    pub policy_errors: BTreeMap<String, String>,
+    /// Compilations answered from / missing in the on-disk cache.
+    pub cache_hits: usize,
+    pub cache_misses: usize,
+    /// Every policy version in use.
+    pub policies: Vec<Arc<Policy>>,
+    /// The policy engine, for its pool's gauges.
+    pub engine: Option<Arc<PolicyEngine>>,
+    /// Every listener bound and every policy loaded.
+    pub ready: bool,
+}
 
 /// Time to read a request head, and the keep-alive idle time between two.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
