@@ -235,6 +235,11 @@ impl Loader {
 struct Control {
     state: Mutex<Daemon>,
     reloads: Mutex<()>,
+    /// Configuration files refused since start (they did not parse,
+    /// validate or apply; the running configuration stayed).
+    configs_refused: std::sync::atomic::AtomicU64,
+    /// Certificate reloads refused since start.
+    certs_refused: std::sync::atomic::AtomicU64,
 }
 
 /// A started daemon.
@@ -341,14 +346,21 @@ impl Daemon {
 
     /// Reads every listener's certificate files again; a broken file keeps
     /// the last good set serving.
-    fn reload_certs(&self) {
+    /// Re-reads every listener's certificates; returns how many were
+    /// refused (the last loaded pair keeps serving).
+    fn reload_certs(&self) -> u64 {
+        let mut refused = 0;
         for (name, t) in &self.terminators {
             match t.reload() {
                 Ok(true) => info!(listener = %name, "TLS certificates reloaded"),
                 Ok(false) => {}
-                Err(e) => warn!(listener = %name, "{e}; the last loaded certificates keep serving"),
+                Err(e) => {
+                    refused += 1;
+                    warn!(listener = %name, "{e}; the last loaded certificates keep serving")
+                }
             }
         }
+        refused
     }
 
     fn watch_cert_files(&mut self) {
@@ -391,6 +403,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, (_, e))| (k.name.clone(), e.clone()))
                 .collect(),
+            policies_missing: self.missing.keys().map(|k| k.name.clone()).collect(),
             cache_hits: self.engine.cache_hits(),
             cache_misses: self.engine.cache_misses(),
             policies: self.policies.values().cloned().collect(),
@@ -674,6 +687,25 @@ impl Running {
         self.view.load().policy_errors.get(policy).cloned()
     }
 
+    /// Configuration files the watcher saw refused since start.
+    pub fn configs_refused(&self) -> u64 {
+        self.daemon
+            .configs_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Certificate reloads the watcher saw refused since start.
+    pub fn certs_refused(&self) -> u64 {
+        self.daemon
+            .certs_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the daemon has seen that a policy's file is gone.
+    pub fn policy_missing(&self, policy: &str) -> bool {
+        self.view.load().policies_missing.contains(policy)
+    }
+
     /// (hits, misses) of the compiled-policy cache since start.
     /// The loaded policy versions in use (tests read their counters).
     pub fn policies(&self) -> Vec<Arc<Policy>> {
@@ -757,7 +789,10 @@ async fn re_resolve(view: std::sync::Weak<ArcSwap<View>>) {
 async fn on_change(control: &Control, change: Change) {
     let _reloading = control.reloads.lock().await;
     if change == Change::Certs {
-        control.state.lock().await.reload_certs();
+        let refused = control.state.lock().await.reload_certs();
+        control
+            .certs_refused
+            .fetch_add(refused, std::sync::atomic::Ordering::Relaxed);
         return;
     }
     if change == Change::Config {
@@ -766,6 +801,9 @@ async fn on_change(control: &Control, change: Change) {
             Ok(c) => match apply(control, c).await {
                 Ok(()) => info!(config = %source.display(), "configuration reloaded"),
                 Err(problems) => {
+                    control
+                        .configs_refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     for p in &problems {
                         warn!(config = %source.display(), "{p}");
                     }
@@ -773,6 +811,9 @@ async fn on_change(control: &Control, change: Change) {
                 }
             },
             Err(e) => {
+                control
+                    .configs_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 for line in e.to_string().lines() {
                     warn!("{line}");
                 }
@@ -872,6 +913,8 @@ pub async fn start_with(
     let daemon = Arc::new(Control {
         state: Mutex::new(daemon),
         reloads: Mutex::new(()),
+        configs_refused: std::sync::atomic::AtomicU64::new(0),
+        certs_refused: std::sync::atomic::AtomicU64::new(0),
     });
     let d = daemon.clone();
     tokio::spawn(async move {

@@ -208,9 +208,13 @@ async fn broken_policy_files_leave_the_last_good_version_serving() {
         let got = get(&client(false), s.sy.addr("public"), "/api/x", &[]).await;
         assert_eq!(got.text(), "api", "{what}: the old version still routes");
     }
-    // Removing the file keeps the last version too.
+    // Removing the file keeps the last version too: once the daemon has
+    // seen it gone, the old version still routes.
     std::fs::remove_file(&wasm).unwrap();
-    tokio::time::sleep(reload_settle()).await;
+    wait_until("the removal seen", Duration::from_secs(5), || {
+        s.sy.policy_missing("path-router")
+    })
+    .await;
     assert_eq!(
         get(&client(false), s.sy.addr("public"), "/api/x", &[])
             .await
@@ -225,11 +229,6 @@ async fn broken_policy_files_leave_the_last_good_version_serving() {
     );
     until_answered_by(&s.sy, "/api/x", "images", Duration::from_secs(3)).await;
     s.sy.shutdown(Duration::from_secs(5)).await;
-}
-
-/// Longer than the watcher's debounce plus a rescan.
-fn reload_settle() -> Duration {
-    switchyard::reload::DEBOUNCE * 3
 }
 
 #[tokio::test]
@@ -296,7 +295,10 @@ pool = "web"
         &dir.join("switchyard.toml"),
         b"[pools.web]\nbackends = []\n",
     );
-    tokio::time::sleep(reload_settle()).await;
+    wait_until("the bad config refused", Duration::from_secs(5), || {
+        sy.configs_refused() >= 1
+    })
+    .await;
     assert_eq!(get(&c, addr, "/", &[]).await.status, 200);
     sy.shutdown(Duration::from_secs(5)).await;
 }

@@ -199,11 +199,17 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_r
     replace_file(&site.dir.join("a.pem"), renewed.cert_pem.as_bytes());
     until_served(&site, "a.test", &renewed).await;
     // A corrupt replacement: refused, the renewed pair keeps serving.
+    let refused = site.sy.certs_refused();
     replace_file(
         &site.dir.join("a.pem"),
         b"-----BEGIN CERTIFICATE-----\nnot base64\n",
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_until(
+        "the corrupt certificate refused",
+        Duration::from_secs(5),
+        || site.sy.certs_refused() > refused,
+    )
+    .await;
     for _ in 0..3 {
         let r = site.get("a.test", "a.test", "/").await.unwrap();
         assert_eq!(r.cert, renewed.cert);

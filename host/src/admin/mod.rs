@@ -44,6 +44,8 @@ pub struct View {
     pub policy_versions: BTreeMap<String, String>,
     /// Why the newest version of a policy (by name) was refused, if it was.
     pub policy_errors: BTreeMap<String, String>,
+    /// Policies whose file is gone (the last version keeps serving).
+    pub policies_missing: std::collections::BTreeSet<String>,
     /// Compilations answered from / missing in the on-disk cache.
     pub cache_hits: usize,
     pub cache_misses: usize,
