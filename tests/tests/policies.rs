@@ -67,6 +67,16 @@ async fn example(name: &str, config: &str) -> Arc<Policy> {
         .unwrap_or_else(|e| panic!("{name} did not load: {e}"))
 }
 
+/// Default limits with a 250 ms deadline, for tests of something else
+/// than the deadline: a debug build on two cores shared with the
+/// CPU-heavy tests of this file can take longer than 10 ms for a call.
+fn roomy() -> Limits {
+    Limits {
+        timeout: Duration::from_millis(250),
+        ..Limits::default()
+    }
+}
+
 async fn misbehave(limits: Limits) -> Arc<Policy> {
     load_with(
         "tests/fixtures/wasm/misbehave.wasm",
@@ -639,7 +649,7 @@ async fn a_memory_hog_hits_the_cap_and_the_policy_keeps_serving() {
 
 #[tokio::test]
 async fn a_panic_is_a_trap_and_the_instance_is_replaced() {
-    let p = misbehave(Limits::default()).await;
+    let p = misbehave(roomy()).await;
     // The load check left one warm instance that has served one call.
     assert_eq!(
         body(decide(&p, "/count", &[]).await),
@@ -692,7 +702,7 @@ async fn the_lent_request_comes_back_whatever_the_call_did() {
 
 #[tokio::test]
 async fn a_policy_reads_each_part_of_the_request_on_demand() {
-    let p = misbehave(Limits::default()).await;
+    let p = misbehave(roomy()).await;
     let mut req = RequestView::build(
         "POST",
         "/echo?a=1",
@@ -727,7 +737,7 @@ async fn a_policy_reads_each_part_of_the_request_on_demand() {
 async fn instances_are_recycled_after_max_calls() {
     let p = misbehave(Limits {
         max_calls: 3,
-        ..Limits::default()
+        ..roomy()
     })
     .await;
     assert_eq!(body(decide(&p, "/count", &[]).await), "2");
@@ -741,7 +751,7 @@ async fn instances_are_recycled_after_max_calls() {
 
 #[tokio::test]
 async fn invalid_decisions_are_typed_errors() {
-    let p = misbehave(Limits::default()).await;
+    let p = misbehave(roomy()).await;
     let dir: Arc<dyn Directory> = Arc::new(StaticDirectory::new(BTreeMap::from([(
         "web".to_string(),
         vec![backend("b1", true)],
