@@ -6,6 +6,13 @@
 //! its `server_name` (or the backend's configured host name).
 
 use std::collections::HashMap;
+
+/// Connections by backend authority. The keys come from the
+/// configuration, never from a client, so the map uses foldhash (already
+/// in the tree through hashbrown) instead of SipHash: a request looks its
+/// backend up two or three times (bench/count, keep-alive: 39,643 ->
+/// 39,101 instructions per request).
+type Hosts = HashMap<Box<str>, Host, foldhash::fast::RandomState>;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -69,12 +76,12 @@ struct Inner {
     connect_timeout: Duration,
     max_open: usize,
     max_idle: usize,
-    hosts: Mutex<HashMap<Box<str>, Host>>,
+    hosts: Mutex<Hosts>,
     sweeping: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
-    fn hosts(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Host>> {
+    fn hosts(&self) -> std::sync::MutexGuard<'_, Hosts> {
         self.hosts.lock().expect("upstream connections")
     }
 }
@@ -689,7 +696,7 @@ pub fn build(
             connector,
             http2: c.http2,
             idle_timeout: c.idle_timeout,
-            hosts: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(Hosts::default()),
             sweeping: std::sync::atomic::AtomicBool::new(false),
             connect_timeout: c.connect_timeout,
             max_open: c.max_connections_per_backend,
