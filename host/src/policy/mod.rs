@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! engine.rs     Engine, Linker; compile -> activate -> Policy
+//! files.rs      policy files read beneath the directory; the cache dir check
 //! ticker.rs     the epoch ticker: fast while a call runs, parked when quiet
 //! instances.rs  one loaded version, its warm instances, the hook calls
 //! bindings.rs   bindgen! per world (the only generated code)
@@ -18,6 +19,7 @@ pub mod bindings;
 pub mod decision;
 pub mod directory;
 pub mod engine;
+pub mod files;
 mod guest_log;
 mod host_api;
 pub mod instances;
@@ -32,9 +34,9 @@ pub use bindings::types;
 pub use decision::{ConnDecision, DirectResponse, ForwardAction, HeaderEdit, HttpDecision};
 pub use directory::{Directory, OpenDirectory, StaticDirectory};
 pub use engine::{
-    Compiled, EngineSettings, FileCaps, Limits, Need, PolicyEngine, PoolLimits, own_private_dir,
-    policy_name, read_policy_files, read_policy_files_async, version_of,
+    Compiled, EngineSettings, Limits, Need, PolicyEngine, PoolLimits, policy_name, version_of,
 };
+pub use files::{FileCaps, own_private_dir, read_policy_files, read_policy_files_async};
 pub use instances::Policy;
 pub use view::{ConnectionInfo, RequestView, ResponseView};
 
