@@ -1,13 +1,12 @@
 //! Command line: `run`, `check` and `policy test`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, Protocol};
+use crate::config::Config;
 use crate::policy::{
     self, ConnectionInfo, Directory, EngineSettings, Limits, OpenDirectory, PolicyEngine,
     PolicyKind, RequestView, StaticDirectory, types,
@@ -128,68 +127,7 @@ pub fn static_directory(config: &Config) -> StaticDirectory {
 /// `switchyard check`: every problem, one line each; `Ok` when none.
 pub async fn check(config_path: &Path) -> Result<(), Vec<String>> {
     let config = Config::load(config_path).map_err(|e| vec![e.to_string()])?;
-    let engine = engine_for(Some(&config)).map_err(|e| vec![format!("policy engine: {e:#}")])?;
-    let directory: Arc<dyn Directory> = Arc::new(static_directory(&config));
-    let file = config.source.display().to_string();
-    let mut problems: Vec<String> = match crate::upstream::Upstreams::new(&config) {
-        Ok(upstreams) => upstreams.resolve().await,
-        Err(p) => p,
-    }
-    .into_iter()
-    .map(|p| format!("{file}: {p}"))
-    .collect();
-    let mut needs = BTreeMap::new();
-    for (name, listener) in &config.listeners {
-        if let Some(tls) = &listener.tls
-            && let Err(e) = crate::tls::Terminator::new(name, tls)
-        {
-            problems.push(format!("{file}: {e}"));
-        }
-        let Some(policy) = &listener.policy else {
-            continue;
-        };
-        let kind = match listener.protocol {
-            Protocol::Http => PolicyKind::Http,
-            Protocol::Tcp | Protocol::Udp => PolicyKind::Connection,
-        };
-        let file = config.policy_file(policy);
-        let loaded = match policy::read_policy_files_async(
-            config.policies.dir.clone(),
-            file.clone(),
-            listener.policy_config.clone(),
-            config.policies.files,
-        )
-        .await
-        {
-            Ok((wasm, cfg)) => {
-                engine
-                    .load_bytes(
-                        &file,
-                        wasm,
-                        cfg,
-                        Some(kind),
-                        config.policies.limits.clone(),
-                        directory.clone(),
-                    )
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        match loaded {
-            Ok(p) => {
-                needs.insert((policy.clone(), listener.policy_config.clone()), p.need());
-            }
-            Err(e) => problems.push(format!("{e} (policy of listeners.{name})")),
-        }
-    }
-    if let Some(why) = engine.pool_limits().overcommitted(needs.into_values()) {
-        problems.push(format!("{file}: policies: {why}"));
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
-    }
+    crate::daemon::check(config).await
 }
 
 fn parse_request(t: &PolicyTest) -> anyhow::Result<RequestView> {

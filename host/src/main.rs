@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use switchyard::cli::{self, Cli, Command, LogFormat, PolicyCommand};
 use switchyard::config::Config;
-use switchyard::server;
+use switchyard::daemon;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -99,11 +99,11 @@ fn main() -> ExitCode {
             strict_policies, ..
         } => {
             let config = run_config.expect("loaded above");
-            let options = server::Options {
+            let options = daemon::Options {
                 strict_policies,
                 watch: true,
             };
-            match runtime.block_on(server::run(config, options)) {
+            match runtime.block_on(daemon::run(config, options)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchyard: {e:#}");

@@ -232,14 +232,14 @@ pub async fn dead_addr() -> SocketAddr {
 pub async fn start_switchyard(
     toml: &str,
     addrs: &BTreeMap<&str, SocketAddr>,
-) -> switchyard::server::Running {
+) -> switchyard::daemon::Running {
     let mut text = toml.replace("{policies}", &repo().join("policies").display().to_string());
     for (name, addr) in addrs {
         text = text.replace(&format!("{{{name}}}"), &addr.to_string());
     }
     let config = switchyard::config::Config::parse(Path::new("/tmp/switchyard-test.toml"), &text)
         .unwrap_or_else(|e| panic!("bad test config: {e}\n{text}"));
-    switchyard::server::start(config)
+    switchyard::daemon::start(config)
         .await
         .expect("switchyard starts")
 }
@@ -347,7 +347,7 @@ pub async fn start_watching(
     dir: &Path,
     toml: &str,
     addrs: &BTreeMap<&str, SocketAddr>,
-) -> switchyard::server::Running {
+) -> switchyard::daemon::Running {
     start_watching_strict(dir, toml, addrs, false).await
 }
 
@@ -357,15 +357,15 @@ pub async fn start_watching_strict(
     toml: &str,
     addrs: &BTreeMap<&str, SocketAddr>,
     strict_policies: bool,
-) -> switchyard::server::Running {
+) -> switchyard::daemon::Running {
     let path = dir.join("switchyard.toml");
     std::fs::write(&path, fill(toml, addrs)).unwrap();
     let config = switchyard::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let options = switchyard::server::Options {
+    let options = switchyard::daemon::Options {
         watch: true,
         strict_policies,
     };
-    switchyard::server::start_with(config, options)
+    switchyard::daemon::start_with(config, options)
         .await
         .expect("switchyard starts")
         .0

@@ -410,7 +410,7 @@ async fn raw_status(admin: std::net::SocketAddr, head: &str) -> u16 {
         .unwrap_or_else(|| panic!("no status in {text:?}"))
 }
 
-fn drained(sy: &switchyard::server::Running, backend: std::net::SocketAddr) -> bool {
+fn drained(sy: &switchyard::daemon::Running, backend: std::net::SocketAddr) -> bool {
     let upstreams = sy.upstreams();
     let pool = upstreams.pool("web").unwrap();
     pool.backends

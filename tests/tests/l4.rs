@@ -239,7 +239,7 @@ pool = "p"
 
 /// Switchyard with one TCP listener `l` over pool `p` (backend `p`), with
 /// `extra` lines added to the listener.
-async fn one_pool(p: SocketAddr, extra: &str) -> switchyard::server::Running {
+async fn one_pool(p: SocketAddr, extra: &str) -> switchyard::daemon::Running {
     start_switchyard(&format!("{ONE_POOL}{extra}\n"), &BTreeMap::from([("p", p)])).await
 }
 

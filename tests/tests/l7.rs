@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use switchyard_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn addr_of(r: &switchyard::server::Running, listener: &str) -> SocketAddr {
+fn addr_of(r: &switchyard::daemon::Running, listener: &str) -> SocketAddr {
     r.addr(listener)
 }
 
@@ -73,7 +73,7 @@ async fn path_router_sends_each_prefix_to_its_pool_and_strips() {
 
 /// Switchyard with one HTTP listener `l` whose policy is the `misbehave`
 /// fixture, in front of `web`.
-async fn behind_misbehave(web: &TestBackend) -> switchyard::server::Running {
+async fn behind_misbehave(web: &TestBackend) -> switchyard::daemon::Running {
     start_switchyard(
         r#"
 [pools.web]
@@ -666,7 +666,7 @@ pool = "web"
     let bad = text.replace("localhost", "no-such-host.invalid");
     let config =
         switchyard::config::Config::parse(std::path::Path::new("/tmp/x.toml"), &bad).unwrap();
-    let e = switchyard::server::start(config)
+    let e = switchyard::daemon::start(config)
         .await
         .err()
         .expect("refused");

@@ -38,7 +38,7 @@ policy = "path-router"
 struct Setup {
     dir: std::path::PathBuf,
     _backends: Vec<TestBackend>,
-    sy: switchyard::server::Running,
+    sy: switchyard::daemon::Running,
 }
 
 async fn setup(tag: &str) -> Setup {
@@ -75,7 +75,7 @@ async fn setup_with(tag: &str, strict_policies: bool) -> Setup {
 
 /// Polls until `path` is answered by `want`, for at most `limit`.
 async fn until_answered_by(
-    sy: &switchyard::server::Running,
+    sy: &switchyard::daemon::Running,
     path: &str,
     want: &str,
     limit: Duration,

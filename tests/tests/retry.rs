@@ -152,7 +152,7 @@ async fn kill_under_load(
 ) -> (
     Counting,
     Counting,
-    switchyard::server::Running,
+    switchyard::daemon::Running,
     Vec<(String, u16)>,
 ) {
     let (a, b) = (

@@ -19,7 +19,7 @@ fn one_pool(extra_pool: &str, extra_listener: &str) -> String {
     )
 }
 
-async fn metric(sy: &switchyard::server::Running, name: &str, labels: &str) -> f64 {
+async fn metric(sy: &switchyard::daemon::Running, name: &str, labels: &str) -> f64 {
     let text = get(&client(false), sy.admin_addr.unwrap(), "/metrics", &[])
         .await
         .text();

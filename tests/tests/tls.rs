@@ -53,7 +53,7 @@ struct Site {
     leaves: BTreeMap<&'static str, Leaf>,
     dir: PathBuf,
     _web: TestBackend,
-    sy: switchyard::server::Running,
+    sy: switchyard::daemon::Running,
 }
 
 impl Site {
@@ -385,7 +385,7 @@ certs = [{ cert = "a.pem", key = "a.key" }]
     )
     .unwrap();
     let config = switchyard::config::Config::load(&path).unwrap();
-    let err = switchyard::server::start(config)
+    let err = switchyard::daemon::start(config)
         .await
         .err()
         .expect("refused")

@@ -10,17 +10,10 @@ use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+pub use crate::config::limits::Format;
+
 /// Lines waiting for the writer at most.
 pub const CAPACITY: usize = 8192;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    #[default]
-    Off,
-    Text,
-    Json,
-}
 
 /// One finished request or connection.
 #[derive(Debug, Serialize)]

@@ -154,6 +154,113 @@ pub struct Metrics {
     pub timeouts: Family<TimeoutLabels, Counter>,
 }
 
+/// Every family in the registry, with its help text.
+fn register(registry: &mut Registry, m: &Metrics) {
+    registry.register(
+        "http_requests",
+        "HTTP requests answered",
+        m.http_requests.clone(),
+    );
+    registry.register(
+        "http_request_duration_seconds",
+        "Time from request head to response head",
+        m.http_duration.clone(),
+    );
+    registry.register(
+        "tcp_connections",
+        "TCP connections proxied",
+        m.tcp_connections.clone(),
+    );
+    registry.register("udp_flows", "UDP flows started", m.udp_flows.clone());
+    registry.register(
+        "max_connections_refused",
+        "TCP connections refused, or UDP datagrams of new flows dropped, at max_connections",
+        m.refused.clone(),
+    );
+    registry.register(
+        "tls_handshake_errors",
+        "TLS handshakes that failed or timed out on HTTPS listeners",
+        m.tls_handshake_errors.clone(),
+    );
+    registry.register(
+        "active_connections",
+        "Client connections open now",
+        m.active_connections.clone(),
+    );
+    register_policies(registry, m);
+}
+
+/// The rest: the policy engine's families, the backends' gauges, the
+/// access log's drops, upstream errors and timeouts.
+fn register_policies(registry: &mut Registry, m: &Metrics) {
+    registry.register(
+        "policy_calls",
+        "Policy hook calls by outcome",
+        m.policy_calls.clone(),
+    );
+    registry.register(
+        "policy_call_duration_seconds",
+        "Time of one policy hook call",
+        m.policy_duration.clone(),
+    );
+    registry.register(
+        "policy_version_info",
+        "The loaded version (content hash) of each policy",
+        m.policy_version.clone(),
+    );
+    registry.register(
+        "backend_healthy",
+        "1 when the backend may be picked",
+        m.backend_healthy.clone(),
+    );
+    registry.register(
+        "backend_in_flight",
+        "Requests or connections in flight",
+        m.backend_in_flight.clone(),
+    );
+    registry.register(
+        "access_log_dropped",
+        "Access-log lines dropped because the writer fell behind",
+        m.access_log_dropped.clone(),
+    );
+    registry.register(
+        "upstream_connect_errors",
+        "Failures reaching a backend, by kind",
+        m.upstream_connect_errors.clone(),
+    );
+    registry.register("bytes", "Body bytes proxied, by direction", m.bytes.clone());
+    registry.register(
+        "policy_instances",
+        "Instances of each policy that exist now, idle or in a call (at most policies.max_instances per loaded version)",
+        m.policy_instances.clone(),
+    );
+    registry.register(
+        "wasm_pool_in_use",
+        "Slots of the engine's pooling allocator in use, as wasmtime counts them",
+        m.wasm_slots_in_use.clone(),
+    );
+    registry.register(
+        "wasm_pool_slots",
+        "Slots of the engine's pooling allocator (policies.total_*)",
+        m.wasm_slots.clone(),
+    );
+    registry.register(
+        "kv_evictions",
+        "Live KV entries evicted (least recently used first) to keep a namespace within kv_max_entries and kv_max_bytes, since start",
+        m.kv_evictions.clone(),
+    );
+    registry.register(
+        "policy_reloads",
+        "Policy loads (at start and on change), by result",
+        m.policy_reloads.clone(),
+    );
+    registry.register(
+        "timeouts",
+        "Connections and requests ended by a timeout, by phase",
+        m.timeouts.clone(),
+    );
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("switchyard");
@@ -181,103 +288,7 @@ impl Default for Metrics {
             timeouts: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "http_requests",
-            "HTTP requests answered",
-            m.http_requests.clone(),
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "Time from request head to response head",
-            m.http_duration.clone(),
-        );
-        registry.register(
-            "tcp_connections",
-            "TCP connections proxied",
-            m.tcp_connections.clone(),
-        );
-        registry.register("udp_flows", "UDP flows started", m.udp_flows.clone());
-        registry.register(
-            "max_connections_refused",
-            "TCP connections refused, or UDP datagrams of new flows dropped, at max_connections",
-            m.refused.clone(),
-        );
-        registry.register(
-            "tls_handshake_errors",
-            "TLS handshakes that failed or timed out on HTTPS listeners",
-            m.tls_handshake_errors.clone(),
-        );
-        registry.register(
-            "active_connections",
-            "Client connections open now",
-            m.active_connections.clone(),
-        );
-        registry.register(
-            "policy_calls",
-            "Policy hook calls by outcome",
-            m.policy_calls.clone(),
-        );
-        registry.register(
-            "policy_call_duration_seconds",
-            "Time of one policy hook call",
-            m.policy_duration.clone(),
-        );
-        registry.register(
-            "policy_version_info",
-            "The loaded version (content hash) of each policy",
-            m.policy_version.clone(),
-        );
-        registry.register(
-            "backend_healthy",
-            "1 when the backend may be picked",
-            m.backend_healthy.clone(),
-        );
-        registry.register(
-            "backend_in_flight",
-            "Requests or connections in flight",
-            m.backend_in_flight.clone(),
-        );
-        registry.register(
-            "access_log_dropped",
-            "Access-log lines dropped because the writer fell behind",
-            m.access_log_dropped.clone(),
-        );
-        registry.register(
-            "upstream_connect_errors",
-            "Failures reaching a backend, by kind",
-            m.upstream_connect_errors.clone(),
-        );
-        registry.register("bytes", "Body bytes proxied, by direction", m.bytes.clone());
-        registry.register(
-            "policy_instances",
-            "Instances of each policy that exist now, idle or in a call (at most policies.max_instances per loaded version)",
-            m.policy_instances.clone(),
-        );
-        registry.register(
-            "wasm_pool_in_use",
-            "Slots of the engine's pooling allocator in use, as wasmtime counts them",
-            m.wasm_slots_in_use.clone(),
-        );
-        registry.register(
-            "wasm_pool_slots",
-            "Slots of the engine's pooling allocator (policies.total_*)",
-            m.wasm_slots.clone(),
-        );
-        registry.register(
-            "kv_evictions",
-            "Live KV entries evicted (least recently used first) to keep a namespace within kv_max_entries and kv_max_bytes, since start",
-            m.kv_evictions.clone(),
-        );
-        registry.register(
-            "policy_reloads",
-            "Policy loads (at start and on change), by result",
-            m.policy_reloads.clone(),
-        );
-        registry.register(
-            "timeouts",
-            "Connections and requests ended by a timeout, by phase",
-            m.timeouts.clone(),
-        );
+        register(&mut registry, &m);
         Metrics { registry, ..m }
     }
 }
@@ -350,6 +361,16 @@ impl Metrics {
                 })
                 .clone(),
         }
+    }
+
+    /// A listener's request counter and latency histogram, held per label
+    /// set (see [`super::request_metrics`]).
+    pub fn request_handles(&self, listener: &Label) -> super::request_metrics::RequestHandles {
+        super::request_metrics::RequestHandles::new(
+            listener.clone(),
+            self.http_requests.clone(),
+            self.http_duration.clone(),
+        )
     }
 
     /// The counter of one listener's timeouts in one phase.

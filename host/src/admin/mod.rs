@@ -10,6 +10,7 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod request_metrics;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -418,7 +418,7 @@ pub struct ListenerFile {
     #[serde(default)]
     pub accept_proxy_protocol: bool,
     #[serde(default)]
-    pub access_log: crate::admin::access_log::Format,
+    pub access_log: super::limits::Format,
     #[serde(default = "default_h2_streams")]
     pub http2_max_concurrent_streams: u32,
     /// tcp: read the TLS ClientHello for SNI/ALPN before calling the policy
@@ -437,7 +437,7 @@ pub struct ListenerFile {
     /// (default true).
     pub normalize_path: Option<bool>,
     /// http: what `%2F`, `%5C` and `\` in a path do (default reject).
-    pub path_with_escaped_slashes: Option<crate::l7::path::EscapedSlashes>,
+    pub path_with_escaped_slashes: Option<super::limits::EscapedSlashes>,
     /// http: the first byte of a connection must come within this
     /// (default: header_read_timeout_ms).
     pub first_byte_timeout_ms: Option<u64>,

@@ -84,12 +84,7 @@ pub(crate) async fn route(
         crate::warn_limited!(listener = %state.name, client = %peer, pool = ?pool_name, "no pool; connection closed");
         return None;
     };
-    let first = named
-        .as_deref()
-        .and_then(|n| pool.backend(n))
-        .filter(|b| crate::balance::Candidate::available(&***b))
-        .cloned()
-        .or_else(|| pool.pick(Route::key(peer), None));
+    let first = pool.choose(named.as_deref(), Route::key(peer));
     Some(Route {
         pool: pool.clone(),
         first,

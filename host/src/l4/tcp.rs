@@ -26,6 +26,90 @@ use crate::policy::types;
 /// which costs a syscall per 8 KiB on bulk transfers.
 const COPY_BUFFER: usize = 64 * 1024;
 
+/// A connection whose connect failed goes to another backend, once.
+const CONNECT_RESENDS: usize = 1;
+
+/// A client connection and the backend it was connected to.
+struct Link<'a> {
+    state: &'a L4State,
+    pool: &'a crate::upstream::Pool,
+    backend: &'a Arc<crate::upstream::Backend>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    decision: &'static str,
+    started: std::time::Instant,
+    /// Time to the backend's connect.
+    connected: Duration,
+}
+
+/// Sends the PROXY header and the bytes already read, then copies both
+/// ways until both sides are done; counts and logs the connection.
+async fn relay(link: Link<'_>, mut client: TcpStream, mut upstream: TcpStream, early: &[u8]) {
+    let Link {
+        state,
+        pool,
+        backend,
+        peer,
+        local,
+        ..
+    } = link;
+    crate::upstream::health::report(pool, backend, crate::upstream::health::Outcome::Connected);
+    let _ = upstream.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    let _in_flight = backend.start();
+    state
+        .metrics
+        .tcp_connections
+        .get_or_create(&crate::admin::metrics::TcpLabels {
+            listener: state.name.clone(),
+            pool: pool.name.clone(),
+            backend: backend.name.clone(),
+        })
+        .inc();
+    let mut preface = match pool.config.proxy_protocol {
+        Some(v) => crate::proxy_protocol::header(v, peer, local),
+        None => Vec::new(),
+    };
+    preface.extend_from_slice(early);
+    let copied = if preface.is_empty() {
+        Ok(())
+    } else {
+        upstream.write_all(&preface).await
+    };
+    let (up, down, end) = match copied {
+        Ok(()) => copy(&mut client, &mut upstream, state.config.idle_timeout).await,
+        Err(e) => (0, 0, Err(e)),
+    };
+    let up = up + early.len() as u64;
+    match &end {
+        Ok(()) => debug!(listener = %state.name, client = %peer,
+            backend = %backend.name, bytes_up = up, bytes_down = down, "connection done"),
+        Err(e) => debug!(listener = %state.name, client = %peer,
+            backend = %backend.name, bytes_up = up, bytes_down = down, error = %e,
+            "connection ended"),
+    }
+    state.metrics.bytes_counter(&state.name, "in").inc_by(up);
+    state.metrics.bytes_counter(&state.name, "out").inc_by(down);
+    state.access_log.log(
+        state.config.access_log,
+        crate::admin::access_log::Entry {
+            listener: state.name.to_string(),
+            client: peer.to_string(),
+            kind: "tcp",
+            method: None,
+            path: None,
+            status: None,
+            pool: Some(pool.name.to_string()),
+            backend: Some(backend.name.to_string()),
+            decision: link.decision,
+            upstream_ms: Some(link.connected.as_secs_f64() * 1000.0),
+            total_ms: link.started.elapsed().as_secs_f64() * 1000.0,
+            bytes_in: Some(up),
+            bytes_out: Some(down),
+        },
+    );
+}
+
 pub async fn serve_connection(
     mut client: TcpStream,
     peer: SocketAddr,
@@ -63,7 +147,7 @@ pub async fn serve_connection(
     else {
         return;
     };
-    let mut tried = None;
+    let mut tried = Vec::new();
     let mut candidate = first;
     while let Some(backend) = candidate {
         let Some(at) = backend.address() else {
@@ -71,64 +155,19 @@ pub async fn serve_connection(
         };
         let connect = TcpStream::connect(at.socket);
         let failure = match tokio::time::timeout(pool.config.connect_timeout, connect).await {
-            Ok(Ok(mut upstream)) => {
-                crate::health::report(&pool, &backend, crate::health::Outcome::Connected);
-                let _ = upstream.set_nodelay(true);
-                let _ = client.set_nodelay(true);
-                let _in_flight = backend.start();
-                state
-                    .metrics
-                    .tcp_connections
-                    .get_or_create(&crate::admin::metrics::TcpLabels {
-                        listener: state.name.clone(),
-                        pool: pool.name.clone(),
-                        backend: backend.name.clone(),
-                    })
-                    .inc();
+            Ok(Ok(upstream)) => {
                 let connected = started.elapsed();
-                let mut preface = match pool.config.proxy_protocol {
-                    Some(v) => crate::proxy_protocol::header(v, peer, local),
-                    None => Vec::new(),
+                let link = Link {
+                    state: &state,
+                    pool: &pool,
+                    backend: &backend,
+                    peer,
+                    local,
+                    decision,
+                    started,
+                    connected,
                 };
-                preface.extend_from_slice(&early);
-                let copied = if preface.is_empty() {
-                    Ok(())
-                } else {
-                    upstream.write_all(&preface).await
-                };
-                let (up, down, end) = match copied {
-                    Ok(()) => copy(&mut client, &mut upstream, cfg.idle_timeout).await,
-                    Err(e) => (0, 0, Err(e)),
-                };
-                let up = up + early.len() as u64;
-                match &end {
-                    Ok(()) => debug!(listener = %state.name, client = %peer,
-                        backend = %backend.name, bytes_up = up, bytes_down = down, "connection done"),
-                    Err(e) => debug!(listener = %state.name, client = %peer,
-                        backend = %backend.name, bytes_up = up, bytes_down = down, error = %e,
-                        "connection ended"),
-                }
-                state.metrics.bytes_counter(&state.name, "in").inc_by(up);
-                state.metrics.bytes_counter(&state.name, "out").inc_by(down);
-                state.access_log.log(
-                    cfg.access_log,
-                    crate::admin::access_log::Entry {
-                        listener: state.name.to_string(),
-                        client: peer.to_string(),
-                        kind: "tcp",
-                        method: None,
-                        path: None,
-                        status: None,
-                        pool: Some(pool.name.to_string()),
-                        backend: Some(backend.name.to_string()),
-                        decision,
-                        upstream_ms: Some(connected.as_secs_f64() * 1000.0),
-                        total_ms: started.elapsed().as_secs_f64() * 1000.0,
-                        bytes_in: Some(up),
-                        bytes_out: Some(down),
-                    },
-                );
-                return;
+                return relay(link, client, upstream, &early).await;
             }
             Ok(Err(e)) => ("connect", e.to_string()),
             Err(_) => ("timeout", "connect timed out".to_owned()),
@@ -138,12 +177,9 @@ pub async fn serve_connection(
             .connect_error(&pool.name, &backend.name, failure.0);
         crate::warn_limited!(listener = %state.name, pool = %pool.name, backend = %backend.name,
             error = %failure.1, "connect failed");
-        crate::health::report(&pool, &backend, crate::health::Outcome::Failure);
-        if tried.is_some() {
-            break;
-        }
-        candidate = pool.pick(Route::key(peer), Some(&backend));
-        tried = Some(backend);
+        crate::upstream::health::report(&pool, &backend, crate::upstream::health::Outcome::Failure);
+        tried.push(backend);
+        candidate = pool.next_attempt(Route::key(peer), &tried, CONNECT_RESENDS);
     }
     crate::warn_limited!(listener = %state.name, client = %peer, pool = %pool.name, "no backend reachable; connection closed");
 }

@@ -114,6 +114,35 @@ impl Sources {
     }
 }
 
+/// Hands a datagram to its client's flow when it has one (sent to the
+/// backend, or queued while the flow is set up), and returns `None`;
+/// else the number of flows, for the caller to start one.
+fn deliver(flows: &Flows, peer: SocketAddr, datagram: &[u8]) -> Option<usize> {
+    let map = flows.lock().expect("flows lock");
+    match map.get(&peer) {
+        Some(Slot::Ready(flow)) => {
+            flow.touch();
+            flow.bytes_in
+                .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+            // A connected UDP socket's send does not wait for the peer; a
+            // full buffer drops the datagram, as UDP does.
+            if let Err(e) = flow.upstream.try_send(datagram) {
+                debug!(client = %peer, error = %e, "udp send to backend failed");
+            }
+            None
+        }
+        Some(Slot::Pending(queue)) => {
+            // Held under the lock, so the flow's task cannot turn ready
+            // between the look-up and the queueing.
+            if queue.try_send(Bytes::copy_from_slice(datagram)).is_err() {
+                debug!(client = %peer, "udp flow still being set up and its queue is full; datagram dropped");
+            }
+            None
+        }
+        None => Some(map.len()),
+    }
+}
+
 /// Serves one UDP socket until `stop`; flows end with it.
 pub async fn serve(
     socket: Arc<UdpSocket>,
@@ -141,29 +170,8 @@ pub async fn serve(
             _ = stop.changed() => break,
         };
         let datagram = &buf[..n];
-        let count = {
-            let map = flows.lock().expect("flows lock");
-            match map.get(&peer) {
-                Some(Slot::Ready(flow)) => {
-                    flow.touch();
-                    flow.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                    // A connected UDP socket's send does not wait for the
-                    // peer; a full buffer drops the datagram, as UDP does.
-                    if let Err(e) = flow.upstream.try_send(datagram) {
-                        debug!(client = %peer, error = %e, "udp send to backend failed");
-                    }
-                    continue;
-                }
-                Some(Slot::Pending(queue)) => {
-                    // Held under the lock, so the flow's task cannot turn
-                    // ready between the look-up and the queueing.
-                    if queue.try_send(Bytes::copy_from_slice(datagram)).is_err() {
-                        debug!(client = %peer, "udp flow still being set up and its queue is full; datagram dropped");
-                    }
-                    continue;
-                }
-                None => map.len(),
-            }
+        let Some(count) = deliver(&flows, peer, datagram) else {
+            continue;
         };
         let state = shared.load_full();
         let refuse = |why: &str| {
@@ -360,12 +368,12 @@ async fn relay(
                     flow.touch();
                     flow.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                     if !flow.answered.swap(true, Ordering::Relaxed) {
-                        crate::health::report(&flow.pool, &flow.backend, crate::health::Outcome::Connected);
+                        crate::upstream::health::report(&flow.pool, &flow.backend, crate::upstream::health::Outcome::Connected);
                     }
                 }
                 if refused {
                     // ICMP port unreachable: nothing listens there.
-                    crate::health::report(&flow.pool, &flow.backend, crate::health::Outcome::Failure);
+                    crate::upstream::health::report(&flow.pool, &flow.backend, crate::upstream::health::Outcome::Failure);
                 }
             }
             _ = tokio::time::sleep(quiet) => {}

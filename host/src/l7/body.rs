@@ -13,8 +13,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::error::ProxyError;
-use crate::health::{self, Outcome};
+use super::error::ProxyError;
+use crate::upstream::health::{self, Outcome};
 use crate::upstream::{BoxError, InFlight, Pool, ResponseBody, UpstreamBody};
 
 /// A backend's response body on its way to the client: it keeps the

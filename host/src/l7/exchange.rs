@@ -8,9 +8,9 @@ use std::sync::Arc;
 use http::{Request, Response};
 
 use super::body::{BodyFailure, BodyFault, body_error};
+use super::error::ProxyError;
 use crate::admin::Metrics;
-use crate::error::ProxyError;
-use crate::health::{self, Outcome};
+use crate::upstream::health::{self, Outcome};
 use crate::upstream::{Backend, Failed, InFlight, Pool, ResponseBody, UpstreamBody};
 
 /// Which resendable failure an attempt met (`retry_on`).
@@ -54,31 +54,18 @@ pub(super) async fn send(
 ) -> Result<(Response<ResponseBody>, InFlight), FailedAttempt> {
     let in_flight = backend.start();
     let timeout = pool.config.response_timeout;
-    let exchange = async {
+    // Pinned where it is built, so the timeout wraps a pointer to it
+    // rather than moving it (and the request in it) again.
+    let exchange = std::pin::pin!(async {
         if how.unpooled {
             pool.client.request_unpooled(req).await
         } else {
             pool.client.request(req).await
         }
-    };
+    });
     let result = tokio::time::timeout(timeout, exchange).await;
-    // The client's own body failed, or it was still coming when the
-    // response timeout fired: the client's fault, never the backend's.
-    let clients_fault = match (&result, how.fault) {
-        (Ok(Err(_)), Some(f)) => f.0.get().is_some(),
-        (Err(_), Some(f)) => f.0.get().is_some() || f.waiting_on_client(),
-        _ => false,
-    };
-    if clients_fault {
-        let failure = how
-            .fault
-            .and_then(|f| f.0.get())
-            .unwrap_or(&BodyFailure::Idle);
-        return Err(FailedAttempt {
-            error: body_error(Some(failure), how.limit),
-            unsent: None,
-            class: None,
-        });
+    if let Some(failed) = clients_fault(&result, how) {
+        return Err(failed);
     }
     // No connection came free: the backend is busy, not failing. Another
     // backend may take the request (none of it was sent).
@@ -113,28 +100,7 @@ pub(super) async fn send(
     }
     match result {
         Ok(Ok(resp)) => Ok((resp, in_flight)),
-        Ok(Err(Failed { error, unsent })) => {
-            let cause = error_chain(&error);
-            let class = error.before_response().then_some(FailureClass::Error);
-            let error = if error.is_connect() {
-                ProxyError::Connect {
-                    pool: pool.name.to_string(),
-                    backend: backend.name.to_string(),
-                    cause,
-                }
-            } else {
-                ProxyError::Upstream {
-                    pool: pool.name.to_string(),
-                    backend: backend.name.to_string(),
-                    cause,
-                }
-            };
-            Err(FailedAttempt {
-                error,
-                unsent,
-                class,
-            })
-        }
+        Ok(Err(failed)) => Err(upstream_failure(pool, backend, failed)),
         Err(_) => Err(FailedAttempt {
             error: ProxyError::Timeout {
                 pool: pool.name.to_string(),
@@ -144,6 +110,53 @@ pub(super) async fn send(
             unsent: None,
             class: Some(FailureClass::Timeout),
         }),
+    }
+}
+
+/// The client's own body failed, or it was still coming when the
+/// response timeout fired: the client's fault (400, 413 or 408), never
+/// the backend's.
+fn clients_fault<T, E>(
+    result: &Result<Result<T, E>, tokio::time::error::Elapsed>,
+    how: &SendHow<'_>,
+) -> Option<FailedAttempt> {
+    let fault = how.fault?;
+    let theirs = match result {
+        Ok(Err(_)) => fault.0.get().is_some(),
+        Err(_) => fault.0.get().is_some() || fault.waiting_on_client(),
+        Ok(Ok(_)) => false,
+    };
+    theirs.then(|| FailedAttempt {
+        error: body_error(Some(fault.0.get().unwrap_or(&BodyFailure::Idle)), how.limit),
+        unsent: None,
+        class: None,
+    })
+}
+
+/// An exchange that failed on the backend's side: a connect error, or a
+/// reset or close (resendable when no response byte had come).
+fn upstream_failure(pool: &Pool, backend: &Backend, failed: Failed) -> FailedAttempt {
+    let Failed { error, unsent } = failed;
+    let cause = error_chain(&error);
+    let class = error.before_response().then_some(FailureClass::Error);
+    let (pool, backend) = (pool.name.to_string(), backend.name.to_string());
+    let error = if error.is_connect() {
+        ProxyError::Connect {
+            pool,
+            backend,
+            cause,
+        }
+    } else {
+        ProxyError::Upstream {
+            pool,
+            backend,
+            cause,
+        }
+    };
+    FailedAttempt {
+        error,
+        unsent,
+        class,
     }
 }
 

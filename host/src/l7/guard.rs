@@ -243,20 +243,42 @@ impl Streams {
 
     /// Resolves once the connection has had no request in progress for
     /// `timeout`.
+    ///
+    /// Polled at every wake of its connection's task (it is one branch of
+    /// a `select!`), this future polls its timer only once per arming: the
+    /// timer keeps the task's waker from that poll and wakes the task
+    /// when it fires, and until then `is_elapsed` (one atomic load) says
+    /// there is nothing to do. A poll of a `Sleep` costs ~100 instructions,
+    /// and a keep-alive request wakes the task more than once (bench/count).
     pub async fn idle(&self, timeout: Duration) {
         use std::sync::atomic::Ordering;
-        loop {
-            let wait = if self.active.load(Ordering::Acquire) == 0 {
-                let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-                let idle_for = self.start.elapsed().saturating_sub(since);
-                if idle_for >= timeout {
-                    return;
+        let timer = tokio::time::sleep(timeout);
+        tokio::pin!(timer);
+        // Whether the timer holds this task's waker for its current arming.
+        let mut registered = false;
+        std::future::poll_fn(|cx| {
+            loop {
+                if registered && !timer.is_elapsed() {
+                    return Poll::Pending;
                 }
-                timeout - idle_for
-            } else {
-                timeout
-            };
-            tokio::time::sleep(wait).await;
-        }
+                if timer.as_mut().poll(cx).is_pending() {
+                    registered = true;
+                    return Poll::Pending;
+                }
+                let wait = if self.active.load(Ordering::Acquire) == 0 {
+                    let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+                    let idle_for = self.start.elapsed().saturating_sub(since);
+                    if idle_for >= timeout {
+                        return Poll::Ready(());
+                    }
+                    timeout - idle_for
+                } else {
+                    timeout
+                };
+                timer.as_mut().reset(tokio::time::Instant::now() + wait);
+                registered = false;
+            }
+        })
+        .await
     }
 }

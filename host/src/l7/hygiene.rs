@@ -20,8 +20,6 @@ use ipnet::IpNet;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Fields the proxy sets itself: a `Connection` line cannot name them away
@@ -35,22 +33,6 @@ fn set_by_proxy(n: &HeaderName) -> bool {
         || n == X_REAL_IP
 }
 
-/// Fields that never cross a hop, besides those `Connection` names.
-/// `Trailer` is not one: it is end to end (RFC 9110 §6.6.2), and gRPC
-/// needs it. `TE` is, but `TE: trailers` is sent again toward HTTP/2
-/// pools (RFC 9113 §8.2.2; see [`wants_trailers`]).
-fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
-    [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TE,
-        &header::TRANSFER_ENCODING,
-    ]
-}
-
 /// Whether the client's `TE` accepts trailers: gRPC's `te: trailers`,
 /// which an HTTP/2 backend must see again.
 pub fn wants_trailers(headers: &HeaderMap) -> bool {
@@ -61,20 +43,7 @@ pub fn wants_trailers(headers: &HeaderMap) -> bool {
     })
 }
 
-/// The comma-separated elements of every line of a field, trimmed, empty
-/// ones skipped (RFC 9110 §5.6.1).
-pub(super) fn tokens<'a>(
-    headers: &'a HeaderMap,
-    name: &HeaderName,
-) -> impl Iterator<Item = &'a str> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
+pub(super) use crate::headers::tokens;
 
 /// Whether a request asks to switch protocols (WebSocket and the like).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -90,11 +59,10 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most heads carry none of these: one pass over the (few) names is
     // cheaper than hashing every hop-by-hop name into the map.
-    let fixed = fixed_hop_by_hop();
     if !keep_upgrade
         && !headers
             .keys()
-            .any(|n| n == header::UPGRADE || fixed.contains(&n))
+            .any(|n| n == header::UPGRADE || crate::headers::is_hop_by_hop(n))
     {
         return;
     }
@@ -107,7 +75,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for n in named {
         headers.remove(n);
     }
-    for n in fixed {
+    for n in &crate::headers::HOP_BY_HOP {
         headers.remove(n);
     }
     if keep_upgrade {
@@ -197,6 +165,8 @@ pub fn add_forwarded(
     if !trusted_peer {
         headers.remove(&X_REAL_IP);
     }
+    // Up to four fields are added: one growth of the map, not two.
+    headers.reserve(4);
     let xff = match prior(headers, &X_FORWARDED_FOR) {
         Some(p) => chained(&p, peer.ip.to_str().unwrap_or_default()),
         None => Some(peer.ip.clone()),

@@ -10,18 +10,27 @@
 //! body.rs     the bodies crossing: response (in flight, idle and total
 //!             timers), request (count, cap, idle, whose fault)
 //! exchange.rs one upstream attempt and what its failure means
-//! framing.rs  the framing checks hyper leaves to its user, both ways
+//! framing.rs  the request framing checks hyper leaves to its user
+//! error.rs    proxy errors and the status each answers with
 //! guard.rs    timers on a client connection's bytes (first byte, send)
 //!             and on bodies (idle)
 //! ```
 
 mod body;
+mod connect;
+mod context;
+pub mod error;
 mod exchange;
 pub mod framing;
 pub mod guard;
 pub mod hygiene;
+mod logging;
 pub mod path;
 pub mod request;
+mod request_filter;
+mod response_filter;
 pub mod server;
+mod upstream_peer;
+mod upstream_request;
 
 pub use server::{Conn, HttpState, serve_connection};

@@ -21,22 +21,7 @@
 
 use std::borrow::Cow;
 
-/// What to do with `%2F`, `%5C` and `\` in a path (Envoy's
-/// `path_with_escaped_slashes_action`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EscapedSlashes {
-    /// 400: the default, since backends disagree on what they mean (nginx
-    /// decodes `%2F` before it removes dot segments; IIS reads `\` as `/`).
-    #[default]
-    Reject,
-    /// Forwarded as they are, never a segment boundary here (escapes in
-    /// upper case). Opens path confusion with backends that decode them.
-    Keep,
-    /// Decoded to `/` (backslashes too) before dot segments are removed,
-    /// so they become segment boundaries here as they may on the backend.
-    Unescape,
-}
+pub use crate::config::limits::EscapedSlashes;
 
 /// Why a path is refused (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -86,22 +86,6 @@ pub enum ConnDecision {
     Reject,
 }
 
-/// Headers a policy may not set: hop-by-hop fields (RFC 9110 §7.6.1) and
-/// the message framing, which only the host can keep consistent.
-const RESERVED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "host",
-];
-
 /// Header operations one decision may carry, request and response edits
 /// (or a direct response's headers) together.
 pub const MAX_HEADER_OPS: usize = 256;
@@ -141,7 +125,7 @@ fn within_caps<'a>(
 fn name(raw: &str) -> Result<HeaderName, String> {
     let n = HeaderName::from_bytes(raw.as_bytes())
         .map_err(|_| format!("{raw:?} is not a valid header name"))?;
-    if RESERVED.contains(&n.as_str()) {
+    if crate::headers::host_only(&n) {
         return Err(format!("header {:?} is managed by the proxy", n.as_str()));
     }
     Ok(n)

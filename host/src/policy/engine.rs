@@ -24,51 +24,7 @@ use super::instances::{Policy, Pre};
 use super::kv::KvStore;
 use super::ticker::Ticker;
 use super::{LoadError, PolicyKind};
-
-/// Per-call and per-instance limits, from `[policies]`.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Deadline of one hook call (`timeout_ms`).
-    pub timeout: Duration,
-    /// Deadline of instantiation plus `init`: guests in interpreted languages
-    /// need more than a request hook gets.
-    pub init_timeout: Duration,
-    /// Cap on each linear memory of an instance (`memory_mb`).
-    pub memory_bytes: usize,
-    /// Warm instances kept per policy (`instances`).
-    pub max_idle: usize,
-    /// Calls after which an instance is replaced (`max_calls_per_instance`).
-    pub max_calls: u64,
-    /// Instances of one loaded version that may exist at once, idle or in
-    /// a call (`max_instances`): a flood on one policy cannot take another
-    /// policy's share of the engine's pool.
-    pub max_instances: usize,
-    /// Calls that may wait for an instance when all are busy
-    /// (`max_queued`); past it a call fails at once as `overloaded`.
-    pub max_queued: usize,
-    /// How long a call may wait for an instance (`queue_timeout_ms`)
-    /// before it fails as `overloaded`.
-    pub queue_timeout: Duration,
-    /// Hard wall-clock cap on one hook call, whatever it waits on
-    /// (`max_call_wall_ms`); when it fires the instance is dropped.
-    pub max_call_wall: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            timeout: Duration::from_millis(10),
-            init_timeout: Duration::from_secs(1),
-            memory_bytes: 32 << 20,
-            max_idle: 4,
-            max_calls: 10_000,
-            max_instances: 16,
-            max_queued: 128,
-            queue_timeout: Duration::from_millis(50),
-            max_call_wall: Duration::from_secs(1),
-        }
-    }
-}
+pub use crate::config::limits::{Limits, PoolLimits};
 
 /// Engine-wide settings.
 #[derive(Debug, Clone, Default)]
@@ -79,30 +35,6 @@ pub struct EngineSettings {
     pub pool: PoolLimits,
     /// The caps of each policy's KV namespace.
     pub kv: super::kv::KvLimits,
-}
-
-/// The pooling allocator's process-wide slots, shared by every policy
-/// (`total_instances`, `total_memories`, `total_stacks`). Fixed when the
-/// engine is made: changing them needs a restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolLimits {
-    /// Component instances (one per policy instance).
-    pub instances: u32,
-    /// Linear memories (a Rust policy has one per instance; interpreted
-    /// languages several).
-    pub memories: u32,
-    /// Fiber stacks: one per hook call or instantiation in progress.
-    pub stacks: u32,
-}
-
-impl Default for PoolLimits {
-    fn default() -> Self {
-        PoolLimits {
-            instances: 1000,
-            memories: 1000,
-            stacks: 1000,
-        }
-    }
 }
 
 /// What one policy may hold of the engine's pool at most: its instance

@@ -6,22 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::LoadError;
-
-/// Size caps on policy files (`max_wasm_bytes`, `max_config_bytes`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileCaps {
-    pub wasm: u64,
-    pub config: u64,
-}
-
-impl Default for FileCaps {
-    fn default() -> Self {
-        FileCaps {
-            wasm: 128 << 20,
-            config: 1 << 20,
-        }
-    }
-}
+pub use crate::config::limits::FileCaps;
 
 /// Reads a policy file and its config: `config_path` when given (a path
 /// the operator wrote in the configuration), else the `.json` beside the

@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
+pub use crate::config::limits::KvLimits;
+
 /// Keys and values larger than these are refused (the call traps).
 pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -34,23 +36,6 @@ const ENTRY_OVERHEAD: usize = 64;
 
 /// Expired entries looked at, from the least recently used end, per write.
 const SWEEP_PER_WRITE: usize = 2;
-
-/// The caps of every namespace (`[policies] kv_max_entries`,
-/// `kv_max_bytes`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KvLimits {
-    pub max_entries: usize,
-    pub max_bytes: usize,
-}
-
-impl Default for KvLimits {
-    fn default() -> Self {
-        KvLimits {
-            max_entries: 100_000,
-            max_bytes: 64 << 20,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KvError {

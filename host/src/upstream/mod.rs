@@ -1,6 +1,9 @@
 //! The upstream stage: pools, backends and the connections to them.
 
+mod budget;
 pub mod client;
+pub mod framing;
+pub mod health;
 pub mod pool;
 
 pub use client::{BoxError, ClientError, Failed, ResponseBody, UpstreamBody, UpstreamClient};

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::balance::{self, Balancer, Candidate};
 use arc_swap::ArcSwapOption;
 
+use super::budget::RetryBudget;
+use super::health::Health;
 use crate::config::{BackendAddress, BackendConfig, Config, PoolConfig};
-use crate::health::Health;
 use crate::policy::{Directory, types};
 
 use super::client::{self, UpstreamClient};
@@ -175,73 +176,8 @@ pub struct Pool {
     budget: RetryBudget,
 }
 
-/// The retry budget of a pool: requests and resends counted per second
-/// over the last [`WINDOW`] seconds. A resend of a request that reached a
-/// backend is allowed while resends stay under `retry_budget_percent` of
-/// the requests in the window plus `min_retries_per_second` per second of
-/// it, so a storm of failures adds at most that share of load, and a burst
-/// after quiet traffic (a backend killed mid-flight) is covered by what
-/// the window saved up. As Finagle's and Linkerd's budgets; Envoy's counts
-/// resends in flight instead, which a single burst exhausts.
-#[derive(Debug, Default)]
-struct RetryBudget {
-    slots: std::sync::Mutex<[Slot; WINDOW]>,
-}
-
-/// Seconds a request or resend counts in the budget.
-const WINDOW: usize = 10;
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Slot {
-    /// Seconds since the budget's clock started, for this slot's counts.
-    second: u64,
-    requests: u64,
-    resends: u64,
-}
-
-fn clock() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_secs()
-}
-
-impl RetryBudget {
-    fn slot(slots: &mut [Slot; WINDOW], now: u64) -> &mut Slot {
-        let s = &mut slots[(now % WINDOW as u64) as usize];
-        if s.second != now {
-            *s = Slot {
-                second: now,
-                ..Slot::default()
-            };
-        }
-        s
-    }
-
-    fn request(&self) {
-        let now = clock();
-        let mut slots = self.slots.lock().expect("retry budget");
-        Self::slot(&mut slots, now).requests += 1;
-    }
-
-    fn try_resend(&self, percent: u32, per_second: u32) -> bool {
-        let now = clock();
-        let mut slots = self.slots.lock().expect("retry budget");
-        let live = slots
-            .iter()
-            .filter(|s| now.saturating_sub(s.second) < WINDOW as u64);
-        let (requests, resends) = live.fold((0, 0), |(q, r), s| (q + s.requests, r + s.resends));
-        let allowed = requests * u64::from(percent) / 100 + u64::from(per_second) * WINDOW as u64;
-        if resends >= allowed {
-            return false;
-        }
-        Self::slot(&mut slots, now).resends += 1;
-        true
-    }
-}
-
 /// A backend seen through a retry: unavailable if already tried.
+#[derive(Clone, Copy)]
 struct Untried<'a> {
     backend: &'a Backend,
     tried: bool,
@@ -256,6 +192,21 @@ impl Candidate for Untried<'_> {
     }
     fn available(&self) -> bool {
         !self.tried && self.backend.available()
+    }
+}
+
+/// Fills the unused end of a candidate array on the stack.
+struct Filler;
+
+impl Candidate for Filler {
+    fn weight(&self) -> u32 {
+        0
+    }
+    fn in_flight(&self) -> u32 {
+        0
+    }
+    fn available(&self) -> bool {
+        false
     }
 }
 
@@ -295,34 +246,60 @@ impl Pool {
         self.budget.try_resend(r.budget_percent, r.min_per_second)
     }
 
-    /// The pool's algorithm picks an available backend not in `tried`.
-    pub fn pick_untried(&self, key: Option<u64>, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
-        let views: Vec<Untried<'_>> = self
-            .backends
-            .iter()
-            .map(|b| Untried {
-                backend: b,
-                tried: tried.iter().any(|t| Arc::ptr_eq(t, b)),
-            })
-            .collect();
-        let refs: Vec<&dyn Candidate> = views.iter().map(|v| v as &dyn Candidate).collect();
-        self.balancer
-            .pick(&refs, key, None)
-            .map(|i| self.backends[i].clone())
+    /// Where a request or connection goes first: the backend a policy
+    /// named, when it is available, else the one the pool's algorithm
+    /// picks. L4 and L7 both choose so.
+    pub fn choose(&self, named: Option<&str>, key: Option<u64>) -> Option<Arc<Backend>> {
+        named
+            .and_then(|n| self.backend(n))
+            .filter(|b| Candidate::available(&***b))
+            .cloned()
+            .or_else(|| self.pick(key, &[]))
     }
 
-    /// The pool's algorithm picks an available backend, other than
-    /// `exclude` (a backend that just failed).
-    pub fn pick(&self, key: Option<u64>, exclude: Option<&Arc<Backend>>) -> Option<Arc<Backend>> {
-        let refs: Vec<&dyn Candidate> = self
-            .backends
-            .iter()
-            .map(|b| &**b as &dyn Candidate)
-            .collect();
-        let exclude = exclude.and_then(|x| self.backends.iter().position(|b| Arc::ptr_eq(b, x)));
-        self.balancer
-            .pick(&refs, key, exclude)
-            .map(|i| self.backends[i].clone())
+    /// Where an attempt goes after the backends in `tried` failed: one not
+    /// tried yet, picked by the pool's algorithm; `None` once `resends`
+    /// resends were made, or when every backend was tried. L4 resends a
+    /// connection whose connect failed once; L7 resends up to the pool's
+    /// `retries` (what `retry_on` and the retry budget allow is the
+    /// caller's to check).
+    pub fn next_attempt(
+        &self,
+        key: Option<u64>,
+        tried: &[Arc<Backend>],
+        resends: usize,
+    ) -> Option<Arc<Backend>> {
+        if tried.len() > resends {
+            return None;
+        }
+        self.pick(key, tried)
+    }
+
+    /// The pool's algorithm picks an available backend not in `tried`.
+    fn pick(&self, key: Option<u64>, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+        let views = self.backends.iter().map(|b| Untried {
+            backend: b,
+            tried: tried.iter().any(|t| Arc::ptr_eq(t, b)),
+        });
+        // Up to `ON_STACK` backends, the candidates live on the stack: no
+        // allocation per request (bench/count).
+        const ON_STACK: usize = 16;
+        let picked = if self.backends.len() <= ON_STACK {
+            let mut held: [Option<Untried<'_>>; ON_STACK] = [None; ON_STACK];
+            for (slot, v) in held.iter_mut().zip(views) {
+                *slot = Some(v);
+            }
+            let mut refs: [&dyn Candidate; ON_STACK] = [&Filler; ON_STACK];
+            for (r, v) in refs.iter_mut().zip(held.iter().flatten()) {
+                *r = v;
+            }
+            self.balancer.pick(&refs[..self.backends.len()], key, None)
+        } else {
+            let held: Vec<Untried<'_>> = views.collect();
+            let refs: Vec<&dyn Candidate> = held.iter().map(|v| v as &dyn Candidate).collect();
+            self.balancer.pick(&refs, key, None)
+        };
+        picked.map(|i| self.backends[i].clone())
     }
 
     pub fn backend(&self, name: &str) -> Option<&Arc<Backend>> {
@@ -333,7 +310,11 @@ impl Pool {
 /// Every pool of the running configuration.
 #[derive(Default)]
 pub struct Upstreams {
+    /// By name, in order (the admin API lists them so).
     pools: BTreeMap<String, Arc<Pool>>,
+    /// The same pools, for the look-up of every request: a hash of the
+    /// name instead of string comparisons down the tree.
+    index: std::collections::HashMap<String, Arc<Pool>, foldhash::fast::RandomState>,
 }
 
 impl Upstreams {
@@ -360,14 +341,15 @@ impl Upstreams {
             }
         }
         if problems.is_empty() {
-            Ok(Upstreams { pools })
+            let index = pools.iter().map(|(n, p)| (n.clone(), p.clone())).collect();
+            Ok(Upstreams { pools, index })
         } else {
             Err(problems)
         }
     }
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
-        self.pools.get(name)
+        self.index.get(name)
     }
 
     /// Every pool by name.
@@ -380,7 +362,7 @@ impl Upstreams {
     pub fn start_health_checks(&self) {
         for pool in self.pools.values() {
             if !pool.checks_started.swap(true, Ordering::Relaxed) {
-                crate::health::start_checks(pool);
+                super::health::start_checks(pool);
             }
         }
     }

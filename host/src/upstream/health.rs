@@ -15,8 +15,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tracing::{info, warn};
 
+use super::{Backend, Pool};
 use crate::config::{CheckKind, HealthCheck, Outlier};
-use crate::upstream::{Backend, Pool};
 
 /// Milliseconds on a process-wide monotonic clock (never 0).
 pub fn now_ms() -> u64 {
@@ -235,7 +235,7 @@ fn expect(status: u16, hc: &HealthCheck) -> Result<(), String> {
 async fn probe(
     backend: &Backend,
     hc: &HealthCheck,
-    tls_client: Option<&crate::upstream::UpstreamClient>,
+    tls_client: Option<&super::UpstreamClient>,
 ) -> Result<(), String> {
     let Some(at) = backend.address() else {
         return Err("address not resolved".into());

@@ -1,0 +1,297 @@
+//! The daemon's state and how it changes: publishing each listener's
+//! state and the admin view, opening listeners, and committing a reload.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use super::plan::{Bound, Current, Plan};
+use super::policies::{Loader, PolicyKey, key_of};
+use super::{Control, Daemon, ListenerHandle, View};
+use crate::config::{Config, ListenerConfig, Protocol};
+use crate::l4::L4State;
+use crate::l7::HttpState;
+use crate::listener::{self, Handler};
+use crate::policy::{Directory, Policy};
+
+impl Daemon {
+    pub(super) fn directory(&self) -> Arc<dyn Directory> {
+        self.upstreams.clone()
+    }
+
+    /// What a reload needs to load policies without this lock.
+    pub(super) fn loader(&self) -> Loader {
+        Loader {
+            engine: self.engine.clone(),
+            compiler: self.compiler.clone(),
+            metrics: self.metrics.clone(),
+            directory: self.directory(),
+            policies: self.policies.clone(),
+        }
+    }
+
+    /// Publishes a listener's current state.
+    pub(super) fn publish(&self, name: &str) {
+        let (Some(h), Some(cfg)) = (self.listeners.get(name), self.config.listeners.get(name))
+        else {
+            return;
+        };
+        let policy = key_of(cfg).and_then(|k| self.policies.get(&k).cloned());
+        match &h.handler {
+            Handler::Http(s) => s.store(Arc::new(self.http_state(name, cfg, policy))),
+            Handler::L4(s) => s.store(Arc::new(self.l4_state(name, cfg, policy))),
+        }
+    }
+
+    pub(super) fn http_state(
+        &self,
+        name: &str,
+        cfg: &ListenerConfig,
+        policy: Option<Arc<Policy>>,
+    ) -> HttpState {
+        let tls = self.terminators.get(name).cloned();
+        let name: crate::admin::metrics::Label = name.into();
+        HttpState {
+            policy_metrics: policy
+                .as_ref()
+                .map(|p| self.metrics.policy_handles(&p.name)),
+            requests: self.metrics.request_handles(&name),
+            bytes: (
+                self.metrics.bytes_counter(&name, "in"),
+                self.metrics.bytes_counter(&name, "out"),
+            ),
+            timeouts: crate::l7::guard::TimeoutCounters {
+                first_byte: self.metrics.timeout_counter(&name, "first_byte"),
+                send: self.metrics.timeout_counter(&name, "send"),
+                request_body: self.metrics.timeout_counter(&name, "request_body"),
+                upstream_body: self.metrics.timeout_counter(&name, "upstream_body"),
+                idle: self.metrics.timeout_counter(&name, "idle"),
+                tunnel: self.metrics.timeout_counter(&name, "tunnel"),
+                total: self.metrics.timeout_counter(&name, "total"),
+            },
+            name,
+            config: cfg.clone(),
+            policy,
+            upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
+            access_log: self.access_log.clone(),
+            tls,
+        }
+    }
+
+    pub(super) fn l4_state(
+        &self,
+        name: &str,
+        cfg: &ListenerConfig,
+        policy: Option<Arc<Policy>>,
+    ) -> L4State {
+        L4State {
+            name: name.into(),
+            config: cfg.clone(),
+            policy,
+            upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
+            access_log: self.access_log.clone(),
+        }
+    }
+
+    pub(super) fn publish_view(&self) {
+        let policy_versions = self
+            .config
+            .listeners
+            .iter()
+            .filter_map(|(n, l)| {
+                let p = key_of(l).and_then(|k| self.policies.get(&k))?;
+                Some((n.clone(), p.version.clone()))
+            })
+            .collect();
+        self.view.store(Arc::new(View {
+            addrs: self
+                .listeners
+                .iter()
+                .map(|(n, h)| (n.clone(), h.addr))
+                .collect(),
+            upstreams: self.upstreams.clone(),
+            policy_versions,
+            policy_errors: self
+                .refused
+                .iter()
+                .map(|(k, (_, e))| (k.name.clone(), e.clone()))
+                .collect(),
+            policies_missing: self.missing.keys().map(|k| k.name.clone()).collect(),
+            cache_hits: self.engine.cache_hits(),
+            cache_misses: self.engine.cache_misses(),
+            policies: self.policies.values().cloned().collect(),
+            engine: Some(self.engine.clone()),
+            ready: self.started,
+        }));
+        for p in self.policies.values() {
+            self.metrics
+                .policy_version
+                .get_or_create(&crate::admin::metrics::PolicyVersion {
+                    policy: p.name.clone(),
+                    version: p.version.as_str().into(),
+                })
+                .set(1);
+        }
+    }
+
+    /// Binds a listener and starts its accept loop.
+    pub(super) fn open(&mut self, name: &str, socket: listener::Socket) -> anyhow::Result<()> {
+        let l = self.config.listeners[name].clone();
+        let addr = socket.local_addr()?;
+        let handler = match l.protocol {
+            Protocol::Http => Handler::Http(Arc::new(ArcSwap::from_pointee(
+                self.http_state(name, &l, None),
+            ))),
+            Protocol::Tcp | Protocol::Udp => Handler::L4(Arc::new(ArcSwap::from_pointee(
+                self.l4_state(name, &l, None),
+            ))),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        self.listeners.insert(
+            name.to_owned(),
+            ListenerHandle {
+                protocol: l.protocol,
+                bind: l.bind,
+                addr,
+                handler: handler.clone(),
+                stop,
+            },
+        );
+        // Policy first, then accept.
+        self.publish(name);
+        info!(listener = %name, %addr, protocol = ?l.protocol, "listening");
+        // Tracked like connections, so a drain also waits for the accept
+        // loop to take what the kernel had queued before it closes.
+        match (socket, handler) {
+            (listener::Socket::Udp(socket), Handler::L4(state)) => {
+                // UDP has nothing to drain: its flows end when the
+                // listener stops (removed, or at shutdown).
+                self.conns.tracker.spawn(crate::l4::udp::serve(
+                    socket,
+                    state,
+                    stop_rx,
+                    self.conns.tracker.clone(),
+                ));
+            }
+            (listener::Socket::Tcp(socket), handler) => {
+                self.conns.tracker.spawn(listener::accept_loop(
+                    name.to_owned(),
+                    socket,
+                    handler,
+                    l.max_connections,
+                    stop_rx,
+                    self.conns.clone(),
+                ));
+            }
+            (listener::Socket::Udp(_), _) => {
+                anyhow::bail!("listeners.{name}: a udp socket for a non-udp listener")
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn republish(&self, key: &PolicyKey) {
+        for (name, l) in &self.config.listeners {
+            if key_of(l).as_ref() == Some(key) {
+                self.publish(name);
+            }
+        }
+    }
+
+    /// What a plan reuses of the running daemon.
+    pub(super) fn current(&self) -> Current {
+        Current {
+            loader: self.loader(),
+            upstreams: Some(self.upstreams.clone()),
+            terminators: self.terminators.clone(),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|(n, h)| {
+                    let bound = Bound {
+                        protocol: h.protocol,
+                        bind: h.bind,
+                    };
+                    (n.clone(), bound)
+                })
+                .collect(),
+        }
+    }
+
+    /// Commits a plan: binds what is new or moved first (a failure
+    /// refuses the plan with nothing changed), then swaps certificates,
+    /// pools and policies, closes listeners that are gone or moved, opens
+    /// the new ones and publishes. Quick, with the lock held.
+    pub(super) fn commit(&mut self, plan: Plan) -> Result<(), Vec<String>> {
+        let Plan {
+            config,
+            upstreams,
+            fresh,
+            terminators,
+            listeners,
+        } = plan;
+        let mut sockets = BTreeMap::new();
+        let mut problems = Vec::new();
+        for name in &listeners.bind {
+            let l = &config.listeners[name];
+            match listener::bind(l.protocol, l.bind) {
+                Ok(s) => {
+                    sockets.insert(name.clone(), s);
+                }
+                Err(e) => problems.push(format!(
+                    "listeners.{name}.bind: cannot bind {}: {e}",
+                    l.bind
+                )),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        self.policies.extend(fresh);
+        self.terminators = terminators;
+        self.watch_cert_files();
+        upstreams.start_health_checks();
+        self.upstreams = upstreams;
+        self.config = config;
+        for name in &listeners.close {
+            if let Some(h) = self.listeners.remove(name) {
+                // Stop accepting; its connections finish on their own.
+                let _ = h.stop.send(true);
+                info!(listener = %name, addr = %h.addr, "listener closed");
+            }
+        }
+        let in_use: Vec<PolicyKey> = self.config.listeners.values().filter_map(key_of).collect();
+        self.policies.retain(|k, p| {
+            let keep = in_use.contains(k);
+            if !keep {
+                p.retire();
+            }
+            keep
+        });
+        for (name, socket) in sockets {
+            if let Err(e) = self.open(&name, socket) {
+                error!(listener = %name, error = %e, "cannot open listener");
+            }
+        }
+        let names: Vec<String> = self.listeners.keys().cloned().collect();
+        for name in names {
+            self.publish(&name);
+        }
+        self.publish_view();
+        Ok(())
+    }
+}
+
+/// Applies a new configuration, or refuses it whole and keeps the running
+/// one. Builds the plan (names, policies, certificates) without the
+/// daemon's lock; the caller holds the reload lock.
+pub(super) async fn apply(control: &Control, new: Config) -> Result<(), Vec<String>> {
+    let current = control.state.lock().await.current();
+    let plan = Plan::build(new, current).await?;
+    control.state.lock().await.commit(plan)
+}

@@ -1,0 +1,70 @@
+//! The per-request context every phase of the L7 path reads and adds to
+//! (Pingora's `CTX`): what was settled about the client, what the policy
+//! decided and where the request went, for the phases after and for the
+//! log.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Method, Request, Uri, Version};
+
+use crate::admin::metrics::Label;
+use crate::policy::{Directory, RequestView};
+
+pub(super) struct Ctx {
+    /// When the request head was handed over.
+    pub started: Instant,
+    /// The request line as the client sent it, for the log. The URI is
+    /// cheap to clone (shared bytes).
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    /// `default` (no policy), `forward`, `respond`, `reject` or
+    /// `fallback` (the policy failed).
+    pub decision: &'static str,
+    pub pool: Option<Label>,
+    pub backend: Option<Label>,
+    /// Time to the backend's response head, when something logs it.
+    pub upstream: Option<Duration>,
+    /// The connection's peer (after a trusted PROXY header, the client
+    /// that header named), as logged.
+    pub peer: SocketAddr,
+    /// The client: the peer, or the address a trusted proxy named in
+    /// `X-Forwarded-For` (`trusted_proxies`).
+    pub client: SocketAddr,
+    /// Whether the peer itself is a trusted proxy (its forwarding headers
+    /// are extended, not replaced).
+    pub trusted_peer: bool,
+    /// The authority the client named (`:authority` or `Host`), as sent.
+    pub client_host: Option<HeaderValue>,
+    /// The backends the policy may read.
+    pub directory: Arc<dyn Directory>,
+    /// The request head as the policy saw it, kept for `on-response`.
+    pub snapshot: Option<RequestView>,
+}
+
+impl Ctx {
+    pub fn new<B>(req: &Request<B>, peer: SocketAddr, directory: Arc<dyn Directory>) -> Self {
+        Ctx {
+            started: Instant::now(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            decision: "default",
+            pool: None,
+            backend: None,
+            upstream: None,
+            peer,
+            client: peer,
+            trusted_peer: false,
+            client_host: None,
+            directory,
+            snapshot: None,
+        }
+    }
+
+    pub fn client_ip(&self) -> IpAddr {
+        self.client.ip()
+    }
+}

@@ -1,0 +1,196 @@
+//! Phase 1, `request_filter`: what the request must pass before anything
+//! is chosen for it. Its framing and target (`framing.rs`), its path
+//! (`path.rs`), its declared body size, the client's address, the
+//! domain-fronting check ([`checks`]), then the policy's `on-request`
+//! ([`on_request`]); [`decided`] turns the decision into what goes on. A
+//! `respond` decision ends the request here. Only the policy call is
+//! async: a request without a policy builds no future for it.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
+use http::{Request, Response, header};
+use hyper::body::Incoming;
+
+use super::context::Ctx;
+use super::error::ProxyError;
+use super::server::{Conn, HttpState, ProxyBody, full};
+use super::{hygiene, path, request};
+use crate::config::OnError;
+use crate::policy::{ForwardAction, HttpDecision, RequestView};
+
+/// What the request filter lets through.
+pub(super) enum Filtered {
+    /// Answered here (the policy's `respond`).
+    Respond(Response<ProxyBody>),
+    /// On to a backend, as the policy (or the listener's default) says.
+    Forward(ForwardAction),
+}
+
+/// The decision, as the request filter lets it through: the policy's
+/// (from [`on_request`]), or the listener's default without a policy.
+pub(super) fn decided(decision: HttpDecision, state: &HttpState) -> Result<Filtered, ProxyError> {
+    match decision {
+        HttpDecision::Respond(r) => {
+            let mut resp = Response::new(full(r.body));
+            *resp.status_mut() = r.status;
+            for (n, v) in r.headers {
+                resp.headers_mut().append(n, v);
+            }
+            Ok(Filtered::Respond(resp))
+        }
+        HttpDecision::Forward(f) => Ok(Filtered::Forward(normalize_rewrite(f, state)?)),
+    }
+}
+
+/// The checks before the policy, and what they settle about the client.
+pub(super) fn checks(
+    req: &mut Request<Incoming>,
+    conn: &Conn,
+    state: &HttpState,
+    ctx: &mut Ctx,
+) -> Result<(), ProxyError> {
+    let cfg = &state.config;
+    let peer = conn.peer;
+    super::framing::check_request(req.version(), req.uri(), req.headers(), cfg.max_uri_bytes)
+        .map_err(ProxyError::Refused)?;
+    if cfg.normalize_path {
+        let normal = path::normalize(req.uri().path(), cfg.path_with_escaped_slashes)
+            .map_err(ProxyError::BadPath)?;
+        if let Cow::Owned(p) = normal {
+            let uri = with_path(req.uri(), &p)
+                .map_err(|_| ProxyError::BadPath(path::PathError::BadEscape))?;
+            *req.uri_mut() = uri;
+        }
+    }
+    if let Some(limit) = cfg.max_request_body_bytes {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+    }
+    let peer_ip = peer.ip().to_canonical();
+    let client_ip = hygiene::client_ip(peer_ip, req.headers(), &cfg.trusted_proxies);
+    ctx.client = SocketAddr::new(client_ip, peer.port());
+    ctx.trusted_peer = cfg.trusted_proxies.iter().any(|n| n.contains(&peer_ip));
+    // The authority the client named (`:authority`/absolute form, else
+    // `Host`), as it sent it; a Host that is not visible ASCII counts as
+    // none, for the policy, the TLS Host check and the backend alike.
+    ctx.client_host = request::authority(req.uri(), req.headers());
+    // Domain-fronting guard: a TLS connection made for one name carries
+    // requests for that name only.
+    if let (Some(tls), Some(terminator)) = (&conn.tls, &state.tls)
+        && terminator.settings.check_host
+        && let (Some(sni), Some(host)) = (
+            &tls.sni,
+            ctx.client_host.as_ref().and_then(|v| v.to_str().ok()),
+        )
+        && !request::host_matches(host, sni)
+    {
+        return Err(ProxyError::Misdirected {
+            sni: sni.clone(),
+            host: host.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The policy decides, on the request as the client sent it. Its head is
+/// lent to the call and comes back after it; a copy is kept only for a
+/// response hook. A failed call follows `on_error`.
+pub(super) async fn on_request(
+    req: &mut Request<Incoming>,
+    conn: &Conn,
+    state: &HttpState,
+    ctx: &mut Ctx,
+) -> Result<HttpDecision, ProxyError> {
+    let cfg = &state.config;
+    let Some(policy) = &state.policy else {
+        return Ok(HttpDecision::Forward(ForwardAction::default()));
+    };
+    let mut view = RequestView {
+        method: req.method().clone(),
+        uri: std::mem::take(req.uri_mut()),
+        version: req.version(),
+        headers: std::mem::take(req.headers_mut()),
+        scheme: conn.scheme(),
+        authority: ctx.client_host.clone(),
+    };
+    let info = conn.policy_view(ctx.client, state);
+    let (d, took) = policy
+        .on_request_timed(&mut view, &info, cfg.pool.as_deref(), &ctx.directory)
+        .await;
+    state.metrics.record_policy_call(
+        &policy.name,
+        state.policy_metrics.as_ref(),
+        took,
+        d.as_ref().err(),
+    );
+    if let Ok(HttpDecision::Forward(f)) = &d
+        && f.inspect_response
+    {
+        ctx.snapshot = Some(view.clone());
+    }
+    *req.uri_mut() = view.uri;
+    *req.headers_mut() = view.headers;
+    match d {
+        Ok(d) => {
+            ctx.decision = match d {
+                HttpDecision::Forward(_) => "forward",
+                HttpDecision::Respond(_) => "respond",
+            };
+            Ok(d)
+        }
+        Err(e) => {
+            ctx.decision = match cfg.on_error {
+                OnError::Fallback => "fallback",
+                OnError::Reject => "reject",
+            };
+            crate::warn_limited!(listener = %state.name, policy = %policy.name, version = %policy.version,
+                error = %e, on_error = ?cfg.on_error, "policy call failed");
+            match cfg.on_error {
+                OnError::Fallback => Ok(HttpDecision::Forward(ForwardAction::default())),
+                OnError::Reject => Err(ProxyError::PolicyRejected(e)),
+            }
+        }
+    }
+}
+
+/// A path the policy rewrote is normalized like the client's.
+fn normalize_rewrite(
+    mut action: ForwardAction,
+    state: &HttpState,
+) -> Result<ForwardAction, ProxyError> {
+    let cfg = &state.config;
+    if cfg.normalize_path
+        && let Some(p) = &action.path
+        && let Cow::Owned(normal) = path::normalize(p.path(), cfg.path_with_escaped_slashes)
+            .map_err(ProxyError::BadRewrite)?
+    {
+        let with_query = match p.query() {
+            Some(q) => format!("{normal}?{q}"),
+            None => normal,
+        };
+        action.path = Some(
+            http::uri::PathAndQuery::try_from(with_query)
+                .map_err(|_| ProxyError::BadRewrite(path::PathError::BadEscape))?,
+        );
+    }
+    Ok(action)
+}
+
+/// `uri` with its path replaced by `path` (already normalized), the
+/// query kept.
+fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, http::Error> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(pq)?);
+    Ok(http::Uri::from_parts(parts)?)
+}

@@ -1,0 +1,208 @@
+//! Phase 3, `upstream_request`: the request as the backend gets it.
+//! Hop-by-hop fields removed (`TE: trailers` sent again toward HTTP/2
+//! pools), the decision's edits applied, `Host` set, `X-Forwarded-*` and
+//! `Forwarded` added; the client's body wrapped to be counted, capped and
+//! timed, or read whole first when it may be sent again.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
+
+use super::body::{BodyFault, ClientBody, REPLAY_CAP, Replay, body_error, empty};
+use super::context::Ctx;
+use super::error::ProxyError;
+use super::framing::Refusal;
+use super::hygiene;
+use super::server::{Conn, HttpState};
+use super::upstream_peer::Peer;
+use crate::policy::ForwardAction;
+use crate::upstream::UpstreamBody;
+
+/// The request on its way out, before a backend's address is in its URI.
+pub(super) struct Outgoing {
+    pub method: Method,
+    /// The URI as the client sent it (normalized); `connect::build` makes
+    /// it absolute for each backend tried.
+    pub uri: Uri,
+    /// Toward the pool: HTTP/2 or HTTP/1.1.
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: UpstreamBody,
+    /// Headers and body kept for a resend after the request went out,
+    /// only when one is possible (an unsent request comes back whole).
+    pub spare: Option<(HeaderMap, Replay)>,
+    /// An upgrade, sent on a connection of its own.
+    pub upgrade: bool,
+    /// Where the client's body notes how it failed, when it has one.
+    pub fault: Option<Arc<BodyFault>>,
+    /// The listener's `max_request_body_bytes` (`u64::MAX`: none).
+    pub limit: u64,
+    /// A small body that may be resent, to be read whole first
+    /// ([`read_replay`]) before anything is sent.
+    pub unread: Option<ClientBody>,
+}
+
+/// Whether a request that reached a backend may be sent again, as far as
+/// its method goes (RFC 9110 §9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether a request is an upgrade the proxy carries. An upgrade goes to
+/// HTTP/1.1 pools only (toward HTTP/2 its fields are hop-by-hop and
+/// removed), and never with a body: the backend could leave a body it
+/// did not read for the next request on that connection (400).
+fn is_upgrade(req: &Request<Incoming>, pool: &crate::upstream::Pool) -> Result<bool, ProxyError> {
+    let upgrade = req.version() == Version::HTTP_11
+        && !pool.config.http2
+        && hygiene::is_upgrade(req.headers());
+    if upgrade && !req.body().is_end_stream() {
+        return Err(ProxyError::Refused(Refusal::BadRequest(
+            "an upgrade request with a body",
+        )));
+    }
+    Ok(upgrade)
+}
+
+/// The request to send, and the client's side of an upgrade. Sync: only
+/// a body kept for a resend must be read first ([`read_replay`]).
+pub(super) fn upstream_request(
+    mut req: Request<Incoming>,
+    action: &ForwardAction,
+    peer: &Peer,
+    conn: &Conn,
+    state: &HttpState,
+    ctx: &Ctx,
+) -> Result<(Outgoing, Option<hyper::upgrade::OnUpgrade>), ProxyError> {
+    let pool = &peer.pool;
+    let upgrade = is_upgrade(&req, pool)?;
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    let trailers = pool.config.http2 && hygiene::wants_trailers(&headers);
+    hygiene::strip_hop_by_hop(&mut headers, upgrade);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    for edit in &action.request_headers {
+        edit.apply(&mut headers);
+    }
+    let host = match &action.authority {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => ctx.client_host.clone(),
+    };
+    match host {
+        Some(v) => headers.insert(header::HOST, v),
+        None => headers.remove(header::HOST),
+    };
+    hygiene::add_forwarded(
+        &mut headers,
+        conn.peer_text(),
+        ctx.trusted_peer,
+        conn.scheme(),
+        ctx.client_host.as_ref(),
+    );
+    let version = if pool.config.http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let limit = state.config.max_request_body_bytes.unwrap_or(u64::MAX);
+    let retry = &pool.config.retry;
+    // Whether a request that reached a backend may be sent again: an
+    // idempotent method, retries configured, another backend to try.
+    let may_resend = retry.retries > 0 && pool.backends.len() > 1 && idempotent(&parts.method);
+    let Wrapped {
+        body,
+        unread,
+        replay,
+        fault,
+    } = client_body(body, may_resend, limit, state);
+    let spare = match replay {
+        Some(r) if may_resend => Some((headers.clone(), r)),
+        _ => None,
+    };
+    let out = Outgoing {
+        method: parts.method,
+        uri: parts.uri,
+        version,
+        headers,
+        body,
+        spare,
+        upgrade,
+        fault,
+        limit,
+        unread,
+    };
+    Ok((out, client_upgrade))
+}
+
+/// The client's body as sent: counted, capped and idle-timed; a small one
+/// that may be resent is left unread, to be read whole first. Without a
+/// body, an empty one, and an empty copy to resend.
+fn client_body(body: Incoming, may_resend: bool, limit: u64, state: &HttpState) -> Wrapped {
+    let fault = (!body.is_end_stream()).then(|| Arc::new(BodyFault::default()));
+    // The body as sent, and a copy to send again: a body of at most
+    // REPLAY_CAP bytes is read whole first when it may be resent.
+    let (body, unread, replay): (UpstreamBody, _, _) = match &fault {
+        None => (empty(), None, Some(Replay::default())),
+        Some(fault) => {
+            let client_body = ClientBody {
+                inner: body,
+                idle: super::guard::Idle::new(state.config.request_body_timeout),
+                timeouts: state.timeouts.request_body.clone(),
+                bytes_in: state.bytes.0.clone(),
+                left: limit,
+                fault: fault.clone(),
+            };
+            let small = client_body
+                .size_hint()
+                .exact()
+                .is_some_and(|n| n <= REPLAY_CAP);
+            if may_resend && small {
+                (empty(), Some(client_body), None)
+            } else {
+                (client_body.boxed_unsync(), None, None)
+            }
+        }
+    };
+    Wrapped {
+        body,
+        unread,
+        replay,
+        fault,
+    }
+}
+
+/// The client's body, as [`client_body`] wraps it.
+struct Wrapped {
+    body: UpstreamBody,
+    unread: Option<ClientBody>,
+    replay: Option<Replay>,
+    fault: Option<Arc<BodyFault>>,
+}
+
+/// Reads a body that may be resent whole, and keeps a copy of it (with
+/// the headers) for a resend.
+pub(super) async fn read_replay(out: &mut Outgoing) -> Result<(), ProxyError> {
+    let Some(client_body) = out.unread.take() else {
+        return Ok(());
+    };
+    let fault = client_body.fault.clone();
+    let read = client_body
+        .collect()
+        .await
+        .map_err(|_| body_error(fault.0.get(), out.limit))?;
+    let replay = Replay {
+        trailers: read.trailers().cloned(),
+        data: read.to_bytes(),
+    };
+    out.body = replay.body();
+    out.spare = Some((out.headers.clone(), replay));
+    Ok(())
+}

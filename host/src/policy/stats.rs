@@ -1,0 +1,78 @@
+//! A policy's counters for the admin API: calls, errors, instantiations,
+//! refusals, the last error, and call times in a lock-free histogram.
+//! (Prometheus's `switchyard_policy_call_duration_seconds` is the other
+//! record of call times, kept by `admin::metrics` for scraping; this one
+//! serves `/policies` p50/p99 without a registry.)
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Counters for the admin API and metrics.
+#[derive(Debug)]
+pub struct PolicyStats {
+    pub calls: AtomicU64,
+    pub errors: AtomicU64,
+    pub instantiations: AtomicU64,
+    /// Calls refused because every instance was busy and the queue was
+    /// full or too slow.
+    pub overloaded: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+    /// Call times in power-of-two nanosecond buckets: bucket `i` counts
+    /// calls that took under `2^(i+1)` ns. Lock-free; enough for p50/p99
+    /// within a factor of two.
+    latency: [AtomicU64; 40],
+}
+
+impl Default for PolicyStats {
+    fn default() -> Self {
+        PolicyStats {
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            instantiations: AtomicU64::new(0),
+            overloaded: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl PolicyStats {
+    pub(super) fn observe(&self, took: Duration) {
+        let ns = took.as_nanos().max(1) as u64;
+        let bucket = (63 - ns.leading_zeros()) as usize;
+        self.latency[bucket.min(39)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The upper bound of the bucket holding the `q` quantile (0..=1).
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let counts: Vec<u64> = self
+            .latency
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Duration::from_nanos(1u64 << (i + 1).min(63)));
+            }
+        }
+        None
+    }
+
+    pub(super) fn reset(&self) {
+        self.calls.store(0, Ordering::Relaxed);
+        self.errors.store(0, Ordering::Relaxed);
+        self.overloaded.store(0, Ordering::Relaxed);
+        *self.last_error.lock().expect("last error") = None;
+        for c in &self.latency {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
