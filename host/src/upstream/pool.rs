@@ -177,7 +177,6 @@ pub struct Pool {
 }
 
 /// A backend seen through a retry: unavailable if already tried.
-#[derive(Clone, Copy)]
 struct Untried<'a> {
     backend: &'a Backend,
     tried: bool,
@@ -192,21 +191,6 @@ impl Candidate for Untried<'_> {
     }
     fn available(&self) -> bool {
         !self.tried && self.backend.available()
-    }
-}
-
-/// Fills the unused end of a candidate array on the stack.
-struct Filler;
-
-impl Candidate for Filler {
-    fn weight(&self) -> u32 {
-        0
-    }
-    fn in_flight(&self) -> u32 {
-        0
-    }
-    fn available(&self) -> bool {
-        false
     }
 }
 
@@ -277,26 +261,23 @@ impl Pool {
 
     /// The pool's algorithm picks an available backend not in `tried`.
     fn pick(&self, key: Option<u64>, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
-        let views = self.backends.iter().map(|b| Untried {
-            backend: b,
-            tried: tried.iter().any(|t| Arc::ptr_eq(t, b)),
-        });
-        // Up to `ON_STACK` backends, the candidates live on the stack: no
-        // allocation per request (bench/count).
-        const ON_STACK: usize = 16;
-        let picked = if self.backends.len() <= ON_STACK {
-            let mut held: [Option<Untried<'_>>; ON_STACK] = [None; ON_STACK];
-            for (slot, v) in held.iter_mut().zip(views) {
-                *slot = Some(v);
-            }
-            let mut refs: [&dyn Candidate; ON_STACK] = [&Filler; ON_STACK];
-            for (r, v) in refs.iter_mut().zip(held.iter().flatten()) {
-                *r = v;
-            }
-            self.balancer.pick(&refs[..self.backends.len()], key, None)
+        let picked = if tried.is_empty() {
+            let refs: Vec<&dyn Candidate> = self
+                .backends
+                .iter()
+                .map(|b| &**b as &dyn Candidate)
+                .collect();
+            self.balancer.pick(&refs, key, None)
         } else {
-            let held: Vec<Untried<'_>> = views.collect();
-            let refs: Vec<&dyn Candidate> = held.iter().map(|v| v as &dyn Candidate).collect();
+            let views: Vec<Untried<'_>> = self
+                .backends
+                .iter()
+                .map(|b| Untried {
+                    backend: b,
+                    tried: tried.iter().any(|t| Arc::ptr_eq(t, b)),
+                })
+                .collect();
+            let refs: Vec<&dyn Candidate> = views.iter().map(|v| v as &dyn Candidate).collect();
             self.balancer.pick(&refs, key, None)
         };
         picked.map(|i| self.backends[i].clone())
