@@ -230,19 +230,31 @@ fn spawn(
             match handler {
                 Handler::Http(s) => {
                     let _ = stream.set_nodelay(true);
-                    let mut conn = crate::l7::Conn::new(peer, local).with_cancel(cancel);
+                    // Made where it is served, and shared: the connection's
+                    // future holds a pointer, not the struct (bench/count).
+                    let conn = move |tls| {
+                        let mut conn = crate::l7::Conn::new(peer, local).with_cancel(cancel);
+                        conn.tls = tls;
+                        Arc::new(conn)
+                    };
                     let state = s.load_full();
                     let Some(tls) = state.tls.clone() else {
                         drop(state);
-                        return crate::l7::serve_connection(stream, conn, s, drain, last_call)
-                            .await;
+                        return crate::l7::serve_connection(
+                            stream,
+                            conn(None),
+                            s,
+                            drain,
+                            last_call,
+                        )
+                        .await;
                     };
                     let timeout = tls.settings.handshake_timeout;
                     let failure = match tokio::time::timeout(timeout, tls.acceptor().accept(stream))
                         .await
                     {
                         Ok(Ok(stream)) => {
-                            conn.tls = Some(crate::tls::TlsFacts::of(stream.get_ref().1));
+                            let conn = conn(Some(crate::tls::TlsFacts::of(stream.get_ref().1)));
                             drop(state);
                             return crate::l7::serve_connection(stream, conn, s, drain, last_call)
                                 .await;

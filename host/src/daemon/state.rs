@@ -75,6 +75,11 @@ impl Daemon {
             name,
             config: cfg.clone(),
             policy,
+            default_pool: cfg
+                .pool
+                .as_deref()
+                .and_then(|p| self.upstreams.pool(p))
+                .cloned(),
             upstreams: self.upstreams.clone(),
             metrics: self.metrics.clone(),
             access_log: self.access_log.clone(),

@@ -17,7 +17,7 @@ use super::exchange::{FailedAttempt, FailureClass, SendHow, send};
 use super::request;
 use super::server::HttpState;
 use super::upstream_peer::Peer;
-use super::upstream_request::Outgoing;
+use super::upstream_request::{Line, Outgoing};
 use crate::admin::access_log::Format;
 use crate::policy::ForwardAction;
 use crate::upstream::{Backend, InFlight, ResponseBody, UpstreamBody};
@@ -29,13 +29,6 @@ pub(super) type Answered = (
     InFlight,
     Option<tokio::time::Instant>,
 );
-
-/// The request line, kept to build the request again for each backend.
-struct Line {
-    method: http::Method,
-    uri: http::Uri,
-    version: http::Version,
-}
 
 /// The request toward one backend: its URI made absolute with the
 /// backend's address.
@@ -138,37 +131,25 @@ fn total_timeout(peer: &Peer, state: &HttpState, ctx: &Ctx) -> ProxyError {
 }
 
 pub(super) async fn connect_and_retry(
-    out: Outgoing,
+    out: &mut Outgoing,
     action: &ForwardAction,
     peer: &Peer,
     state: &HttpState,
     ctx: &mut Ctx,
 ) -> Result<Answered, ProxyError> {
     let pool = &peer.pool;
-    let Outgoing {
-        method,
-        uri,
-        version,
-        headers,
-        body,
-        spare,
-        upgrade,
-        fault,
-        limit,
-        unread: _,
-    } = out;
-    let line = Line {
-        method,
-        uri,
-        version,
-    };
-    let mut req = build(&line, action, peer, &peer.backend, headers, body)?;
+    // Taken, not moved whole: the request line and what a resend keeps
+    // stay where they are.
+    let headers = std::mem::take(&mut out.headers);
+    let body = std::mem::replace(&mut out.body, super::body::empty());
+    let (line, spare) = (&out.line, &out.spare);
+    let mut req = build(line, action, peer, &peer.backend, headers, body)?;
     // Upstream time is for the access log only.
     let sent = (state.config.access_log != Format::Off).then(Instant::now);
     let how = SendHow {
-        unpooled: upgrade,
-        fault: fault.as_deref(),
-        limit,
+        unpooled: out.upgrade,
+        fault: out.fault.as_deref(),
+        limit: out.limit,
     };
     pool.count_request();
     let mut tried: Vec<Arc<Backend>> = Vec::new();
@@ -193,8 +174,8 @@ pub(super) async fn connect_and_retry(
                 let retry = Retry {
                     tried: &tried,
                     target: &target,
-                    spare: &spare,
-                    line: &line,
+                    spare,
+                    line,
                 };
                 (req, target) = resend(failed, retry, action, peer, state)?;
             }

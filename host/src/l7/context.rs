@@ -16,9 +16,10 @@ pub(super) struct Ctx {
     /// When the request head was handed over.
     pub started: Instant,
     /// The request line as the client sent it, for the log. The URI is
-    /// cheap to clone (shared bytes).
+    /// kept only when something logs it: the access log, a debug log, or
+    /// a failure's warning ([`Ctx::keep_uri`]).
     pub method: Method,
-    pub uri: Uri,
+    pub uri: Option<Uri>,
     pub version: Version,
     /// `default` (no policy), `forward`, `respond`, `reject` or
     /// `fallback` (the policy failed).
@@ -38,18 +39,20 @@ pub(super) struct Ctx {
     pub trusted_peer: bool,
     /// The authority the client named (`:authority` or `Host`), as sent.
     pub client_host: Option<HeaderValue>,
-    /// The backends the policy may read.
-    pub directory: Arc<dyn Directory>,
+    /// The backends the policy may read, made at the first policy call.
+    pub directory: Option<Arc<dyn Directory>>,
     /// The request head as the policy saw it, kept for `on-response`.
     pub snapshot: Option<RequestView>,
 }
 
 impl Ctx {
-    pub fn new<B>(req: &Request<B>, peer: SocketAddr, directory: Arc<dyn Directory>) -> Self {
+    /// `logged`: whether this request's line is written whatever happens
+    /// (an access log, or debug logging).
+    pub fn new<B>(req: &Request<B>, peer: SocketAddr, logged: bool) -> Self {
         Ctx {
             started: Instant::now(),
             method: req.method().clone(),
-            uri: req.uri().clone(),
+            uri: logged.then(|| req.uri().clone()),
             version: req.version(),
             decision: "default",
             pool: None,
@@ -59,9 +62,21 @@ impl Ctx {
             client: peer,
             trusted_peer: false,
             client_host: None,
-            directory,
+            directory: None,
             snapshot: None,
         }
+    }
+
+    /// Keeps the URI for the log of a request that failed.
+    pub fn keep_uri(&mut self, uri: &Uri) {
+        if self.uri.is_none() {
+            self.uri = Some(uri.clone());
+        }
+    }
+
+    /// The path as logged.
+    pub fn path(&self) -> &str {
+        self.uri.as_ref().map_or("", Uri::path)
     }
 
     pub fn client_ip(&self) -> IpAddr {

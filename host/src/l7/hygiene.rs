@@ -131,50 +131,41 @@ impl PeerText {
     }
 }
 
-fn scheme_value(scheme: &str) -> HeaderValue {
-    match scheme {
-        "https" => HeaderValue::from_static("https"),
-        _ => HeaderValue::from_static("http"),
+/// The last `Forwarded` element built on a connection, and the `Host` it
+/// was built for: a keep-alive client names the same host request after
+/// request, and building the element (escaping, checking the value) is
+/// most of what `add_forwarded` costs (bench/count).
+#[derive(Debug, Default)]
+pub struct ForwardedCache(std::sync::Mutex<Option<(Option<HeaderValue>, HeaderValue)>>);
+
+impl ForwardedCache {
+    fn get_or_build(
+        &self,
+        host: Option<&HeaderValue>,
+        build: impl FnOnce() -> Option<HeaderValue>,
+    ) -> Option<HeaderValue> {
+        // `try_lock`: the streams of an HTTP/2 connection never wait on
+        // each other for it; a busy cache is passed by.
+        let Ok(mut last) = self.0.try_lock() else {
+            return build();
+        };
+        if let Some((h, v)) = &*last
+            && h.as_ref() == host
+        {
+            return Some(v.clone());
+        }
+        let v = build()?;
+        *last = Some((host.cloned(), v.clone()));
+        Some(v)
     }
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded`. From an untrusted
-/// peer, whatever the client sent is replaced; from a trusted proxy, the
-/// peer is appended to the chain it sent. `host` is the authority the
-/// client named (`:authority` or `Host`), as it sent it.
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
+/// `for=...;host="...";proto=...`: this proxy's element of `Forwarded`.
+fn forwarded_element(
     peer: &PeerText,
-    trusted_peer: bool,
     scheme: &str,
     host: Option<&HeaderValue>,
-) {
-    // From a trusted peer, every line of the chain it sent, in order.
-    let prior = |headers: &HeaderMap, name: &HeaderName| {
-        if !trusted_peer {
-            return None;
-        }
-        let mut lines = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
-        let first = lines.next()?;
-        Some(lines.fold(first.to_owned(), |mut all, line| {
-            all.push_str(", ");
-            all.push_str(line);
-            all
-        }))
-    };
-    if !trusted_peer {
-        headers.remove(&X_REAL_IP);
-    }
-    // Up to four fields are added: one growth of the map, not two.
-    headers.reserve(4);
-    let xff = match prior(headers, &X_FORWARDED_FOR) {
-        Some(p) => chained(&p, peer.ip.to_str().unwrap_or_default()),
-        None => Some(peer.ip.clone()),
-    };
-    if let Some(v) = xff {
-        headers.insert(&X_FORWARDED_FOR, v);
-    }
-    let host_value = host;
+) -> Option<HeaderValue> {
     let host = host.and_then(|h| h.to_str().ok());
     let mut forwarded = String::with_capacity(48 + host.map_or(0, str::len));
     forwarded.push_str("for=");
@@ -193,9 +184,61 @@ pub fn add_forwarded(
     }
     forwarded.push_str(";proto=");
     forwarded.push_str(scheme);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)).ok()
+}
+
+fn scheme_value(scheme: &str) -> HeaderValue {
+    match scheme {
+        "https" => HeaderValue::from_static("https"),
+        _ => HeaderValue::from_static("http"),
+    }
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded`. From an untrusted
+/// peer, whatever the client sent is replaced; from a trusted proxy, the
+/// peer is appended to the chain it sent. `host` is the authority the
+/// client named (`:authority` or `Host`), as it sent it.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: &PeerText,
+    trusted_peer: bool,
+    scheme: &str,
+    host: Option<&HeaderValue>,
+    cache: &ForwardedCache,
+) {
+    // From a trusted peer, every line of the chain it sent, in order.
+    let prior = |headers: &HeaderMap, name: &HeaderName| {
+        if !trusted_peer {
+            return None;
+        }
+        let mut lines = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+        let first = lines.next()?;
+        Some(lines.fold(first.to_owned(), |mut all, line| {
+            all.push_str(", ");
+            all.push_str(line);
+            all
+        }))
+    };
+    // Looked for before it is removed: most requests carry none, and a
+    // pass over the (few, mostly standard) names costs less than hashing
+    // this one into the map.
+    if !trusted_peer && headers.keys().any(|k| k == X_REAL_IP) {
+        headers.remove(&X_REAL_IP);
+    }
+    // Up to four fields are added: one growth of the map, not two.
+    headers.reserve(4);
+    let xff = match prior(headers, &X_FORWARDED_FOR) {
+        Some(p) => chained(&p, peer.ip.to_str().unwrap_or_default()),
+        None => Some(peer.ip.clone()),
+    };
+    if let Some(v) = xff {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+    let host_value = host;
     let forwarded = match prior(headers, &header::FORWARDED) {
-        Some(p) => chained(&p, &forwarded),
-        None => HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)).ok(),
+        Some(p) => forwarded_element(peer, scheme, host)
+            .and_then(|own| chained(&p, own.to_str().unwrap_or_default())),
+        None => cache.get_or_build(host, || forwarded_element(peer, scheme, host)),
     };
     if let Some(v) = forwarded {
         headers.insert(header::FORWARDED, v);
@@ -287,7 +330,14 @@ mod tests {
         let peer: SocketAddr = "198.51.100.1:5000".parse().unwrap();
         let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=1.2.3.4")]);
         let host = HeaderValue::from_static("example.test");
-        add_forwarded(&mut h, &PeerText::of(peer.ip()), false, "http", Some(&host));
+        add_forwarded(
+            &mut h,
+            &PeerText::of(peer.ip()),
+            false,
+            "http",
+            Some(&host),
+            &ForwardedCache::default(),
+        );
         assert_eq!(h["x-forwarded-for"], "198.51.100.1");
         assert_eq!(
             h["forwarded"],
@@ -304,6 +354,7 @@ mod tests {
             false,
             "http",
             Some(&sneaky),
+            &ForwardedCache::default(),
         );
         assert_eq!(
             h["forwarded"],
@@ -312,8 +363,33 @@ mod tests {
 
         let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
         let v6: SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
-        add_forwarded(&mut h, &PeerText::of(v6.ip()), true, "https", None);
+        add_forwarded(
+            &mut h,
+            &PeerText::of(v6.ip()),
+            true,
+            "https",
+            None,
+            &ForwardedCache::default(),
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 2001:db8::1");
         assert_eq!(h["forwarded"], "for=\"[2001:db8::1]\";proto=https");
+    }
+
+    #[test]
+    fn the_forwarded_cache_follows_the_host() {
+        let peer = PeerText::of("198.51.100.1".parse().unwrap());
+        let cache = ForwardedCache::default();
+        for host in ["a.test", "a.test", "b.test", "a.test"] {
+            let mut h = HeaderMap::new();
+            let v = HeaderValue::from_static(host);
+            add_forwarded(&mut h, &peer, false, "http", Some(&v), &cache);
+            assert_eq!(
+                h["forwarded"],
+                format!("for=198.51.100.1;host=\"{host}\";proto=http").as_str()
+            );
+        }
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, &peer, false, "http", None, &cache);
+        assert_eq!(h["forwarded"], "for=198.51.100.1;proto=http");
     }
 }

@@ -121,8 +121,9 @@ pub(super) async fn on_request(
         authority: ctx.client_host.clone(),
     };
     let info = conn.policy_view(ctx.client, state);
+    let directory = ctx.directory.get_or_insert_with(|| state.directory());
     let (d, took) = policy
-        .on_request_timed(&mut view, &info, cfg.pool.as_deref(), &ctx.directory)
+        .on_request_timed(&mut view, &info, cfg.pool.as_deref(), directory)
         .await;
     state.metrics.record_policy_call(
         &policy.name,

@@ -5,6 +5,8 @@
 //! back with its body timed and its backend counted in flight until the
 //! last byte.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
@@ -97,7 +99,8 @@ pub(super) async fn on_response(
         status: parts.status,
         headers: std::mem::take(&mut parts.headers),
     };
-    let edits = policy.on_response(head, &mut view, &ctx.directory).await;
+    let directory = ctx.directory.get_or_insert_with(|| state.directory());
+    let edits = policy.on_response(head, &mut view, directory).await;
     parts.headers = view.headers;
     match edits {
         Ok(edits) => edits.iter().for_each(|e| e.apply(&mut parts.headers)),
@@ -122,7 +125,7 @@ pub(super) async fn on_response(
 pub(super) fn respond(
     head: Head,
     peer: &Peer,
-    state: &HttpState,
+    state: &Arc<HttpState>,
     ctx: &mut Ctx,
 ) -> Response<ProxyBody> {
     let Head {
@@ -139,10 +142,8 @@ pub(super) fn respond(
         in_flight,
         idle: super::guard::Idle::new(pool.config.body_timeout),
         deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
-        total: state.timeouts.total.clone(),
         pool: pool.clone(),
-        timeouts: state.timeouts.upstream_body.clone(),
-        bytes_out: state.bytes.1.clone(),
+        state: state.clone(),
         _open: open,
     };
     Response::from_parts(parts, body.boxed_unsync())

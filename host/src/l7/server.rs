@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::debug;
+use tracing::{Level, debug};
 
 use super::connect::connect_and_retry;
 use super::context::Ctx;
@@ -25,7 +25,8 @@ use super::hygiene;
 use super::request_filter;
 use super::response_filter::{self, Reply, response_filter};
 use super::upstream_peer::upstream_peer;
-use super::upstream_request::{read_replay, upstream_request};
+use super::upstream_request::{is_upgrade, read_replay, upstream_request};
+use crate::admin::access_log::Format;
 use crate::admin::{AccessLog, Metrics};
 use crate::config::ListenerConfig;
 use crate::policy::{ConnectionInfo, Directory, ForwardAction, HttpDecision, Policy, types};
@@ -37,6 +38,9 @@ pub struct HttpState {
     pub config: ListenerConfig,
     pub policy: Option<Arc<Policy>>,
     pub upstreams: Arc<Upstreams>,
+    /// The listener's `pool`, looked up once per state (a state is
+    /// published again whenever the pools change).
+    pub default_pool: Option<Arc<crate::upstream::Pool>>,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
     /// TLS termination, when the listener has `[listeners.NAME.tls]`.
@@ -56,7 +60,7 @@ pub struct HttpState {
 }
 
 /// The client connection a request arrived on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Conn {
     /// The client (after a trusted PROXY header, the original client).
     pub peer: SocketAddr,
@@ -65,6 +69,8 @@ pub struct Conn {
     pub tls: Option<crate::tls::TlsFacts>,
     /// The peer as the forwarding headers show it.
     peer_text: hygiene::PeerText,
+    /// The last `Forwarded` element built on this connection.
+    forwarded: hygiene::ForwardedCache,
     /// The connection as the policy sees it, built at the first request
     /// (when the client is the peer itself, i.e. no trusted
     /// `X-Forwarded-For` names another).
@@ -84,6 +90,7 @@ impl Conn {
             local,
             tls: None,
             peer_text: hygiene::PeerText::of(peer.ip()),
+            forwarded: hygiene::ForwardedCache::default(),
             policy_info: std::sync::OnceLock::new(),
             tunnels: std::sync::OnceLock::new(),
             cancel: None,
@@ -140,6 +147,10 @@ impl Conn {
         &self.peer_text
     }
 
+    pub(super) fn forwarded(&self) -> &hygiene::ForwardedCache {
+        &self.forwarded
+    }
+
     /// The token that closes this connection's tunnels, when it has one.
     pub(super) fn cancel(&self) -> Option<tokio_util::sync::CancellationToken> {
         self.cancel.clone()
@@ -152,7 +163,7 @@ impl Conn {
 }
 
 impl HttpState {
-    fn directory(&self) -> Arc<dyn Directory> {
+    pub(super) fn directory(&self) -> Arc<dyn Directory> {
         self.upstreams.clone()
     }
 }
@@ -194,7 +205,7 @@ fn builder(cfg: &ListenerConfig, last_call: bool) -> auto::Builder<TokioExecutor
 /// without keep-alive and is not drained, so its first request is answered.
 pub async fn serve_connection<S>(
     stream: S,
-    conn: Conn,
+    conn: Arc<Conn>,
     shared: Arc<ArcSwap<HttpState>>,
     mut drain: tokio::sync::watch::Receiver<bool>,
     last_call: bool,
@@ -202,7 +213,6 @@ pub async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
-    let conn = Arc::new(conn);
     let tunnels_of = conn.clone();
     let state = shared.load();
     let _active = state.metrics.connection_open(&state.name);
@@ -272,43 +282,67 @@ pub async fn serve_connection<S>(
 async fn handle(
     req: Request<Incoming>,
     conn: &Conn,
-    state: &HttpState,
+    state: &Arc<HttpState>,
     open: InProgress,
 ) -> Response<ProxyBody> {
-    let mut ctx = Ctx::new(&req, conn.peer, state.directory());
+    let logged = state.config.access_log != Format::Off || tracing::enabled!(Level::DEBUG);
+    let mut ctx = Ctx::new(&req, conn.peer, logged);
     let resp = match proxy(req, conn, state, &mut ctx, open).await {
         Ok(resp) => resp,
         Err(e) => super::logging::failed(&e, state, &ctx),
     };
-    super::logging::logging(state, ctx, &resp);
+    super::logging::logging(state, &ctx, &resp);
     resp
 }
 
 /// The phases in order. Only the policy calls, a body read whole for a
 /// resend, and the exchange itself are awaited: a request without a
-/// policy builds no future for the filters.
+/// policy builds no future for the filters. A failure keeps the request's
+/// URI for its warning (`fail!`); a success copies it only when logged.
 async fn proxy(
     mut req: Request<Incoming>,
     conn: &Conn,
-    state: &HttpState,
+    state: &Arc<HttpState>,
     ctx: &mut Ctx,
     open: InProgress,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    request_filter::checks(&mut req, conn, state, ctx)?;
+    macro_rules! fail {
+        ($r:expr, $uri:expr) => {
+            match $r {
+                Ok(v) => v,
+                Err(e) => {
+                    ctx.keep_uri($uri);
+                    return Err(e);
+                }
+            }
+        };
+    }
+    fail!(
+        request_filter::checks(&mut req, conn, state, ctx),
+        req.uri()
+    );
     let decision = match &state.policy {
         None => HttpDecision::Forward(ForwardAction::default()),
-        Some(_) => request_filter::on_request(&mut req, conn, state, ctx).await?,
+        Some(_) => fail!(
+            request_filter::on_request(&mut req, conn, state, ctx).await,
+            req.uri()
+        ),
     };
-    let action = match request_filter::decided(decision, state)? {
+    let action = match fail!(request_filter::decided(decision, state), req.uri()) {
         request_filter::Filtered::Respond(resp) => return Ok(resp),
         request_filter::Filtered::Forward(action) => action,
     };
-    let peer = upstream_peer(&action, &req, state, ctx)?;
-    let (mut out, client_upgrade) = upstream_request(req, &action, &peer, conn, state, ctx)?;
+    let peer = fail!(upstream_peer(&action, &req, state, ctx), req.uri());
+    let upgrade = fail!(is_upgrade(&req, &peer.pool), req.uri());
+    let (mut out, client_upgrade) =
+        upstream_request(req, upgrade, &action, &peer, conn, state, ctx);
     if out.unread.is_some() {
-        read_replay(&mut out).await?;
+        fail!(read_replay(&mut out).await, &out.line.uri);
     }
-    let answered = connect_and_retry(out, &action, &peer, state, ctx).await?;
+    let answered = fail!(
+        connect_and_retry(&mut out, &action, &peer, state, ctx).await,
+        &out.line.uri
+    );
     let reply = Reply {
         action: &action,
         conn,
@@ -320,7 +354,10 @@ async fn proxy(
         response_filter::Filtered::Head(head) => head,
     };
     if action.inspect_response {
-        response_filter::on_response(&mut head.parts, state, ctx).await?;
+        fail!(
+            response_filter::on_response(&mut head.parts, state, ctx).await,
+            &out.line.uri
+        );
     }
     Ok(response_filter::respond(head, &peer, state, ctx))
 }

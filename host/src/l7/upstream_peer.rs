@@ -31,16 +31,9 @@ pub(super) fn upstream_peer(
     state: &HttpState,
     ctx: &mut Ctx,
 ) -> Result<Peer, ProxyError> {
-    let pool_name = action
-        .pool
-        .as_deref()
-        .or(state.config.pool.as_deref())
-        .ok_or_else(|| {
-            ProxyError::NoPool(format!("listener {} has no default pool", state.name))
-        })?;
-    let Some(pool) = state.upstreams.pool(pool_name).cloned() else {
-        ctx.pool = Some(pool_name.into());
-        return Err(ProxyError::NoPool(format!("no pool named {pool_name:?}")));
+    let pool = match (&action.pool, &state.default_pool) {
+        (None, Some(default)) => default.clone(),
+        _ => named_pool(action, state, ctx)?,
     };
     ctx.pool = Some(pool.name.clone());
     let key = (pool.config.algorithm == Algorithm::Hash)
@@ -56,7 +49,27 @@ pub(super) fn upstream_peer(
     let backend =
         pool.choose(action.backend.as_deref(), key)
             .ok_or_else(|| ProxyError::NoBackend {
-                pool: pool_name.to_owned(),
+                pool: pool.name.to_string(),
             })?;
     Ok(Peer { pool, backend, key })
+}
+
+/// The pool the decision names, else the listener's, by name.
+fn named_pool(
+    action: &ForwardAction,
+    state: &HttpState,
+    ctx: &mut Ctx,
+) -> Result<Arc<Pool>, ProxyError> {
+    let pool_name = action
+        .pool
+        .as_deref()
+        .or(state.config.pool.as_deref())
+        .ok_or_else(|| {
+            ProxyError::NoPool(format!("listener {} has no default pool", state.name))
+        })?;
+    let Some(pool) = state.upstreams.pool(pool_name).cloned() else {
+        ctx.pool = Some(pool_name.into());
+        return Err(ProxyError::NoPool(format!("no pool named {pool_name:?}")));
+    };
+    Ok(pool)
 }

@@ -22,12 +22,7 @@ use crate::upstream::UpstreamBody;
 
 /// The request on its way out, before a backend's address is in its URI.
 pub(super) struct Outgoing {
-    pub method: Method,
-    /// The URI as the client sent it (normalized); `connect::build` makes
-    /// it absolute for each backend tried.
-    pub uri: Uri,
-    /// Toward the pool: HTTP/2 or HTTP/1.1.
-    pub version: Version,
+    pub line: Line,
     pub headers: HeaderMap,
     pub body: UpstreamBody,
     /// Headers and body kept for a resend after the request went out,
@@ -44,6 +39,16 @@ pub(super) struct Outgoing {
     pub unread: Option<ClientBody>,
 }
 
+/// The request line, kept to build the request again for each backend.
+pub(super) struct Line {
+    pub method: Method,
+    /// The URI as the client sent it (normalized); `connect::build` makes
+    /// it absolute for each backend tried.
+    pub uri: Uri,
+    /// Toward the pool: HTTP/2 or HTTP/1.1.
+    pub version: Version,
+}
+
 /// Whether a request that reached a backend may be sent again, as far as
 /// its method goes (RFC 9110 §9.2.2).
 fn idempotent(m: &Method) -> bool {
@@ -57,7 +62,10 @@ fn idempotent(m: &Method) -> bool {
 /// HTTP/1.1 pools only (toward HTTP/2 its fields are hop-by-hop and
 /// removed), and never with a body: the backend could leave a body it
 /// did not read for the next request on that connection (400).
-fn is_upgrade(req: &Request<Incoming>, pool: &crate::upstream::Pool) -> Result<bool, ProxyError> {
+pub(super) fn is_upgrade(
+    req: &Request<Incoming>,
+    pool: &crate::upstream::Pool,
+) -> Result<bool, ProxyError> {
     let upgrade = req.version() == Version::HTTP_11
         && !pool.config.http2
         && hygiene::is_upgrade(req.headers());
@@ -71,16 +79,17 @@ fn is_upgrade(req: &Request<Incoming>, pool: &crate::upstream::Pool) -> Result<b
 
 /// The request to send, and the client's side of an upgrade. Sync: only
 /// a body kept for a resend must be read first ([`read_replay`]).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn upstream_request(
     mut req: Request<Incoming>,
+    upgrade: bool,
     action: &ForwardAction,
     peer: &Peer,
     conn: &Conn,
     state: &HttpState,
     ctx: &Ctx,
-) -> Result<(Outgoing, Option<hyper::upgrade::OnUpgrade>), ProxyError> {
+) -> (Outgoing, Option<hyper::upgrade::OnUpgrade>) {
     let pool = &peer.pool;
-    let upgrade = is_upgrade(&req, pool)?;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
@@ -106,6 +115,7 @@ pub(super) fn upstream_request(
         ctx.trusted_peer,
         conn.scheme(),
         ctx.client_host.as_ref(),
+        conn.forwarded(),
     );
     let version = if pool.config.http2 {
         Version::HTTP_2
@@ -128,9 +138,11 @@ pub(super) fn upstream_request(
         _ => None,
     };
     let out = Outgoing {
-        method: parts.method,
-        uri: parts.uri,
-        version,
+        line: Line {
+            method: parts.method,
+            uri: parts.uri,
+            version,
+        },
         headers,
         body,
         spare,
@@ -139,7 +151,7 @@ pub(super) fn upstream_request(
         limit,
         unread,
     };
-    Ok((out, client_upgrade))
+    (out, client_upgrade)
 }
 
 /// The client's body as sent: counted, capped and idle-timed; a small one
