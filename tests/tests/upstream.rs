@@ -184,3 +184,31 @@ async fn a_backend_that_hangs_up_at_once_is_a_prompt_502_not_a_loop() {
     );
     sy.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A request cut by the response timeout gives its connection slot back:
+/// with `max_connections_per_backend = 2`, six requests in a row that each
+/// time out (504) leave the backend reachable, and the next one is not a
+/// 503 after the connect timeout. Before the slot guard, each timed-out
+/// request kept its slot counted, and the third was refused as saturated.
+#[tokio::test]
+async fn timed_out_requests_give_their_connection_slots_back() {
+    let web = Slow::start(Duration::from_millis(400)).await;
+    let sy = start_switchyard(
+        &config(
+            "max_connections_per_backend = 2\nconnect_timeout_ms = 300\nresponse_timeout_ms = 100",
+        ),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let c = client(false);
+    for i in 0..6 {
+        let got = get(&c, sy.addr("l"), &format!("/slow{i}"), &[]).await;
+        assert_eq!(got.status, 504, "request {i}");
+    }
+    assert!(
+        web.accepted.load(Ordering::Relaxed) >= 3,
+        "six timed-out requests reached the backend on {} connections",
+        web.accepted.load(Ordering::Relaxed)
+    );
+    sy.shutdown(Duration::from_secs(5)).await;
+}

@@ -163,6 +163,15 @@ impl UpstreamClient {
         loop {
             let take = self.checkout(authority);
             let fresh = matches!(take, Take::Open(_));
+            // Idle or opening, the connection counts in `open` from here:
+            // the slot gives it back if this future is dropped (a response
+            // or total timeout, a client's reset) before the connection
+            // is lent to a response.
+            let slot = Slot {
+                client: self,
+                authority,
+                armed: !matches!(take, Take::Wait(_)),
+            };
             let (mut conn, name) = match take {
                 Take::Idle(c, name) => (c, name),
                 Take::Open(name) => match self.connect_h1(&connect_uri(&scheme, &backend)).await {
@@ -172,7 +181,7 @@ impl UpstreamClient {
                         (H1 { sender, last_used }, name)
                     }
                     Err(error) => {
-                        self.closed(authority);
+                        drop(slot);
                         return Err(Failed::unsent(error, req));
                     }
                 },
@@ -190,7 +199,7 @@ impl UpstreamClient {
             // that closes at once fails the request (no loop against a
             // backend that accepts and hangs up).
             if !ready(&mut conn, &mut deadline).await {
-                self.closed(authority);
+                drop(slot);
                 if fresh {
                     let why = "the new connection closed before it took the request";
                     return Err(Failed::unsent(ClientError::Connect(why.into()), req));
@@ -199,9 +208,12 @@ impl UpstreamClient {
             }
             // `last_used` is set when the connection comes back idle.
             match conn.sender.try_send_request(req).await {
-                Ok(resp) => return self.lend(resp, conn, name),
+                Ok(resp) => {
+                    slot.disarm();
+                    return self.lend(resp, conn, name);
+                }
                 Err(mut e) => {
-                    self.closed(authority);
+                    drop(slot);
                     match e.take_message() {
                         // A pooled connection closed before it took the
                         // request: try another. A new one: give it back.
@@ -446,6 +458,28 @@ enum Take {
     Idle(H1, Arc<str>),
     Open(Arc<str>),
     Wait(Arc<tokio::sync::Notify>),
+}
+
+/// A connection counted in its backend's `open`, until it is lent to a
+/// response (disarmed) or given back on drop.
+struct Slot<'a> {
+    client: &'a UpstreamClient,
+    authority: &'a str,
+    armed: bool,
+}
+
+impl Slot<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.client.closed(self.authority);
+        }
+    }
 }
 
 /// Whether a connection takes a request before the deadline. One whose
