@@ -261,7 +261,12 @@ impl Streams {
                 if registered && !timer.is_elapsed() {
                     return Poll::Pending;
                 }
-                if timer.as_mut().poll(cx).is_pending() {
+                // Unconstrained: with the task's cooperative budget spent
+                // (a busy connection polled first), a `Sleep` answers
+                // Pending without registering, and `registered` would then
+                // never see it fire.
+                let mut polled = tokio::task::unconstrained(timer.as_mut());
+                if Pin::new(&mut polled).poll(cx).is_pending() {
                     registered = true;
                     return Poll::Pending;
                 }
