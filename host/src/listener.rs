@@ -192,6 +192,50 @@ fn refuse(name: &str, handler: &Handler, stream: tokio::net::TcpStream, peer: So
     tracing::debug!(listener = %name, client = %peer, "max_connections reached; connection refused");
 }
 
+/// An HTTP connection: TLS first on an HTTPS listener (within its
+/// handshake timeout), then the L7 server.
+async fn serve_http(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    s: Arc<arc_swap::ArcSwap<crate::l7::HttpState>>,
+    drain: tokio::sync::watch::Receiver<bool>,
+    cancel: tokio_util::sync::CancellationToken,
+    last_call: bool,
+) {
+    let _ = stream.set_nodelay(true);
+    // Made where it is served, and shared: the connection's
+    // future holds a pointer, not the struct (bench/count).
+    let conn = move |tls| {
+        let mut conn = crate::l7::Conn::new(peer, local).with_cancel(cancel);
+        conn.tls = tls;
+        Arc::new(conn)
+    };
+    let state = s.load_full();
+    let Some(tls) = state.tls.clone() else {
+        drop(state);
+        return crate::l7::serve_connection(stream, conn(None), s, drain, last_call).await;
+    };
+    let timeout = tls.settings.handshake_timeout;
+    let failure = match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let conn = conn(Some(crate::tls::TlsFacts::of(stream.get_ref().1)));
+            drop(state);
+            return crate::l7::serve_connection(stream, conn, s, drain, last_call).await;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_owned(),
+    };
+    state
+        .metrics
+        .tls_handshake_errors
+        .get_or_create(&crate::admin::metrics::ListenerLabel {
+            listener: state.name.clone(),
+        })
+        .inc();
+    tracing::debug!(error = %failure, "TLS handshake failed");
+}
+
 #[allow(clippy::too_many_arguments)]
 fn spawn(
     name: &str,
@@ -229,47 +273,7 @@ fn spawn(
             }
             match handler {
                 Handler::Http(s) => {
-                    let _ = stream.set_nodelay(true);
-                    // Made where it is served, and shared: the connection's
-                    // future holds a pointer, not the struct (bench/count).
-                    let conn = move |tls| {
-                        let mut conn = crate::l7::Conn::new(peer, local).with_cancel(cancel);
-                        conn.tls = tls;
-                        Arc::new(conn)
-                    };
-                    let state = s.load_full();
-                    let Some(tls) = state.tls.clone() else {
-                        drop(state);
-                        return crate::l7::serve_connection(
-                            stream,
-                            conn(None),
-                            s,
-                            drain,
-                            last_call,
-                        )
-                        .await;
-                    };
-                    let timeout = tls.settings.handshake_timeout;
-                    let failure = match tokio::time::timeout(timeout, tls.acceptor().accept(stream))
-                        .await
-                    {
-                        Ok(Ok(stream)) => {
-                            let conn = conn(Some(crate::tls::TlsFacts::of(stream.get_ref().1)));
-                            drop(state);
-                            return crate::l7::serve_connection(stream, conn, s, drain, last_call)
-                                .await;
-                        }
-                        Ok(Err(e)) => e.to_string(),
-                        Err(_) => "timed out".to_owned(),
-                    };
-                    state
-                        .metrics
-                        .tls_handshake_errors
-                        .get_or_create(&crate::admin::metrics::ListenerLabel {
-                            listener: state.name.clone(),
-                        })
-                        .inc();
-                    tracing::debug!(error = %failure, "TLS handshake failed");
+                    serve_http(stream, peer, local, s, drain, cancel, last_call).await
                 }
                 Handler::L4(s) => crate::l4::serve_connection(stream, peer, local, s).await,
             }

@@ -1,6 +1,6 @@
 //! One plan for `switchyard check`, start-up and every reload, so `check`
 //! refuses exactly what `run` refuses (bind-time errors aside: `check`
-//! binds nothing).
+//! binds no socket and opens no access log file).
 //!
 //! [`Plan::build`] reads and checks everything a configuration needs:
 //! pools rebuilt and their names resolved, each new policy read,

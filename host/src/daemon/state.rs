@@ -59,6 +59,11 @@ impl Daemon {
                 .as_ref()
                 .map(|p| self.metrics.policy_handles(&p.name)),
             requests: self.metrics.request_handles(&name),
+            body_counters: Arc::new(crate::l7::body::BodyCounters {
+                total: self.metrics.timeout_counter(&name, "total"),
+                upstream_body: self.metrics.timeout_counter(&name, "upstream_body"),
+                bytes_out: self.metrics.bytes_counter(&name, "out"),
+            }),
             bytes: (
                 self.metrics.bytes_counter(&name, "in"),
                 self.metrics.bytes_counter(&name, "out"),
@@ -280,6 +285,11 @@ impl Daemon {
         });
         for (name, socket) in sockets {
             if let Err(e) = self.open(&name, socket) {
+                // At start-up a listener that cannot open stops the start;
+                // on a reload the others serve on, and it is logged.
+                if !self.started {
+                    return Err(vec![format!("listeners.{name}: {e:#}")]);
+                }
                 error!(listener = %name, error = %e, "cannot open listener");
             }
         }

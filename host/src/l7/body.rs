@@ -29,12 +29,21 @@ pub(super) struct Tracked {
     pub(super) idle: super::guard::Idle,
     /// `total_timeout_ms`, when the pool has one: the body must end by it.
     pub(super) deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The listener's state, for its counters (one reference count, not
-    /// three counters cloned per response).
-    pub(super) state: Arc<super::server::HttpState>,
+    /// The listener's counters a response body increments (one reference
+    /// count per response, and a finished reload's state is not kept
+    /// alive by a long body).
+    pub(super) counters: Arc<BodyCounters>,
     /// The request stays in progress on its connection until this body
     /// ends (the connection's idle timeout does not run meanwhile).
     pub(super) _open: super::guard::InProgress,
+}
+
+/// A listener's counters for response bodies.
+#[derive(Debug, Default)]
+pub struct BodyCounters {
+    pub total: prometheus_client::metrics::counter::Counter,
+    pub upstream_body: prometheus_client::metrics::counter::Counter,
+    pub bytes_out: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,14 +66,14 @@ impl Body for Tracked {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
                 if this.idle.expired(cx) {
-                    this.state.timeouts.upstream_body.inc();
+                    this.counters.upstream_body.inc();
                     health::report(&this.pool, this.in_flight.backend(), Outcome::Failure);
                     return Poll::Ready(Some(Err(BodyStalled.into())));
                 }
                 if let Some(d) = &mut this.deadline
                     && d.as_mut().poll(cx).is_ready()
                 {
-                    this.state.timeouts.total.inc();
+                    this.counters.total.inc();
                     return Poll::Ready(Some(Err(TotalTimeout.into())));
                 }
                 Poll::Pending
@@ -74,7 +83,7 @@ impl Body for Tracked {
                 if let Some(Ok(frame)) = &polled
                     && let Some(data) = frame.data_ref()
                 {
-                    this.state.bytes.1.inc_by(data.len() as u64);
+                    this.counters.bytes_out.inc_by(data.len() as u64);
                 }
                 Poll::Ready(polled.map(|r| r.map_err(BoxError::from)))
             }

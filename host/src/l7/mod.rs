@@ -16,7 +16,7 @@
 //!             and on bodies (idle)
 //! ```
 
-mod body;
+pub mod body;
 mod connect;
 mod context;
 pub mod error;

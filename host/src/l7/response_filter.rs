@@ -5,8 +5,6 @@
 //! back with its body timed and its backend counted in flight until the
 //! last byte.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
@@ -125,7 +123,7 @@ pub(super) async fn on_response(
 pub(super) fn respond(
     head: Head,
     peer: &Peer,
-    state: &Arc<HttpState>,
+    state: &HttpState,
     ctx: &mut Ctx,
 ) -> Response<ProxyBody> {
     let Head {
@@ -143,7 +141,7 @@ pub(super) fn respond(
         idle: super::guard::Idle::new(pool.config.body_timeout),
         deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
         pool: pool.clone(),
-        state: state.clone(),
+        counters: state.body_counters.clone(),
         _open: open,
     };
     Response::from_parts(parts, body.boxed_unsync())

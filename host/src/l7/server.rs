@@ -52,6 +52,8 @@ pub struct HttpState {
     pub timeouts: super::guard::TimeoutCounters,
     /// This listener's request counter and latency histogram.
     pub requests: crate::admin::request_metrics::RequestHandles,
+    /// The counters a response body increments, shared by its bodies.
+    pub body_counters: Arc<super::body::BodyCounters>,
     /// This listener's byte counters (`in`, `out`), looked up once.
     pub bytes: (
         prometheus_client::metrics::counter::Counter,
@@ -285,7 +287,8 @@ async fn handle(
     state: &Arc<HttpState>,
     open: InProgress,
 ) -> Response<ProxyBody> {
-    let logged = state.config.access_log != Format::Off || tracing::enabled!(Level::DEBUG);
+    let logged = state.config.access_log != Format::Off
+        || tracing::enabled!(target: "switchyard::l7::logging", Level::DEBUG);
     let mut ctx = Ctx::new(&req, conn.peer, logged);
     let resp = match proxy(req, conn, state, &mut ctx, open).await {
         Ok(resp) => resp,

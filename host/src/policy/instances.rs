@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::bindings::{connection, http, types};
+use super::bindings::{connection, http};
 use super::decision::{self, ConnDecision, HeaderEdit, HttpDecision};
 use super::directory::Directory;
 use super::engine::{Compiled, Limits, PolicyEngine};
@@ -33,7 +33,7 @@ enum Bindings {
     Connection(connection::ConnectionPolicy),
 }
 
-struct Warm {
+pub(super) struct Warm {
     store: Store<HostState>,
     bindings: Bindings,
     calls: u64,
@@ -209,7 +209,10 @@ impl Policy {
         PolicyError::Trap(reason)
     }
 
-    async fn instantiate(&self, directory: Arc<dyn Directory>) -> Result<Warm, PolicyError> {
+    pub(super) async fn instantiate(
+        &self,
+        directory: Arc<dyn Directory>,
+    ) -> Result<Warm, PolicyError> {
         let state = HostState::new(
             self.name.clone(),
             self.engine.kv.namespace(&self.name),
@@ -303,7 +306,7 @@ impl Policy {
         }
     }
 
-    fn checkin(&self, warm: Warm) {
+    pub(super) fn checkin(&self, warm: Warm) {
         if warm.calls >= self.limits.max_calls {
             return;
         }
@@ -467,62 +470,4 @@ impl Policy {
         .await;
         self.record(started, r)
     }
-
-    /// The load-time check: instantiate and `init` (an `init` error refuses
-    /// the policy), then one call with a sample input, which must not trap
-    /// or time out. The instance stays warm for the first real call.
-    pub(crate) async fn smoke_test(
-        &self,
-        directory: Arc<dyn Directory>,
-    ) -> Result<(), PolicyError> {
-        let warm = self.instantiate(directory.clone()).await?;
-        self.checkin(warm);
-        let conn = Arc::new(sample_connection());
-        let r = match self.kind {
-            PolicyKind::Http => self
-                .on_request(&mut sample_request(), &conn, None, &open_directory())
-                .await
-                .map(drop),
-            PolicyKind::Connection => self
-                .on_connect(&conn, None, &open_directory())
-                .await
-                .map(drop),
-        };
-        // Counters describe traffic, not the load check.
-        self.stats.reset();
-        match r {
-            Err(e @ (PolicyError::Trap(_) | PolicyError::Timeout(_) | PolicyError::Memory(_))) => {
-                Err(PolicyError::SmokeTest(Box::new(e)))
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-fn open_directory() -> Arc<dyn Directory> {
-    Arc::new(super::directory::OpenDirectory)
-}
-
-fn sample_request() -> RequestView {
-    RequestView::build(
-        "GET",
-        "/",
-        &[
-            ("host", "localhost"),
-            ("user-agent", "switchyard-smoke-test"),
-        ],
-    )
-    .expect("a valid sample request")
-}
-
-fn sample_connection() -> ConnectionInfo {
-    // Documentation addresses (RFC 5737), so that a policy keeping state per
-    // client (a rate limiter) spends nothing of a real client's on this call.
-    ConnectionInfo::new(
-        "192.0.2.1:40000".parse().expect("an address"),
-        "192.0.2.2:8080".parse().expect("an address"),
-        "smoke-test",
-        None,
-        types::Transport::Tcp,
-    )
 }

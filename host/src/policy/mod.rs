@@ -24,6 +24,7 @@ mod guest_log;
 mod host_api;
 pub mod instances;
 pub mod kv;
+mod smoke;
 mod stats;
 pub mod ticker;
 pub mod view;
