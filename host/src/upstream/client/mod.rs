@@ -28,12 +28,14 @@ use tracing::debug;
 mod body;
 mod build;
 mod error;
+mod h1;
 
 use body::Back;
 pub use body::ResponseBody;
 pub use build::build;
 use error::handed_back;
 pub use error::{ClientError, Failed};
+use h1::{Slot, connect_uri, origin_form, ready, to_origin_form};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -212,22 +214,9 @@ impl UpstreamClient {
                     slot.disarm();
                     return self.lend(resp, conn, name);
                 }
-                Err(mut e) => {
+                Err(e) => {
                     drop(slot);
-                    match e.take_message() {
-                        // A pooled connection closed before it took the
-                        // request: try another. A new one: give it back.
-                        Some(back) if !fresh => {
-                            debug!(backend = %authority, error = %e.error(), "pooled connection closed; trying another");
-                            req = back;
-                        }
-                        back => {
-                            return Err(Failed {
-                                error: ClientError::Http(e.into_error()),
-                                unsent: back.map(Box::new),
-                            });
-                        }
-                    }
+                    req = retry_on_another(e, fresh, authority)?;
                 }
             }
         }
@@ -453,80 +442,30 @@ fn check_framing(resp: &Response<Incoming>) -> Result<(), ClientError> {
     super::framing::check_response_framing(resp.headers()).map_err(ClientError::Framing)
 }
 
+/// A send that failed: a pooled connection that closed before it took
+/// the request hands it back to try another connection; anything else
+/// (or a new connection) fails the request, handing it back when none of
+/// it was sent.
+fn retry_on_another(
+    mut e: hyper::client::conn::TrySendError<Request<UpstreamBody>>,
+    fresh: bool,
+    authority: &str,
+) -> Result<Request<UpstreamBody>, Failed> {
+    match e.take_message() {
+        Some(back) if !fresh => {
+            debug!(backend = %authority, error = %e.error(), "pooled connection closed; trying another");
+            Ok(back)
+        }
+        back => Err(Failed {
+            error: ClientError::Http(e.into_error()),
+            unsent: back.map(Box::new),
+        }),
+    }
+}
+
 /// What the HTTP/1.1 checkout found.
 enum Take {
     Idle(H1, Arc<str>),
     Open(Arc<str>),
     Wait(Arc<tokio::sync::Notify>),
-}
-
-/// A connection counted in its backend's `open`, until it is lent to a
-/// response (disarmed) or given back on drop.
-struct Slot<'a> {
-    client: &'a UpstreamClient,
-    authority: &'a str,
-    armed: bool,
-}
-
-impl Slot<'_> {
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.client.closed(self.authority);
-        }
-    }
-}
-
-/// Whether a connection takes a request before the deadline. One whose
-/// response just ended may need one more poll of its task first; usually
-/// it is ready at once, and then no timer is made.
-async fn ready(conn: &mut H1, deadline: &mut impl FnMut() -> tokio::time::Instant) -> bool {
-    conn.sender.is_ready()
-        || matches!(
-            tokio::time::timeout_at(deadline(), conn.sender.ready()).await,
-            Ok(Ok(()))
-        )
-}
-
-/// The URI a connection to `authority` is opened with.
-fn connect_uri(scheme: &Option<http::uri::Scheme>, authority: &http::uri::Authority) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = scheme.clone();
-    parts.authority = Some(authority.clone());
-    parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    Uri::from_parts(parts).expect("a scheme and an authority make a URI")
-}
-
-/// HTTP/1.1 sends the origin form (`Host` is set by the caller): the
-/// absolute URI is taken apart, not cloned; its scheme and authority are
-/// needed again only to open a connection.
-fn to_origin_form(
-    req: &mut Request<UpstreamBody>,
-) -> Result<(Option<http::uri::Scheme>, http::uri::Authority), ClientError> {
-    let http::uri::Parts {
-        scheme,
-        authority,
-        path_and_query,
-        ..
-    } = std::mem::take(req.uri_mut()).into_parts();
-    let Some(authority) = authority else {
-        return Err(ClientError::Request("no backend address in the URI".into()));
-    };
-    *req.uri_mut() =
-        Uri::from(path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
-    Ok((scheme, authority))
-}
-
-/// `/path?query` of an absolute URI.
-fn origin_form(uri: &Uri) -> Uri {
-    let pq = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    Uri::from(pq)
 }
