@@ -29,6 +29,16 @@ pub(super) struct Bound {
     pub bind: SocketAddr,
 }
 
+impl Bound {
+    /// How a configured listener wants to be bound.
+    pub(super) fn of(l: &crate::config::ListenerConfig) -> Bound {
+        Bound {
+            protocol: l.protocol,
+            bind: l.bind,
+        }
+    }
+}
+
 /// Which listeners a configuration keeps (same name, address and
 /// protocol), closes and binds, by name.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -42,11 +52,7 @@ pub(super) struct ListenerDiff {
 pub(super) fn diff(running: &BTreeMap<String, Bound>, new: &Config) -> ListenerDiff {
     let mut d = ListenerDiff::default();
     for (name, l) in &new.listeners {
-        let wanted = Bound {
-            protocol: l.protocol,
-            bind: l.bind,
-        };
-        if running.get(name) == Some(&wanted) {
+        if running.get(name) == Some(&Bound::of(l)) {
             d.keep.push(name.clone());
         } else {
             d.bind.push(name.clone());
@@ -154,13 +160,7 @@ mod tests {
     fn running(c: &Config) -> BTreeMap<String, Bound> {
         c.listeners
             .iter()
-            .map(|(n, l)| {
-                let b = Bound {
-                    protocol: l.protocol,
-                    bind: l.bind,
-                };
-                (n.clone(), b)
-            })
+            .map(|(n, l)| (n.clone(), Bound::of(l)))
             .collect()
     }
 
