@@ -15,32 +15,40 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
 
+use crate::config::{TcpSettings, UdpSettings};
 use crate::l4::L4State;
 use crate::l7::HttpState;
 
-/// What a listener hands its connections to.
+/// What a TCP listener hands its connections to.
 #[derive(Clone)]
 pub enum Handler {
     Http(Arc<ArcSwap<HttpState>>),
-    L4(Arc<ArcSwap<L4State>>),
+    Tcp(Arc<ArcSwap<L4State<TcpSettings>>>),
+}
+
+/// What a listener serves with, swapped whole on reload: its accept
+/// loop's handler, or a UDP listener's state.
+#[derive(Clone)]
+pub enum Served {
+    Stream(Handler),
+    Datagram(Arc<ArcSwap<L4State<UdpSettings>>>),
 }
 
 impl Handler {
     /// Whether connections must start with a PROXY header, and from whom.
     fn proxy_protocol(&self) -> (bool, Vec<ipnet::IpNet>) {
-        let cfg = |c: &crate::config::ListenerConfig| {
-            (
-                c.accept_proxy_protocol,
-                if c.accept_proxy_protocol {
-                    c.trusted_proxies.clone()
-                } else {
-                    Vec::new()
-                },
-            )
+        let pick = |accept: bool, trusted: &[ipnet::IpNet]| {
+            (accept, if accept { trusted.to_vec() } else { Vec::new() })
         };
         match self {
-            Handler::Http(s) => cfg(&s.load().config),
-            Handler::L4(s) => cfg(&s.load().config),
+            Handler::Http(s) => {
+                let s = s.load();
+                pick(s.config.accept_proxy_protocol, &s.config.trusted_proxies)
+            }
+            Handler::Tcp(s) => {
+                let s = s.load();
+                pick(s.config.accept_proxy_protocol, &s.config.trusted_proxies)
+            }
         }
     }
 }
@@ -113,7 +121,7 @@ pub async fn accept_loop(
 ) {
     let local = listener.local_addr().ok();
     let slots = Arc::new(Semaphore::new(max_connections));
-    let refuse_excess = matches!(handler, Handler::L4(_));
+    let refuse_excess = matches!(handler, Handler::Tcp(_));
     loop {
         let waited = if refuse_excess {
             None
@@ -180,7 +188,7 @@ pub async fn accept_loop(
 fn refuse(name: &str, handler: &Handler, stream: tokio::net::TcpStream, peer: SocketAddr) {
     let _ = stream.set_zero_linger();
     drop(stream);
-    if let Handler::L4(s) = handler {
+    if let Handler::Tcp(s) = handler {
         s.load()
             .metrics
             .refused
@@ -275,7 +283,7 @@ fn spawn(
                 Handler::Http(s) => {
                     serve_http(stream, peer, local, s, drain, cancel, last_call).await
                 }
-                Handler::L4(s) => crate::l4::serve_connection(stream, peer, local, s).await,
+                Handler::Tcp(s) => crate::l4::serve_connection(stream, peer, local, s).await,
             }
             drop(permit);
         })

@@ -85,6 +85,16 @@ fn cases() -> Vec<Case> {
             ),
         ),
         case(
+            "a head limit on a udp listener",
+            format!(
+                "{POOL}[listeners.u]\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\nmax_headers = 10\n"
+            ),
+        ),
+        case(
+            "a ClientHello key on an http listener",
+            http("sni_peek_timeout_ms = 500\n"),
+        ),
+        case(
             "policy_config without a policy",
             http("policy_config = \"x.json\"\n"),
         ),

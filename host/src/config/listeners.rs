@@ -1,14 +1,23 @@
-//! `[listeners.NAME]` checked into a [`ListenerConfig`]: what it names,
-//! which keys its protocol reads, its trusted proxies and TLS. The rule
-//! for numbers is `validate.rs`'s.
+//! `[listeners.NAME]` checked into a [`ListenerConfig`] (`settings.rs`):
+//! what every listener has, then one section per protocol with only the
+//! keys that protocol reads. A key set on a listener whose protocol does not read it
+//! is an error that names it, never ignored. The rule for numbers is
+//! `validate.rs`'s.
+//!
+//! The file side (`file/listener.rs`) stays one flat table, so that a
+//! misplaced key gets a sentence saying which protocols read it rather
+//! than serde's "unknown field".
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
 use super::file::{self, ListenerFile};
+use super::settings::{
+    HttpSettings, Listener, ListenerConfig, ProtocolSettings, TcpSettings, UdpSettings,
+};
 use super::validate::{Problems, at_least, ms, names, valid_policy_name};
-use super::{CertFile, ListenerConfig, ListenerTls, PoolConfig, Protocol};
+use super::{CertFile, ListenerTls, PoolConfig, Protocol};
 
 pub(super) fn listener(
     name: &str,
@@ -34,22 +43,32 @@ pub(super) fn listener(
             ));
         }
     }
-    listener_checks(&key, &l, pools, problems);
-    let trusted_proxies = trusted_proxies(&key, &l, problems);
-    let tls = listener_tls(&key, &l, base, problems);
-    Some(listener_config(
-        &key,
-        l,
+    common_checks(&key, &l, pools, problems);
+    foreign_keys(&key, &l, problems);
+    let settings = match l.protocol {
+        Protocol::Http => ProtocolSettings::Http(Box::new(http(&key, &l, base, problems))),
+        Protocol::Tcp => ProtocolSettings::Tcp(tcp(&key, &l, problems)),
+        Protocol::Udp => ProtocolSettings::Udp(udp(&key, &l, problems)),
+    };
+    Some(Listener {
         bind,
-        base,
-        trusted_proxies,
-        tls,
-        problems,
-    ))
+        max_connections: at_least(
+            problems,
+            &format!("{key}.max_connections"),
+            l.max_connections,
+            1,
+        ),
+        pool: l.pool,
+        policy: l.policy,
+        on_error: l.on_error,
+        policy_config: l.policy_config.map(|p| base.join(p)),
+        access_log: l.access_log,
+        settings,
+    })
 }
 
-/// What a listener names, and which of its keys its protocol reads.
-fn listener_checks(
+/// What every listener names.
+fn common_checks(
     key: &str,
     l: &ListenerFile,
     pools: &BTreeMap<String, PoolConfig>,
@@ -79,41 +98,175 @@ fn listener_checks(
     if l.policy_config.is_some() && l.policy.is_none() {
         problems.push(format!("{key}.policy_config: set without a policy"));
     }
-    if l.peek_sni == Some(true) && l.protocol != Protocol::Tcp {
-        problems.push(format!(
-            "{key}.peek_sni: only tcp listeners peek at the TLS ClientHello"
-        ));
-    }
-    if l.accept_proxy_protocol && l.protocol == Protocol::Udp {
-        problems.push(format!(
-            "{key}.accept_proxy_protocol: not supported on udp listeners"
-        ));
-    }
-    if l.protocol != Protocol::Http {
-        for (set, k) in [
-            (l.max_uri_bytes.is_some(), "max_uri_bytes"),
-            (l.normalize_path.is_some(), "normalize_path"),
-            (
-                l.path_with_escaped_slashes.is_some(),
-                "path_with_escaped_slashes",
-            ),
-        ] {
-            if set {
-                problems.push(format!("{key}.{k}: only http listeners read paths"));
-            }
+}
+
+/// A key, and whether the file sets it.
+type KeySet = (&'static str, bool);
+
+/// Refuses each key set on a listener whose protocol does not read it.
+fn foreign_keys(key: &str, l: &ListenerFile, problems: &mut Problems) {
+    let http = [
+        ("header_read_timeout_ms", l.header_read_timeout_ms.is_some()),
+        ("max_request_body_bytes", l.max_request_body_bytes.is_some()),
+        ("max_header_bytes", l.max_header_bytes.is_some()),
+        ("max_headers", l.max_headers.is_some()),
+        (
+            "http2_max_concurrent_streams",
+            l.http2_max_concurrent_streams.is_some(),
+        ),
+        ("max_uri_bytes", l.max_uri_bytes.is_some()),
+        ("normalize_path", l.normalize_path.is_some()),
+        (
+            "path_with_escaped_slashes",
+            l.path_with_escaped_slashes.is_some(),
+        ),
+        ("first_byte_timeout_ms", l.first_byte_timeout_ms.is_some()),
+        ("send_timeout_ms", l.send_timeout_ms.is_some()),
+        (
+            "request_body_timeout_ms",
+            l.request_body_timeout_ms.is_some(),
+        ),
+        (
+            "http2_keepalive_interval_ms",
+            l.http2_keepalive_interval_ms.is_some(),
+        ),
+        (
+            "http2_keepalive_timeout_ms",
+            l.http2_keepalive_timeout_ms.is_some(),
+        ),
+        ("tunnel_idle_timeout_ms", l.tunnel_idle_timeout_ms.is_some()),
+        ("tls", l.tls.is_some()),
+    ];
+    let tcp = [
+        ("peek_sni", l.peek_sni.is_some()),
+        ("sni_peek_timeout_ms", l.sni_peek_timeout_ms.is_some()),
+    ];
+    let streams = [
+        ("trusted_proxies", !l.trusted_proxies.is_empty()),
+        ("accept_proxy_protocol", l.accept_proxy_protocol),
+    ];
+    let udp = [(
+        "new_flows_per_source_per_second",
+        l.new_flows_per_source_per_second.is_some(),
+    )];
+    let groups: [(&[Protocol], &[KeySet]); 4] = [
+        (&[Protocol::Http], &http),
+        (&[Protocol::Tcp], &tcp),
+        (&[Protocol::Http, Protocol::Tcp], &streams),
+        (&[Protocol::Udp], &udp),
+    ];
+    for (readers, keys) in groups {
+        if readers.contains(&l.protocol) {
+            continue;
+        }
+        let readers: Vec<String> = readers.iter().map(|p| protocol_name(*p)).collect();
+        for (k, _) in keys.iter().filter(|(_, set)| *set) {
+            let hint = if *k == "tls" {
+                " (a tcp listener passes TLS through; see peek_sni)"
+            } else {
+                ""
+            };
+            problems.push(format!(
+                "{key}.{k}: a {} listener does not read it; only {} listeners do{hint}",
+                protocol_name(l.protocol),
+                readers.join(" and "),
+            ));
         }
     }
-    for (value, k) in [
-        (l.first_byte_timeout_ms, "first_byte_timeout_ms"),
-        (l.send_timeout_ms, "send_timeout_ms"),
-        (l.request_body_timeout_ms, "request_body_timeout_ms"),
-        (l.http2_keepalive_interval_ms, "http2_keepalive_interval_ms"),
-        (l.http2_keepalive_timeout_ms, "http2_keepalive_timeout_ms"),
-        (l.tunnel_idle_timeout_ms, "tunnel_idle_timeout_ms"),
-    ] {
-        if value.is_some() && l.protocol != Protocol::Http {
-            problems.push(format!("{key}.{k}: only http listeners have it"));
-        }
+}
+
+fn protocol_name(p: Protocol) -> String {
+    format!("{p:?}").to_lowercase()
+}
+
+/// `[listeners.NAME]` with `protocol = "http"`.
+fn http(key: &str, l: &ListenerFile, base: &Path, problems: &mut Problems) -> HttpSettings {
+    let k = |sub: &str| format!("{key}.{sub}");
+    let header_read = l.header_read_timeout_ms.unwrap_or(10_000);
+    // The first byte's default is the head's: `ms` below still checks it.
+    let trusted_proxies = trusted_proxies(key, l, problems);
+    let tls = listener_tls(key, l, base, problems);
+    let mut ms =
+        |sub: &str, v: Option<u64>, default: u64| ms(problems, &k(sub), v.unwrap_or(default));
+    HttpSettings {
+        header_read_timeout: ms("header_read_timeout_ms", Some(header_read), header_read),
+        first_byte_timeout: ms(
+            "first_byte_timeout_ms",
+            l.first_byte_timeout_ms,
+            header_read,
+        ),
+        send_timeout: ms("send_timeout_ms", l.send_timeout_ms, 60_000),
+        request_body_timeout: ms("request_body_timeout_ms", l.request_body_timeout_ms, 60_000),
+        http2_keepalive_interval: ms(
+            "http2_keepalive_interval_ms",
+            l.http2_keepalive_interval_ms,
+            30_000,
+        ),
+        http2_keepalive_timeout: ms(
+            "http2_keepalive_timeout_ms",
+            l.http2_keepalive_timeout_ms,
+            20_000,
+        ),
+        tunnel_idle_timeout: ms("tunnel_idle_timeout_ms", l.tunnel_idle_timeout_ms, 300_000),
+        idle_timeout: ms("idle_timeout_ms", l.idle_timeout_ms, 75_000),
+        max_header_bytes: at_least(
+            problems,
+            &k("max_header_bytes"),
+            l.max_header_bytes.unwrap_or(64 * 1024),
+            8192,
+        ),
+        max_uri_bytes: at_least(
+            problems,
+            &k("max_uri_bytes"),
+            l.max_uri_bytes.unwrap_or(8192),
+            1,
+        ),
+        max_headers: l.max_headers.unwrap_or(100),
+        max_request_body_bytes: l.max_request_body_bytes,
+        http2_max_concurrent_streams: l.http2_max_concurrent_streams.unwrap_or(200),
+        accept_proxy_protocol: l.accept_proxy_protocol,
+        trusted_proxies,
+        tls,
+        normalize_path: l.normalize_path.unwrap_or(true),
+        path_with_escaped_slashes: l.path_with_escaped_slashes.unwrap_or_default(),
+    }
+}
+
+/// `[listeners.NAME]` with `protocol = "tcp"`.
+fn tcp(key: &str, l: &ListenerFile, problems: &mut Problems) -> TcpSettings {
+    let k = |sub: &str| format!("{key}.{sub}");
+    TcpSettings {
+        trusted_proxies: trusted_proxies(key, l, problems),
+        accept_proxy_protocol: l.accept_proxy_protocol,
+        peek_sni: l.peek_sni.unwrap_or(l.policy.is_some()),
+        sni_peek_timeout: ms(
+            problems,
+            &k("sni_peek_timeout_ms"),
+            l.sni_peek_timeout_ms.unwrap_or(1_000),
+        ),
+        idle_timeout: ms(
+            problems,
+            &k("idle_timeout_ms"),
+            l.idle_timeout_ms.unwrap_or(300_000),
+        ),
+    }
+}
+
+/// `[listeners.NAME]` with `protocol = "udp"`.
+fn udp(key: &str, l: &ListenerFile, problems: &mut Problems) -> UdpSettings {
+    let k = |sub: &str| format!("{key}.{sub}");
+    UdpSettings {
+        idle_timeout: ms(
+            problems,
+            &k("idle_timeout_ms"),
+            l.idle_timeout_ms.unwrap_or(60_000),
+        ),
+        new_flows_per_source_per_second: at_least(
+            problems,
+            &k("new_flows_per_source_per_second"),
+            l.new_flows_per_source_per_second.unwrap_or(100),
+            1,
+        ),
     }
 }
 
@@ -145,11 +298,6 @@ fn listener_tls(
     problems: &mut Problems,
 ) -> Option<ListenerTls> {
     let t = l.tls.as_ref()?;
-    if l.protocol != Protocol::Http {
-        problems.push(format!(
-            "{key}.tls: only http listeners terminate TLS (a tcp listener passes it through; see peek_sni)"
-        ));
-    }
     if t.certs.is_empty() {
         problems.push(format!(
             "{key}.tls.certs: needs at least one {{ cert = \"FILE\", key = \"FILE\" }}"
@@ -174,75 +322,93 @@ fn listener_tls(
     })
 }
 
-fn listener_config(
-    key: &str,
-    l: ListenerFile,
-    bind: SocketAddr,
-    base: &Path,
-    trusted_proxies: Vec<ipnet::IpNet>,
-    tls: Option<ListenerTls>,
-    problems: &mut Problems,
-) -> ListenerConfig {
-    let k = |sub: &str| format!("{key}.{sub}");
-    let mut ms = |sub: &str, v: u64| ms(problems, &k(sub), v);
-    let first_byte = l.first_byte_timeout_ms.unwrap_or(l.header_read_timeout_ms);
-    let idle = l.idle_timeout_ms.unwrap_or(match l.protocol {
-        Protocol::Udp => 60_000,
-        Protocol::Tcp => 300_000,
-        Protocol::Http => 75_000,
-    });
-    let peek_sni = l.protocol == Protocol::Tcp && l.peek_sni.unwrap_or(l.policy.is_some());
-    ListenerConfig {
-        header_read_timeout: ms("header_read_timeout_ms", l.header_read_timeout_ms),
-        first_byte_timeout: ms("first_byte_timeout_ms", first_byte),
-        send_timeout: ms("send_timeout_ms", l.send_timeout_ms.unwrap_or(60_000)),
-        request_body_timeout: ms(
-            "request_body_timeout_ms",
-            l.request_body_timeout_ms.unwrap_or(60_000),
-        ),
-        http2_keepalive_interval: ms(
-            "http2_keepalive_interval_ms",
-            l.http2_keepalive_interval_ms.unwrap_or(30_000),
-        ),
-        http2_keepalive_timeout: ms(
-            "http2_keepalive_timeout_ms",
-            l.http2_keepalive_timeout_ms.unwrap_or(20_000),
-        ),
-        tunnel_idle_timeout: ms(
-            "tunnel_idle_timeout_ms",
-            l.tunnel_idle_timeout_ms.unwrap_or(300_000),
-        ),
-        sni_peek_timeout: ms("sni_peek_timeout_ms", l.sni_peek_timeout_ms),
-        idle_timeout: ms("idle_timeout_ms", idle),
-        max_connections: at_least(problems, &k("max_connections"), l.max_connections, 1),
-        max_header_bytes: at_least(problems, &k("max_header_bytes"), l.max_header_bytes, 8192),
-        max_uri_bytes: at_least(
-            problems,
-            &k("max_uri_bytes"),
-            l.max_uri_bytes.unwrap_or(8192),
-            1,
-        ),
-        new_flows_per_source_per_second: at_least(
-            problems,
-            &k("new_flows_per_source_per_second"),
-            l.new_flows_per_source_per_second.unwrap_or(100),
-            1,
-        ),
-        protocol: l.protocol,
-        bind,
-        pool: l.pool,
-        policy: l.policy,
-        on_error: l.on_error,
-        policy_config: l.policy_config.map(|p| base.join(p)),
-        max_request_body_bytes: l.max_request_body_bytes,
-        max_headers: l.max_headers,
-        accept_proxy_protocol: l.accept_proxy_protocol,
-        trusted_proxies,
-        http2_max_concurrent_streams: l.http2_max_concurrent_streams,
-        access_log: l.access_log,
-        peek_sni,
-        tls,
-        normalize_path: l.normalize_path.unwrap_or(true),
-        path_with_escaped_slashes: l.path_with_escaped_slashes.unwrap_or_default(),
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, ProtocolSettings};
+
+    fn listener(proto: &str, extra: &str) -> String {
+        format!(
+            "[pools.web]\nbackends = [\"127.0.0.1:9\"]\n[listeners.l]\nprotocol = \"{proto}\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n{extra}"
+        )
+    }
+
+    fn refusal(text: &str) -> String {
+        Config::parse(Path::new("/etc/sy/s.toml"), text)
+            .err()
+            .unwrap_or_else(|| panic!("accepted:\n{text}"))
+            .to_string()
+    }
+
+    /// Every key only some protocols read is refused, by name, on a
+    /// listener of another protocol: never ignored.
+    #[test]
+    fn a_key_its_protocol_does_not_read_is_refused_by_name() {
+        let cases = [
+            ("tcp", "header_read_timeout_ms = 5000"),
+            ("udp", "max_request_body_bytes = 10"),
+            ("tcp", "max_header_bytes = 9000"),
+            ("tcp", "max_headers = 10"),
+            ("udp", "http2_max_concurrent_streams = 5"),
+            ("tcp", "max_uri_bytes = 100"),
+            ("udp", "normalize_path = false"),
+            ("tcp", "path_with_escaped_slashes = \"keep\""),
+            ("tcp", "first_byte_timeout_ms = 5"),
+            ("udp", "send_timeout_ms = 5"),
+            ("tcp", "request_body_timeout_ms = 5"),
+            ("tcp", "http2_keepalive_interval_ms = 5"),
+            ("udp", "http2_keepalive_timeout_ms = 5"),
+            ("tcp", "tunnel_idle_timeout_ms = 5"),
+            ("http", "peek_sni = false"),
+            ("udp", "peek_sni = true"),
+            ("http", "sni_peek_timeout_ms = 5"),
+            ("udp", "trusted_proxies = [\"10.0.0.0/8\"]"),
+            ("udp", "accept_proxy_protocol = true"),
+            ("http", "new_flows_per_source_per_second = 5"),
+            ("tcp", "new_flows_per_source_per_second = 5"),
+            ("tcp", "[listeners.l.tls]\ncerts = []"),
+        ];
+        for (proto, line) in cases {
+            let key = line.split(['\n', ' ']).next().unwrap();
+            let key = key
+                .trim_start_matches("[listeners.l.")
+                .trim_end_matches(']');
+            let e = refusal(&listener(proto, &format!("{line}\n")));
+            let want = format!("listeners.l.{key}: a {proto} listener does not read it");
+            assert!(e.contains(&want), "{proto} {line}: {e}");
+        }
+    }
+
+    /// Each protocol gets its own section with its defaults; the keys
+    /// every protocol reads stay beside it.
+    #[test]
+    fn each_protocol_gets_its_own_settings_with_their_defaults() {
+        let c = Config::parse(Path::new("/s.toml"), &listener("http", "")).unwrap();
+        let l = &c.listeners["l"];
+        assert_eq!(l.max_connections, 10_000);
+        let ProtocolSettings::Http(h) = &l.settings else {
+            panic!("{l:?}")
+        };
+        assert_eq!(h.header_read_timeout.as_millis(), 10_000);
+        assert_eq!(h.first_byte_timeout, h.header_read_timeout);
+        assert_eq!((h.max_header_bytes, h.max_headers), (65_536, 100));
+        assert_eq!(h.idle_timeout.as_millis(), 75_000);
+
+        let text = listener("tcp", "idle_timeout_ms = 1234\n");
+        let c = Config::parse(Path::new("/s.toml"), &text).unwrap();
+        let ProtocolSettings::Tcp(t) = &c.listeners["l"].settings else {
+            panic!()
+        };
+        assert_eq!(t.idle_timeout.as_millis(), 1234);
+        assert!(!t.peek_sni, "no policy, no peek");
+        assert_eq!(t.sni_peek_timeout.as_millis(), 1000);
+
+        let c = Config::parse(Path::new("/s.toml"), &listener("udp", "")).unwrap();
+        let ProtocolSettings::Udp(u) = &c.listeners["l"].settings else {
+            panic!()
+        };
+        assert_eq!(u.idle_timeout.as_millis(), 60_000);
+        assert_eq!(u.new_flows_per_source_per_second, 100);
     }
 }

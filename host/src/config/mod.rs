@@ -8,6 +8,7 @@ pub mod file;
 pub mod limits;
 mod listeners;
 mod pools;
+mod settings;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,9 @@ pub use file::{
 };
 
 use limits::{FileCaps, Limits, PoolLimits};
+pub use settings::{
+    HttpSettings, Listener, ListenerConfig, ProtocolSettings, TcpSettings, UdpSettings,
+};
 use validate::validate;
 
 /// A checked configuration.
@@ -217,59 +221,6 @@ pub struct Outlier {
     pub base_ejection: Duration,
     pub max_ejection: Duration,
     pub max_ejected_percent: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct ListenerConfig {
-    pub protocol: Protocol,
-    pub bind: SocketAddr,
-    pub pool: Option<String>,
-    /// The policy's name: `policies/<name>.wasm`.
-    pub policy: Option<String>,
-    pub on_error: OnError,
-    /// Another config for the policy than `<policy>.json`.
-    pub policy_config: Option<PathBuf>,
-    pub max_connections: usize,
-    pub header_read_timeout: Duration,
-    pub max_request_body_bytes: Option<u64>,
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    /// Peers whose `X-Forwarded-For` (and PROXY header) is believed.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Every connection must start with a PROXY protocol v1/v2 header from
-    /// a `trusted_proxies` peer; others are closed.
-    pub accept_proxy_protocol: bool,
-    pub http2_max_concurrent_streams: u32,
-    /// One access-log line per request or connection: off, text or json.
-    pub access_log: limits::Format,
-    /// tcp: read the ClientHello (bounded by `sni_peek_timeout` and 16 KiB)
-    /// so the policy sees SNI and ALPN.
-    pub peek_sni: bool,
-    pub sni_peek_timeout: Duration,
-    /// tcp: a connection with no bytes either way this long is closed;
-    /// udp: a flow with no datagram either way this long is forgotten.
-    pub idle_timeout: Duration,
-    /// http: TLS termination.
-    pub tls: Option<ListenerTls>,
-    /// http: the longest request target accepted (414 beyond).
-    pub max_uri_bytes: usize,
-    /// http: normalize paths (`l7/path.rs`); off passes them raw.
-    pub normalize_path: bool,
-    /// http: what `%2F`, `%5C` and `\` in a path do.
-    pub path_with_escaped_slashes: limits::EscapedSlashes,
-    /// http: the longest wait for a connection's first byte.
-    pub first_byte_timeout: Duration,
-    /// http: the longest a write to the client may make no progress.
-    pub send_timeout: Duration,
-    /// http: the longest a request body may send nothing.
-    pub request_body_timeout: Duration,
-    /// http: HTTP/2 PING interval, and the wait for its ack.
-    pub http2_keepalive_interval: Duration,
-    pub http2_keepalive_timeout: Duration,
-    /// http: an upgraded tunnel quiet this long is closed.
-    pub tunnel_idle_timeout: Duration,
-    /// udp: new flows one source address may start per second.
-    pub new_flows_per_source_per_second: u32,
 }
 
 #[derive(Debug, Clone)]

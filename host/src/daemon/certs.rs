@@ -45,7 +45,10 @@ pub(super) fn terminators_for(
     let mut out = BTreeMap::new();
     let mut problems = Vec::new();
     for (name, l) in &config.listeners {
-        let Some(tls) = &l.tls else {
+        let crate::config::ProtocolSettings::Http(http) = &l.settings else {
+            continue;
+        };
+        let Some(tls) = &http.tls else {
             continue;
         };
         let made = match existing.get(name) {

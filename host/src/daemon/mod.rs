@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AccessLog, Metrics};
 use crate::config::{Config, Protocol};
-use crate::listener::{Connections, Handler};
+use crate::listener::{Connections, Served};
 use crate::policy::{EngineSettings, Policy, PolicyEngine};
 use crate::reload::{self, Change, Compiler, Watches};
 use crate::upstream::Upstreams;
@@ -50,7 +50,7 @@ struct ListenerHandle {
     protocol: Protocol,
     bind: SocketAddr,
     addr: SocketAddr,
-    handler: Handler,
+    served: Served,
     stop: watch::Sender<bool>,
 }
 
@@ -186,10 +186,7 @@ impl Running {
     /// and waits up to `drain` for them. Returns whether all finished.
     pub async fn shutdown(self, drain: Duration) -> bool {
         let d = self.daemon.state.lock().await;
-        for h in d.listeners.values() {
-            let _ = h.stop.send(true);
-        }
-        let _ = d.drain.send(true);
+        d.stop_accepting();
         let tracker = d.conns.tracker.clone();
         let cancel = d.conns.cancel.clone();
         drop(d);
@@ -198,6 +195,17 @@ impl Running {
         // What is left (upgraded tunnels) is closed now.
         cancel.cancel();
         drained
+    }
+}
+
+impl Daemon {
+    /// Tells every listener to stop accepting and every connection to
+    /// finish what it is doing.
+    fn stop_accepting(&self) {
+        for h in self.listeners.values() {
+            let _ = h.stop.send(true);
+        }
+        let _ = self.drain.send(true);
     }
 }
 

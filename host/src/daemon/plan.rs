@@ -33,7 +33,7 @@ impl Bound {
     /// How a configured listener wants to be bound.
     pub(super) fn of(l: &crate::config::ListenerConfig) -> Bound {
         Bound {
-            protocol: l.protocol,
+            protocol: l.protocol(),
             bind: l.bind,
         }
     }

@@ -26,7 +26,7 @@ pub(super) struct PolicyKey {
 }
 
 pub(super) fn key_of(l: &ListenerConfig) -> Option<PolicyKey> {
-    let kind = match l.protocol {
+    let kind = match l.protocol() {
         Protocol::Http => PolicyKind::Http,
         Protocol::Tcp | Protocol::Udp => PolicyKind::Connection,
     };

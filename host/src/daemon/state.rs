@@ -11,10 +11,10 @@ use tracing::{error, info};
 use super::plan::{Bound, Current, Plan};
 use super::policies::{Loader, PolicyKey, key_of};
 use super::{Control, Daemon, ListenerHandle, View};
-use crate::config::{Config, ListenerConfig, Protocol};
+use crate::config::{Config, HttpSettings, Listener, ProtocolSettings};
 use crate::l4::L4State;
 use crate::l7::HttpState;
-use crate::listener::{self, Handler};
+use crate::listener::{self, Handler, Served};
 use crate::policy::{Directory, Policy};
 
 impl Daemon {
@@ -40,16 +40,28 @@ impl Daemon {
             return;
         };
         let policy = key_of(cfg).and_then(|k| self.policies.get(&k).cloned());
-        match &h.handler {
-            Handler::Http(s) => s.store(Arc::new(self.http_state(name, cfg, policy))),
-            Handler::L4(s) => s.store(Arc::new(self.l4_state(name, cfg, policy))),
+        match (&h.served, &cfg.settings) {
+            (Served::Stream(Handler::Http(s)), ProtocolSettings::Http(p)) => s.store(Arc::new(
+                self.http_state(name, cfg.with(p.as_ref()), policy),
+            )),
+            (Served::Stream(Handler::Tcp(s)), ProtocolSettings::Tcp(p)) => {
+                s.store(Arc::new(self.l4_state(name, cfg.with(p), policy)))
+            }
+            (Served::Datagram(s), ProtocolSettings::Udp(p)) => {
+                s.store(Arc::new(self.l4_state(name, cfg.with(p), policy)))
+            }
+            // A listener whose protocol changed is closed and bound again
+            // (`plan.rs`), never published over.
+            _ => {
+                error!(listener = %name, "listener state does not match its protocol; not published")
+            }
         }
     }
 
     pub(super) fn http_state(
         &self,
         name: &str,
-        cfg: &ListenerConfig,
+        cfg: Listener<HttpSettings>,
         policy: Option<Arc<Policy>>,
     ) -> HttpState {
         let tls = self.terminators.get(name).cloned();
@@ -78,13 +90,13 @@ impl Daemon {
                 total: self.metrics.timeout_counter(&name, "total"),
             },
             name,
-            config: cfg.clone(),
-            policy,
             default_pool: cfg
                 .pool
                 .as_deref()
                 .and_then(|p| self.upstreams.pool(p))
                 .cloned(),
+            config: cfg,
+            policy,
             upstreams: self.upstreams.clone(),
             metrics: self.metrics.clone(),
             access_log: self.access_log.clone(),
@@ -92,15 +104,15 @@ impl Daemon {
         }
     }
 
-    pub(super) fn l4_state(
+    pub(super) fn l4_state<P>(
         &self,
         name: &str,
-        cfg: &ListenerConfig,
+        cfg: Listener<P>,
         policy: Option<Arc<Policy>>,
-    ) -> L4State {
+    ) -> L4State<P> {
         L4State {
             name: name.into(),
-            config: cfg.clone(),
+            config: cfg,
             policy,
             upstreams: self.upstreams.clone(),
             metrics: self.metrics.clone(),
@@ -153,32 +165,35 @@ impl Daemon {
     pub(super) fn open(&mut self, name: &str, socket: listener::Socket) -> anyhow::Result<()> {
         let l = self.config.listeners[name].clone();
         let addr = socket.local_addr()?;
-        let handler = match l.protocol {
-            Protocol::Http => Handler::Http(Arc::new(ArcSwap::from_pointee(
-                self.http_state(name, &l, None),
+        let served = match &l.settings {
+            ProtocolSettings::Http(p) => Served::Stream(Handler::Http(Arc::new(
+                ArcSwap::from_pointee(self.http_state(name, l.with(p.as_ref()), None)),
             ))),
-            Protocol::Tcp | Protocol::Udp => Handler::L4(Arc::new(ArcSwap::from_pointee(
-                self.l4_state(name, &l, None),
+            ProtocolSettings::Tcp(p) => Served::Stream(Handler::Tcp(Arc::new(
+                ArcSwap::from_pointee(self.l4_state(name, l.with(p), None)),
+            ))),
+            ProtocolSettings::Udp(p) => Served::Datagram(Arc::new(ArcSwap::from_pointee(
+                self.l4_state(name, l.with(p), None),
             ))),
         };
         let (stop, stop_rx) = watch::channel(false);
         self.listeners.insert(
             name.to_owned(),
             ListenerHandle {
-                protocol: l.protocol,
+                protocol: l.protocol(),
                 bind: l.bind,
                 addr,
-                handler: handler.clone(),
+                served: served.clone(),
                 stop,
             },
         );
         // Policy first, then accept.
         self.publish(name);
-        info!(listener = %name, %addr, protocol = ?l.protocol, "listening");
+        info!(listener = %name, %addr, protocol = ?l.protocol(), "listening");
         // Tracked like connections, so a drain also waits for the accept
         // loop to take what the kernel had queued before it closes.
-        match (socket, handler) {
-            (listener::Socket::Udp(socket), Handler::L4(state)) => {
+        match (socket, served) {
+            (listener::Socket::Udp(socket), Served::Datagram(state)) => {
                 // UDP has nothing to drain: its flows end when the
                 // listener stops (removed, or at shutdown).
                 self.conns.tracker.spawn(crate::l4::udp::serve(
@@ -188,7 +203,7 @@ impl Daemon {
                     self.conns.tracker.clone(),
                 ));
             }
-            (listener::Socket::Tcp(socket), handler) => {
+            (listener::Socket::Tcp(socket), Served::Stream(handler)) => {
                 self.conns.tracker.spawn(listener::accept_loop(
                     name.to_owned(),
                     socket,
@@ -198,9 +213,7 @@ impl Daemon {
                     self.conns.clone(),
                 ));
             }
-            (listener::Socket::Udp(_), _) => {
-                anyhow::bail!("listeners.{name}: a udp socket for a non-udp listener")
-            }
+            _ => anyhow::bail!("listeners.{name}: its socket does not match its protocol"),
         }
         Ok(())
     }
@@ -249,7 +262,7 @@ impl Daemon {
         let mut problems = Vec::new();
         for name in &listeners.bind {
             let l = &config.listeners[name];
-            match listener::bind(l.protocol, l.bind) {
+            match listener::bind(l.protocol(), l.bind) {
                 Ok(s) => {
                     sockets.insert(name.clone(), s);
                 }

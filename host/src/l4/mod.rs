@@ -10,16 +10,17 @@ use std::sync::Arc;
 
 use tracing::debug;
 
-use crate::config::{ListenerConfig, OnError};
+use crate::config::{Listener, OnError};
 use crate::policy::{ConnDecision, Directory, Policy};
 use crate::upstream::{Backend, Pool, Upstreams};
 
 pub use tcp::serve_connection;
 
-/// What a TCP or UDP listener serves with; swapped whole on reload.
-pub struct L4State {
+/// What a TCP or UDP listener serves with; swapped whole on reload. `P`
+/// is its protocol's settings: `TcpSettings` or `UdpSettings`.
+pub struct L4State<P> {
     pub name: crate::admin::metrics::Label,
-    pub config: ListenerConfig,
+    pub config: Listener<P>,
     pub policy: Option<Arc<Policy>>,
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<crate::admin::Metrics>,
@@ -44,8 +45,8 @@ impl Route {
 
 /// Asks the listener's policy (when it has one) where a new connection or
 /// flow goes. `None`: rejected, or nowhere to go (both logged).
-pub(crate) async fn route(
-    state: &L4State,
+pub(crate) async fn route<P>(
+    state: &L4State<P>,
     info: crate::policy::ConnectionInfo,
     peer: SocketAddr,
 ) -> Option<Route> {

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::{L4State, Route, sni};
+use crate::config::TcpSettings;
 use crate::policy::types;
 
 /// Bytes copied per direction per read; larger than tokio's 8 KiB default,
@@ -31,7 +32,7 @@ const CONNECT_RESENDS: usize = 1;
 
 /// A client connection and the backend it was connected to.
 struct Link<'a> {
-    state: &'a L4State,
+    state: &'a L4State<TcpSettings>,
     pool: &'a crate::upstream::Pool,
     backend: &'a Arc<crate::upstream::Backend>,
     peer: SocketAddr,
@@ -114,7 +115,7 @@ pub async fn serve_connection(
     mut client: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-    shared: Arc<ArcSwap<L4State>>,
+    shared: Arc<ArcSwap<L4State<TcpSettings>>>,
 ) {
     let started = std::time::Instant::now();
     let state = shared.load_full();

@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::{L4State, Route};
+use crate::config::UdpSettings;
 use crate::policy::types;
 
 /// The largest UDP payload.
@@ -146,7 +147,7 @@ fn deliver(flows: &Flows, peer: SocketAddr, datagram: &[u8]) -> Option<usize> {
 /// Serves one UDP socket until `stop`; flows end with it.
 pub async fn serve(
     socket: Arc<UdpSocket>,
-    shared: Arc<ArcSwap<L4State>>,
+    shared: Arc<ArcSwap<L4State<UdpSettings>>>,
     mut stop: watch::Receiver<bool>,
     tracker: TaskTracker,
 ) {
@@ -216,7 +217,7 @@ async fn flow_task(
     socket: Arc<UdpSocket>,
     peer: SocketAddr,
     local: SocketAddr,
-    state: Arc<L4State>,
+    state: Arc<L4State<UdpSettings>>,
     flows: Flows,
     mut waiting: mpsc::Receiver<Bytes>,
     stop: watch::Receiver<bool>,
@@ -268,7 +269,7 @@ struct FlowRoute {
 }
 
 async fn start_flow(
-    state: &L4State,
+    state: &L4State<UdpSettings>,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Option<(FlowRoute, Arc<Flow>)> {
@@ -342,7 +343,7 @@ async fn relay(
     peer: SocketAddr,
     route: FlowRoute,
     flow: Arc<Flow>,
-    state: Arc<L4State>,
+    state: Arc<L4State<UdpSettings>>,
     flows: Flows,
     mut stop: watch::Receiver<bool>,
 ) {

@@ -28,14 +28,14 @@ use super::upstream_peer::upstream_peer;
 use super::upstream_request::{is_upgrade, read_replay, upstream_request};
 use crate::admin::access_log::Format;
 use crate::admin::{AccessLog, Metrics};
-use crate::config::ListenerConfig;
+use crate::config::{HttpSettings, Listener};
 use crate::policy::{ConnectionInfo, Directory, ForwardAction, HttpDecision, Policy, types};
 use crate::upstream::{BoxError, Upstreams};
 
 /// What an HTTP listener serves with; swapped whole on reload.
 pub struct HttpState {
     pub name: crate::admin::metrics::Label,
-    pub config: ListenerConfig,
+    pub config: Listener<HttpSettings>,
     pub policy: Option<Arc<Policy>>,
     pub upstreams: Arc<Upstreams>,
     /// The listener's `pool`, looked up once per state (a state is
@@ -179,7 +179,7 @@ pub(super) fn full(b: Bytes) -> ProxyBody {
 
 /// hyper's auto server (HTTP/1.1 and h2c) with the listener's limits and
 /// timers.
-fn builder(cfg: &ListenerConfig, last_call: bool) -> auto::Builder<TokioExecutor> {
+fn builder(cfg: &Listener<HttpSettings>, last_call: bool) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

@@ -9,18 +9,6 @@ use super::yes;
 fn default_max_connections() -> usize {
     10_000
 }
-fn default_header_read_timeout_ms() -> u64 {
-    10_000
-}
-fn default_max_header_bytes() -> usize {
-    64 * 1024
-}
-fn default_max_headers() -> usize {
-    100
-}
-fn default_h2_streams() -> u32 {
-    200
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -55,26 +43,29 @@ pub struct ListenerFile {
     pub policy_config: Option<PathBuf>,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    #[serde(default = "default_header_read_timeout_ms")]
-    pub header_read_timeout_ms: u64,
+    // The keys below only some protocols read. They are `Option`s, so that
+    // one set on a listener whose protocol does not read it is refused by
+    // name (`config/listeners.rs`); the defaults are filled in there.
+    /// http (default 10000).
+    pub header_read_timeout_ms: Option<u64>,
     pub max_request_body_bytes: Option<u64>,
-    #[serde(default = "default_max_header_bytes")]
-    pub max_header_bytes: usize,
-    #[serde(default = "default_max_headers")]
-    pub max_headers: usize,
+    /// http (default 65536).
+    pub max_header_bytes: Option<usize>,
+    /// http (default 100).
+    pub max_headers: Option<usize>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     #[serde(default)]
     pub accept_proxy_protocol: bool,
     #[serde(default)]
     pub access_log: super::super::limits::Format,
-    #[serde(default = "default_h2_streams")]
-    pub http2_max_concurrent_streams: u32,
+    /// http (default 200).
+    pub http2_max_concurrent_streams: Option<u32>,
     /// tcp: read the TLS ClientHello for SNI/ALPN before calling the policy
     /// (default: on when the listener has a policy).
     pub peek_sni: Option<bool>,
-    #[serde(default = "default_sni_peek_timeout_ms")]
-    pub sni_peek_timeout_ms: u64,
+    /// tcp (default 1000).
+    pub sni_peek_timeout_ms: Option<u64>,
     /// tcp/udp: close a connection or forget a flow idle this long
     /// (default 300 000 for tcp, 60 000 for udp).
     pub idle_timeout_ms: Option<u64>,
@@ -153,8 +144,4 @@ pub struct TlsFile {
 
 fn default_handshake_timeout_ms() -> u64 {
     10_000
-}
-
-fn default_sni_peek_timeout_ms() -> u64 {
-    1_000
 }
