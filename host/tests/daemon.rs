@@ -109,6 +109,18 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok.success());
 }
 
+/// Polls `check` every 10 ms, failing after 10 s.
+fn wait_for(what: &str, check: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: not within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
     let started = Instant::now();
     loop {
@@ -167,11 +179,16 @@ fn a_second_signal_exits_at_once() {
         .unwrap();
     seen.recv_timeout(Duration::from_secs(10)).unwrap();
     signal(child.id(), "-TERM");
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "still draining the 60 s request"
-    );
+    // Must not exit while the request is in flight: watched throughout.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_millis(300) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited after {:?} with a 60 s request in flight",
+            watched.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     signal(child.id(), "-INT");
     let status = wait_exit(child, Duration::from_secs(5));
     assert_eq!(status.code(), Some(130));
@@ -226,7 +243,9 @@ fn a_new_process_takes_over_the_port_while_the_old_one_drains() {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for("the old process serves the load", || {
+        served.load(std::sync::atomic::Ordering::Relaxed) >= 20
+    });
     let (mut new, new_addr, _log_new) = start_daemon("upgrade-new", &config);
     assert_eq!(new_addr, addr, "both processes listen on the same port");
     signal(old.0.id(), "-TERM");
@@ -235,13 +254,11 @@ fn a_new_process_takes_over_the_port_while_the_old_one_drains() {
         Some(0)
     );
     let before = served.load(std::sync::atomic::Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for("the new process serves after the old one left", || {
+        served.load(std::sync::atomic::Ordering::Relaxed) >= before + 20
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     load.join().unwrap();
-    assert!(
-        served.load(std::sync::atomic::Ordering::Relaxed) > before,
-        "the new process serves after the old one left"
-    );
     let failures = failures.lock().unwrap();
     assert!(
         failures.is_empty(),

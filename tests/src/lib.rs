@@ -1,6 +1,19 @@
-//! Test harness for black-box tests over real loopback sockets: small
-//! in-process backends bound to port 0, a Switchyard started from TOML text
-//! with `{name}` placeholders for backend addresses, and clients.
+//! Test harness over real loopback sockets: small in-process backends
+//! bound to port 0, a Switchyard started from TOML text with `{name}`
+//! placeholders for backend addresses, and clients.
+//!
+//! The tests are not black-box. Traffic goes through real sockets, but the
+//! daemon runs in the test's process, started through
+//! `switchyard::daemon`, and tests read what it exposes there as well as
+//! what it says on the wire: [`switchyard::daemon::Running`]'s view of
+//! pools, policies and refused files, and the `/metrics` text of its admin
+//! listener. The only black-box tests are `host/tests/daemon.rs` and
+//! `host/tests/cli.rs`, which run the binary.
+//!
+//! A test waits for events, never for time: [`wait_until`] a condition,
+//! [`Harness::wait_for_metric`] a counter, [`until_seen`] a request at a
+//! backend. Sleeps in tests pace traffic (a slow upload, a backend that
+//! answers late); none stands in for "long enough for it to happen".
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -54,7 +67,10 @@ pub struct TestBackend {
     pub name: String,
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Connections accepted since start.
     pub connections: Arc<AtomicUsize>,
+    /// Connections open now (closed by either side ends one).
+    pub open: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -186,7 +202,13 @@ impl TestBackend {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (n, s, c) = (name.to_owned(), seen.clone(), connections.clone());
+        let open_now = Arc::new(AtomicUsize::new(0));
+        let (n, s, c, o) = (
+            name.to_owned(),
+            seen.clone(),
+            connections.clone(),
+            open_now.clone(),
+        );
         let task = tokio::spawn(async move {
             let mut open = tokio::task::JoinSet::new();
             loop {
@@ -194,7 +216,8 @@ impl TestBackend {
                     continue;
                 };
                 c.fetch_add(1, Ordering::Relaxed);
-                let (n, s) = (n.clone(), s.clone());
+                o.fetch_add(1, Ordering::Relaxed);
+                let (n, s, o) = (n.clone(), s.clone(), o.clone());
                 open.spawn(async move {
                     let svc = service_fn(move |req| {
                         let (n, s) = (n.clone(), s.clone());
@@ -203,6 +226,7 @@ impl TestBackend {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
+                    o.fetch_sub(1, Ordering::Relaxed);
                 });
                 while open.try_join_next().is_some() {}
             }
@@ -212,6 +236,7 @@ impl TestBackend {
             addr,
             seen,
             connections,
+            open: open_now,
             task,
         }
     }
@@ -391,6 +416,19 @@ pub async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> 
     started.elapsed()
 }
 
+/// Checks `check` every 10 ms throughout `window` and fails the test the
+/// first time it does not hold: for what must *not* happen (a client
+/// served past a cap). The assertion runs during the whole window; it is
+/// not a sleep followed by a look.
+pub async fn holds_for(what: &str, window: Duration, mut check: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < window {
+        assert!(check(), "{what}: broken after {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(check(), "{what}: broken at the end of {window:?}");
+}
+
 /// Waits (at most 10 s) until a backend has seen a request to `path`: the
 /// readiness signal for "this request is in flight there".
 pub async fn until_seen(b: &TestBackend, path: &str) {
@@ -447,4 +485,123 @@ pub fn one_http_pool(head: &str, pool: &str, listener: &str) -> String {
         "{head}\n[pools.web]\nbackends = [\"{{web}}\"]\n{pool}\n\
          [listeners.l]\nprotocol = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n{listener}\n"
     )
+}
+
+/// One test's world: named backends, a Switchyard started from TOML whose
+/// `{NAME}` placeholders are their addresses (and `{policies}` the
+/// repository's policy directory), and an HTTP/1.1 client. Dropping it
+/// stops Switchyard at once (listeners closed, connections cancelled) and
+/// the backends, so a test that fails half-way leaves nothing serving.
+pub struct Harness {
+    pub sy: switchyard::daemon::Running,
+    backends: BTreeMap<String, TestBackend>,
+    pub client: Client,
+}
+
+impl Harness {
+    /// Starts a [`TestBackend`] named after each of `backends`, then
+    /// Switchyard.
+    pub async fn start(toml: &str, backends: &[&str]) -> Harness {
+        let mut made = Vec::new();
+        for name in backends {
+            made.push(TestBackend::start(name).await);
+        }
+        Harness::with(toml, made).await
+    }
+
+    /// Starts Switchyard in front of backends the test made.
+    pub async fn with(toml: &str, backends: Vec<TestBackend>) -> Harness {
+        let addrs: BTreeMap<&str, SocketAddr> =
+            backends.iter().map(|b| (b.name.as_str(), b.addr)).collect();
+        let sy = start_switchyard(toml, &addrs).await;
+        Harness {
+            sy,
+            backends: backends.into_iter().map(|b| (b.name.clone(), b)).collect(),
+            client: client(false),
+        }
+    }
+
+    pub fn backend(&self, name: &str) -> &TestBackend {
+        self.backends.get(name).unwrap_or_else(|| {
+            panic!(
+                "no backend {name:?} (backends: {:?})",
+                self.backends.keys().collect::<Vec<_>>()
+            )
+        })
+    }
+
+    /// A listener's bound address.
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.sy.addr(listener)
+    }
+
+    /// `GET path` on a listener, with the harness's HTTP/1.1 client.
+    pub async fn get(&self, listener: &str, path: &str) -> Got {
+        get(&self.client, self.addr(listener), path, &[]).await
+    }
+
+    /// The sum of the `/metrics` samples of `name` whose labels contain
+    /// `labels` (`""` for all). Needs an `[admin]` listener.
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        metric(&self.sy, name, labels).await
+    }
+
+    /// Waits (at most `limit`) until [`Harness::metric`] reaches
+    /// `at_least`, and returns it: how a test learns that something it
+    /// cannot see on the wire (a refused file, a timeout) has happened.
+    pub async fn wait_for_metric(
+        &self,
+        name: &str,
+        labels: &str,
+        at_least: f64,
+        limit: Duration,
+    ) -> f64 {
+        wait_for_metric(&self.sy, name, labels, at_least, limit).await
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.sy.stop_now();
+    }
+}
+
+/// The sum of the `/metrics` samples of `name` whose labels contain
+/// `labels` (`""` for all), read from Switchyard's admin listener.
+pub async fn metric(sy: &switchyard::daemon::Running, name: &str, labels: &str) -> f64 {
+    let admin = sy
+        .admin_addr
+        .expect("metric() needs an [admin] listener in the test's config");
+    let text = get(&client(false), admin, "/metrics", &[]).await.text();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                && l.contains(labels)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls [`metric`] every 10 ms until it reaches `at_least`, failing the
+/// test after `limit`; returns the value reached.
+pub async fn wait_for_metric(
+    sy: &switchyard::daemon::Running,
+    name: &str,
+    labels: &str,
+    at_least: f64,
+    limit: Duration,
+) -> f64 {
+    let started = std::time::Instant::now();
+    loop {
+        let v = metric(sy, name, labels).await;
+        if v >= at_least {
+            return v;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{name}{{{labels}}} is {v}, not {at_least} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

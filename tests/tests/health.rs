@@ -78,8 +78,15 @@ pool = "http_checked"
     assert!(ok >= 48, "L7 after ejection: {ok} of 50 succeeded");
 
     // L4 with TCP checks: the backend accepts connections, so the checks
-    // pass and it keeps its share — the blind spot, asserted.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // pass and it keeps its share — the blind spot, asserted. Five check
+    // rounds (100 ms apart) leave it healthy throughout.
+    let tcp_checked = sy.upstreams().pool("tcp_checked").unwrap().clone();
+    holds_for(
+        "TCP checks keep the backend that answers 500 in the pool",
+        Duration::from_millis(500),
+        || tcp_checked.backends[1].healthy(),
+    )
+    .await;
     let mut five_hundreds = 0;
     for _ in 0..40 {
         if status_over_tcp(sy.addr("l4_tcp_checks")).await == 500 {

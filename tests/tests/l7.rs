@@ -35,40 +35,31 @@ policy = "path-router"
 
 #[tokio::test]
 async fn path_router_sends_each_prefix_to_its_pool_and_strips() {
-    let (web, api, images) = (
-        TestBackend::start("web").await,
-        TestBackend::start("api").await,
-        TestBackend::start("images").await,
-    );
-    let addrs = BTreeMap::from([
-        ("web", web.addr),
-        ("api", api.addr),
-        ("images", images.addr),
-    ]);
-    let sy = start_switchyard(THREE_POOLS, &addrs).await;
-    let c = client(false);
-    let a = addr_of(&sy, "public");
-    assert_eq!(get(&c, a, "/api/users?id=7", &[]).await.text(), "api");
+    let h = Harness::start(THREE_POOLS, &["web", "api", "images"]).await;
+    assert_eq!(h.get("public", "/api/users?id=7").await.text(), "api");
     assert_eq!(
-        get(&c, a, "/images/cat.png?s=2", &[]).await.text(),
+        h.get("public", "/images/cat.png?s=2").await.text(),
         "images"
     );
-    assert_eq!(get(&c, a, "/", &[]).await.text(), "web");
-    assert_eq!(api.seen()[0].uri, "/api/users?id=7", "no strip for /api/");
+    assert_eq!(h.get("public", "/").await.text(), "web");
     assert_eq!(
-        images.seen()[0].uri,
+        h.backend("api").seen()[0].uri,
+        "/api/users?id=7",
+        "no strip for /api/"
+    );
+    assert_eq!(
+        h.backend("images").seen()[0].uri,
         "/cat.png?s=2",
         "the backend sees the stripped path"
     );
-    let h = &web.seen()[0].headers;
-    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
-    assert_eq!(h["x-forwarded-proto"], "http");
+    let seen = &h.backend("web").seen()[0].headers;
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(
-        h["host"],
-        a.to_string().as_str(),
+        seen["host"],
+        h.addr("public").to_string().as_str(),
         "the client's Host is kept"
     );
-    sy.shutdown(Duration::from_secs(5)).await;
 }
 
 /// Switchyard with one HTTP listener `l` whose policy is the `misbehave`
@@ -630,9 +621,12 @@ async fn max_connections_holds_new_clients_until_a_slot_frees() {
         b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         Duration::from_secs(10),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!second.is_finished(), "served past max_connections");
-    assert_eq!(web.seen().len(), 1);
+    holds_for(
+        "no second client served past max_connections",
+        Duration::from_millis(300),
+        || !second.is_finished() && web.seen().len() == 1,
+    )
+    .await;
     drop(first);
     let out = second.await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
@@ -771,10 +765,19 @@ async fn pooled_connections_close_after_the_pool_idle_timeout() {
     let c = client(false);
     let connections = || web.connections.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(get(&c, addr_of(&sy, "l"), "/", &[]).await.status, 200);
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(get(&c, addr_of(&sy, "l"), "/", &[]).await.status, 200);
     assert_eq!(connections(), 1, "reused within the idle timeout");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The pool closes its idle connection: the backend sees it go.
+    let closed = wait_until(
+        "the pooled connection closes",
+        Duration::from_secs(5),
+        || web.open.load(std::sync::atomic::Ordering::Relaxed) == 0,
+    )
+    .await;
+    assert!(
+        closed >= Duration::from_millis(150),
+        "closed after {closed:?}, before the 200 ms idle timeout"
+    );
     assert_eq!(get(&c, addr_of(&sy, "l"), "/", &[]).await.status, 200);
     assert_eq!(connections(), 2, "a new connection after the idle timeout");
     sy.shutdown(Duration::from_secs(5)).await;

@@ -563,9 +563,17 @@ async fn calls_past_the_budget_queue_then_fail_as_overloaded() {
         })
     };
     let holders = [call("/sleep?400"), call("/sleep?400")];
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    switchyard_tests::wait_until(
+        "two calls hold both instances",
+        Duration::from_secs(5),
+        || p.calls_in_progress() == 2,
+    )
+    .await;
     let queued = [call("/count"), call("/count")];
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    switchyard_tests::wait_until("two calls queue", Duration::from_millis(80), || {
+        p.calls_queued() == 2
+    })
+    .await;
     let (refused, took) = call("/count").await.unwrap();
     assert!(
         matches!(refused, Err(PolicyError::Overloaded(2))),

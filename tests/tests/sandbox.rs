@@ -209,7 +209,12 @@ policy = "misbehave"
         let got = get(&client(false), addr, "/sleep?3000", &[]).await;
         (got.status, started.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_until(
+        "the request's policy call sleeps",
+        Duration::from_secs(5),
+        || old_policy.calls_in_progress() == 1,
+    )
+    .await;
     // The reload gives the listener another policy config: a new policy
     // key, so it compiles, instantiates and smoke-tests a policy while the
     // request's call sleeps.

@@ -19,16 +19,6 @@ fn one_pool(extra_pool: &str, extra_listener: &str) -> String {
     )
 }
 
-async fn metric(sy: &switchyard::daemon::Running, name: &str, labels: &str) -> f64 {
-    let text = get(&client(false), sy.admin_addr.unwrap(), "/metrics", &[])
-        .await
-        .text();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// SECURITY.md "slow clients": 1,000 connections that never send a byte
 /// are each closed within the first-byte timeout plus 10%, while a normal
 /// client is served throughout.
@@ -160,18 +150,15 @@ async fn a_slow_reader_is_cut_off_within_the_send_timeout() {
         .unwrap();
     // Read nothing: the socket buffers fill, the proxy's writes stall, and
     // 300 ms later the connection is closed.
-    let started = Instant::now();
-    loop {
-        let closed = metric(&sy, "switchyard_timeouts_total", "phase=\"send\"").await;
-        if closed == 1.0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "no send timeout"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let closed = wait_for_metric(
+        &sy,
+        "switchyard_timeouts_total",
+        "phase=\"send\"",
+        1.0,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(closed, 1.0);
     let (_, n) = until_closed(&mut s, Duration::from_secs(10))
         .await
         .expect("the connection was closed");

@@ -182,6 +182,19 @@ impl Running {
         rescan(&self.daemon).await
     }
 
+    /// Stops at once, waiting for nothing: listeners stop accepting and
+    /// every connection is cancelled. For a test harness's `Drop`, which
+    /// cannot wait; `false` when a reload holds the state just then (what
+    /// it serves then ends with the runtime).
+    pub fn stop_now(&self) -> bool {
+        let Ok(d) = self.daemon.state.try_lock() else {
+            return false;
+        };
+        d.stop_accepting();
+        d.conns.cancel.cancel();
+        true
+    }
+
     /// Stops accepting, asks every connection to finish what it is doing,
     /// and waits up to `drain` for them. Returns whether all finished.
     pub async fn shutdown(self, drain: Duration) -> bool {

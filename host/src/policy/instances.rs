@@ -133,6 +133,16 @@ impl Policy {
         self.live.load(Ordering::Relaxed)
     }
 
+    /// Calls that hold an instance now.
+    pub fn calls_in_progress(&self) -> usize {
+        self.limits.max_instances.max(1) - self.permits.available_permits()
+    }
+
+    /// Calls waiting in the queue for an instance now.
+    pub fn calls_queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// What this version may hold of the engine's pool.
     pub fn need(&self) -> super::engine::Need {
         super::engine::Need::of(&self.limits, self.memories)
