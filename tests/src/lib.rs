@@ -487,6 +487,30 @@ pub fn one_http_pool(head: &str, pool: &str, listener: &str) -> String {
     )
 }
 
+/// Three pools (`web`, `api`, `images`, each with the backend of that
+/// name) and one HTTP listener `public` in front of `web` whose policy is
+/// `path-router` from the policy directory `dir` (`"{policies}"`: the
+/// repository's `policies/`).
+pub fn three_pools(dir: &str) -> String {
+    format!(
+        r#"
+[policies]
+dir = "{dir}"
+[pools.web]
+backends = ["{{web}}"]
+[pools.api]
+backends = ["{{api}}"]
+[pools.images]
+backends = ["{{images}}"]
+[listeners.public]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+policy = "path-router"
+"#
+    )
+}
+
 /// One test's world: named backends, a Switchyard started from TOML whose
 /// `{NAME}` placeholders are their addresses (and `{policies}` the
 /// repository's policy directory), and an HTTP/1.1 client. Dropping it

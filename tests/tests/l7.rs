@@ -17,25 +17,9 @@ fn addr_of(r: &switchyard::daemon::Running, listener: &str) -> SocketAddr {
     r.addr(listener)
 }
 
-const THREE_POOLS: &str = r#"
-[policies]
-dir = "{policies}"
-[pools.web]
-backends = ["{web}"]
-[pools.api]
-backends = ["{api}"]
-[pools.images]
-backends = ["{images}"]
-[listeners.public]
-protocol = "http"
-bind = "127.0.0.1:0"
-pool = "web"
-policy = "path-router"
-"#;
-
 #[tokio::test]
 async fn path_router_sends_each_prefix_to_its_pool_and_strips() {
-    let h = Harness::start(THREE_POOLS, &["web", "api", "images"]).await;
+    let h = Harness::start(&three_pools("{policies}"), &["web", "api", "images"]).await;
     assert_eq!(h.get("public", "/api/users?id=7").await.text(), "api");
     assert_eq!(
         h.get("public", "/images/cat.png?s=2").await.text(),

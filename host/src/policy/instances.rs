@@ -14,46 +14,23 @@ use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::bindings::{connection, http};
+use super::bindings::http;
 use super::decision::{self, ConnDecision, HeaderEdit, HttpDecision};
 use super::directory::Directory;
 use super::engine::{Compiled, Limits, PolicyEngine};
 use super::host_api::HostState;
+use super::stats::Live;
 pub use super::stats::PolicyStats;
 use super::view::{ConnectionInfo, RequestView, ResponseView, handle};
+use super::worlds::Bindings;
+pub(crate) use super::worlds::Pre;
 use super::{PolicyError, PolicyKind};
-
-pub(crate) enum Pre {
-    Http(http::HttpPolicyPre<HostState>),
-    Connection(connection::ConnectionPolicyPre<HostState>),
-}
-
-enum Bindings {
-    Http(http::HttpPolicy),
-    Connection(connection::ConnectionPolicy),
-}
 
 pub(super) struct Warm {
     store: Store<HostState>,
     bindings: Bindings,
     calls: u64,
     _live: Live,
-}
-
-/// Counts an instance in [`Policy::live_instances`] while it exists.
-struct Live(Arc<AtomicUsize>);
-
-impl Live {
-    fn new(count: &Arc<AtomicUsize>) -> Live {
-        count.fetch_add(1, Ordering::Relaxed);
-        Live(count.clone())
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// One loaded, validated version of a policy.
@@ -244,21 +221,13 @@ impl Policy {
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let live = Live::new(&self.live);
         let made = tokio::time::timeout(budget, async {
-            let bindings = match &self.pre {
-                Pre::Http(p) => p.instantiate_async(&mut store).await.map(Bindings::Http),
-                Pre::Connection(p) => p
-                    .instantiate_async(&mut store)
-                    .await
-                    .map(Bindings::Connection),
-            }
-            .map_err(|e| match self.classify(e, &store, budget) {
-                PolicyError::Trap(r) => PolicyError::Instantiate(r),
-                other => other,
+            let bindings = self.pre.instantiate(&mut store).await.map_err(|e| {
+                match self.classify(e, &store, budget) {
+                    PolicyError::Trap(r) => PolicyError::Instantiate(r),
+                    other => other,
+                }
             })?;
-            let init = match &bindings {
-                Bindings::Http(b) => b.call_init(&mut store, &self.config).await,
-                Bindings::Connection(b) => b.call_init(&mut store, &self.config).await,
-            };
+            let init = bindings.init(&mut store, &self.config).await;
             match init {
                 Ok(Ok(())) => Ok(bindings),
                 Ok(Err(msg)) => Err(PolicyError::Init(msg)),
@@ -372,21 +341,40 @@ impl Policy {
             let _permit = self.admit().await?;
             let _busy = self.engine.ticker.busy(self.limits.timeout);
             let (mut w, until) = self.checkout(directory, started).await?;
-            let Bindings::Http(b) = &w.bindings else {
-                return Err(PolicyError::WrongWorld(self.kind));
-            };
-            let lent = &mut w.store.data_mut().lent;
+            let Warm {
+                store, bindings, ..
+            } = &mut w;
+            let lent = &mut store.data_mut().lent;
             std::mem::swap(&mut lent.request, request);
             lent.connection = Some(conn.clone());
-            let call =
-                tokio::time::timeout_at(until, b.call_on_request(&mut w.store, handle(), handle()))
-                    .await;
+            let call = tokio::time::timeout_at(until, async {
+                match bindings {
+                    Bindings::Http { b, .. } => {
+                        b.call_on_request(&mut *store, handle(), handle()).await
+                    }
+                    Bindings::HttpV0_2(b) => b
+                        .call_on_request(&mut *store, handle(), handle())
+                        .await
+                        .map(super::v0_2::decision),
+                    _ => Err(wasmtime::format_err!("{}", PolicyError::WrongWorld(self.kind))),
+                }
+            })
+            .await;
             let lent = &mut w.store.data_mut().lent;
             std::mem::swap(&mut lent.request, request);
             lent.connection = None;
             match call {
                 Ok(Ok(d)) => {
                     self.checkin(w);
+                    if !self.pre.has_response_hook()
+                        && matches!(&d, http::switchyard::policy::types::Decision::Forward(f) if f.inspect_response)
+                    {
+                        return Err(PolicyError::InvalidDecision(
+                            "inspect-response is set, and the policy does not export \
+                             switchyard:policy/response-hook"
+                                .into(),
+                        ));
+                    }
                     decision::http(d, default_pool, directory.as_ref())
                         .map_err(PolicyError::InvalidDecision)
                 }
@@ -411,16 +399,27 @@ impl Policy {
             let _permit = self.admit().await?;
             let _busy = self.engine.ticker.busy(self.limits.timeout);
             let (mut w, until) = self.checkout(directory, started).await?;
-            let Bindings::Http(b) = &w.bindings else {
-                return Err(PolicyError::WrongWorld(self.kind));
-            };
-            let lent = &mut w.store.data_mut().lent;
+            let Warm {
+                store, bindings, ..
+            } = &mut w;
+            let lent = &mut store.data_mut().lent;
             std::mem::swap(&mut lent.request, request);
             std::mem::swap(&mut lent.response, response);
-            let call = tokio::time::timeout_at(
-                until,
-                b.call_on_response(&mut w.store, handle(), handle()),
-            )
+            let call = tokio::time::timeout_at(until, async {
+                match bindings {
+                    Bindings::Http {
+                        response: Some(hook),
+                        ..
+                    } => hook.call_on_response(&mut *store, handle(), handle()).await,
+                    Bindings::HttpV0_2(b) => b
+                        .call_on_response(&mut *store, handle(), handle())
+                        .await
+                        .map(super::v0_2::header_ops),
+                    _ => Err(wasmtime::format_err!(
+                        "the policy does not export switchyard:policy/response-hook"
+                    )),
+                }
+            })
             .await;
             let lent = &mut w.store.data_mut().lent;
             std::mem::swap(&mut lent.request, request);
@@ -460,12 +459,24 @@ impl Policy {
             let _permit = self.admit().await?;
             let _busy = self.engine.ticker.busy(self.limits.timeout);
             let (mut w, until) = self.checkout(directory, started).await?;
-            let Bindings::Connection(b) = &w.bindings else {
-                return Err(PolicyError::WrongWorld(self.kind));
-            };
-            w.store.data_mut().lent.connection = Some(conn.clone());
-            let call =
-                tokio::time::timeout_at(until, b.call_on_connect(&mut w.store, handle())).await;
+            let Warm {
+                store, bindings, ..
+            } = &mut w;
+            store.data_mut().lent.connection = Some(conn.clone());
+            let call = tokio::time::timeout_at(until, async {
+                match bindings {
+                    Bindings::Connection(b) => b.call_on_connect(&mut *store, handle()).await,
+                    Bindings::ConnectionV0_2(b) => b
+                        .call_on_connect(&mut *store, handle())
+                        .await
+                        .map(super::v0_2::connect_decision),
+                    _ => Err(wasmtime::format_err!(
+                        "{}",
+                        PolicyError::WrongWorld(self.kind)
+                    )),
+                }
+            })
+            .await;
             w.store.data_mut().lent.connection = None;
             match call {
                 Ok(Ok(d)) => {

@@ -7,6 +7,8 @@
 //! ticker.rs     the epoch ticker: fast while a call runs, parked when quiet
 //! instances.rs  one loaded version, its warm instances, the hook calls
 //! bindings.rs   bindgen! per world (the only generated code)
+//! worlds.rs     which world and version a policy is; its optional hooks
+//! v0_2.rs       switchyard:policy@0.2.0 served through 0.3
 //! decision.rs   guest decision -> validated HttpDecision / ConnDecision
 //! host_api.rs   per-store state and the host imports
 //! view.rs       request/response/connection as the policy reads them
@@ -27,7 +29,9 @@ pub mod kv;
 mod smoke;
 mod stats;
 pub mod ticker;
+mod v0_2;
 pub mod view;
+mod worlds;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,9 +47,13 @@ pub use instances::Policy;
 pub use view::{ConnectionInfo, RequestView, ResponseView};
 
 /// The version of the `switchyard:policy` WIT package this host implements
-/// (`wit/`). A policy built against another version is refused with both
-/// versions named, before its imports and exports are type-checked.
-pub const WIT_VERSION: &str = "0.2.0";
+/// (`wit/`). A policy built against another version than this one or
+/// [`WIT_VERSION_0_2`] is refused with the versions named, before its
+/// imports and exports are type-checked.
+pub const WIT_VERSION: &str = "0.3.0";
+
+/// The previous version (`wit/v0.2/`), still loaded and served as it was.
+pub const WIT_VERSION_0_2: &str = "0.2.0";
 
 /// Which world a policy implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -114,18 +122,26 @@ pub struct LoadError {
 mod tests {
     #[test]
     fn wit_version_matches_the_wit_files() {
-        for wit in [
+        let current = [
             include_str!("../../../wit/types.wit"),
             include_str!("../../../wit/host.wit"),
             include_str!("../../../wit/worlds.wit"),
+        ];
+        let frozen = [
+            include_str!("../../../wit/v0.2/types.wit"),
+            include_str!("../../../wit/v0.2/host.wit"),
+            include_str!("../../../wit/v0.2/worlds.wit"),
+        ];
+        for (files, version) in [
+            (current, super::WIT_VERSION),
+            (frozen, super::WIT_VERSION_0_2),
         ] {
-            assert!(
-                wit.contains(&format!(
-                    "package switchyard:policy@{};",
-                    super::WIT_VERSION
-                )),
-                "wit/ and WIT_VERSION disagree"
-            );
+            for wit in files {
+                assert!(
+                    wit.contains(&format!("package switchyard:policy@{version};")),
+                    "wit/ and the host's versions disagree"
+                );
+            }
         }
     }
 }

@@ -1,11 +1,12 @@
 //! A policy's counters for the admin API: calls, errors, instantiations,
-//! refusals, the last error, and call times in a lock-free histogram.
+//! refusals, the last error, call times in a lock-free histogram, and the
+//! guard that counts live instances.
 //! (Prometheus's `switchyard_policy_call_duration_seconds` is the other
 //! record of call times, kept by `admin::metrics` for scraping; this one
 //! serves `/policies` p50/p99 without a registry.)
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Counters for the admin API and metrics.
@@ -74,5 +75,21 @@ impl PolicyStats {
         for c in &self.latency {
             c.store(0, Ordering::Relaxed);
         }
+    }
+}
+
+/// Counts an instance in [`Policy::live_instances`] while it exists.
+pub(super) struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    pub(super) fn new(count: &Arc<AtomicUsize>) -> Live {
+        count.fetch_add(1, Ordering::Relaxed);
+        Live(count.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

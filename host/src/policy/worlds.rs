@@ -1,0 +1,110 @@
+//! Which world and package version a compiled policy implements, with
+//! the optional hooks its component exports: how it is found at compile
+//! time ([`Pre::new`]), instantiated, and initialised.
+
+use wasmtime::Store;
+use wasmtime::component::InstancePre;
+
+use super::PolicyKind;
+use super::bindings::hooks::exports::switchyard::policy::response_hook;
+use super::bindings::{connection, http, v0_2};
+use super::host_api::HostState;
+
+/// A compiled policy ready to instantiate, by world and package version;
+/// for 0.3, with the optional hooks its component exports.
+pub(crate) enum Pre {
+    Http {
+        pre: http::HttpPolicyPre<HostState>,
+        response: Option<response_hook::GuestIndices>,
+    },
+    Connection(connection::ConnectionPolicyPre<HostState>),
+    HttpV0_2(v0_2::http::HttpPolicyPre<HostState>),
+    ConnectionV0_2(v0_2::connection::ConnectionPolicyPre<HostState>),
+}
+
+pub(super) enum Bindings {
+    Http {
+        b: http::HttpPolicy,
+        response: Option<response_hook::Guest>,
+    },
+    Connection(connection::ConnectionPolicy),
+    HttpV0_2(v0_2::http::HttpPolicy),
+    ConnectionV0_2(v0_2::connection::ConnectionPolicy),
+}
+
+impl Pre {
+    /// The world `kind` of package 0.3, or of 0.2 when `v0_2`, over
+    /// `instance_pre`; an error when the component does not implement it.
+    pub(super) fn new(
+        kind: PolicyKind,
+        v0_2: bool,
+        instance_pre: InstancePre<HostState>,
+    ) -> wasmtime::Result<Pre> {
+        Ok(match (kind, v0_2) {
+            (PolicyKind::Http, false) => {
+                // An optional hook is there when the component exports its
+                // interface with the right type.
+                let response = response_hook::GuestIndices::new(&instance_pre).ok();
+                Pre::Http {
+                    pre: http::HttpPolicyPre::new(instance_pre)?,
+                    response,
+                }
+            }
+            (PolicyKind::Connection, false) => {
+                Pre::Connection(connection::ConnectionPolicyPre::new(instance_pre)?)
+            }
+            (PolicyKind::Http, true) => {
+                Pre::HttpV0_2(v0_2::http::HttpPolicyPre::new(instance_pre)?)
+            }
+            (PolicyKind::Connection, true) => {
+                Pre::ConnectionV0_2(v0_2::connection::ConnectionPolicyPre::new(instance_pre)?)
+            }
+        })
+    }
+
+    pub(super) async fn instantiate(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Bindings> {
+        Ok(match self {
+            Pre::Http { pre, response } => {
+                let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
+                let b = http::HttpPolicy::new(&mut *store, &instance)?;
+                let response = match response {
+                    Some(ix) => Some(ix.load(&mut *store, &instance)?),
+                    None => None,
+                };
+                Bindings::Http { b, response }
+            }
+            Pre::Connection(p) => Bindings::Connection(p.instantiate_async(store).await?),
+            Pre::HttpV0_2(p) => Bindings::HttpV0_2(p.instantiate_async(store).await?),
+            Pre::ConnectionV0_2(p) => Bindings::ConnectionV0_2(p.instantiate_async(store).await?),
+        })
+    }
+
+    /// Whether a forward decision may ask for the response hook.
+    pub(super) fn has_response_hook(&self) -> bool {
+        matches!(
+            self,
+            Pre::Http {
+                response: Some(_),
+                ..
+            } | Pre::HttpV0_2(_)
+        )
+    }
+}
+
+impl Bindings {
+    pub(super) async fn init(
+        &self,
+        store: &mut Store<HostState>,
+        config: &str,
+    ) -> wasmtime::Result<Result<(), String>> {
+        match self {
+            Bindings::Http { b, .. } => b.call_init(store, config).await,
+            Bindings::Connection(b) => b.call_init(store, config).await,
+            Bindings::HttpV0_2(b) => b.call_init(store, config).await,
+            Bindings::ConnectionV0_2(b) => b.call_init(store, config).await,
+        }
+    }
+}
