@@ -153,8 +153,13 @@ pub trait HttpPolicy {
     fn on_request(request: &RequestHead, connection: &Connection) -> Decision;
     /// Edits response headers; called only when the forward decision set
     /// `inspect_response`, and only when the policy is exported with
-    /// [`http_policy_with_response!`].
-    fn on_response(_request: &RequestHead, _response: &ResponseHead) -> Vec<HeaderOp> {
+    /// [`http_policy_with_response!`]. `context` is what the forward
+    /// decision carried ([`Forward::context`]).
+    fn on_response(
+        _request: &RequestHead,
+        _response: &ResponseHead,
+        _context: Option<Vec<u8>>,
+    ) -> Vec<HeaderOp> {
         Vec::new()
     }
 }
@@ -178,8 +183,12 @@ impl<T: HttpPolicy> http_with_response::Guest for T {
 }
 
 impl<T: HttpPolicy> http_with_response::exports::switchyard::policy::response_hook::Guest for T {
-    fn on_response(request: &RequestHead, response: &ResponseHead) -> Vec<HeaderOp> {
-        <T as HttpPolicy>::on_response(request, response)
+    fn on_response(
+        request: &RequestHead,
+        response: &ResponseHead,
+        context: Option<Vec<u8>>,
+    ) -> Vec<HeaderOp> {
+        <T as HttpPolicy>::on_response(request, response, context)
     }
 }
 
@@ -240,6 +249,7 @@ pub fn forward() -> Forward {
         request_headers: Vec::new(),
         response_headers: Vec::new(),
         inspect_response: false,
+        context: None,
     }
 }
 
@@ -306,6 +316,13 @@ impl Forward {
     /// Ask for the `on_response` hook to run for this request.
     pub fn inspect_response(mut self) -> Self {
         self.inspect_response = true;
+        self
+    }
+    /// Carry a small value (at most 512 bytes) to this request's later
+    /// hooks: instances are pooled, so a global set in `on_request` may
+    /// not be there when `on_response` runs; this is.
+    pub fn context(mut self, context: impl Into<Vec<u8>>) -> Self {
+        self.context = Some(context.into());
         self
     }
 }

@@ -87,6 +87,7 @@ pub(super) fn response_filter(answered: Answered, reply: Reply<'_>, open: InProg
 /// for them. A failed call follows `on_error`.
 pub(super) async fn on_response(
     parts: &mut http::response::Parts,
+    context: Option<&[u8]>,
     state: &HttpState,
     ctx: &mut Ctx,
 ) -> Result<(), ProxyError> {
@@ -98,7 +99,9 @@ pub(super) async fn on_response(
         headers: std::mem::take(&mut parts.headers),
     };
     let directory = ctx.directory.get_or_insert_with(|| state.directory());
-    let edits = policy.on_response(head, &mut view, directory).await;
+    let edits = policy
+        .on_response(head, &mut view, context, directory)
+        .await;
     parts.headers = view.headers;
     match edits {
         Ok(edits) => edits.iter().for_each(|e| e.apply(&mut parts.headers)),

@@ -358,7 +358,8 @@ async fn proxy(
     };
     if action.inspect_response {
         fail!(
-            response_filter::on_response(&mut head.parts, state, ctx).await,
+            response_filter::on_response(&mut head.parts, action.context.as_deref(), state, ctx)
+                .await,
             &out.line.uri
         );
     }

@@ -59,7 +59,12 @@ pub struct ForwardAction {
     pub request_headers: Vec<HeaderEdit>,
     pub response_headers: Vec<HeaderEdit>,
     pub inspect_response: bool,
+    /// Handed to the request's later hooks (at most [`MAX_CONTEXT_BYTES`]).
+    pub context: Option<Vec<u8>>,
 }
+
+/// The largest per-request context a decision may carry.
+pub const MAX_CONTEXT_BYTES: usize = 512;
 
 /// Answer the request from the proxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,7 +212,16 @@ pub fn http(
                         .map_err(|_| format!("authority {a:?} is not valid"))?,
                 ),
             };
+            if let Some(c) = &f.context
+                && c.len() > MAX_CONTEXT_BYTES
+            {
+                return Err(format!(
+                    "a context of {} bytes, over {MAX_CONTEXT_BYTES}",
+                    c.len()
+                ));
+            }
             Ok(HttpDecision::Forward(ForwardAction {
+                context: f.context,
                 pool: f.pool,
                 backend: f.backend,
                 path,
@@ -283,6 +297,7 @@ impl HttpDecision {
                 "request_headers": f.request_headers.iter().map(HeaderEdit::to_json).collect::<Vec<_>>(),
                 "response_headers": f.response_headers.iter().map(HeaderEdit::to_json).collect::<Vec<_>>(),
                 "inspect_response": f.inspect_response,
+                "context": f.context.as_deref().map(String::from_utf8_lossy),
             }}),
             HttpDecision::Respond(r) => json!({"respond": {
                 "status": r.status.as_u16(),
@@ -321,6 +336,7 @@ mod tests {
             request_headers: vec![],
             response_headers: vec![],
             inspect_response: false,
+            context: None,
         }
     }
 

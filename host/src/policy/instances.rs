@@ -392,6 +392,7 @@ impl Policy {
         &self,
         request: &mut RequestView,
         response: &mut ResponseView,
+        context: Option<&[u8]>,
         directory: &Arc<dyn Directory>,
     ) -> Result<Vec<HeaderEdit>, PolicyError> {
         let started = Instant::now();
@@ -410,7 +411,10 @@ impl Policy {
                     Bindings::Http {
                         response: Some(hook),
                         ..
-                    } => hook.call_on_response(&mut *store, handle(), handle()).await,
+                    } => {
+                        hook.call_on_response(&mut *store, handle(), handle(), context)
+                            .await
+                    }
                     Bindings::HttpV0_2(b) => b
                         .call_on_response(&mut *store, handle(), handle())
                         .await

@@ -240,6 +240,7 @@ pub(super) fn decision(d: types::Decision) -> v3::types::Decision {
             request_headers: header_ops(f.request_headers),
             response_headers: header_ops(f.response_headers),
             inspect_response: f.inspect_response,
+            context: None,
         }),
         types::Decision::Respond(r) => v3::types::Decision::Respond(v3::types::Response {
             status: r.status,

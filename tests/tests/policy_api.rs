@@ -1,0 +1,92 @@
+//! `switchyard:policy@0.3.0`'s additions, through a real listener: the
+//! per-request context, carried from `on-request` to the response hook
+//! whichever pooled instance serves each.
+
+use std::time::Duration;
+
+use switchyard_tests::*;
+
+fn misbehave_in_front_of_web() -> String {
+    format!(
+        r#"
+[policies]
+dir = "{}"
+instances = 4
+max_instances = 4
+timeout_ms = 500
+[pools.web]
+backends = ["{{web}}"]
+[listeners.l]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+policy = "misbehave"
+"#,
+        repo().join("tests/fixtures/wasm").display()
+    )
+}
+
+/// 64 requests at once, each with its own context, over four instances:
+/// each response hook sees its own request's context, never another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_response_hook_gets_its_own_requests_context() {
+    let h = Harness::start(&misbehave_in_front_of_web(), &["web"]).await;
+    let addr = h.addr("l");
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let c = h.client.clone();
+        calls.spawn(async move {
+            let got = get(&c, addr, &format!("/context?req-{i}"), &[]).await;
+            (i, got)
+        });
+    }
+    let mut seen = 0;
+    while let Some(r) = calls.join_next().await {
+        let (i, got) = r.unwrap();
+        assert_eq!(got.status, 200, "{i}");
+        assert_eq!(got.headers["x-context"], format!("req-{i}").as_str());
+        seen += 1;
+    }
+    assert_eq!(seen, 64);
+    let p = &h.sy.policies()[0];
+    assert!(
+        p.stats
+            .instantiations
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2,
+        "served by one instance only: the test shows nothing"
+    );
+}
+
+/// A context over 512 bytes is an invalid decision: refused before
+/// anything reaches the backend.
+#[tokio::test]
+async fn a_context_over_its_cap_is_refused() {
+    let h = Harness::start(&misbehave_in_front_of_web(), &["web"]).await;
+    let at_cap = "x".repeat(512);
+    let got = h.get("l", &format!("/context?{at_cap}")).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["x-context"].len(), 512);
+    let over = "x".repeat(513);
+    let got = h.get("l", &format!("/context?{over}")).await;
+    assert_eq!(got.status, 503);
+    assert_eq!(
+        h.backend("web").seen().len(),
+        1,
+        "the refused one never left"
+    );
+    wait_until(
+        "the refusal is the policy's error",
+        Duration::from_secs(5),
+        || {
+            h.sy.policies()[0]
+                .stats
+                .last_error
+                .lock()
+                .unwrap()
+                .as_deref()
+                .is_some_and(|e| e.contains("a context of 513 bytes, over 512"))
+        },
+    )
+    .await;
+}
