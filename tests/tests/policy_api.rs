@@ -1,6 +1,7 @@
 //! `switchyard:policy@0.3.0`'s additions, through a real listener: the
 //! per-request context, carried from `on-request` to the response hook
-//! whichever pooled instance serves each.
+//! whichever pooled instance serves each; a response hook that replaces
+//! the upstream response (the `error-pages` example).
 
 use std::time::Duration;
 
@@ -89,4 +90,48 @@ async fn a_context_over_its_cap_is_refused() {
         },
     )
     .await;
+}
+
+/// `error-pages` with its config from the issue: the listed statuses get
+/// the configured page with the backend's status, anything else goes
+/// through as the backend sent it.
+#[tokio::test]
+async fn error_pages_replaces_the_listed_statuses_and_passes_the_rest() {
+    let backends = vec![
+        TestBackend::failing("b502", 502).await,
+        TestBackend::failing("b503", 503).await,
+        TestBackend::failing("b500", 500).await,
+        TestBackend::start("ok").await,
+    ];
+    let mut toml = "[policies]\ndir = \"{policies}\"\n".to_string();
+    for b in ["b502", "b503", "b500", "ok"] {
+        toml.push_str(&format!(
+            "[pools.{b}]\nbackends = [\"{{{b}}}\"]\n[listeners.{b}]\nprotocol = \"http\"\n\
+             bind = \"127.0.0.1:0\"\npool = \"{b}\"\npolicy = \"error-pages\"\n"
+        ));
+    }
+    let h = Harness::with(&toml, backends).await;
+    let got = h.get("b502", "/").await;
+    assert_eq!(got.status, 502);
+    assert_eq!(got.headers["content-type"], "text/html");
+    assert_eq!(got.text(), "<h1>We'll be right back</h1>");
+    let got = h.get("b503", "/").await;
+    assert_eq!(got.status, 503);
+    assert_eq!(got.text(), "<h1>Busy, try again soon</h1>");
+    // Not listed: the backend's own answer.
+    let got = h.get("b500", "/").await;
+    assert_eq!(got.status, 500);
+    assert_ne!(got.text(), "<h1>We'll be right back</h1>");
+    assert_eq!(got.text(), h.backend("b500").name.as_str());
+    let got = h.get("ok", "/").await;
+    assert_eq!((got.status.as_u16(), got.text()), (200, "ok".to_owned()));
+    // Every request went to its backend; the hook ran once for each.
+    for b in ["b502", "b503", "b500", "ok"] {
+        assert_eq!(h.backend(b).seen().len(), 1, "{b}");
+    }
+    let calls = h.sy.policies()[0]
+        .stats
+        .calls
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(calls, 8, "on-request and on-response per request");
 }

@@ -97,7 +97,8 @@ pub use wit_bindgen::rt as __rt;
 
 pub use http::switchyard::policy::types::{
     Backend, ConnectDecision, ConnectForward, Connection, Decision, Forward, Header, HeaderOp,
-    HttpVersion, RequestHead, Response, ResponseHead, SocketAddress, TlsInfo, Transport,
+    HttpVersion, RequestHead, Response, ResponseAction, ResponseHead, SocketAddress, TlsInfo,
+    Transport,
 };
 
 /// Host imports: the policy's key-value store, namespaced per policy. Every
@@ -151,16 +152,16 @@ pub trait HttpPolicy {
     }
     /// Decides what to do with one request.
     fn on_request(request: &RequestHead, connection: &Connection) -> Decision;
-    /// Edits response headers; called only when the forward decision set
-    /// `inspect_response`, and only when the policy is exported with
-    /// [`http_policy_with_response!`]. `context` is what the forward
-    /// decision carried ([`Forward::context`]).
+    /// Edits the response's headers or replaces the response; called only
+    /// when the forward decision set `inspect_response`, and only when the
+    /// policy is exported with [`http_policy_with_response!`]. `context` is
+    /// what the forward decision carried ([`Forward::context`]).
     fn on_response(
         _request: &RequestHead,
         _response: &ResponseHead,
         _context: Option<Vec<u8>>,
-    ) -> Vec<HeaderOp> {
-        Vec::new()
+    ) -> ResponseAction {
+        ResponseAction::Edit(Vec::new())
     }
 }
 
@@ -187,7 +188,7 @@ impl<T: HttpPolicy> http_with_response::exports::switchyard::policy::response_ho
         request: &RequestHead,
         response: &ResponseHead,
         context: Option<Vec<u8>>,
-    ) -> Vec<HeaderOp> {
+    ) -> ResponseAction {
         <T as HttpPolicy>::on_response(request, response, context)
     }
 }
@@ -349,6 +350,20 @@ impl Response {
 impl From<Response> for Decision {
     fn from(r: Response) -> Self {
         Decision::Respond(r)
+    }
+}
+
+impl From<Response> for ResponseAction {
+    /// The response hook's replacement.
+    fn from(r: Response) -> Self {
+        ResponseAction::Replace(r)
+    }
+}
+
+impl From<Vec<HeaderOp>> for ResponseAction {
+    /// The response hook's header edits.
+    fn from(ops: Vec<HeaderOp>) -> Self {
+        ResponseAction::Edit(ops)
     }
 }
 

@@ -17,7 +17,7 @@ use super::error::ProxyError;
 use super::server::{Conn, HttpState, ProxyBody, full};
 use super::{hygiene, path, request};
 use crate::config::OnError;
-use crate::policy::{ForwardAction, HttpDecision, RequestView};
+use crate::policy::{DirectResponse, ForwardAction, HttpDecision, RequestView};
 
 /// What the request filter lets through.
 pub(super) enum Filtered {
@@ -31,16 +31,20 @@ pub(super) enum Filtered {
 /// (from [`on_request`]), or the listener's default without a policy.
 pub(super) fn decided(decision: HttpDecision, state: &HttpState) -> Result<Filtered, ProxyError> {
     match decision {
-        HttpDecision::Respond(r) => {
-            let mut resp = Response::new(full(r.body));
-            *resp.status_mut() = r.status;
-            for (n, v) in r.headers {
-                resp.headers_mut().append(n, v);
-            }
-            Ok(Filtered::Respond(resp))
-        }
+        HttpDecision::Respond(r) => Ok(Filtered::Respond(direct(r))),
         HttpDecision::Forward(f) => Ok(Filtered::Forward(normalize_rewrite(f, state)?)),
     }
+}
+
+/// A response the policy wrote: a `respond` decision, or the response
+/// hook's replacement.
+pub(super) fn direct(r: DirectResponse) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(r.body));
+    *resp.status_mut() = r.status;
+    for (n, v) in r.headers {
+        resp.headers_mut().append(n, v);
+    }
+    resp
 }
 
 /// The checks before the policy, and what they settle about the client.

@@ -20,7 +20,7 @@ use super::hygiene;
 use super::server::{Conn, HttpState, ProxyBody, full};
 use super::upstream_peer::Peer;
 use crate::config::OnError;
-use crate::policy::{ForwardAction, ResponseView};
+use crate::policy::{DirectResponse, ForwardAction, ResponseAction, ResponseView};
 use crate::upstream::{InFlight, ResponseBody};
 
 /// What the response filter needs besides the response.
@@ -83,28 +83,30 @@ pub(super) fn response_filter(answered: Answered, reply: Reply<'_>, open: InProg
     })
 }
 
-/// The policy's `on-response` edits, on a response whose decision asked
-/// for them. A failed call follows `on_error`.
+/// The policy's `on-response` action, on a response whose decision asked
+/// for it: its edits applied here, or the response that replaces this one.
+/// A failed call follows `on_error`.
 pub(super) async fn on_response(
     parts: &mut http::response::Parts,
     context: Option<&[u8]>,
     state: &HttpState,
     ctx: &mut Ctx,
-) -> Result<(), ProxyError> {
+) -> Result<Option<DirectResponse>, ProxyError> {
     let (Some(policy), Some(head)) = (&state.policy, &mut ctx.snapshot) else {
-        return Ok(());
+        return Ok(None);
     };
     let mut view = ResponseView {
         status: parts.status,
         headers: std::mem::take(&mut parts.headers),
     };
     let directory = ctx.directory.get_or_insert_with(|| state.directory());
-    let edits = policy
+    let action = policy
         .on_response(head, &mut view, context, directory)
         .await;
     parts.headers = view.headers;
-    match edits {
-        Ok(edits) => edits.iter().for_each(|e| e.apply(&mut parts.headers)),
+    match action {
+        Ok(ResponseAction::Edit(edits)) => edits.iter().for_each(|e| e.apply(&mut parts.headers)),
+        Ok(ResponseAction::Replace(r)) => return Ok(Some(r)),
         // A response hook may strip what must not leave (an internal
         // header, a cookie) or add what must (a CSP): failing closed
         // means not sending the response it did not edit.
@@ -118,7 +120,7 @@ pub(super) async fn on_response(
             "response hook failed; response sent unedited (on_error = fallback)")
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The response as it streams back: its body timed (idle and total) and

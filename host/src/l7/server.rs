@@ -356,12 +356,17 @@ async fn proxy(
         response_filter::Filtered::Tunnel(resp) => return Ok(resp),
         response_filter::Filtered::Head(head) => head,
     };
-    if action.inspect_response {
-        fail!(
+    if action.inspect_response
+        && let Some(replacement) = fail!(
             response_filter::on_response(&mut head.parts, action.context.as_deref(), state, ctx)
                 .await,
             &out.line.uri
-        );
+        )
+    {
+        // The upstream body is dropped unread (its connection closes) and
+        // its backend leaves the in-flight count with it.
+        drop(head);
+        return Ok(request_filter::direct(replacement));
     }
     Ok(response_filter::respond(head, &peer, state, ctx))
 }

@@ -231,40 +231,61 @@ pub fn http(
                 inspect_response: f.inspect_response,
             }))
         }
-        types::Decision::Respond(r) => {
-            if r.body.len() > MAX_BODY_BYTES {
-                return Err(format!(
-                    "a response body of {} bytes, over {MAX_BODY_BYTES}",
-                    r.body.len()
-                ));
-            }
-            if r.headers.len() > MAX_HEADER_OPS {
-                return Err(format!("more than {MAX_HEADER_OPS} response headers"));
-            }
-            let bytes: usize = r.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
-            if bytes > MAX_DECISION_BYTES {
-                return Err(format!(
-                    "{bytes} bytes of headers, over {MAX_DECISION_BYTES}"
-                ));
-            }
-            let status = StatusCode::from_u16(r.status)
-                .ok()
-                .filter(|s| (200..=599).contains(&s.as_u16()))
-                .ok_or_else(|| format!("status {} is not a final status (200-599)", r.status))?;
-            let headers = r.headers.iter().map(header).collect::<Result<_, _>>()?;
-            Ok(HttpDecision::Respond(DirectResponse {
-                status,
-                headers,
-                body: Bytes::from(r.body),
-            }))
-        }
+        types::Decision::Respond(r) => direct(r).map(HttpDecision::Respond),
     }
+}
+
+/// Validates a response the policy answers with: a `respond` decision,
+/// or the response hook's replacement.
+fn direct(r: types::Response) -> Result<DirectResponse, String> {
+    if r.body.len() > MAX_BODY_BYTES {
+        return Err(format!(
+            "a response body of {} bytes, over {MAX_BODY_BYTES}",
+            r.body.len()
+        ));
+    }
+    if r.headers.len() > MAX_HEADER_OPS {
+        return Err(format!("more than {MAX_HEADER_OPS} response headers"));
+    }
+    let bytes: usize = r.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    if bytes > MAX_DECISION_BYTES {
+        return Err(format!(
+            "{bytes} bytes of headers, over {MAX_DECISION_BYTES}"
+        ));
+    }
+    let status = StatusCode::from_u16(r.status)
+        .ok()
+        .filter(|s| (200..=599).contains(&s.as_u16()))
+        .ok_or_else(|| format!("status {} is not a final status (200-599)", r.status))?;
+    let headers = r.headers.iter().map(header).collect::<Result<_, _>>()?;
+    Ok(DirectResponse {
+        status,
+        headers,
+        body: Bytes::from(r.body),
+    })
 }
 
 /// Validates the header edits of the response hook.
 pub fn response_edits(ops: Vec<types::HeaderOp>) -> Result<Vec<HeaderEdit>, String> {
     within_caps(&ops, 0)?;
     edits(&ops)
+}
+
+/// What the response hook decided, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseAction {
+    /// Edit the upstream response's headers and send it on.
+    Edit(Vec<HeaderEdit>),
+    /// Send this instead; the upstream body is dropped unread.
+    Replace(DirectResponse),
+}
+
+/// Validates the response hook's action.
+pub fn response_action(a: types::ResponseAction) -> Result<ResponseAction, String> {
+    match a {
+        types::ResponseAction::Edit(ops) => response_edits(ops).map(ResponseAction::Edit),
+        types::ResponseAction::Replace(r) => direct(r).map(ResponseAction::Replace),
+    }
 }
 
 /// Validates a connection decision.

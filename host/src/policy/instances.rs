@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::http;
-use super::decision::{self, ConnDecision, HeaderEdit, HttpDecision};
+use super::decision::{self, ConnDecision, HttpDecision, ResponseAction};
 use super::directory::Directory;
 use super::engine::{Compiled, Limits, PolicyEngine};
 use super::host_api::HostState;
@@ -394,7 +394,7 @@ impl Policy {
         response: &mut ResponseView,
         context: Option<&[u8]>,
         directory: &Arc<dyn Directory>,
-    ) -> Result<Vec<HeaderEdit>, PolicyError> {
+    ) -> Result<ResponseAction, PolicyError> {
         let started = Instant::now();
         let r = async {
             let _permit = self.admit().await?;
@@ -418,7 +418,7 @@ impl Policy {
                     Bindings::HttpV0_2(b) => b
                         .call_on_response(&mut *store, handle(), handle())
                         .await
-                        .map(super::v0_2::header_ops),
+                        .map(super::v0_2::response_action),
                     _ => Err(wasmtime::format_err!(
                         "the policy does not export switchyard:policy/response-hook"
                     )),
@@ -431,7 +431,7 @@ impl Policy {
             match call {
                 Ok(Ok(ops)) => {
                     self.checkin(w);
-                    decision::response_edits(ops).map_err(PolicyError::InvalidDecision)
+                    decision::response_action(ops).map_err(PolicyError::InvalidDecision)
                 }
                 Ok(Err(e)) => Err(self.classify(e, &w.store, self.limits.timeout)),
                 Err(_) => Err(self.timed_out(started)),

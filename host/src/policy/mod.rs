@@ -37,7 +37,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use bindings::types;
-pub use decision::{ConnDecision, DirectResponse, ForwardAction, HeaderEdit, HttpDecision};
+pub use decision::{
+    ConnDecision, DirectResponse, ForwardAction, HeaderEdit, HttpDecision, ResponseAction,
+};
 pub use directory::{Directory, OpenDirectory, StaticDirectory};
 pub use engine::{
     Compiled, EngineSettings, Limits, Need, PolicyEngine, PoolLimits, policy_name, version_of,

@@ -224,9 +224,13 @@ fn header_op(op: types::HeaderOp) -> v3::types::HeaderOp {
     }
 }
 
-/// A 0.2 response hook's edits, as 0.3's.
-pub(super) fn header_ops(ops: Vec<types::HeaderOp>) -> Vec<v3::types::HeaderOp> {
+fn header_ops(ops: Vec<types::HeaderOp>) -> Vec<v3::types::HeaderOp> {
     ops.into_iter().map(header_op).collect()
+}
+
+/// A 0.2 response hook's edits, as 0.3's action.
+pub(super) fn response_action(ops: Vec<types::HeaderOp>) -> v3::types::ResponseAction {
+    v3::types::ResponseAction::Edit(header_ops(ops))
 }
 
 /// A 0.2 request decision, as 0.3's.
