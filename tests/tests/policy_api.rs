@@ -135,3 +135,80 @@ async fn error_pages_replaces_the_listed_statuses_and_passes_the_rest() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(calls, 8, "on-request and on-response per request");
 }
+
+/// The log hook's summary of the last request, as the `log-hook` fixture
+/// keeps it, once it is there: the hook runs after the response.
+async fn last_log(h: &Harness, listener: &str, want: &str) -> Vec<String> {
+    let mut last = String::new();
+    for _ in 0..500 {
+        last = h.get(listener, "/read-log").await.text();
+        if last.starts_with(want) {
+            return last.split(' ').map(str::to_owned).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no summary starting {want:?} within 5 s; last: {last:?}");
+}
+
+/// `on-log` learns how each request ended, after its response: status,
+/// pool and backend, outcome, body bytes each way and the context.
+#[tokio::test]
+async fn the_log_hook_learns_how_each_request_ended() {
+    let backends = vec![
+        TestBackend::start("web").await,
+        TestBackend::failing("down", 503).await,
+    ];
+    let mut toml = format!(
+        "[policies]\ndir = \"{}\"\n",
+        repo().join("tests/fixtures/wasm").display()
+    );
+    for b in ["web", "down"] {
+        toml.push_str(&format!(
+            "[pools.{b}]\nbackends = [\"{{{b}}}\"]\n[listeners.{b}]\nprotocol = \"http\"\n\
+             bind = \"127.0.0.1:0\"\npool = \"{b}\"\npolicy = \"log-hook\"\n"
+        ));
+    }
+    let h = Harness::with(&toml, backends).await;
+
+    assert_eq!(h.get("web", "/hello").await.text(), "web");
+    let s = last_log(&h, "web", "/hello ").await;
+    let backend = h.backend("web").addr.to_string();
+    assert_eq!(
+        s,
+        [
+            "/hello", "200", "web", &backend, "ok", "0", "3", "upstream", "total"
+        ]
+    );
+
+    // A body each way: 1,000 bytes up, echoed back.
+    let req = http::Request::post(format!("http://{}/echo", h.addr("web")))
+        .body(streamed(pattern(1000), 100))
+        .unwrap();
+    let got = send(&h.client, req).await;
+    assert_eq!(got.body.len(), 1000);
+    let s = last_log(&h, "web", "/echo ").await;
+    assert_eq!(
+        (s[4].as_str(), s[5].as_str(), s[6].as_str()),
+        ("ok", "1000", "1000")
+    );
+
+    // The backend's 503 is what the client got.
+    assert_eq!(h.get("down", "/x").await.status, 503);
+    let s = last_log(&h, "down", "/x ").await;
+    assert_eq!((s[1].as_str(), s[2].as_str()), ("503", "down"));
+
+    // A client that goes away in the middle of a large response.
+    let mut raw = tokio::net::TcpStream::connect(h.addr("web")).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw.write_all(b"GET /bytes/30000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = raw.read(&mut buf).await.unwrap();
+    assert!(n > 0);
+    drop(raw);
+    let s = last_log(&h, "web", "/bytes/30000000 ").await;
+    assert_eq!(s[4], "client-abort", "{s:?}");
+    let sent: u64 = s[6].parse().unwrap();
+    assert!(sent < 30_000_000, "{sent}");
+}

@@ -70,6 +70,28 @@ pub mod http_with_response {
     });
 }
 
+/// Bindings for the `http-policy-with-log` world: `http-policy` and the
+/// optional `log-hook` export. Shares every type and import with [`http`].
+#[doc(hidden)]
+pub mod http_with_log {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "switchyard:policy/http-policy-with-log",
+        with: {
+            "switchyard:policy/types@0.3.0": crate::http::switchyard::policy::types,
+            "switchyard:policy/log@0.3.0": crate::http::switchyard::policy::log,
+            "switchyard:policy/clock@0.3.0": crate::http::switchyard::policy::clock,
+            "switchyard:policy/random@0.3.0": crate::http::switchyard::policy::random,
+            "switchyard:policy/kv@0.3.0": crate::http::switchyard::policy::kv,
+            "switchyard:policy/backends@0.3.0": crate::http::switchyard::policy::backends,
+        },
+        pub_export_macro: true,
+        export_macro_name: "export_http_policy_with_log",
+        default_bindings_module: "switchyard_policy::http_with_log",
+        runtime_path: "switchyard_policy::__rt",
+    });
+}
+
 /// Bindings for the `connection-policy` world. Shares every type and import
 /// with [`http`].
 #[doc(hidden)]
@@ -97,8 +119,8 @@ pub use wit_bindgen::rt as __rt;
 
 pub use http::switchyard::policy::types::{
     Backend, ConnectDecision, ConnectForward, Connection, Decision, Forward, Header, HeaderOp,
-    HttpVersion, RequestHead, Response, ResponseAction, ResponseHead, SocketAddress, TlsInfo,
-    Transport,
+    HttpVersion, LogSummary, Outcome, RequestHead, Response, ResponseAction, ResponseHead,
+    SocketAddress, TlsInfo, Transport,
 };
 
 /// Host imports: the policy's key-value store, namespaced per policy. Every
@@ -163,6 +185,13 @@ pub trait HttpPolicy {
     ) -> ResponseAction {
         ResponseAction::Edit(Vec::new())
     }
+    /// Learns how a request ended, after its response was sent; called
+    /// only when the policy is exported with [`http_policy_with_log!`].
+    /// Adds no latency. (A policy with both hooks cannot be exported
+    /// with this SDK yet: wit-bindgen's export macros of two worlds that
+    /// share an interface collide. The WIT world
+    /// `http-policy-with-response-and-log` has both.)
+    fn on_log(_request: &RequestHead, _context: Option<Vec<u8>>, _summary: LogSummary) {}
 }
 
 impl<T: HttpPolicy> http::Guest for T {
@@ -190,6 +219,21 @@ impl<T: HttpPolicy> http_with_response::exports::switchyard::policy::response_ho
         context: Option<Vec<u8>>,
     ) -> ResponseAction {
         <T as HttpPolicy>::on_response(request, response, context)
+    }
+}
+
+impl<T: HttpPolicy> http_with_log::Guest for T {
+    fn init(config: String) -> Result<(), String> {
+        <T as HttpPolicy>::init(config)
+    }
+    fn on_request(request: &RequestHead, connection: &Connection) -> Decision {
+        <T as HttpPolicy>::on_request(request, connection)
+    }
+}
+
+impl<T: HttpPolicy> http_with_log::exports::switchyard::policy::log_hook::Guest for T {
+    fn on_log(request: &RequestHead, context: Option<Vec<u8>>, summary: LogSummary) {
+        <T as HttpPolicy>::on_log(request, context, summary)
     }
 }
 
@@ -228,6 +272,15 @@ macro_rules! http_policy {
 macro_rules! http_policy_with_response {
     ($t:ident) => {
         $crate::http_with_response::export_http_policy_with_response!($t with_types_in $crate::http_with_response);
+    };
+}
+
+/// Exports a type implementing [`HttpPolicy`] as the component's
+/// `http-policy-with-log` world: `http-policy` and its log hook.
+#[macro_export]
+macro_rules! http_policy_with_log {
+    ($t:ident) => {
+        $crate::http_with_log::export_http_policy_with_log!($t with_types_in $crate::http_with_log);
     };
 }
 

@@ -123,6 +123,8 @@ pub(super) struct ClientBody {
 pub(super) struct BodyFault(
     pub(super) std::sync::OnceLock<BodyFailure>,
     pub(super) std::sync::atomic::AtomicBool,
+    /// Body bytes read from the client so far (the log hook's summary).
+    pub(super) std::sync::atomic::AtomicU64,
 );
 
 impl BodyFault {
@@ -182,6 +184,9 @@ impl Body for ClientBody {
                     }
                     this.left -= n;
                     this.bytes_in.inc_by(n);
+                    this.fault
+                        .2
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

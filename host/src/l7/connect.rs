@@ -145,7 +145,7 @@ pub(super) async fn connect_and_retry(
     let (line, spare) = (&out.line, &out.spare);
     let mut req = build(line, action, peer, &peer.backend, headers, body)?;
     // Upstream time is for the access log only.
-    let sent = (state.config.access_log != Format::Off).then(Instant::now);
+    let sent = (state.config.access_log != Format::Off || ctx.log_hook).then(Instant::now);
     let how = SendHow {
         unpooled: out.upgrade,
         fault: out.fault.as_deref(),

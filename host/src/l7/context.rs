@@ -41,8 +41,16 @@ pub(super) struct Ctx {
     pub client_host: Option<HeaderValue>,
     /// The backends the policy may read, made at the first policy call.
     pub directory: Option<Arc<dyn Directory>>,
-    /// The request head as the policy saw it, kept for `on-response`.
+    /// The request head as the policy saw it, kept for `on-response` and
+    /// `on-log`.
     pub snapshot: Option<RequestView>,
+    /// The policy exports the log hook: what it is told is kept
+    /// (`log_hook.rs`).
+    pub log_hook: bool,
+    /// The forward decision's context, kept for `on-log`.
+    pub context: Option<Vec<u8>>,
+    /// What counts the client's body bytes, kept for `on-log`.
+    pub request_body: Option<Arc<super::body::BodyFault>>,
 }
 
 impl Ctx {
@@ -64,6 +72,9 @@ impl Ctx {
             client_host: None,
             directory: None,
             snapshot: None,
+            log_hook: false,
+            context: None,
+            request_body: None,
         }
     }
 

@@ -24,6 +24,7 @@ mod exchange;
 pub mod framing;
 pub mod guard;
 pub mod hygiene;
+mod log_hook;
 mod logging;
 pub mod path;
 pub mod request;

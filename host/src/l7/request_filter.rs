@@ -135,7 +135,13 @@ pub(super) async fn on_request(
         took,
         d.as_ref().err(),
     );
-    if let Ok(HttpDecision::Forward(f)) = &d
+    if policy.has_log_hook() {
+        ctx.log_hook = true;
+        ctx.snapshot = Some(view.clone());
+        if let Ok(HttpDecision::Forward(f)) = &d {
+            ctx.context = f.context.clone();
+        }
+    } else if let Ok(HttpDecision::Forward(f)) = &d
         && f.inspect_response
     {
         ctx.snapshot = Some(view.clone());

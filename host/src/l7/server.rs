@@ -295,7 +295,7 @@ async fn handle(
         Err(e) => super::logging::failed(&e, state, &ctx),
     };
     super::logging::logging(state, &ctx, &resp);
-    resp
+    super::log_hook::attach(resp, state, &mut ctx)
 }
 
 /// The phases in order. Only the policy calls, a body read whole for a

@@ -87,7 +87,7 @@ pub(super) fn upstream_request(
     peer: &Peer,
     conn: &Conn,
     state: &HttpState,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
 ) -> (Outgoing, Option<hyper::upgrade::OnUpgrade>) {
     let pool = &peer.pool;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -133,6 +133,9 @@ pub(super) fn upstream_request(
         replay,
         fault,
     } = client_body(body, may_resend, limit, state);
+    if ctx.log_hook {
+        ctx.request_body = fault.clone();
+    }
     let spare = match replay {
         Some(r) if may_resend => Some((headers.clone(), r)),
         _ => None,

@@ -24,12 +24,12 @@ pub mod http {
     });
 }
 
-/// The optional `response-hook` export, found per component
-/// (`exports::switchyard::policy::response_hook::GuestIndices::new`).
+/// The optional `response-hook` and `log-hook` exports, found per
+/// component (`exports::switchyard::policy::*::GuestIndices::new`).
 pub mod hooks {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "switchyard:policy/http-policy-with-response",
+        world: "switchyard:policy/http-policy-with-response-and-log",
         exports: { default: async },
         with: {
             "switchyard:policy/types": super::http::switchyard::policy::types,

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::http;
+use super::bindings::types::LogSummary;
 use super::decision::{self, ConnDecision, HttpDecision, ResponseAction};
 use super::directory::Directory;
 use super::engine::{Compiled, Limits, PolicyEngine};
@@ -108,6 +109,11 @@ impl Policy {
     /// `max_instances`.
     pub fn live_instances(&self) -> usize {
         self.live.load(Ordering::Relaxed)
+    }
+
+    /// Whether the policy exports the log hook (`on-log`).
+    pub fn has_log_hook(&self) -> bool {
+        self.pre.has_log_hook()
     }
 
     /// Calls that hold an instance now.
@@ -439,6 +445,53 @@ impl Policy {
         }
         .await;
         self.record(started, r).0
+    }
+
+    /// Runs the log hook, when the policy exports it, with how a request
+    /// ended. The request is lent to the call and is back when this
+    /// returns. Nothing it does changes the exchange.
+    pub async fn on_log(
+        &self,
+        request: &mut RequestView,
+        context: Option<&[u8]>,
+        summary: LogSummary,
+        directory: &Arc<dyn Directory>,
+    ) -> (Result<(), PolicyError>, Duration) {
+        let started = Instant::now();
+        let r = async {
+            let _permit = self.admit().await?;
+            let _busy = self.engine.ticker.busy(self.limits.timeout);
+            let (mut w, until) = self.checkout(directory, started).await?;
+            let Warm {
+                store, bindings, ..
+            } = &mut w;
+            std::mem::swap(&mut store.data_mut().lent.request, request);
+            let call = tokio::time::timeout_at(until, async {
+                match bindings {
+                    Bindings::Http {
+                        log: Some(hook), ..
+                    } => {
+                        hook.call_on_log(&mut *store, handle(), context, &summary)
+                            .await
+                    }
+                    _ => Err(wasmtime::format_err!(
+                        "the policy does not export switchyard:policy/log-hook"
+                    )),
+                }
+            })
+            .await;
+            std::mem::swap(&mut w.store.data_mut().lent.request, request);
+            match call {
+                Ok(Ok(())) => {
+                    self.checkin(w);
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(self.classify(e, &w.store, self.limits.timeout)),
+                Err(_) => Err(self.timed_out(started)),
+            }
+        }
+        .await;
+        self.record(started, r)
     }
 
     /// Runs the connection hook and validates its decision.

@@ -6,7 +6,7 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 use super::PolicyKind;
-use super::bindings::hooks::exports::switchyard::policy::response_hook;
+use super::bindings::hooks::exports::switchyard::policy::{log_hook, response_hook};
 use super::bindings::{connection, http, v0_2};
 use super::host_api::HostState;
 
@@ -16,6 +16,7 @@ pub(crate) enum Pre {
     Http {
         pre: http::HttpPolicyPre<HostState>,
         response: Option<response_hook::GuestIndices>,
+        log: Option<log_hook::GuestIndices>,
     },
     Connection(connection::ConnectionPolicyPre<HostState>),
     HttpV0_2(v0_2::http::HttpPolicyPre<HostState>),
@@ -26,6 +27,7 @@ pub(super) enum Bindings {
     Http {
         b: http::HttpPolicy,
         response: Option<response_hook::Guest>,
+        log: Option<log_hook::Guest>,
     },
     Connection(connection::ConnectionPolicy),
     HttpV0_2(v0_2::http::HttpPolicy),
@@ -45,9 +47,11 @@ impl Pre {
                 // An optional hook is there when the component exports its
                 // interface with the right type.
                 let response = response_hook::GuestIndices::new(&instance_pre).ok();
+                let log = log_hook::GuestIndices::new(&instance_pre).ok();
                 Pre::Http {
                     pre: http::HttpPolicyPre::new(instance_pre)?,
                     response,
+                    log,
                 }
             }
             (PolicyKind::Connection, false) => {
@@ -67,19 +71,28 @@ impl Pre {
         store: &mut Store<HostState>,
     ) -> wasmtime::Result<Bindings> {
         Ok(match self {
-            Pre::Http { pre, response } => {
+            Pre::Http { pre, response, log } => {
                 let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
                 let b = http::HttpPolicy::new(&mut *store, &instance)?;
                 let response = match response {
                     Some(ix) => Some(ix.load(&mut *store, &instance)?),
                     None => None,
                 };
-                Bindings::Http { b, response }
+                let log = match log {
+                    Some(ix) => Some(ix.load(&mut *store, &instance)?),
+                    None => None,
+                };
+                Bindings::Http { b, response, log }
             }
             Pre::Connection(p) => Bindings::Connection(p.instantiate_async(store).await?),
             Pre::HttpV0_2(p) => Bindings::HttpV0_2(p.instantiate_async(store).await?),
             Pre::ConnectionV0_2(p) => Bindings::ConnectionV0_2(p.instantiate_async(store).await?),
         })
+    }
+
+    /// Whether the policy exports the log hook.
+    pub(super) fn has_log_hook(&self) -> bool {
+        matches!(self, Pre::Http { log: Some(_), .. })
     }
 
     /// Whether a forward decision may ask for the response hook.
