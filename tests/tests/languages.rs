@@ -228,6 +228,23 @@ on_error = "reject"
     }
 }
 
+/// Every build targets the package version the host implements now
+/// (`wit/`), not the frozen 0.2 it still serves.
+#[test]
+fn every_language_builds_against_the_current_wit() {
+    let want = format!(
+        "switchyard:policy/types@{}",
+        switchyard::policy::WIT_VERSION
+    );
+    for (lang, name) in builds() {
+        let bytes = std::fs::read(wasm(name)).unwrap();
+        assert!(
+            bytes.windows(want.len()).any(|w| w == want.as_bytes()),
+            "{lang}: {name}.wasm does not import {want}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_keep_flowing_while_a_python_policy_compiles() {
     let py = wasm("path-router-py");

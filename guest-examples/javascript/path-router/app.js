@@ -56,6 +56,7 @@ function forward(pool, path) {
       requestHeaders: [],
       responseHeaders: [],
       inspectResponse: false,
+      context: undefined,
     },
   };
 }
@@ -80,6 +81,3 @@ export function onRequest(request, _connection) {
   return forward(undefined, undefined);
 }
 
-export function onResponse(_request, _response) {
-  return [];
-}

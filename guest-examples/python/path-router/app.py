@@ -59,6 +59,7 @@ def forward(pool=None, path=None) -> types.Decision:
             request_headers=[],
             response_headers=[],
             inspect_response=False,
+            context=None,
         )
     )
 
@@ -79,6 +80,3 @@ class WitWorld(wit_world.WitWorld):
                     return forward(route.pool, "/" + rest)
                 return forward(route.pool)
         return forward()
-
-    def on_response(self, request: types.RequestHead, response: types.ResponseHead) -> list[types.HeaderOp]:
-        return []
