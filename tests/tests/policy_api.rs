@@ -3,6 +3,7 @@
 //! whichever pooled instance serves each; a response hook that replaces
 //! the upstream response (the `error-pages` example).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use switchyard_tests::*;
@@ -211,4 +212,58 @@ async fn the_log_hook_learns_how_each_request_ended() {
     assert_eq!(s[4], "client-abort", "{s:?}");
     let sent: u64 = s[6].parse().unwrap();
     assert!(sent < 30_000_000, "{sent}");
+}
+
+/// A policy's own metrics (defined in `init`, updated from `on-request`
+/// and `on-log`) are on the admin listener as
+/// `switchyard_policy_<policy>_<name>`, capped at 100 label sets a
+/// metric, and gone once no listener names the policy.
+#[tokio::test]
+async fn a_policys_own_metrics_are_exported_capped_and_dropped_with_it() {
+    let config = |policy: &str| {
+        format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n[policies]\ndir = \"{}\"\n[pools.web]\nbackends = [\"{{web}}\"]\n\
+             [listeners.web]\nprotocol = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n{policy}",
+            repo().join("tests/fixtures/wasm").display()
+        )
+    };
+    let h = Harness::start(&config("policy = \"log-hook\"\n"), &["web"]).await;
+    for path in ["/hello", "/hello", "/api/x"] {
+        assert_eq!(h.get("web", path).await.status, 200);
+    }
+    let requests = "switchyard_policy_log_hook_requests_total";
+    assert_eq!(h.metric(requests, "route=\"hello\"").await, 2.0);
+    assert_eq!(h.metric(requests, "route=\"api\"").await, 1.0);
+    // Observed by the log hook, after each response.
+    h.wait_for_metric(
+        "switchyard_policy_log_hook_response_bytes_count",
+        "",
+        3.0,
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // The load-time smoke call (`GET /`) counted too: route "".
+    assert_eq!(h.metric(requests, "route=\"\"").await, 1.0);
+    // 120 more routes: 97 fit beside "", hello and api; 23 count as other.
+    for i in 0..120 {
+        assert_eq!(h.get("web", &format!("/r{i}")).await.status, 200);
+    }
+    assert_eq!(h.metric(requests, "route=\"other\"").await, 23.0);
+    assert_eq!(h.metric(requests, "route=\"r96\"").await, 1.0);
+    assert_eq!(h.metric(requests, "route=\"r97\"").await, 0.0);
+    assert_eq!(h.metric(requests, "").await, 124.0);
+
+    // The listener stops naming the policy: its metrics go.
+    let text = fill(
+        &config(""),
+        &BTreeMap::from([("web", h.backend("web").addr)]),
+    )
+    .replace("{policies}", "");
+    let new =
+        switchyard::config::Config::parse(std::path::Path::new("/tmp/sy.toml"), &text).unwrap();
+    h.sy.reload(new).await.expect("the reload is accepted");
+    let admin = h.sy.admin_addr.unwrap();
+    let text = get(&h.client, admin, "/metrics", &[]).await.text();
+    assert!(!text.contains("switchyard_policy_log_hook_"), "{text}");
 }

@@ -62,6 +62,7 @@ pub mod http_with_response {
             "switchyard:policy/random@0.3.0": crate::http::switchyard::policy::random,
             "switchyard:policy/kv@0.3.0": crate::http::switchyard::policy::kv,
             "switchyard:policy/backends@0.3.0": crate::http::switchyard::policy::backends,
+            "switchyard:policy/metrics@0.3.0": crate::http::switchyard::policy::metrics,
         },
         pub_export_macro: true,
         export_macro_name: "export_http_policy_with_response",
@@ -84,6 +85,7 @@ pub mod http_with_log {
             "switchyard:policy/random@0.3.0": crate::http::switchyard::policy::random,
             "switchyard:policy/kv@0.3.0": crate::http::switchyard::policy::kv,
             "switchyard:policy/backends@0.3.0": crate::http::switchyard::policy::backends,
+            "switchyard:policy/metrics@0.3.0": crate::http::switchyard::policy::metrics,
         },
         pub_export_macro: true,
         export_macro_name: "export_http_policy_with_log",
@@ -106,6 +108,7 @@ pub mod connection {
             "switchyard:policy/random@0.3.0": crate::http::switchyard::policy::random,
             "switchyard:policy/kv@0.3.0": crate::http::switchyard::policy::kv,
             "switchyard:policy/backends@0.3.0": crate::http::switchyard::policy::backends,
+            "switchyard:policy/metrics@0.3.0": crate::http::switchyard::policy::metrics,
         },
         pub_export_macro: true,
         export_macro_name: "export_connection_policy",
@@ -138,6 +141,12 @@ pub mod clock {
 /// Host imports: random numbers.
 pub mod random {
     pub use crate::http::switchyard::policy::random::*;
+}
+
+/// Host imports: the policy's own metrics, exported as
+/// `switchyard_policy_<policy>_<name>`; define them in `init`.
+pub mod metrics {
+    pub use crate::http::switchyard::policy::metrics::*;
 }
 
 /// Host imports: the backends of a pool, for policies that pick one.

@@ -261,6 +261,16 @@ fn register_policies(registry: &mut Registry, m: &Metrics) {
     );
 }
 
+impl Metrics {
+    /// The daemon's metrics, with a collector's beside them (the
+    /// policies' own, `policy::metrics`).
+    pub fn with_collector(collector: Box<dyn prometheus_client::collector::Collector>) -> Metrics {
+        let mut m = Metrics::default();
+        m.registry.register_collector(collector);
+        m
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("switchyard");

@@ -292,7 +292,9 @@ impl Daemon {
             pool: config.policies.pool,
             kv: config.policies.kv,
         })?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::with_collector(Box::new(
+            engine.custom_metrics.clone(),
+        )));
         let access_log = AccessLog::start(
             config.runtime.access_log_file.clone(),
             metrics.access_log_dropped.clone(),

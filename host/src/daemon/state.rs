@@ -218,6 +218,16 @@ impl Daemon {
         Ok(())
     }
 
+    /// Names whose policy metrics exist but that no listener uses now.
+    fn config_gone_policies(&self, in_use: &[PolicyKey]) -> Vec<String> {
+        self.engine
+            .custom_metrics
+            .names()
+            .into_iter()
+            .filter(|n| !in_use.iter().any(|k| &k.name == n))
+            .collect()
+    }
+
     pub(super) fn republish(&self, key: &PolicyKey) {
         for (name, l) in &self.config.listeners {
             if key_of(l).as_ref() == Some(key) {
@@ -296,6 +306,10 @@ impl Daemon {
             }
             keep
         });
+        // A policy's own metrics go with the last listener that names it.
+        for gone in self.config_gone_policies(&in_use) {
+            self.engine.custom_metrics.forget(&gone);
+        }
         for (name, socket) in sockets {
             if let Err(e) = self.open(&name, socket) {
                 // At start-up a listener that cannot open stops the start;

@@ -38,6 +38,7 @@ pub mod hooks {
             "switchyard:policy/random": super::http::switchyard::policy::random,
             "switchyard:policy/kv": super::http::switchyard::policy::kv,
             "switchyard:policy/backends": super::http::switchyard::policy::backends,
+            "switchyard:policy/metrics": super::http::switchyard::policy::metrics,
         },
     });
 }
@@ -55,6 +56,7 @@ pub mod connection {
             "switchyard:policy/random": super::http::switchyard::policy::random,
             "switchyard:policy/kv": super::http::switchyard::policy::kv,
             "switchyard:policy/backends": super::http::switchyard::policy::backends,
+            "switchyard:policy/metrics": super::http::switchyard::policy::metrics,
         },
     });
 }
@@ -100,4 +102,4 @@ pub mod v0_2 {
 }
 
 pub use http::switchyard::policy::types;
-pub use http::switchyard::policy::{backends, clock, kv, log, random};
+pub use http::switchyard::policy::{backends, clock, kv, log, metrics, random};

@@ -131,6 +131,8 @@ pub struct PolicyEngine {
     cache: Option<Cache>,
     linker: Linker<HostState>,
     pub kv: KvStore,
+    /// The policies' own metrics, one collector for the admin listener.
+    pub custom_metrics: Arc<super::metrics::CustomMetrics>,
     pub(crate) ticker: Ticker,
     pub(crate) pool: PoolLimits,
 }
@@ -227,6 +229,7 @@ impl PolicyEngine {
             cache,
             linker,
             kv: KvStore::new(settings.kv),
+            custom_metrics: Arc::default(),
             pool: settings.pool,
         }))
     }

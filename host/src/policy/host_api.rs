@@ -11,7 +11,7 @@ use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{backends, clock, kv, log, random, types};
+use super::bindings::{backends, clock, kv, log, metrics, random, types};
 use super::directory::Directory;
 use super::kv::Namespace;
 
@@ -19,6 +19,8 @@ use super::kv::Namespace;
 pub struct HostState {
     pub(crate) policy: Arc<str>,
     pub(crate) kv: Arc<Namespace>,
+    /// The policy's own metrics (`metrics.rs`).
+    pub(crate) metrics: Arc<super::metrics::PolicyMetrics>,
     /// The pools the current call may see; replaced before each call.
     pub(crate) directory: Arc<dyn Directory>,
     pub(crate) limits: MemoryLimiter,
@@ -37,6 +39,7 @@ impl HostState {
     pub(crate) fn new(
         policy: Arc<str>,
         kv: Arc<Namespace>,
+        metrics: Arc<super::metrics::PolicyMetrics>,
         directory: Arc<dyn Directory>,
         memory_bytes: usize,
     ) -> Self {
@@ -44,6 +47,7 @@ impl HostState {
         HostState {
             policy,
             kv,
+            metrics,
             directory,
             limits: MemoryLimiter::new(memory_bytes),
             deadline: Instant::now(),
@@ -189,6 +193,47 @@ impl kv::Host for HostState {
 
     fn delete(&mut self, key: String) -> Result<bool, kv::KvError> {
         Ok(self.kv.delete(&key))
+    }
+}
+
+impl HostState {
+    /// An update the policy's metrics refused: logged, never a trap.
+    fn metric_update(&self, r: Result<(), String>) {
+        if let Err(why) = r {
+            crate::warn_limited!(policy = %self.policy, "metric update ignored: {why}");
+        }
+    }
+}
+
+impl metrics::Host for HostState {
+    fn define(
+        &mut self,
+        name: String,
+        help: String,
+        kind: metrics::MetricKind,
+        label_names: Vec<String>,
+    ) -> Result<(), String> {
+        let kind = match kind {
+            metrics::MetricKind::Counter => super::metrics::Kind::Counter,
+            metrics::MetricKind::Gauge => super::metrics::Kind::Gauge,
+            metrics::MetricKind::Histogram => super::metrics::Kind::Histogram,
+        };
+        self.metrics.define(&name, &help, kind, label_names)
+    }
+
+    fn counter_add(&mut self, name: String, label_values: Vec<String>, delta: u64) {
+        let r = self.metrics.counter_add(&name, label_values, delta);
+        self.metric_update(r);
+    }
+
+    fn gauge_set(&mut self, name: String, label_values: Vec<String>, value: f64) {
+        let r = self.metrics.gauge_set(&name, label_values, value);
+        self.metric_update(r);
+    }
+
+    fn histogram_observe(&mut self, name: String, label_values: Vec<String>, value: f64) {
+        let r = self.metrics.histogram_observe(&name, label_values, value);
+        self.metric_update(r);
     }
 }
 

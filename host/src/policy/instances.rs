@@ -209,6 +209,7 @@ impl Policy {
         let state = HostState::new(
             self.name.clone(),
             self.engine.kv.namespace(&self.name),
+            self.engine.custom_metrics.of(&self.name),
             directory,
             self.limits.memory_bytes,
         );

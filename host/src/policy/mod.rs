@@ -13,6 +13,7 @@
 //! host_api.rs   per-store state and the host imports
 //! view.rs       request/response/connection as the policy reads them
 //! kv.rs         the per-policy key-value store
+//! metrics.rs    the policies' own metrics and their collector
 //! directory.rs  the pools and backends a policy may see
 //! guest_log.rs  guest log lines -> tracing target `policy::<name>`
 //! ```
@@ -26,6 +27,7 @@ mod guest_log;
 mod host_api;
 pub mod instances;
 pub mod kv;
+pub mod metrics;
 mod smoke;
 mod stats;
 pub mod ticker;
