@@ -163,6 +163,8 @@ fn every_example_policy_has_a_test() {
         // Through a real listener: tests/tests/policy_api.rs.
         "error-pages",
         "header-canary",
+        // Through a real listener: tests/tests/policy_api.rs.
+        "latency-aware",
         "path-router",
         "rate-limit",
         "sni-router",
