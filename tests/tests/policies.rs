@@ -167,6 +167,8 @@ fn every_example_policy_has_a_test() {
         "latency-aware",
         "path-router",
         "rate-limit",
+        // Through a real listener: tests/tests/policy_api.rs.
+        "retry-5xx",
         "sni-router",
         "weighted-split",
     ];

@@ -331,3 +331,51 @@ async fn latency_aware_learns_to_avoid_the_slow_backend() {
         "every fast backend is used"
     );
 }
+
+/// `retry-5xx` with the issue's config: a GET answered 503 by one backend
+/// is sent once more, to the other, and the client gets its 200; a POST
+/// (not idempotent) gets the 503 as it came.
+#[tokio::test]
+async fn retry_5xx_resends_an_idempotent_request_once_on_another_backend() {
+    let backends = vec![
+        TestBackend::failing("down", 503).await,
+        TestBackend::start("up").await,
+    ];
+    let toml = "[policies]\ndir = \"{policies}\"\n[pools.web]\nbackends = [\"{down}\", \"{up}\"]\n\
+                [listeners.l]\nprotocol = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\npolicy = \"retry-5xx\"\n";
+    let h = Harness::with(toml, backends).await;
+    for i in 0..10 {
+        let got = h.get("l", &format!("/get-{i}")).await;
+        assert_eq!(
+            (got.status.as_u16(), got.text()),
+            (200, "up".to_owned()),
+            "{i}"
+        );
+    }
+    let down = h.backend("down").seen().len();
+    let up = h.backend("up").seen().len();
+    assert!(
+        down >= 3,
+        "round robin sent the failing backend {down} of 10"
+    );
+    assert_eq!(up, 10, "every request ended at the healthy backend");
+    // A POST is not resent: whoever answered, the client gets it.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(post(&h.client, h.addr("l"), "/post").await.status.as_u16());
+    }
+    assert!(statuses.contains(&503), "{statuses:?}");
+    let posts_down = h
+        .backend("down")
+        .seen()
+        .iter()
+        .filter(|s| s.method == "POST")
+        .count();
+    let posts_up = h
+        .backend("up")
+        .seen()
+        .iter()
+        .filter(|s| s.method == "POST")
+        .count();
+    assert_eq!(posts_down + posts_up, 4, "no POST was sent twice");
+}

@@ -15,6 +15,7 @@ use super::context::Ctx;
 use super::error::ProxyError;
 use super::exchange::{FailedAttempt, FailureClass, SendHow, send};
 use super::request;
+use super::response_filter::{Filtered, Head, Reply, response_filter};
 use super::server::HttpState;
 use super::upstream_peer::Peer;
 use super::upstream_request::{Line, Outgoing};
@@ -193,4 +194,65 @@ pub(super) async fn connect_and_retry(
     };
     ctx.upstream = sent.map(|s| s.elapsed());
     Ok((resp, in_flight, deadline))
+}
+
+/// The response hook asked for another try: the request goes once more,
+/// to a backend of the pool not tried yet, when it may be resent (kept
+/// for a resend: idempotent, `retries` ≥ 1, another backend) and the retry
+/// budget allows. Otherwise the first response goes back as it came. The
+/// first response's body is dropped unread either way but the last.
+pub(super) async fn retry_after_response(
+    out: &mut Outgoing,
+    first: Head,
+    peer: &Peer,
+    reply: Reply<'_>,
+    ctx: &mut Ctx,
+) -> Result<Filtered, ProxyError> {
+    let (pool, state) = (&peer.pool, reply.state);
+    let answered: Vec<Arc<Backend>> = pool
+        .backends
+        .iter()
+        .filter(|b| ctx.backend.as_ref() == Some(&b.name))
+        .cloned()
+        .collect();
+    let next = out
+        .spare
+        .as_ref()
+        .and_then(|spare| Some((spare, pool.next_attempt(peer.key, &answered, 1)?)));
+    let Some(((headers, replay), next)) = next else {
+        debug_retry(
+            state,
+            pool,
+            "the request may not be resent, or no backend is left",
+        );
+        return Ok(Filtered::Head(first));
+    };
+    if !pool.may_resend() {
+        crate::warn_limited!(listener = %state.name, pool = %pool.name,
+            "retry budget spent; the response hook's retry not done");
+        return Ok(Filtered::Head(first));
+    }
+    let req = build(
+        &out.line,
+        reply.action,
+        peer,
+        &next,
+        headers.clone(),
+        replay.body(),
+    )?;
+    let Head { open, deadline, .. } = first;
+    ctx.backend = Some(next.name.clone());
+    let how = SendHow {
+        unpooled: false,
+        fault: out.fault.as_deref(),
+        limit: out.limit,
+    };
+    let (resp, in_flight) = send(&state.metrics, pool, &next, req, &how)
+        .await
+        .map_err(|failed| failed.error)?;
+    Ok(response_filter((resp, in_flight, deadline), reply, open))
+}
+
+fn debug_retry(state: &HttpState, pool: &crate::upstream::Pool, why: &str) {
+    tracing::debug!(listener = %state.name, pool = %pool.name, "response hook's retry not done: {why}");
 }

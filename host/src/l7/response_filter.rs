@@ -83,17 +83,27 @@ pub(super) fn response_filter(answered: Answered, reply: Reply<'_>, open: InProg
     })
 }
 
+/// What the response hook leaves to do.
+pub(super) enum Hooked {
+    /// Send the response (its edits, if any, are applied).
+    Send,
+    /// Send this instead.
+    Replace(DirectResponse),
+    /// Send the request once more, when it may be.
+    Retry,
+}
+
 /// The policy's `on-response` action, on a response whose decision asked
-/// for it: its edits applied here, or the response that replaces this one.
-/// A failed call follows `on_error`.
+/// for it: its edits applied here, the response that replaces this one,
+/// or a retry. A failed call follows `on_error`.
 pub(super) async fn on_response(
     parts: &mut http::response::Parts,
     context: Option<&[u8]>,
     state: &HttpState,
     ctx: &mut Ctx,
-) -> Result<Option<DirectResponse>, ProxyError> {
+) -> Result<Hooked, ProxyError> {
     let (Some(policy), Some(head)) = (&state.policy, &mut ctx.snapshot) else {
-        return Ok(None);
+        return Ok(Hooked::Send);
     };
     let mut view = ResponseView {
         status: parts.status,
@@ -106,7 +116,8 @@ pub(super) async fn on_response(
     parts.headers = view.headers;
     match action {
         Ok(ResponseAction::Edit(edits)) => edits.iter().for_each(|e| e.apply(&mut parts.headers)),
-        Ok(ResponseAction::Replace(r)) => return Ok(Some(r)),
+        Ok(ResponseAction::Replace(r)) => return Ok(Hooked::Replace(r)),
+        Ok(ResponseAction::Retry) => return Ok(Hooked::Retry),
         // A response hook may strip what must not leave (an internal
         // header, a cookie) or add what must (a CSP): failing closed
         // means not sending the response it did not edit.
@@ -120,7 +131,7 @@ pub(super) async fn on_response(
             "response hook failed; response sent unedited (on_error = fallback)")
         }
     }
-    Ok(None)
+    Ok(Hooked::Send)
 }
 
 /// The response as it streams back: its body timed (idle and total) and

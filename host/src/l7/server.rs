@@ -17,7 +17,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{Level, debug};
 
-use super::connect::connect_and_retry;
+use super::connect::{self, connect_and_retry};
 use super::context::Ctx;
 use super::error::ProxyError;
 use super::guard::InProgress;
@@ -356,17 +356,49 @@ async fn proxy(
         response_filter::Filtered::Tunnel(resp) => return Ok(resp),
         response_filter::Filtered::Head(head) => head,
     };
-    if action.inspect_response
-        && let Some(replacement) = fail!(
-            response_filter::on_response(&mut head.parts, action.context.as_deref(), state, ctx)
-                .await,
+    if action.inspect_response {
+        head = match fail!(
+            hook_response(head, &mut out, &action, &peer, conn, state, ctx).await,
             &out.line.uri
-        )
-    {
-        // The upstream body is dropped unread (its connection closes) and
-        // its backend leaves the in-flight count with it.
-        drop(head);
-        return Ok(request_filter::direct(replacement));
+        ) {
+            Ok(head) => head,
+            Err(resp) => return Ok(resp),
+        };
     }
     Ok(response_filter::respond(head, &peer, state, ctx))
+}
+
+/// The response hook's say over a response whose decision asked for it:
+/// `Ok(head)` to send (edited, or the answer of one retry), `Err` for the
+/// response that replaces it.
+async fn hook_response(
+    mut head: response_filter::Head,
+    out: &mut super::upstream_request::Outgoing,
+    action: &ForwardAction,
+    peer: &super::upstream_peer::Peer,
+    conn: &Conn,
+    state: &HttpState,
+    ctx: &mut Ctx,
+) -> Result<Result<response_filter::Head, Response<ProxyBody>>, ProxyError> {
+    let hooked =
+        response_filter::on_response(&mut head.parts, action.context.as_deref(), state, ctx)
+            .await?;
+    Ok(match hooked {
+        response_filter::Hooked::Send => Ok(head),
+        // The upstream body is dropped unread (its connection closes) and
+        // its backend leaves the in-flight count with it.
+        response_filter::Hooked::Replace(r) => Err(request_filter::direct(r)),
+        response_filter::Hooked::Retry => {
+            let reply = Reply {
+                action,
+                conn,
+                state,
+                client_upgrade: None,
+            };
+            match connect::retry_after_response(out, head, peer, reply, ctx).await? {
+                response_filter::Filtered::Tunnel(resp) => Err(resp),
+                response_filter::Filtered::Head(h) => Ok(h),
+            }
+        }
+    })
 }

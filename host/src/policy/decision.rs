@@ -278,6 +278,8 @@ pub enum ResponseAction {
     Edit(Vec<HeaderEdit>),
     /// Send this instead; the upstream body is dropped unread.
     Replace(DirectResponse),
+    /// Send the request once more, to another backend, when it may be.
+    Retry,
 }
 
 /// Validates the response hook's action.
@@ -285,6 +287,7 @@ pub fn response_action(a: types::ResponseAction) -> Result<ResponseAction, Strin
     match a {
         types::ResponseAction::Edit(ops) => response_edits(ops).map(ResponseAction::Edit),
         types::ResponseAction::Replace(r) => direct(r).map(ResponseAction::Replace),
+        types::ResponseAction::Retry => Ok(ResponseAction::Retry),
     }
 }
 
