@@ -7,7 +7,7 @@
 //! cleartext HTTP/2 with prior knowledge are served on the same port.
 //!
 //! ```text
-//! sy-backend [--bind ADDR] [--body-size N] [--name NAME] [--threads N]
+//! sy-backend [--bind ADDR] [--body-size N] [--name NAME] [--threads N] [--delay-ms N]
 //! ```
 //!
 //! The first line on stdout is `listening on ADDR` (the bound address, useful
@@ -31,12 +31,13 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 const USAGE: &str = "\
-usage: sy-backend [--bind ADDR] [--body-size N] [--name NAME] [--threads N]
+usage: sy-backend [--bind ADDR] [--body-size N] [--name NAME] [--threads N] [--delay-ms N]
 
   --bind ADDR      address to listen on (default 127.0.0.1:9001; port 0 picks one)
   --body-size N    answer with N bytes (default 0: answer with NAME and a newline)
   --name NAME      value of the x-backend header and the default body (default backend)
   --threads N      tokio worker threads (default 1)
+  --delay-ms N     answer each request N ms late (default 0: at once)
 
 Serves HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on one port.
 A request whose path starts with /echo gets its body streamed back.
@@ -48,6 +49,7 @@ struct Args {
     body_size: usize,
     name: String,
     threads: usize,
+    delay_ms: u64,
 }
 
 /// Parses the command line; `Err` carries the message to print (usage for `--help`).
@@ -57,6 +59,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         body_size: 0,
         name: "backend".to_owned(),
         threads: 1,
+        delay_ms: 0,
     };
     while let Some(arg) = it.next() {
         // Accept both `--flag value` and `--flag=value`.
@@ -99,6 +102,12 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                     _ => return Err(format!("sy-backend: --threads {v:?}: want an integer >= 1")),
                 };
             }
+            "--delay-ms" => {
+                let v = value()?;
+                args.delay_ms = v
+                    .parse()
+                    .map_err(|e| format!("sy-backend: --delay-ms {v:?}: {e}"))?;
+            }
             _ => return Err(format!("sy-backend: unknown argument {flag:?}\n\n{USAGE}")),
         }
     }
@@ -110,6 +119,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
 struct Fixed {
     body: Bytes,
     name: HeaderValue,
+    /// Each answer this late (a slow backend, for balancing benchmarks).
+    delay: Option<Duration>,
 }
 
 type Body = Either<Full<Bytes>, Incoming>;
@@ -146,8 +157,14 @@ async fn serve(listener: TcpListener, fixed: Fixed) {
         let fixed = fixed.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
+                let delay = fixed.delay;
                 let resp = respond(&fixed, req);
-                async move { Ok::<_, Infallible>(resp) }
+                async move {
+                    if let Some(d) = delay {
+                        tokio::time::sleep(d).await;
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
             });
             // Clients resetting or closing mid-request is normal under load.
             let _ = builder
@@ -210,6 +227,7 @@ fn main() -> ExitCode {
     let fixed = Fixed {
         body,
         name: HeaderValue::from_str(&args.name).expect("validated in parse_args"),
+        delay: (args.delay_ms > 0).then(|| Duration::from_millis(args.delay_ms)),
     };
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -273,12 +291,15 @@ mod tests {
             "--name",
             "api",
             "--threads=2",
+            "--delay-ms",
+            "20",
         ])
         .unwrap();
         assert_eq!(a.bind.port(), 0);
         assert_eq!(a.body_size, 4096);
         assert_eq!(a.name, "api");
         assert_eq!(a.threads, 2);
+        assert_eq!(a.delay_ms, 20);
     }
 
     #[test]
@@ -287,6 +308,7 @@ mod tests {
         assert!(parse(&["--threads", "0"]).is_err());
         assert!(parse(&["--body-size"]).is_err());
         assert!(parse(&["--frobnicate"]).is_err());
+        assert!(parse(&["--delay-ms", "soon"]).is_err());
         assert!(parse(&["--name", "a\nb"]).is_err());
     }
 }

@@ -1,11 +1,15 @@
 //! `latency-aware`: sends each request to the healthy backend of the
-//! listener's pool with the lowest moving average of its response time,
-//! and a small share of requests to a random healthy backend, so a
-//! backend that got better is noticed.
+//! listener's pool with the lowest moving average of its response time.
 //!
-//! Config (optional): `{"explore_percent": 10, "alpha": 0.3}`: the share
-//! of requests sent at random, and the weight of the newest sample in
-//! the exponentially weighted moving average (EWMA).
+//! Config (optional): `{"alpha": 0.3, "probe_after_ms": 1000,
+//! "explore_percent": 0}`: the weight of the newest sample in the
+//! exponentially weighted moving average (EWMA); how old a backend's
+//! average may get before one request is sent to it to measure it again
+//! (so a backend that was slow and recovered is noticed); and a share of
+//! requests sent at random. Each random request that lands on a slow
+//! backend is a slow response: at 1% over four backends the p99 was the
+//! slow backend's (`bench/balance`, `bench/RESULTS.md`), which is why
+//! probing by age is the default.
 //!
 //! The log hook learns each response's upstream time after the response
 //! has been sent (it adds no latency) and folds it into the backend's
@@ -20,14 +24,16 @@ use switchyard_policy::*;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
-    #[serde(default = "explore")]
+    #[serde(default)]
     explore_percent: u64,
     #[serde(default = "alpha")]
     alpha: f64,
+    #[serde(default = "probe_after")]
+    probe_after_ms: u64,
 }
 
-fn explore() -> u64 {
-    10
+fn probe_after() -> u64 {
+    1000
 }
 
 fn alpha() -> f64 {
@@ -40,11 +46,34 @@ fn key(backend: &str) -> String {
     format!("ewma:{backend}")
 }
 
-/// The backend's EWMA in ms; a store that cannot answer counts as no
-/// sample.
-fn ewma(backend: &str) -> Option<f64> {
-    let v = kv::get(&key(backend)).ok()??;
-    std::str::from_utf8(&v).ok()?.parse().ok()
+/// A backend's entry: `EWMA_MS WALL_MS`, the average and when it was
+/// last measured (or last claimed for a probe).
+fn parse(v: &[u8]) -> Option<(f64, u64)> {
+    let (ewma, at) = std::str::from_utf8(v).ok()?.split_once(' ')?;
+    Some((ewma.parse().ok()?, at.parse().ok()?))
+}
+
+/// The backend's EWMA in ms for choosing; 0 (the fastest) when it has no
+/// sample, or when its sample is older than `probe_after_ms` and this
+/// request wins the probe (the entry's time is moved to now first, so one
+/// request probes, not every request until the answer). A store that
+/// cannot answer counts as no sample.
+fn ewma(c: &Config, backend: &str) -> f64 {
+    let Ok(Some(v)) = kv::get(&key(backend)) else {
+        return 0.0;
+    };
+    let Some((ewma, at)) = parse(&v) else {
+        return 0.0;
+    };
+    let now = clock::wall_now_ms();
+    if now.saturating_sub(at) < c.probe_after_ms {
+        return ewma;
+    }
+    let claimed = format!("{ewma} {now}");
+    match kv::compare_and_swap(&key(backend), Some(&v), claimed.as_bytes(), None) {
+        Ok(true) => 0.0,
+        _ => ewma,
+    }
 }
 
 struct LatencyAware;
@@ -53,8 +82,9 @@ impl HttpPolicy for LatencyAware {
     fn init(config: String) -> Result<(), String> {
         let c: Config = if config.trim().is_empty() {
             Config {
-                explore_percent: explore(),
+                explore_percent: 0,
                 alpha: alpha(),
+                probe_after_ms: probe_after(),
             }
         } else {
             serde_json::from_str(&config).map_err(config_error)?
@@ -83,12 +113,12 @@ impl HttpPolicy for LatencyAware {
         let pick = if random::next_u64() % 100 < c.explore_percent {
             &healthy[(random::next_u64() % healthy.len() as u64) as usize]
         } else {
-            healthy
+            let scored: Vec<(f64, &Backend)> =
+                healthy.iter().map(|b| (ewma(c, &b.name), b)).collect();
+            scored
                 .iter()
-                .min_by(|a, b| {
-                    let (x, y) = (ewma(&a.name).unwrap_or(0.0), ewma(&b.name).unwrap_or(0.0));
-                    x.total_cmp(&y)
-                })
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, b)| *b)
                 .expect("not empty")
         };
         forward().backend(&pick.name).into()
@@ -101,19 +131,13 @@ impl HttpPolicy for LatencyAware {
         // Compare-and-swap, so two instances logging at once both count.
         for _ in 0..4 {
             let current = kv::get(&key(&backend)).ok().flatten();
-            let old = current
-                .as_deref()
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<f64>().ok());
-            let new = match old {
-                Some(old) => old + c.alpha * (ms - old),
+            let new = match current.as_deref().and_then(parse) {
+                Some((old, _)) => old + c.alpha * (ms - old),
                 None => ms,
             };
-            let stored = kv::compare_and_swap(
-                &key(&backend),
-                current.as_deref(),
-                new.to_string().as_bytes(),
-                None,
-            );
+            let entry = format!("{new} {}", clock::wall_now_ms());
+            let stored =
+                kv::compare_and_swap(&key(&backend), current.as_deref(), entry.as_bytes(), None);
             if !matches!(stored, Ok(false)) {
                 return;
             }
