@@ -15,21 +15,20 @@ use std::time::{Duration, Instant, SystemTime};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::http;
-use super::bindings::types::LogSummary;
-use super::decision::{self, ConnDecision, HttpDecision, ResponseAction};
+use super::decision::{self, ConnDecision, HttpDecision};
 use super::directory::Directory;
 use super::engine::{Compiled, Limits, PolicyEngine};
 use super::host_api::HostState;
 use super::stats::Live;
 pub use super::stats::PolicyStats;
-use super::view::{ConnectionInfo, RequestView, ResponseView, handle};
+use super::view::{ConnectionInfo, RequestView, handle};
 use super::worlds::Bindings;
 pub(crate) use super::worlds::Pre;
 use super::{PolicyError, PolicyKind};
 
 pub(super) struct Warm {
-    store: Store<HostState>,
-    bindings: Bindings,
+    pub(super) store: Store<HostState>,
+    pub(super) bindings: Bindings,
     calls: u64,
     _live: Live,
 }
@@ -46,10 +45,10 @@ pub struct Policy {
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
     pub stats: PolicyStats,
-    engine: Arc<PolicyEngine>,
-    pre: Pre,
+    pub(super) engine: Arc<PolicyEngine>,
+    pub(super) pre: Pre,
     config: String,
-    limits: Limits,
+    pub(super) limits: Limits,
     idle: Mutex<Vec<Warm>>,
     /// One permit per instance of the budget (`max_instances`): a call
     /// holds one from before it takes an instance until it gives it back.
@@ -133,7 +132,7 @@ impl Policy {
 
     /// A permit to hold an instance: at once when one is free, else after
     /// waiting in the bounded queue for at most `queue_timeout`.
-    async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, PolicyError> {
+    pub(super) async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, PolicyError> {
         if let Ok(p) = self.permits.try_acquire() {
             return Ok(p);
         }
@@ -174,7 +173,7 @@ impl Policy {
     }
 
     /// Maps a failed call to its typed error, looking at what the store saw.
-    fn classify(
+    pub(super) fn classify(
         &self,
         e: wasmtime::Error,
         store: &Store<HostState>,
@@ -257,7 +256,7 @@ impl Policy {
     /// instantiation has its own budget and must not eat the call's). With
     /// it, when the call must end: the guest's deadline or the wall-clock
     /// cap, whichever comes first.
-    async fn checkout(
+    pub(super) async fn checkout(
         &self,
         directory: &Arc<dyn Directory>,
         started: Instant,
@@ -284,7 +283,7 @@ impl Policy {
     /// The error of a call whose timer fired while the guest waited on
     /// the host (a WASI sleep or poll): the wall-clock cap when that is
     /// what ran out, else the guest's deadline.
-    fn timed_out(&self, started: Instant) -> PolicyError {
+    pub(super) fn timed_out(&self, started: Instant) -> PolicyError {
         if started.elapsed() >= self.limits.max_call_wall {
             PolicyError::Timeout(self.limits.max_call_wall)
         } else {
@@ -303,7 +302,7 @@ impl Policy {
     }
 
     /// Counts a finished call; returns it with how long it took.
-    fn record<T>(
+    pub(super) fn record<T>(
         &self,
         started: Instant,
         r: Result<T, PolicyError>,
@@ -384,108 +383,6 @@ impl Policy {
                     }
                     decision::http(d, default_pool, directory.as_ref())
                         .map_err(PolicyError::InvalidDecision)
-                }
-                Ok(Err(e)) => Err(self.classify(e, &w.store, self.limits.timeout)),
-                Err(_) => Err(self.timed_out(started)),
-            }
-        }
-        .await;
-        self.record(started, r)
-    }
-
-    /// Runs the response hook and validates its header edits. Both heads
-    /// are lent to the call and are back when this returns.
-    pub async fn on_response(
-        &self,
-        request: &mut RequestView,
-        response: &mut ResponseView,
-        context: Option<&[u8]>,
-        directory: &Arc<dyn Directory>,
-    ) -> Result<ResponseAction, PolicyError> {
-        let started = Instant::now();
-        let r = async {
-            let _permit = self.admit().await?;
-            let _busy = self.engine.ticker.busy(self.limits.timeout);
-            let (mut w, until) = self.checkout(directory, started).await?;
-            let Warm {
-                store, bindings, ..
-            } = &mut w;
-            let lent = &mut store.data_mut().lent;
-            std::mem::swap(&mut lent.request, request);
-            std::mem::swap(&mut lent.response, response);
-            let call = tokio::time::timeout_at(until, async {
-                match bindings {
-                    Bindings::Http {
-                        response: Some(hook),
-                        ..
-                    } => {
-                        hook.call_on_response(&mut *store, handle(), handle(), context)
-                            .await
-                    }
-                    Bindings::HttpV0_2(b) => b
-                        .call_on_response(&mut *store, handle(), handle())
-                        .await
-                        .map(super::v0_2::response_action),
-                    _ => Err(wasmtime::format_err!(
-                        "the policy does not export switchyard:policy/response-hook"
-                    )),
-                }
-            })
-            .await;
-            let lent = &mut w.store.data_mut().lent;
-            std::mem::swap(&mut lent.request, request);
-            std::mem::swap(&mut lent.response, response);
-            match call {
-                Ok(Ok(ops)) => {
-                    self.checkin(w);
-                    decision::response_action(ops).map_err(PolicyError::InvalidDecision)
-                }
-                Ok(Err(e)) => Err(self.classify(e, &w.store, self.limits.timeout)),
-                Err(_) => Err(self.timed_out(started)),
-            }
-        }
-        .await;
-        self.record(started, r).0
-    }
-
-    /// Runs the log hook, when the policy exports it, with how a request
-    /// ended. The request is lent to the call and is back when this
-    /// returns. Nothing it does changes the exchange.
-    pub async fn on_log(
-        &self,
-        request: &mut RequestView,
-        context: Option<&[u8]>,
-        summary: LogSummary,
-        directory: &Arc<dyn Directory>,
-    ) -> (Result<(), PolicyError>, Duration) {
-        let started = Instant::now();
-        let r = async {
-            let _permit = self.admit().await?;
-            let _busy = self.engine.ticker.busy(self.limits.timeout);
-            let (mut w, until) = self.checkout(directory, started).await?;
-            let Warm {
-                store, bindings, ..
-            } = &mut w;
-            std::mem::swap(&mut store.data_mut().lent.request, request);
-            let call = tokio::time::timeout_at(until, async {
-                match bindings {
-                    Bindings::Http {
-                        log: Some(hook), ..
-                    } => {
-                        hook.call_on_log(&mut *store, handle(), context, &summary)
-                            .await
-                    }
-                    _ => Err(wasmtime::format_err!(
-                        "the policy does not export switchyard:policy/log-hook"
-                    )),
-                }
-            })
-            .await;
-            std::mem::swap(&mut w.store.data_mut().lent.request, request);
-            match call {
-                Ok(Ok(())) => {
-                    self.checkin(w);
-                    Ok(())
                 }
                 Ok(Err(e)) => Err(self.classify(e, &w.store, self.limits.timeout)),
                 Err(_) => Err(self.timed_out(started)),

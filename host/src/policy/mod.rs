@@ -6,6 +6,7 @@
 //! files.rs      policy files read beneath the directory; the cache dir check
 //! ticker.rs     the epoch ticker: fast while a call runs, parked when quiet
 //! instances.rs  one loaded version, its warm instances, the hook calls
+//! hooks.rs      the optional hooks: on-response, on-log
 //! bindings.rs   bindgen! per world (the only generated code)
 //! worlds.rs     which world and version a policy is; its optional hooks
 //! v0_2.rs       switchyard:policy@0.2.0 served through 0.3
@@ -24,6 +25,7 @@ pub mod directory;
 pub mod engine;
 pub mod files;
 mod guest_log;
+mod hooks;
 mod host_api;
 pub mod instances;
 pub mod kv;
