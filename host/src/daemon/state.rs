@@ -219,7 +219,7 @@ impl Daemon {
     }
 
     /// Names whose policy metrics exist but that no listener uses now.
-    fn config_gone_policies(&self, in_use: &[PolicyKey]) -> Vec<String> {
+    fn metrics_no_listener_names(&self, in_use: &[PolicyKey]) -> Vec<String> {
         self.engine
             .custom_metrics
             .names()
@@ -307,7 +307,7 @@ impl Daemon {
             keep
         });
         // A policy's own metrics go with the last listener that names it.
-        for gone in self.config_gone_policies(&in_use) {
+        for gone in self.metrics_no_listener_names(&in_use) {
             self.engine.custom_metrics.forget(&gone);
         }
         for (name, socket) in sockets {
