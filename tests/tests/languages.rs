@@ -110,6 +110,7 @@ fn show(d: &HttpDecision) -> String {
             f.inspect_response
         ),
         HttpDecision::Respond(r) => format!("respond {}", r.status),
+        HttpDecision::ReadBody(r) => format!("read-body {}", r.limit),
     }
 }
 

@@ -134,6 +134,7 @@ fn forward(d: HttpDecision) -> switchyard::policy::ForwardAction {
     match d {
         HttpDecision::Forward(f) => f,
         HttpDecision::Respond(r) => panic!("expected a forward, got a {} response", r.status),
+        HttpDecision::ReadBody(_) => panic!("expected a forward, got read-body"),
     }
 }
 
@@ -141,6 +142,7 @@ fn respond(d: HttpDecision) -> switchyard::policy::DirectResponse {
     match d {
         HttpDecision::Respond(r) => r,
         HttpDecision::Forward(f) => panic!("expected a response, got a forward to {:?}", f.pool),
+        HttpDecision::ReadBody(_) => panic!("expected a response, got read-body"),
     }
 }
 
@@ -163,6 +165,8 @@ fn every_example_policy_has_a_test() {
         // Through a real listener: tests/tests/policy_api.rs.
         "error-pages",
         "header-canary",
+        // Through a real listener: tests/tests/bodies.rs.
+        "json-router",
         // Through a real listener: tests/tests/policy_api.rs.
         "latency-aware",
         "path-router",
@@ -187,7 +191,7 @@ fn every_example_policy_has_a_test() {
     found.sort();
     assert_eq!(
         found, TESTED,
-        "an example policy has no test in tests/tests/policies.rs (or policy_api.rs)"
+        "an example policy has no test in tests/tests/policies.rs (or policy_api.rs, bodies.rs)"
     );
 }
 

@@ -68,7 +68,7 @@ async fn a_policy_built_against_0_2_routes_as_its_0_3_build_does() {
 }
 
 #[tokio::test]
-async fn a_policy_without_the_response_hook_is_never_called_for_it() {
+async fn a_policy_without_the_optional_hooks_is_never_called_for_them() {
     let h = Harness::start(
         &format!(
             r#"
@@ -110,6 +110,19 @@ policy = "request-only"
     let last = p.stats.last_error.lock().unwrap().clone().unwrap();
     assert!(
         last.contains("does not export switchyard:policy/response-hook"),
+        "{last}"
+    );
+    // Nor may it ask for the body without the body hook.
+    let req = hyper::Request::post(format!("http://{}/read-body", h.addr("l")))
+        .body(streamed(b"payload".to_vec(), 3))
+        .unwrap();
+    let got = send(&h.client, req).await;
+    assert_eq!(got.status, 503);
+    assert_eq!(h.backend("web").seen().len(), 3);
+    assert_eq!(p.stats.calls.load(Ordering::Relaxed), 5);
+    let last = p.stats.last_error.lock().unwrap().clone().unwrap();
+    assert!(
+        last.contains("read-body is not allowed here") && last.contains("body-hook"),
         "{last}"
     );
 }

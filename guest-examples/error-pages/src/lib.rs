@@ -48,6 +48,7 @@ impl HttpPolicy for ErrorPages {
     fn on_response(
         _req: &RequestHead,
         resp: &ResponseHead,
+        _body: ResponseBody,
         _context: Option<Vec<u8>>,
     ) -> ResponseAction {
         let status = resp.status();

@@ -57,6 +57,8 @@ function forward(pool, path) {
       responseHeaders: [],
       inspectResponse: false,
       context: undefined,
+      body: undefined,
+      responseBodyLimit: undefined,
     },
   };
 }

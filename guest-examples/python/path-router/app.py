@@ -60,6 +60,8 @@ def forward(pool=None, path=None) -> types.Decision:
             response_headers=[],
             inspect_response=False,
             context=None,
+            body=None,
+            response_body_limit=None,
         )
     )
 

@@ -40,6 +40,7 @@ impl HttpPolicy for Retry5xx {
     fn on_response(
         _req: &RequestHead,
         resp: &ResponseHead,
+        _body: ResponseBody,
         _context: Option<Vec<u8>>,
     ) -> ResponseAction {
         match CONFIG.get() {

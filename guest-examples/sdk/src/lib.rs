@@ -5,7 +5,8 @@
 //! crate wraps the generated bindings with:
 //!
 //! - the contract's types at the crate root ([`RequestHead`], [`Decision`], ...);
-//! - decision builders ([`forward`], [`respond`], [`ConnectForward`]);
+//! - decision builders ([`forward`], [`respond`], [`read_body`],
+//!   [`ConnectForward`]);
 //! - the request, response and connection as handles whose parts are read on
 //!   demand ([`RequestHead::path`], [`RequestHead::header`],
 //!   [`Connection::client`], ...): a call costs only what the policy reads;
@@ -71,6 +72,29 @@ pub mod http_with_response {
     });
 }
 
+/// Bindings for the `http-policy-with-body` world: `http-policy` and the
+/// optional `body-hook` export. Shares every type and import with [`http`].
+#[doc(hidden)]
+pub mod http_with_body {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "switchyard:policy/http-policy-with-body",
+        with: {
+            "switchyard:policy/types@0.3.0": crate::http::switchyard::policy::types,
+            "switchyard:policy/log@0.3.0": crate::http::switchyard::policy::log,
+            "switchyard:policy/clock@0.3.0": crate::http::switchyard::policy::clock,
+            "switchyard:policy/random@0.3.0": crate::http::switchyard::policy::random,
+            "switchyard:policy/kv@0.3.0": crate::http::switchyard::policy::kv,
+            "switchyard:policy/backends@0.3.0": crate::http::switchyard::policy::backends,
+            "switchyard:policy/metrics@0.3.0": crate::http::switchyard::policy::metrics,
+        },
+        pub_export_macro: true,
+        export_macro_name: "export_http_policy_with_body",
+        default_bindings_module: "switchyard_policy::http_with_body",
+        runtime_path: "switchyard_policy::__rt",
+    });
+}
+
 /// Bindings for the `http-policy-with-log` world: `http-policy` and the
 /// optional `log-hook` export. Shares every type and import with [`http`].
 #[doc(hidden)]
@@ -122,9 +146,12 @@ pub use wit_bindgen::rt as __rt;
 
 pub use http::switchyard::policy::types::{
     Backend, ConnectDecision, ConnectForward, Connection, Decision, Forward, Header, HeaderOp,
-    HttpVersion, LogSummary, Outcome, RequestHead, Response, ResponseAction, ResponseHead,
-    SocketAddress, TlsInfo, Transport,
+    HttpVersion, LogSummary, Outcome, OverLimit, ReadBody, RequestHead, Response, ResponseAction,
+    ResponseBody, ResponseHead, SocketAddress, TlsInfo, Transport,
 };
+
+mod build;
+pub use build::{forward, read_body, respond};
 
 /// Host imports: the policy's key-value store, namespaced per policy. Every
 /// call returns a `Result`: decide what a store that cannot answer means
@@ -183,13 +210,27 @@ pub trait HttpPolicy {
     }
     /// Decides what to do with one request.
     fn on_request(request: &RequestHead, connection: &Connection) -> Decision;
+    /// Decides on the request body, after `on_request` asked for it with
+    /// [`read_body`]; called only when the policy is exported with
+    /// [`http_policy_with_body!`]. `body` is the whole body (at most the
+    /// limit asked for); `context` is what the [`ReadBody`] carried.
+    fn on_request_body(
+        _request: &RequestHead,
+        _body: Vec<u8>,
+        _context: Option<Vec<u8>>,
+    ) -> Decision {
+        forward().into()
+    }
     /// Edits the response's headers or replaces the response; called only
     /// when the forward decision set `inspect_response`, and only when the
-    /// policy is exported with [`http_policy_with_response!`]. `context` is
-    /// what the forward decision carried ([`Forward::context`]).
+    /// policy is exported with [`http_policy_with_response!`]. `body` is
+    /// the upstream body when the decision asked for it
+    /// ([`Forward::inspect_response_body`]); `context` is what the forward
+    /// decision carried ([`Forward::context`]).
     fn on_response(
         _request: &RequestHead,
         _response: &ResponseHead,
+        _body: ResponseBody,
         _context: Option<Vec<u8>>,
     ) -> ResponseAction {
         ResponseAction::Edit(Vec::new())
@@ -225,9 +266,25 @@ impl<T: HttpPolicy> http_with_response::exports::switchyard::policy::response_ho
     fn on_response(
         request: &RequestHead,
         response: &ResponseHead,
+        body: ResponseBody,
         context: Option<Vec<u8>>,
     ) -> ResponseAction {
-        <T as HttpPolicy>::on_response(request, response, context)
+        <T as HttpPolicy>::on_response(request, response, body, context)
+    }
+}
+
+impl<T: HttpPolicy> http_with_body::Guest for T {
+    fn init(config: String) -> Result<(), String> {
+        <T as HttpPolicy>::init(config)
+    }
+    fn on_request(request: &RequestHead, connection: &Connection) -> Decision {
+        <T as HttpPolicy>::on_request(request, connection)
+    }
+}
+
+impl<T: HttpPolicy> http_with_body::exports::switchyard::policy::body_hook::Guest for T {
+    fn on_request_body(request: &RequestHead, body: Vec<u8>, context: Option<Vec<u8>>) -> Decision {
+        <T as HttpPolicy>::on_request_body(request, body, context)
     }
 }
 
@@ -285,6 +342,15 @@ macro_rules! http_policy_with_response {
 }
 
 /// Exports a type implementing [`HttpPolicy`] as the component's
+/// `http-policy-with-body` world: `http-policy` and its body hook.
+#[macro_export]
+macro_rules! http_policy_with_body {
+    ($t:ident) => {
+        $crate::http_with_body::export_http_policy_with_body!($t with_types_in $crate::http_with_body);
+    };
+}
+
+/// Exports a type implementing [`HttpPolicy`] as the component's
 /// `http-policy-with-log` world: `http-policy` and its log hook.
 #[macro_export]
 macro_rules! http_policy_with_log {
@@ -300,161 +366,6 @@ macro_rules! connection_policy {
     ($t:ident) => {
         $crate::connection::export_connection_policy!($t with_types_in $crate::connection);
     };
-}
-
-/// A forward decision to the listener's default pool, with no edits.
-pub fn forward() -> Forward {
-    Forward {
-        pool: None,
-        backend: None,
-        path: None,
-        authority: None,
-        request_headers: Vec::new(),
-        response_headers: Vec::new(),
-        inspect_response: false,
-        context: None,
-    }
-}
-
-/// A direct response with this status, no headers and an empty body.
-pub fn respond(status: u16) -> Response {
-    Response {
-        status,
-        headers: Vec::new(),
-        body: Vec::new(),
-    }
-}
-
-fn header(name: &str, value: &str) -> Header {
-    Header {
-        name: name.to_owned(),
-        value: value.to_owned(),
-    }
-}
-
-impl Forward {
-    /// Send to this pool instead of the listener's default.
-    pub fn pool(mut self, pool: &str) -> Self {
-        self.pool = Some(pool.to_owned());
-        self
-    }
-    /// Send to this backend (by name) of the chosen pool.
-    pub fn backend(mut self, backend: &str) -> Self {
-        self.backend = Some(backend.to_owned());
-        self
-    }
-    /// Replace the upstream path.
-    pub fn path(mut self, path: &str) -> Self {
-        self.path = Some(path.to_owned());
-        self
-    }
-    /// Replace the upstream authority (Host).
-    pub fn authority(mut self, authority: &str) -> Self {
-        self.authority = Some(authority.to_owned());
-        self
-    }
-    /// Set a request header sent upstream.
-    pub fn set_request_header(mut self, name: &str, value: &str) -> Self {
-        self.request_headers
-            .push(HeaderOp::Set(header(name, value)));
-        self
-    }
-    /// Remove a request header before it goes upstream.
-    pub fn remove_request_header(mut self, name: &str) -> Self {
-        self.request_headers.push(HeaderOp::Remove(name.to_owned()));
-        self
-    }
-    /// Set a response header sent to the client.
-    pub fn set_response_header(mut self, name: &str, value: &str) -> Self {
-        self.response_headers
-            .push(HeaderOp::Set(header(name, value)));
-        self
-    }
-    /// Append a response header sent to the client.
-    pub fn append_response_header(mut self, name: &str, value: &str) -> Self {
-        self.response_headers
-            .push(HeaderOp::Append(header(name, value)));
-        self
-    }
-    /// Ask for the `on_response` hook to run for this request.
-    pub fn inspect_response(mut self) -> Self {
-        self.inspect_response = true;
-        self
-    }
-    /// Carry a small value (at most 512 bytes) to this request's later
-    /// hooks: instances are pooled, so a global set in `on_request` may
-    /// not be there when `on_response` runs; this is.
-    pub fn context(mut self, context: impl Into<Vec<u8>>) -> Self {
-        self.context = Some(context.into());
-        self
-    }
-}
-
-impl From<Forward> for Decision {
-    fn from(f: Forward) -> Self {
-        Decision::Forward(f)
-    }
-}
-
-impl Response {
-    /// Add a header to the response.
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push(header(name, value));
-        self
-    }
-    /// Set the response body.
-    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
-        self.body = body.into();
-        self
-    }
-}
-
-impl From<Response> for Decision {
-    fn from(r: Response) -> Self {
-        Decision::Respond(r)
-    }
-}
-
-impl From<Response> for ResponseAction {
-    /// The response hook's replacement.
-    fn from(r: Response) -> Self {
-        ResponseAction::Replace(r)
-    }
-}
-
-impl From<Vec<HeaderOp>> for ResponseAction {
-    /// The response hook's header edits.
-    fn from(ops: Vec<HeaderOp>) -> Self {
-        ResponseAction::Edit(ops)
-    }
-}
-
-impl ConnectForward {
-    /// Forward to the listener's default pool.
-    pub fn default_pool() -> Self {
-        ConnectForward {
-            pool: None,
-            backend: None,
-        }
-    }
-    /// Forward to this pool.
-    pub fn to_pool(pool: &str) -> Self {
-        ConnectForward {
-            pool: Some(pool.to_owned()),
-            backend: None,
-        }
-    }
-    /// Pick this backend (by name) of the chosen pool.
-    pub fn backend(mut self, backend: &str) -> Self {
-        self.backend = Some(backend.to_owned());
-        self
-    }
-}
-
-impl From<ConnectForward> for ConnectDecision {
-    fn from(f: ConnectForward) -> Self {
-        ConnectDecision::Forward(f)
-    }
 }
 
 impl RequestHead {

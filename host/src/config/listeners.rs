@@ -108,6 +108,7 @@ fn foreign_keys(key: &str, l: &ListenerFile, problems: &mut Problems) {
     let http = [
         ("header_read_timeout_ms", l.header_read_timeout_ms.is_some()),
         ("max_request_body_bytes", l.max_request_body_bytes.is_some()),
+        ("max_policy_body_bytes", l.max_policy_body_bytes.is_some()),
         ("max_header_bytes", l.max_header_bytes.is_some()),
         ("max_headers", l.max_headers.is_some()),
         (
@@ -223,6 +224,7 @@ fn http(key: &str, l: &ListenerFile, base: &Path, problems: &mut Problems) -> Ht
         ),
         max_headers: l.max_headers.unwrap_or(100),
         max_request_body_bytes: l.max_request_body_bytes,
+        max_policy_body_bytes: policy_body_cap(&k("max_policy_body_bytes"), l, problems),
         http2_max_concurrent_streams: l.http2_max_concurrent_streams.unwrap_or(200),
         accept_proxy_protocol: l.accept_proxy_protocol,
         trusted_proxies,
@@ -231,6 +233,22 @@ fn http(key: &str, l: &ListenerFile, base: &Path, problems: &mut Problems) -> Ht
         path_with_escaped_slashes: l.path_with_escaped_slashes.unwrap_or_default(),
     }
 }
+
+/// The most request or response body bytes a policy may read: 1 MiB
+/// unless set, at most [`MAX_POLICY_BODY_BYTES`] (the body is copied into
+/// the policy instance's memory).
+fn policy_body_cap(key: &str, l: &ListenerFile, problems: &mut Problems) -> u64 {
+    let v = l.max_policy_body_bytes.unwrap_or(1 << 20);
+    if v > MAX_POLICY_BODY_BYTES {
+        problems.push(format!(
+            "{key}: must be at most {MAX_POLICY_BODY_BYTES} (16 MiB)"
+        ));
+    }
+    v
+}
+
+/// The largest `max_policy_body_bytes`.
+pub const MAX_POLICY_BODY_BYTES: u64 = 16 << 20;
 
 /// `[listeners.NAME]` with `protocol = "tcp"`.
 fn tcp(key: &str, l: &ListenerFile, problems: &mut Problems) -> TcpSettings {
@@ -368,6 +386,7 @@ mod tests {
             ("http", "new_flows_per_source_per_second = 5"),
             ("tcp", "new_flows_per_source_per_second = 5"),
             ("tcp", "[listeners.l.tls]\ncerts = []"),
+            ("udp", "max_policy_body_bytes = 10"),
         ];
         for (proto, line) in cases {
             let key = line.split(['\n', ' ']).next().unwrap();
@@ -410,5 +429,28 @@ mod tests {
         };
         assert_eq!(u.idle_timeout.as_millis(), 60_000);
         assert_eq!(u.new_flows_per_source_per_second, 100);
+    }
+
+    /// What a policy may read of a body: 1 MiB by default, at most
+    /// 16 MiB, and at most half of a policy's memory.
+    #[test]
+    fn the_policy_body_cap_has_a_default_and_two_bounds() {
+        let c = Config::parse(Path::new("/s.toml"), &listener("http", "")).unwrap();
+        let ProtocolSettings::Http(h) = &c.listeners["l"].settings else {
+            panic!()
+        };
+        assert_eq!(h.max_policy_body_bytes, 1 << 20);
+        let e = refusal(&listener("http", "max_policy_body_bytes = 16777217\n"));
+        assert!(
+            e.contains("listeners.l.max_policy_body_bytes: must be at most 16777216"),
+            "{e}"
+        );
+        let small = "[policies]\nmemory_mb = 2\n".to_owned()
+            + &listener("http", "policy = \"p\"\nmax_policy_body_bytes = 1048577\n");
+        let e = refusal(&small);
+        assert!(
+            e.contains("listeners.l.max_policy_body_bytes: 1048577 is over half of a policy's memory (policies.memory_mb = 2 MiB)"),
+            "{e}"
+        );
     }
 }

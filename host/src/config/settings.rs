@@ -54,6 +54,8 @@ pub enum ProtocolSettings {
 pub struct HttpSettings {
     pub header_read_timeout: Duration,
     pub max_request_body_bytes: Option<u64>,
+    /// The most body bytes a policy may ask to read (request or response).
+    pub max_policy_body_bytes: u64,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     /// Peers whose `X-Forwarded-For` (and PROXY header) is believed.

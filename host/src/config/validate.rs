@@ -70,6 +70,7 @@ pub(super) fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config
             listeners.insert(name, c);
         }
     }
+    bodies_fit_policies(&listeners, &policies, &mut problems);
     if let Some(n) = f.runtime.worker_threads {
         at_least(&mut problems, "runtime.worker_threads", n, 1);
     }
@@ -88,6 +89,30 @@ pub(super) fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config
             access_log_file: f.runtime.access_log_file.map(|p| base.join(p)),
         },
     })
+}
+
+/// A body a policy reads is copied into its instance's memory, and then
+/// parsed there: a cap over half that memory would make the largest
+/// allowed body trap the instance it is handed to.
+fn bodies_fit_policies(
+    listeners: &BTreeMap<String, super::ListenerConfig>,
+    policies: &PolicySettings,
+    problems: &mut Problems,
+) {
+    let memory = policies.limits.memory_bytes as u64;
+    for (name, l) in listeners {
+        if let super::ProtocolSettings::Http(h) = &l.settings
+            && l.policy.is_some()
+            && h.max_policy_body_bytes > memory / 2
+        {
+            problems.push(format!(
+                "listeners.{name}.max_policy_body_bytes: {} is over half of a policy's memory \
+                 (policies.memory_mb = {} MiB): lower it, or raise memory_mb",
+                h.max_policy_body_bytes,
+                memory >> 20
+            ));
+        }
+    }
 }
 
 fn admin(a: AdminFile, base: &Path, problems: &mut Problems) -> Option<AdminConfig> {

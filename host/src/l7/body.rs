@@ -24,6 +24,8 @@ use crate::upstream::{BoxError, InFlight, Pool, ResponseBody, UpstreamBody};
 /// with it) and is charged with a failure.
 pub(super) struct Tracked {
     pub(super) inner: ResponseBody,
+    /// What the response hook read of the body, sent before the rest.
+    pub(super) read: Option<Box<Buffered>>,
     pub(super) in_flight: InFlight,
     pub(super) pool: Arc<Pool>,
     pub(super) idle: super::guard::Idle,
@@ -63,6 +65,15 @@ impl Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(read) = &mut this.read {
+            if let Some(frame) = read.next_frame() {
+                if let Some(data) = frame.data_ref() {
+                    this.counters.bytes_out.inc_by(data.len() as u64);
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            this.read = None;
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
                 if this.idle.expired(cx) {
@@ -91,11 +102,137 @@ impl Body for Tracked {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.read.as_ref().is_none_or(|r| r.is_empty()) && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let n = self.read.as_ref().map_or(0, |r| r.len());
+        plus(self.inner.size_hint(), n)
+    }
+}
+
+/// `hint` with `n` more bytes.
+fn plus(hint: SizeHint, n: u64) -> SizeHint {
+    let mut out = SizeHint::new();
+    if let Some(upper) = hint.upper() {
+        out.set_upper(upper.saturating_add(n));
+    }
+    out.set_lower(hint.lower().saturating_add(n));
+    out
+}
+
+/// A body, or its beginning, read for a policy ([`read_up_to`]): its
+/// data as it came, then its trailers when it ended.
+#[derive(Default)]
+pub(super) struct Buffered {
+    pub(super) chunks: std::collections::VecDeque<Bytes>,
+    pub(super) trailers: Option<http::HeaderMap>,
+}
+
+impl Buffered {
+    fn next_frame(&mut self) -> Option<Frame<Bytes>> {
+        match self.chunks.pop_front() {
+            Some(d) => Some(Frame::data(d)),
+            None => self.trailers.take().map(Frame::trailers),
+        }
+    }
+
+    pub(super) fn len(&self) -> u64 {
+        self.chunks.iter().map(|c| c.len() as u64).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.trailers.is_none()
+    }
+
+    /// The data in one buffer of exactly its length, for a policy (one
+    /// copy; none for a single chunk that is not shared).
+    pub(super) fn take_data(&mut self) -> Vec<u8> {
+        if self.chunks.len() == 1 {
+            return self.chunks.pop_front().map(Vec::from).unwrap_or_default();
+        }
+        let mut all = Vec::with_capacity(usize::try_from(self.len()).unwrap_or(0));
+        for c in self.chunks.drain(..) {
+            all.extend_from_slice(&c);
+        }
+        all
+    }
+}
+
+/// Why a body could not be read for a policy.
+pub(super) enum ReadFailed<E> {
+    /// Nothing for the idle timeout.
+    Idle,
+    Body(E),
+}
+
+/// Reads `body` until its end (`true`) or past `limit` bytes (`false`),
+/// each frame within `idle` when given. The chunks are kept as they came:
+/// no buffer grows past what was read.
+pub(super) async fn read_up_to<B>(
+    body: &mut B,
+    limit: u64,
+    idle: Option<std::time::Duration>,
+) -> Result<(Buffered, bool), ReadFailed<B::Error>>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut read = Buffered::default();
+    let mut len = 0u64;
+    loop {
+        let frame = match idle {
+            Some(t) => tokio::time::timeout(t, body.frame())
+                .await
+                .map_err(|_| ReadFailed::Idle)?,
+            None => body.frame().await,
+        };
+        let frame = match frame {
+            None => return Ok((read, true)),
+            Some(f) => f.map_err(ReadFailed::Body)?,
+        };
+        match frame.into_data() {
+            Ok(d) => {
+                len += d.len() as u64;
+                if !d.is_empty() {
+                    read.chunks.push_back(d);
+                }
+                if len > limit {
+                    return Ok((read, false));
+                }
+            }
+            Err(frame) => read.trailers = frame.into_trailers().ok(),
+        }
+    }
+}
+
+/// A client body the policy read the beginning of (it was over the
+/// policy's limit): that beginning first, then the rest as it comes.
+pub(super) struct Prefixed {
+    pub(super) first: Buffered,
+    pub(super) rest: ClientBody,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.first.next_frame() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        Pin::new(&mut this.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        plus(self.rest.size_hint(), self.first.len())
     }
 }
 
@@ -126,6 +263,26 @@ pub(super) struct BodyFault(
     /// Body bytes read from the client so far (the log hook's summary).
     pub(super) std::sync::atomic::AtomicU64,
 );
+
+impl ClientBody {
+    /// `body`, counted against `left` bytes (`max_request_body_bytes`) and
+    /// timed by the listener's `request_body_timeout_ms`.
+    pub(super) fn new(
+        body: Incoming,
+        state: &super::server::HttpState,
+        left: u64,
+        fault: Arc<BodyFault>,
+    ) -> Self {
+        ClientBody {
+            inner: body,
+            idle: super::guard::Idle::new(state.config.request_body_timeout),
+            timeouts: state.timeouts.request_body.clone(),
+            bytes_in: state.bytes.0.clone(),
+            left,
+            fault,
+        }
+    }
+}
 
 impl BodyFault {
     pub(super) fn waiting_on_client(&self) -> bool {

@@ -28,6 +28,7 @@ mod log_hook;
 mod logging;
 pub mod path;
 pub mod request;
+mod request_body;
 mod request_filter;
 mod response_filter;
 pub mod server;

@@ -10,14 +10,13 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use http::{Request, Response, header};
-use hyper::body::Incoming;
 
 use super::context::Ctx;
 use super::error::ProxyError;
 use super::server::{Conn, HttpState, ProxyBody, full};
 use super::{hygiene, path, request};
 use crate::config::OnError;
-use crate::policy::{DirectResponse, ForwardAction, HttpDecision, RequestView};
+use crate::policy::{DirectResponse, ForwardAction, HttpDecision, PolicyError, RequestView};
 
 /// What the request filter lets through.
 pub(super) enum Filtered {
@@ -33,6 +32,10 @@ pub(super) fn decided(decision: HttpDecision, state: &HttpState) -> Result<Filte
     match decision {
         HttpDecision::Respond(r) => Ok(Filtered::Respond(direct(r))),
         HttpDecision::Forward(f) => Ok(Filtered::Forward(normalize_rewrite(f, state)?)),
+        // The body phase turns it into one of the above.
+        HttpDecision::ReadBody(_) => Err(ProxyError::PolicyRejected(PolicyError::InvalidDecision(
+            "read-body after the body was read".into(),
+        ))),
     }
 }
 
@@ -48,8 +51,8 @@ pub(super) fn direct(r: DirectResponse) -> Response<ProxyBody> {
 }
 
 /// The checks before the policy, and what they settle about the client.
-pub(super) fn checks(
-    req: &mut Request<Incoming>,
+pub(super) fn checks<B>(
+    req: &mut Request<B>,
     conn: &Conn,
     state: &HttpState,
     ctx: &mut Ctx,
@@ -105,45 +108,70 @@ pub(super) fn checks(
 
 /// The policy decides, on the request as the client sent it. Its head is
 /// lent to the call and comes back after it; a copy is kept only for a
-/// response hook. A failed call follows `on_error`.
-pub(super) async fn on_request(
-    req: &mut Request<Incoming>,
+/// later hook. A failed call follows `on_error`.
+pub(super) async fn on_request<B>(
+    req: &mut Request<B>,
     conn: &Conn,
     state: &HttpState,
     ctx: &mut Ctx,
 ) -> Result<HttpDecision, ProxyError> {
-    let cfg = &state.config;
     let Some(policy) = &state.policy else {
         return Ok(HttpDecision::Forward(ForwardAction::default()));
     };
-    let mut view = RequestView {
+    let mut view = lend(req, conn, ctx);
+    let info = conn.policy_view(ctx.client, state);
+    let directory = ctx.directory.get_or_insert_with(|| state.directory());
+    let (d, took) = policy
+        .on_request_timed(&mut view, &info, state.config.pool.as_deref(), directory)
+        .await;
+    settle(d, took, view, req, state, ctx)
+}
+
+/// The request head lent to a policy call.
+pub(super) fn lend<B>(req: &mut Request<B>, conn: &Conn, ctx: &Ctx) -> RequestView {
+    RequestView {
         method: req.method().clone(),
         uri: std::mem::take(req.uri_mut()),
         version: req.version(),
         headers: std::mem::take(req.headers_mut()),
         scheme: conn.scheme(),
         authority: ctx.client_host.clone(),
+    }
+}
+
+/// After a request or body hook: the call counted, the head given back
+/// (a copy kept when a later hook reads it), the decision labelled for
+/// the log, and a failure handled as `on_error` says.
+pub(super) fn settle<B>(
+    d: Result<HttpDecision, PolicyError>,
+    took: std::time::Duration,
+    view: RequestView,
+    req: &mut Request<B>,
+    state: &HttpState,
+    ctx: &mut Ctx,
+) -> Result<HttpDecision, ProxyError> {
+    let cfg = &state.config;
+    let Some(policy) = &state.policy else {
+        return d.map_err(ProxyError::PolicyRejected);
     };
-    let info = conn.policy_view(ctx.client, state);
-    let directory = ctx.directory.get_or_insert_with(|| state.directory());
-    let (d, took) = policy
-        .on_request_timed(&mut view, &info, cfg.pool.as_deref(), directory)
-        .await;
     state.metrics.record_policy_call(
         &policy.name,
         state.policy_metrics.as_ref(),
         took,
         d.as_ref().err(),
     );
-    if policy.has_log_hook() {
-        ctx.log_hook = true;
-        ctx.snapshot = Some(view.clone());
-        if let Ok(HttpDecision::Forward(f)) = &d {
-            ctx.context = f.context.clone();
+    let later = match &d {
+        Ok(HttpDecision::Forward(f)) => {
+            if policy.has_log_hook() {
+                ctx.context = f.context.clone();
+            }
+            f.inspect_response
         }
-    } else if let Ok(HttpDecision::Forward(f)) = &d
-        && f.inspect_response
-    {
+        Ok(HttpDecision::ReadBody(_)) => true,
+        _ => false,
+    };
+    if policy.has_log_hook() || later {
+        ctx.log_hook = policy.has_log_hook();
         ctx.snapshot = Some(view.clone());
     }
     *req.uri_mut() = view.uri;
@@ -153,6 +181,7 @@ pub(super) async fn on_request(
             ctx.decision = match d {
                 HttpDecision::Forward(_) => "forward",
                 HttpDecision::Respond(_) => "respond",
+                HttpDecision::ReadBody(_) => "read_body",
             };
             Ok(d)
         }

@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use super::body::Tracked;
+use super::body::{ReadFailed, Tracked, read_up_to};
 use super::connect::Answered;
 use super::context::Ctx;
 use super::error::ProxyError;
@@ -20,7 +20,8 @@ use super::hygiene;
 use super::server::{Conn, HttpState, ProxyBody, full};
 use super::upstream_peer::Peer;
 use crate::config::OnError;
-use crate::policy::{DirectResponse, ForwardAction, ResponseAction, ResponseView};
+use crate::policy::{DirectResponse, ForwardAction, ResponseAction, ResponseView, types};
+use crate::upstream::health::{self, Outcome};
 use crate::upstream::{InFlight, ResponseBody};
 
 /// What the response filter needs besides the response.
@@ -42,6 +43,8 @@ pub(super) struct Head {
     /// The request stays in progress on its connection until the body
     /// ends.
     pub open: InProgress,
+    /// What the response hook read of the body ([`read_for_hook`]).
+    pub read: Option<Box<super::body::Buffered>>,
 }
 
 /// A tunnel's answer (its 101), or the head to send back.
@@ -80,6 +83,7 @@ pub(super) fn response_filter(answered: Answered, reply: Reply<'_>, open: InProg
         in_flight,
         deadline,
         open,
+        read: None,
     })
 }
 
@@ -98,6 +102,7 @@ pub(super) enum Hooked {
 /// or a retry. A failed call follows `on_error`.
 pub(super) async fn on_response(
     parts: &mut http::response::Parts,
+    body: &types::ResponseBody,
     context: Option<&[u8]>,
     state: &HttpState,
     ctx: &mut Ctx,
@@ -111,7 +116,7 @@ pub(super) async fn on_response(
     };
     let directory = ctx.directory.get_or_insert_with(|| state.directory());
     let action = policy
-        .on_response(head, &mut view, context, directory)
+        .on_response(head, &mut view, body, context, directory)
         .await;
     parts.headers = view.headers;
     match action {
@@ -134,6 +139,82 @@ pub(super) async fn on_response(
     Ok(Hooked::Send)
 }
 
+/// Reads the upstream body for the response hook, up to `limit` bytes,
+/// under the pool's body timers (the same ones, charged the same way, as
+/// when it streams: [`Tracked`]). A whole body is lent to the hook and
+/// then put back ([`Head::put_back`]); the beginning of a longer one goes
+/// to the client first ([`Head::read`]), the rest after it. A response
+/// that has no body (to HEAD, 1xx, 204, 304) is not read: its framing
+/// stays the backend's.
+pub(super) async fn read_for_hook(
+    head: &mut Head,
+    limit: u64,
+    method: &http::Method,
+    peer: &Peer,
+    state: &HttpState,
+) -> Result<types::ResponseBody, ProxyError> {
+    let status = head.parts.status;
+    if method == http::Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(types::ResponseBody::Read(Vec::new()));
+    }
+    let pool = &peer.pool;
+    let backend = head.in_flight.backend().clone();
+    let read = read_up_to(&mut head.body, limit, Some(pool.config.body_timeout));
+    let read = match head.deadline {
+        None => read.await,
+        Some(at) => tokio::time::timeout_at(at, read).await.map_err(|_| {
+            state.body_counters.total.inc();
+            ProxyError::Timeout {
+                pool: pool.name.to_string(),
+                backend: backend.name.to_string(),
+                timeout_ms: pool.config.total_timeout.map_or(0, |t| t.as_millis()),
+            }
+        })?,
+    };
+    let (mut read, whole) = read.map_err(|failed| match failed {
+        ReadFailed::Idle => {
+            state.body_counters.upstream_body.inc();
+            health::report(pool, &backend, Outcome::Failure);
+            ProxyError::Timeout {
+                pool: pool.name.to_string(),
+                backend: backend.name.to_string(),
+                timeout_ms: pool.config.body_timeout.as_millis(),
+            }
+        }
+        ReadFailed::Body(e) => ProxyError::Upstream {
+            pool: pool.name.to_string(),
+            backend: backend.name.to_string(),
+            cause: e.to_string(),
+        },
+    })?;
+    if !whole {
+        head.read = Some(Box::new(read));
+        return Ok(types::ResponseBody::OverLimit);
+    }
+    let data = read.take_data();
+    if read.trailers.is_some() {
+        head.read = Some(Box::new(read));
+    }
+    Ok(types::ResponseBody::Read(data))
+}
+
+impl Head {
+    /// The body the hook was lent, back in front of the rest (after the
+    /// hook, when the response is sent on).
+    pub(super) fn put_back(&mut self, body: types::ResponseBody) {
+        if let types::ResponseBody::Read(data) = body
+            && !data.is_empty()
+        {
+            let read = self.read.get_or_insert_default();
+            read.chunks.push_front(Bytes::from(data));
+        }
+    }
+}
+
 /// The response as it streams back: its body timed (idle and total) and
 /// its backend counted in flight until the last byte.
 pub(super) fn respond(
@@ -148,11 +229,13 @@ pub(super) fn respond(
         in_flight,
         deadline,
         open,
+        read,
     } = head;
     ctx.backend = Some(in_flight.backend().name.clone());
     let pool = &peer.pool;
     let body = Tracked {
         inner: body,
+        read,
         in_flight,
         idle: super::guard::Idle::new(pool.config.body_timeout),
         deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),

@@ -22,6 +22,7 @@ use super::context::Ctx;
 use super::error::ProxyError;
 use super::guard::InProgress;
 use super::hygiene;
+use super::request_body::ClientSide;
 use super::request_filter;
 use super::response_filter::{self, Reply, response_filter};
 use super::upstream_peer::upstream_peer;
@@ -29,6 +30,7 @@ use super::upstream_request::{is_upgrade, read_replay, upstream_request};
 use crate::admin::access_log::Format;
 use crate::admin::{AccessLog, Metrics};
 use crate::config::{HttpSettings, Listener};
+use crate::policy::types::ResponseBody;
 use crate::policy::{ConnectionInfo, Directory, ForwardAction, HttpDecision, Policy, types};
 use crate::upstream::{BoxError, Upstreams};
 
@@ -331,12 +333,22 @@ async fn proxy(
             req.uri()
         ),
     };
+    let (req, decision) = match decision {
+        HttpDecision::ReadBody(read) => {
+            let uri = req.uri().clone();
+            fail!(
+                super::request_body::read_body(req, read, conn, state, ctx).await,
+                &uri
+            )
+        }
+        d => (req.map(ClientSide::Unread), d),
+    };
     let action = match fail!(request_filter::decided(decision, state), req.uri()) {
         request_filter::Filtered::Respond(resp) => return Ok(resp),
         request_filter::Filtered::Forward(action) => action,
     };
     let peer = fail!(upstream_peer(&action, &req, state, ctx), req.uri());
-    let upgrade = fail!(is_upgrade(&req, &peer.pool), req.uri());
+    let upgrade = fail!(is_upgrade(&req, &peer.pool, &action), req.uri());
     let (mut out, client_upgrade) =
         upstream_request(req, upgrade, &action, &peer, conn, state, ctx);
     if out.unread.is_some() {
@@ -380,11 +392,26 @@ async fn hook_response(
     state: &HttpState,
     ctx: &mut Ctx,
 ) -> Result<Result<response_filter::Head, Response<ProxyBody>>, ProxyError> {
-    let hooked =
-        response_filter::on_response(&mut head.parts, action.context.as_deref(), state, ctx)
-            .await?;
+    let body = match action.response_body_limit {
+        None => ResponseBody::NotRead,
+        Some(n) => {
+            let limit = u64::from(n).min(state.config.max_policy_body_bytes);
+            response_filter::read_for_hook(&mut head, limit, &ctx.method, peer, state).await?
+        }
+    };
+    let hooked = response_filter::on_response(
+        &mut head.parts,
+        &body,
+        action.context.as_deref(),
+        state,
+        ctx,
+    )
+    .await?;
     Ok(match hooked {
-        response_filter::Hooked::Send => Ok(head),
+        response_filter::Hooked::Send => {
+            head.put_back(body);
+            Ok(head)
+        }
         // The upstream body is dropped unread (its connection closes) and
         // its backend leaves the in-flight count with it.
         response_filter::Hooked::Replace(r) => Err(request_filter::direct(r)),

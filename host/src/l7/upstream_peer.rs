@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use http::Request;
-use hyper::body::Incoming;
 
 use super::context::Ctx;
 use super::error::ProxyError;
@@ -25,9 +24,9 @@ pub(super) struct Peer {
     pub key: Option<u64>,
 }
 
-pub(super) fn upstream_peer(
+pub(super) fn upstream_peer<B>(
     action: &ForwardAction,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     state: &HttpState,
     ctx: &mut Ctx,
 ) -> Result<Peer, ProxyError> {

@@ -10,11 +10,12 @@ use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 
-use super::body::{BodyFault, ClientBody, REPLAY_CAP, Replay, body_error, empty};
+use super::body::{BodyFault, ClientBody, Prefixed, REPLAY_CAP, Replay, body_error, empty};
 use super::context::Ctx;
 use super::error::ProxyError;
 use super::framing::Refusal;
 use super::hygiene;
+use super::request_body::ClientSide;
 use super::server::{Conn, HttpState};
 use super::upstream_peer::Peer;
 use crate::policy::ForwardAction;
@@ -63,8 +64,9 @@ fn idempotent(m: &Method) -> bool {
 /// removed), and never with a body: the backend could leave a body it
 /// did not read for the next request on that connection (400).
 pub(super) fn is_upgrade(
-    req: &Request<Incoming>,
+    req: &Request<ClientSide>,
     pool: &crate::upstream::Pool,
+    action: &ForwardAction,
 ) -> Result<bool, ProxyError> {
     let upgrade = req.version() == Version::HTTP_11
         && !pool.config.http2
@@ -74,6 +76,13 @@ pub(super) fn is_upgrade(
             "an upgrade request with a body",
         )));
     }
+    if upgrade && action.body.as_ref().is_some_and(|b| !b.is_empty()) {
+        return Err(ProxyError::PolicyRejected(
+            crate::policy::PolicyError::InvalidDecision(
+                "a body on an upgrade request (it would be read as the next request)".into(),
+            ),
+        ));
+    }
     Ok(upgrade)
 }
 
@@ -81,7 +90,7 @@ pub(super) fn is_upgrade(
 /// a body kept for a resend must be read first ([`read_replay`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn upstream_request(
-    mut req: Request<Incoming>,
+    mut req: Request<ClientSide>,
     upgrade: bool,
     action: &ForwardAction,
     peer: &Peer,
@@ -94,9 +103,18 @@ pub(super) fn upstream_request(
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     let trailers = pool.config.http2 && hygiene::wants_trailers(&headers);
+    // Framing is the host's: a body read whole (or replaced) goes with its
+    // own length, whatever framing the client used.
+    let own_length = action.body.is_some() || matches!(body, ClientSide::Whole { .. });
+    let framed = own_length
+        && (headers.contains_key(header::CONTENT_LENGTH)
+            || headers.contains_key(header::TRANSFER_ENCODING));
     hygiene::strip_hop_by_hop(&mut headers, upgrade);
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if own_length {
+        forget_the_clients_body(&mut headers, action.body.is_some());
     }
     for edit in &action.request_headers {
         edit.apply(&mut headers);
@@ -127,12 +145,49 @@ pub(super) fn upstream_request(
     // Whether a request that reached a backend may be sent again: an
     // idempotent method, retries configured, another backend to try.
     let may_resend = retry.retries > 0 && pool.backends.len() > 1 && idempotent(&parts.method);
+    let wrapped = match (&action.body, body) {
+        (None, ClientSide::Unread(body)) => client_body(body, may_resend, limit, state),
+        (None, ClientSide::Whole { mut body, fault }) => {
+            // HTTP/1.1 sends trailers only after a chunked body.
+            if !pool.config.http2 {
+                body.trailers = None;
+            }
+            read_whole(body, Some(fault))
+        }
+        (None, ClientSide::Prefix { read, rest }) => Wrapped {
+            fault: Some(rest.fault.clone()),
+            body: Prefixed { first: read, rest }.boxed_unsync(),
+            unread: None,
+            replay: None,
+        },
+        // The policy's body replaces the client's, read or not.
+        (Some(new), side) => {
+            let fault = match side {
+                ClientSide::Whole { fault, .. } => Some(fault),
+                ClientSide::Prefix { rest, .. } => Some(rest.fault),
+                ClientSide::Unread(_) => None,
+            };
+            let replay = Replay {
+                data: new.clone(),
+                trailers: None,
+            };
+            read_whole(replay, fault)
+        }
+    };
+    // A request that had no body and gets none goes without a length
+    // (RFC 9110 §8.6).
+    if own_length
+        && let Some(r) = &wrapped.replay
+        && (framed || !r.data.is_empty())
+    {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(r.data.len()));
+    }
     let Wrapped {
         body,
         unread,
         replay,
         fault,
-    } = client_body(body, may_resend, limit, state);
+    } = wrapped;
     if ctx.log_hook {
         ctx.request_body = fault.clone();
     }
@@ -167,14 +222,7 @@ fn client_body(body: Incoming, may_resend: bool, limit: u64, state: &HttpState) 
     let (body, unread, replay): (UpstreamBody, _, _) = match &fault {
         None => (empty(), None, Some(Replay::default())),
         Some(fault) => {
-            let client_body = ClientBody {
-                inner: body,
-                idle: super::guard::Idle::new(state.config.request_body_timeout),
-                timeouts: state.timeouts.request_body.clone(),
-                bytes_in: state.bytes.0.clone(),
-                left: limit,
-                fault: fault.clone(),
-            };
+            let client_body = ClientBody::new(body, state, limit, fault.clone());
             let small = client_body
                 .size_hint()
                 .exact()
@@ -190,6 +238,37 @@ fn client_body(body: Incoming, may_resend: bool, limit: u64, state: &HttpState) 
         body,
         unread,
         replay,
+        fault,
+    }
+}
+
+/// What the client said of a body the host now sends whole: the proxy
+/// has it, so nothing waits on `Expect: 100-continue`; and a body the
+/// policy replaced is not the one its coding and digests describe (the
+/// policy's own header edits, applied after, may set them again).
+fn forget_the_clients_body(headers: &mut HeaderMap, replaced: bool) {
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::EXPECT);
+    if replaced {
+        for n in [
+            "content-encoding",
+            "content-md5",
+            "content-digest",
+            "repr-digest",
+            "digest",
+        ] {
+            headers.remove(n);
+        }
+    }
+}
+
+/// A body read whole (for the policy, or its replacement): sent as is,
+/// and kept for a resend.
+fn read_whole(body: Replay, fault: Option<Arc<BodyFault>>) -> Wrapped {
+    Wrapped {
+        body: body.body(),
+        unread: None,
+        replay: Some(body),
         fault,
     }
 }

@@ -24,12 +24,12 @@ pub mod http {
     });
 }
 
-/// The optional `response-hook` and `log-hook` exports, found per
-/// component (`exports::switchyard::policy::*::GuestIndices::new`).
+/// The optional `body-hook`, `response-hook` and `log-hook` exports,
+/// found per component (`exports::switchyard::policy::*::GuestIndices::new`).
 pub mod hooks {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "switchyard:policy/http-policy-with-response-and-log",
+        world: "switchyard:policy/http-policy-with-every-hook",
         exports: { default: async },
         with: {
             "switchyard:policy/types": super::http::switchyard::policy::types,

@@ -1,70 +1,69 @@
 //! The optional hooks of an HTTP policy, called only when its component
-//! exports them (`worlds.rs`): the response hook and the log hook.
+//! exports them (`worlds.rs`): the body hook, the response hook and the
+//! log hook.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::PolicyError;
-use super::bindings::types::LogSummary;
-use super::decision::{self, ResponseAction};
+use super::bindings::types::{LogSummary, ResponseBody};
+use super::call::{Hook, Loan, Output};
+use super::decision::{self, HttpDecision, ResponseAction};
 use super::directory::Directory;
-use super::instances::{Policy, Warm};
-use super::view::{RequestView, ResponseView, handle};
-use super::worlds::Bindings;
+use super::instances::Policy;
+use super::view::{RequestView, ResponseView};
 
 impl Policy {
-    /// Runs the response hook and validates its header edits. Both heads
-    /// are lent to the call and are back when this returns.
+    /// Runs the body hook with the request body `on-request` asked for,
+    /// and validates its final decision (which may not ask for the body
+    /// again). The request is lent to the call and is back when this
+    /// returns.
+    pub async fn on_request_body(
+        &self,
+        request: &mut RequestView,
+        body: &[u8],
+        context: Option<&[u8]>,
+        default_pool: Option<&str>,
+        directory: &Arc<dyn Directory>,
+    ) -> (Result<HttpDecision, PolicyError>, Duration) {
+        let started = Instant::now();
+        let mut loan = Loan {
+            request: Some(request),
+            ..Loan::default()
+        };
+        let hook = Hook::RequestBody { body, context };
+        let called = self.call(directory, started, &mut loan, hook).await;
+        let r = called.and_then(Output::decision).and_then(|d| {
+            decision::http(d, default_pool, directory.as_ref(), self.allowed_later())
+                .map_err(PolicyError::InvalidDecision)
+        });
+        self.record(started, r)
+    }
+
+    /// Runs the response hook and validates its action. Both heads are
+    /// lent to the call and are back when this returns.
     pub async fn on_response(
         &self,
         request: &mut RequestView,
         response: &mut ResponseView,
+        body: &ResponseBody,
         context: Option<&[u8]>,
         directory: &Arc<dyn Directory>,
     ) -> Result<ResponseAction, PolicyError> {
         let started = Instant::now();
-        let r = async {
-            let _permit = self.admit().await?;
-            let _busy = self.engine.ticker.busy(self.limits.timeout);
-            let (mut w, until) = self.checkout(directory, started).await?;
-            let Warm {
-                store, bindings, ..
-            } = &mut w;
-            let lent = &mut store.data_mut().lent;
-            std::mem::swap(&mut lent.request, request);
-            std::mem::swap(&mut lent.response, response);
-            let call = tokio::time::timeout_at(until, async {
-                match bindings {
-                    Bindings::Http {
-                        response: Some(hook),
-                        ..
-                    } => {
-                        hook.call_on_response(&mut *store, handle(), handle(), context)
-                            .await
-                    }
-                    Bindings::HttpV0_2(b) => b
-                        .call_on_response(&mut *store, handle(), handle())
-                        .await
-                        .map(super::v0_2::response_action),
-                    _ => Err(wasmtime::format_err!(
-                        "the policy does not export switchyard:policy/response-hook"
-                    )),
-                }
-            })
-            .await;
-            let lent = &mut w.store.data_mut().lent;
-            std::mem::swap(&mut lent.request, request);
-            std::mem::swap(&mut lent.response, response);
-            match call {
-                Ok(Ok(ops)) => {
-                    self.checkin(w);
-                    decision::response_action(ops).map_err(PolicyError::InvalidDecision)
-                }
-                Ok(Err(e)) => Err(self.classify(e, &w.store, self.limits.timeout)),
-                Err(_) => Err(self.timed_out(started)),
+        let mut loan = Loan {
+            request: Some(request),
+            response: Some(response),
+            connection: None,
+        };
+        let hook = Hook::Response { body, context };
+        let r = match self.call(directory, started, &mut loan, hook).await {
+            Ok(Output::Action(a)) => {
+                decision::response_action(a).map_err(PolicyError::InvalidDecision)
             }
-        }
-        .await;
+            Ok(_) => Err(PolicyError::Trap("on-response returned no action".into())),
+            Err(e) => Err(e),
+        };
         self.record(started, r).0
     }
 
@@ -79,39 +78,18 @@ impl Policy {
         directory: &Arc<dyn Directory>,
     ) -> (Result<(), PolicyError>, Duration) {
         let started = Instant::now();
-        let r = async {
-            let _permit = self.admit().await?;
-            let _busy = self.engine.ticker.busy(self.limits.timeout);
-            let (mut w, until) = self.checkout(directory, started).await?;
-            let Warm {
-                store, bindings, ..
-            } = &mut w;
-            std::mem::swap(&mut store.data_mut().lent.request, request);
-            let call = tokio::time::timeout_at(until, async {
-                match bindings {
-                    Bindings::Http {
-                        log: Some(hook), ..
-                    } => {
-                        hook.call_on_log(&mut *store, handle(), context, &summary)
-                            .await
-                    }
-                    _ => Err(wasmtime::format_err!(
-                        "the policy does not export switchyard:policy/log-hook"
-                    )),
-                }
-            })
-            .await;
-            std::mem::swap(&mut w.store.data_mut().lent.request, request);
-            match call {
-                Ok(Ok(())) => {
-                    self.checkin(w);
-                    Ok(())
-                }
-                Ok(Err(e)) => Err(self.classify(e, &w.store, self.limits.timeout)),
-                Err(_) => Err(self.timed_out(started)),
-            }
-        }
-        .await;
+        let mut loan = Loan {
+            request: Some(request),
+            ..Loan::default()
+        };
+        let hook = Hook::Log {
+            context,
+            summary: &summary,
+        };
+        let r = self
+            .call(directory, started, &mut loan, hook)
+            .await
+            .map(|_| ());
         self.record(started, r)
     }
 }

@@ -14,14 +14,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::bindings::http;
-use super::decision::{self, ConnDecision, HttpDecision};
+use super::call::{Hook, Loan, Output};
+use super::decision::{self, Allowed, ConnDecision, HttpDecision};
 use super::directory::Directory;
 use super::engine::{Compiled, Limits, PolicyEngine};
 use super::host_api::HostState;
 use super::stats::Live;
 pub use super::stats::PolicyStats;
-use super::view::{ConnectionInfo, RequestView, handle};
+use super::view::{ConnectionInfo, RequestView};
 use super::worlds::Bindings;
 pub(crate) use super::worlds::Pre;
 use super::{PolicyError, PolicyKind};
@@ -343,53 +343,32 @@ impl Policy {
         directory: &Arc<dyn Directory>,
     ) -> (Result<HttpDecision, PolicyError>, Duration) {
         let started = Instant::now();
-        let r = async {
-            let _permit = self.admit().await?;
-            let _busy = self.engine.ticker.busy(self.limits.timeout);
-            let (mut w, until) = self.checkout(directory, started).await?;
-            let Warm {
-                store, bindings, ..
-            } = &mut w;
-            let lent = &mut store.data_mut().lent;
-            std::mem::swap(&mut lent.request, request);
-            lent.connection = Some(conn.clone());
-            let call = tokio::time::timeout_at(until, async {
-                match bindings {
-                    Bindings::Http { b, .. } => {
-                        b.call_on_request(&mut *store, handle(), handle()).await
-                    }
-                    Bindings::HttpV0_2(b) => b
-                        .call_on_request(&mut *store, handle(), handle())
-                        .await
-                        .map(super::v0_2::decision),
-                    _ => Err(wasmtime::format_err!("{}", PolicyError::WrongWorld(self.kind))),
-                }
-            })
+        let mut loan = Loan {
+            request: Some(request),
+            response: None,
+            connection: Some(conn.clone()),
+        };
+        let called = self
+            .call(directory, started, &mut loan, Hook::Request)
             .await;
-            let lent = &mut w.store.data_mut().lent;
-            std::mem::swap(&mut lent.request, request);
-            lent.connection = None;
-            match call {
-                Ok(Ok(d)) => {
-                    self.checkin(w);
-                    if !self.pre.has_response_hook()
-                        && matches!(&d, http::switchyard::policy::types::Decision::Forward(f) if f.inspect_response)
-                    {
-                        return Err(PolicyError::InvalidDecision(
-                            "inspect-response is set, and the policy does not export \
-                             switchyard:policy/response-hook"
-                                .into(),
-                        ));
-                    }
-                    decision::http(d, default_pool, directory.as_ref())
-                        .map_err(PolicyError::InvalidDecision)
-                }
-                Ok(Err(e)) => Err(self.classify(e, &w.store, self.limits.timeout)),
-                Err(_) => Err(self.timed_out(started)),
-            }
-        }
-        .await;
+        let r = called.and_then(Output::decision).and_then(|d| {
+            let allowed = Allowed {
+                read_body: self.pre.has_body_hook(),
+                inspect_response: self.pre.has_response_hook(),
+            };
+            decision::http(d, default_pool, directory.as_ref(), allowed)
+                .map_err(PolicyError::InvalidDecision)
+        });
         self.record(started, r)
+    }
+
+    /// What a forward decision from this policy may ask for, outside
+    /// `on-request`.
+    pub(super) fn allowed_later(&self) -> Allowed {
+        Allowed {
+            read_body: false,
+            inspect_response: self.pre.has_response_hook(),
+        }
     }
 
     /// Runs the connection hook and validates its decision.
@@ -410,40 +389,19 @@ impl Policy {
         directory: &Arc<dyn Directory>,
     ) -> (Result<ConnDecision, PolicyError>, Duration) {
         let started = Instant::now();
-        let r = async {
-            let _permit = self.admit().await?;
-            let _busy = self.engine.ticker.busy(self.limits.timeout);
-            let (mut w, until) = self.checkout(directory, started).await?;
-            let Warm {
-                store, bindings, ..
-            } = &mut w;
-            store.data_mut().lent.connection = Some(conn.clone());
-            let call = tokio::time::timeout_at(until, async {
-                match bindings {
-                    Bindings::Connection(b) => b.call_on_connect(&mut *store, handle()).await,
-                    Bindings::ConnectionV0_2(b) => b
-                        .call_on_connect(&mut *store, handle())
-                        .await
-                        .map(super::v0_2::connect_decision),
-                    _ => Err(wasmtime::format_err!(
-                        "{}",
-                        PolicyError::WrongWorld(self.kind)
-                    )),
-                }
-            })
-            .await;
-            w.store.data_mut().lent.connection = None;
-            match call {
-                Ok(Ok(d)) => {
-                    self.checkin(w);
-                    decision::connection(d, default_pool, directory.as_ref())
-                        .map_err(PolicyError::InvalidDecision)
-                }
-                Ok(Err(e)) => Err(self.classify(e, &w.store, self.limits.timeout)),
-                Err(_) => Err(self.timed_out(started)),
-            }
-        }
-        .await;
+        let mut loan = Loan {
+            connection: Some(conn.clone()),
+            ..Loan::default()
+        };
+        let r = match self
+            .call(directory, started, &mut loan, Hook::Connect)
+            .await
+        {
+            Ok(Output::Connect(d)) => decision::connection(d, default_pool, directory.as_ref())
+                .map_err(PolicyError::InvalidDecision),
+            Ok(_) => Err(PolicyError::Trap("on-connect returned no decision".into())),
+            Err(e) => Err(e),
+        };
         self.record(started, r)
     }
 }

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod bindings;
+mod call;
 pub mod decision;
 pub mod directory;
 pub mod engine;
@@ -42,7 +43,8 @@ use std::time::Duration;
 
 pub use bindings::types;
 pub use decision::{
-    ConnDecision, DirectResponse, ForwardAction, HeaderEdit, HttpDecision, ResponseAction,
+    ConnDecision, DirectResponse, ForwardAction, HeaderEdit, HttpDecision, OverLimit, ReadBody,
+    ResponseAction,
 };
 pub use directory::{Directory, OpenDirectory, StaticDirectory};
 pub use engine::{

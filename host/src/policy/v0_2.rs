@@ -245,6 +245,8 @@ pub(super) fn decision(d: types::Decision) -> v3::types::Decision {
             response_headers: header_ops(f.response_headers),
             inspect_response: f.inspect_response,
             context: None,
+            body: None,
+            response_body_limit: None,
         }),
         types::Decision::Respond(r) => v3::types::Decision::Respond(v3::types::Response {
             status: r.status,

@@ -6,7 +6,7 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 use super::PolicyKind;
-use super::bindings::hooks::exports::switchyard::policy::{log_hook, response_hook};
+use super::bindings::hooks::exports::switchyard::policy::{body_hook, log_hook, response_hook};
 use super::bindings::{connection, http, v0_2};
 use super::host_api::HostState;
 
@@ -15,6 +15,7 @@ use super::host_api::HostState;
 pub(crate) enum Pre {
     Http {
         pre: http::HttpPolicyPre<HostState>,
+        body: Option<body_hook::GuestIndices>,
         response: Option<response_hook::GuestIndices>,
         log: Option<log_hook::GuestIndices>,
     },
@@ -26,6 +27,7 @@ pub(crate) enum Pre {
 pub(super) enum Bindings {
     Http {
         b: http::HttpPolicy,
+        body: Option<body_hook::Guest>,
         response: Option<response_hook::Guest>,
         log: Option<log_hook::Guest>,
     },
@@ -46,10 +48,12 @@ impl Pre {
             (PolicyKind::Http, false) => {
                 // An optional hook is there when the component exports its
                 // interface with the right type.
+                let body = body_hook::GuestIndices::new(&instance_pre).ok();
                 let response = response_hook::GuestIndices::new(&instance_pre).ok();
                 let log = log_hook::GuestIndices::new(&instance_pre).ok();
                 Pre::Http {
                     pre: http::HttpPolicyPre::new(instance_pre)?,
+                    body,
                     response,
                     log,
                 }
@@ -71,9 +75,18 @@ impl Pre {
         store: &mut Store<HostState>,
     ) -> wasmtime::Result<Bindings> {
         Ok(match self {
-            Pre::Http { pre, response, log } => {
+            Pre::Http {
+                pre,
+                body,
+                response,
+                log,
+            } => {
                 let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
                 let b = http::HttpPolicy::new(&mut *store, &instance)?;
+                let body = match body {
+                    Some(ix) => Some(ix.load(&mut *store, &instance)?),
+                    None => None,
+                };
                 let response = match response {
                     Some(ix) => Some(ix.load(&mut *store, &instance)?),
                     None => None,
@@ -82,7 +95,12 @@ impl Pre {
                     Some(ix) => Some(ix.load(&mut *store, &instance)?),
                     None => None,
                 };
-                Bindings::Http { b, response, log }
+                Bindings::Http {
+                    b,
+                    body,
+                    response,
+                    log,
+                }
             }
             Pre::Connection(p) => Bindings::Connection(p.instantiate_async(store).await?),
             Pre::HttpV0_2(p) => Bindings::HttpV0_2(p.instantiate_async(store).await?),
@@ -93,6 +111,11 @@ impl Pre {
     /// Whether the policy exports the log hook.
     pub(super) fn has_log_hook(&self) -> bool {
         matches!(self, Pre::Http { log: Some(_), .. })
+    }
+
+    /// Whether the policy exports the body hook.
+    pub(super) fn has_body_hook(&self) -> bool {
+        matches!(self, Pre::Http { body: Some(_), .. })
     }
 
     /// Whether a forward decision may ask for the response hook.

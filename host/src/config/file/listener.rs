@@ -49,6 +49,8 @@ pub struct ListenerFile {
     /// http (default 10000).
     pub header_read_timeout_ms: Option<u64>,
     pub max_request_body_bytes: Option<u64>,
+    /// http (default 1 MiB): the most body bytes a policy may read.
+    pub max_policy_body_bytes: Option<u64>,
     /// http (default 65536).
     pub max_header_bytes: Option<usize>,
     /// http (default 100).

@@ -61,6 +61,40 @@ pub struct ForwardAction {
     pub inspect_response: bool,
     /// Handed to the request's later hooks (at most [`MAX_CONTEXT_BYTES`]).
     pub context: Option<Vec<u8>>,
+    /// The request body to send instead of the client's.
+    pub body: Option<Bytes>,
+    /// With `inspect_response`: read this much of the upstream body for
+    /// the response hook (before the listener's cap).
+    pub response_body_limit: Option<u32>,
+}
+
+/// Read the request body, then ask the body hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBody {
+    /// Bytes the policy asked for (before the listener's cap).
+    pub limit: u32,
+    pub over_limit: OverLimit,
+    pub context: Option<Vec<u8>>,
+}
+
+/// The policy's branch for a body over its limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverLimit {
+    /// 413.
+    Refuse,
+    /// Forward as this says, the body streamed through unread.
+    Forward(Box<ForwardAction>),
+}
+
+/// Which optional hooks a decision may lean on: what the policy exports,
+/// and the phase the decision comes from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Allowed {
+    /// `read-body`: only from `on-request`, when the policy exports the
+    /// body hook.
+    pub read_body: bool,
+    /// `inspect-response`: when the policy exports the response hook.
+    pub inspect_response: bool,
 }
 
 /// The largest per-request context a decision may carry.
@@ -79,6 +113,7 @@ pub struct DirectResponse {
 pub enum HttpDecision {
     Forward(ForwardAction),
     Respond(DirectResponse),
+    ReadBody(ReadBody),
 }
 
 /// A validated connection decision.
@@ -179,60 +214,111 @@ fn pool_and_backend(
     }
 }
 
-/// Validates an HTTP decision.
+/// Validates an HTTP decision; `allowed` says which optional hooks it
+/// may ask for.
 pub fn http(
     d: types::Decision,
     default_pool: Option<&str>,
     directory: &dyn Directory,
+    allowed: Allowed,
 ) -> Result<HttpDecision, String> {
     match d {
         types::Decision::Forward(f) => {
-            within_caps(
-                f.request_headers.iter().chain(&f.response_headers),
-                f.path.as_ref().map_or(0, String::len)
-                    + f.authority.as_ref().map_or(0, String::len),
-            )?;
-            pool_and_backend(&f.pool, &f.backend, default_pool, directory)?;
-            let path = match f.path {
-                None => None,
-                Some(p) => {
-                    if !p.starts_with('/') {
-                        return Err(format!("path {p:?} does not start with '/'"));
-                    }
-                    Some(
-                        PathAndQuery::try_from(p.as_str())
-                            .map_err(|_| format!("path {p:?} is not a valid request path"))?,
-                    )
-                }
-            };
-            let authority = match f.authority {
-                None => None,
-                Some(a) => Some(
-                    Authority::try_from(a.as_str())
-                        .map_err(|_| format!("authority {a:?} is not valid"))?,
-                ),
-            };
-            if let Some(c) = &f.context
-                && c.len() > MAX_CONTEXT_BYTES
-            {
-                return Err(format!(
-                    "a context of {} bytes, over {MAX_CONTEXT_BYTES}",
-                    c.len()
-                ));
-            }
-            Ok(HttpDecision::Forward(ForwardAction {
-                context: f.context,
-                pool: f.pool,
-                backend: f.backend,
-                path,
-                authority,
-                request_headers: edits(&f.request_headers)?,
-                response_headers: edits(&f.response_headers)?,
-                inspect_response: f.inspect_response,
-            }))
+            forward(f, default_pool, directory, allowed).map(HttpDecision::Forward)
         }
         types::Decision::Respond(r) => direct(r).map(HttpDecision::Respond),
+        types::Decision::ReadBody(r) => {
+            if !allowed.read_body {
+                return Err(
+                    "read-body is not allowed here: only on-request may ask, and \
+                            only when the policy exports switchyard:policy/body-hook"
+                        .into(),
+                );
+            }
+            context(r.context.as_deref())?;
+            let over_limit = match r.over_limit {
+                types::OverLimit::Refuse => OverLimit::Refuse,
+                types::OverLimit::Forward(f) => {
+                    OverLimit::Forward(Box::new(forward(f, default_pool, directory, allowed)?))
+                }
+            };
+            Ok(HttpDecision::ReadBody(ReadBody {
+                limit: r.limit,
+                over_limit,
+                context: r.context,
+            }))
+        }
     }
+}
+
+fn context(c: Option<&[u8]>) -> Result<(), String> {
+    match c {
+        Some(c) if c.len() > MAX_CONTEXT_BYTES => Err(format!(
+            "a context of {} bytes, over {MAX_CONTEXT_BYTES}",
+            c.len()
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn forward(
+    f: types::Forward,
+    default_pool: Option<&str>,
+    directory: &dyn Directory,
+    allowed: Allowed,
+) -> Result<ForwardAction, String> {
+    within_caps(
+        f.request_headers.iter().chain(&f.response_headers),
+        f.path.as_ref().map_or(0, String::len) + f.authority.as_ref().map_or(0, String::len),
+    )?;
+    pool_and_backend(&f.pool, &f.backend, default_pool, directory)?;
+    if f.inspect_response && !allowed.inspect_response {
+        return Err("inspect-response is set, and the policy does not export \
+                    switchyard:policy/response-hook"
+            .into());
+    }
+    if f.response_body_limit.is_some() && !f.inspect_response {
+        return Err("response-body-limit is set without inspect-response".into());
+    }
+    if let Some(b) = &f.body
+        && b.len() > MAX_BODY_BYTES
+    {
+        return Err(format!(
+            "a request body of {} bytes, over {MAX_BODY_BYTES}",
+            b.len()
+        ));
+    }
+    context(f.context.as_deref())?;
+    let path = match f.path {
+        None => None,
+        Some(p) => {
+            if !p.starts_with('/') {
+                return Err(format!("path {p:?} does not start with '/'"));
+            }
+            Some(
+                PathAndQuery::try_from(p.as_str())
+                    .map_err(|_| format!("path {p:?} is not a valid request path"))?,
+            )
+        }
+    };
+    let authority = match f.authority {
+        None => None,
+        Some(a) => Some(
+            Authority::try_from(a.as_str()).map_err(|_| format!("authority {a:?} is not valid"))?,
+        ),
+    };
+    Ok(ForwardAction {
+        context: f.context,
+        pool: f.pool,
+        backend: f.backend,
+        path,
+        authority,
+        request_headers: edits(&f.request_headers)?,
+        response_headers: edits(&f.response_headers)?,
+        inspect_response: f.inspect_response,
+        body: f.body.map(Bytes::from),
+        response_body_limit: f.response_body_limit,
+    })
 }
 
 /// Validates a response the policy answers with: a `respond` decision,
@@ -313,15 +399,14 @@ impl HttpDecision {
     /// The one-line JSON form printed by `switchyard policy test`.
     pub fn to_json(&self) -> Value {
         match self {
-            HttpDecision::Forward(f) => json!({"forward": {
-                "pool": f.pool,
-                "backend": f.backend,
-                "path": f.path.as_ref().map(|p| p.as_str()),
-                "authority": f.authority.as_ref().map(|a| a.as_str()),
-                "request_headers": f.request_headers.iter().map(HeaderEdit::to_json).collect::<Vec<_>>(),
-                "response_headers": f.response_headers.iter().map(HeaderEdit::to_json).collect::<Vec<_>>(),
-                "inspect_response": f.inspect_response,
-                "context": f.context.as_deref().map(String::from_utf8_lossy),
+            HttpDecision::Forward(f) => json!({"forward": f.to_json()}),
+            HttpDecision::ReadBody(r) => json!({"read_body": {
+                "limit": r.limit,
+                "over_limit": match &r.over_limit {
+                    OverLimit::Refuse => json!("refuse"),
+                    OverLimit::Forward(f) => json!({"forward": f.to_json()}),
+                },
+                "context": r.context.as_deref().map(String::from_utf8_lossy),
             }}),
             HttpDecision::Respond(r) => json!({"respond": {
                 "status": r.status.as_u16(),
@@ -331,6 +416,24 @@ impl HttpDecision {
                 "body": String::from_utf8_lossy(&r.body),
             }}),
         }
+    }
+}
+
+impl ForwardAction {
+    fn to_json(&self) -> Value {
+        let f = self;
+        json!({
+            "pool": f.pool,
+            "backend": f.backend,
+            "path": f.path.as_ref().map(|p| p.as_str()),
+            "authority": f.authority.as_ref().map(|a| a.as_str()),
+            "request_headers": f.request_headers.iter().map(HeaderEdit::to_json).collect::<Vec<_>>(),
+            "response_headers": f.response_headers.iter().map(HeaderEdit::to_json).collect::<Vec<_>>(),
+            "inspect_response": f.inspect_response,
+            "context": f.context.as_deref().map(String::from_utf8_lossy),
+            "body": f.body.as_deref().map(String::from_utf8_lossy),
+            "response_body_limit": f.response_body_limit,
+        })
     }
 }
 

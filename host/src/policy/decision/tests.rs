@@ -13,6 +13,8 @@ fn fwd() -> types::Forward {
         response_headers: vec![],
         inspect_response: false,
         context: None,
+        body: None,
+        response_body_limit: None,
     }
 }
 
@@ -24,7 +26,12 @@ fn set(name: &str, value: &str) -> types::HeaderOp {
 }
 
 fn check(f: types::Forward) -> Result<HttpDecision, String> {
-    http(types::Decision::Forward(f), Some("web"), &OpenDirectory)
+    http(
+        types::Decision::Forward(f),
+        Some("web"),
+        &OpenDirectory,
+        Allowed::default(),
+    )
 }
 
 #[test]
@@ -48,7 +55,7 @@ fn oversized_decisions_are_invalid_not_applied() {
         body: vec![0; MAX_BODY_BYTES + 1],
     });
     assert!(
-        http(big, None, &OpenDirectory)
+        http(big, None, &OpenDirectory, Allowed::default())
             .unwrap_err()
             .contains("body")
     );
@@ -77,7 +84,13 @@ fn only_named_pools_and_backends_are_looked_up() {
         let mut f = fwd();
         f.pool = pool.map(Into::into);
         f.backend = backend.map(Into::into);
-        http(types::Decision::Forward(f), default, &dir).map(|_| ())
+        http(
+            types::Decision::Forward(f),
+            default,
+            &dir,
+            Allowed::default(),
+        )
+        .map(|_| ())
     };
     // The listener's own pool was checked when the configuration
     // loaded; a forward naming nothing is not looked up again (this
@@ -139,7 +152,15 @@ fn bad_paths_authorities_and_statuses_are_refused() {
             headers: vec![],
             body: vec![],
         };
-        assert!(http(types::Decision::Respond(r), None, &OpenDirectory).is_err());
+        assert!(
+            http(
+                types::Decision::Respond(r),
+                None,
+                &OpenDirectory,
+                Allowed::default()
+            )
+            .is_err()
+        );
     }
 }
 
@@ -166,4 +187,78 @@ fn valid_forward_keeps_every_field() {
             HeaderEdit::Remove(HeaderName::from_static("cookie")),
         ]
     );
+}
+
+fn read(over_limit: types::OverLimit, context: Option<Vec<u8>>) -> types::Decision {
+    types::Decision::ReadBody(types::ReadBody {
+        limit: 100,
+        over_limit,
+        context,
+    })
+}
+
+const BODY_HOOK: Allowed = Allowed {
+    read_body: true,
+    inspect_response: false,
+};
+
+#[test]
+fn read_body_needs_the_body_hook_and_the_request_phase() {
+    let d = || read(types::OverLimit::Refuse, None);
+    let e = http(d(), None, &OpenDirectory, Allowed::default()).unwrap_err();
+    assert!(e.contains("switchyard:policy/body-hook"), "{e}");
+    let ok = http(d(), None, &OpenDirectory, BODY_HOOK).unwrap();
+    assert_eq!(
+        ok,
+        HttpDecision::ReadBody(ReadBody {
+            limit: 100,
+            over_limit: OverLimit::Refuse,
+            context: None
+        })
+    );
+}
+
+#[test]
+fn read_bodys_fallback_and_context_are_checked_like_a_forward() {
+    let mut bad = fwd();
+    bad.path = Some("no-slash".into());
+    let e = http(
+        read(types::OverLimit::Forward(bad), None),
+        None,
+        &OpenDirectory,
+        BODY_HOOK,
+    )
+    .unwrap_err();
+    assert!(e.contains("does not start with '/'"), "{e}");
+    let e = http(
+        read(types::OverLimit::Refuse, Some(vec![0; 513])),
+        None,
+        &OpenDirectory,
+        BODY_HOOK,
+    )
+    .unwrap_err();
+    assert!(e.contains("a context of 513 bytes"), "{e}");
+}
+
+#[test]
+fn a_replacement_body_is_capped_and_a_response_body_needs_the_hook() {
+    let mut f = fwd();
+    f.body = Some(vec![b'x'; MAX_BODY_BYTES + 1]);
+    assert!(check(f).unwrap_err().contains("a request body of"));
+    let mut f = fwd();
+    f.body = Some(b"new".to_vec());
+    let HttpDecision::Forward(a) = check(f).unwrap() else {
+        panic!("a forward")
+    };
+    assert_eq!(a.body.as_deref(), Some(&b"new"[..]));
+    let mut f = fwd();
+    f.response_body_limit = Some(10);
+    assert!(
+        check(f)
+            .unwrap_err()
+            .contains("response-body-limit is set without inspect-response")
+    );
+    let mut f = fwd();
+    f.inspect_response = true;
+    assert!(check(f).unwrap_err().contains("response-hook"));
 }
