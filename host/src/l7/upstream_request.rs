@@ -101,40 +101,9 @@ pub(super) fn upstream_request(
     let pool = &peer.pool;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let mut headers = parts.headers;
-    let trailers = pool.config.http2 && hygiene::wants_trailers(&headers);
-    // Framing is the host's: a body read whole (or replaced) goes with its
-    // own length, whatever framing the client used.
     let own_length = action.body.is_some() || matches!(body, ClientSide::Whole { .. });
-    let framed = own_length
-        && (headers.contains_key(header::CONTENT_LENGTH)
-            || headers.contains_key(header::TRANSFER_ENCODING));
-    hygiene::strip_hop_by_hop(&mut headers, upgrade);
-    if trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if own_length {
-        forget_the_clients_body(&mut headers, action.body.is_some());
-    }
-    for edit in &action.request_headers {
-        edit.apply(&mut headers);
-    }
-    let host = match &action.authority {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => ctx.client_host.clone(),
-    };
-    match host {
-        Some(v) => headers.insert(header::HOST, v),
-        None => headers.remove(header::HOST),
-    };
-    hygiene::add_forwarded(
-        &mut headers,
-        conn.peer_text(),
-        ctx.trusted_peer,
-        conn.scheme(),
-        ctx.client_host.as_ref(),
-        conn.forwarded(),
-    );
+    let (mut headers, framed) =
+        headers_to_send(parts.headers, upgrade, own_length, action, peer, conn, ctx);
     let version = if pool.config.http2 {
         Version::HTTP_2
     } else {
@@ -145,35 +114,7 @@ pub(super) fn upstream_request(
     // Whether a request that reached a backend may be sent again: an
     // idempotent method, retries configured, another backend to try.
     let may_resend = retry.retries > 0 && pool.backends.len() > 1 && idempotent(&parts.method);
-    let wrapped = match (&action.body, body) {
-        (None, ClientSide::Unread(body)) => client_body(body, may_resend, limit, state),
-        (None, ClientSide::Whole { mut body, fault }) => {
-            // HTTP/1.1 sends trailers only after a chunked body.
-            if !pool.config.http2 {
-                body.trailers = None;
-            }
-            read_whole(body, Some(fault))
-        }
-        (None, ClientSide::Prefix { read, rest }) => Wrapped {
-            fault: Some(rest.fault.clone()),
-            body: Prefixed { first: read, rest }.boxed_unsync(),
-            unread: None,
-            replay: None,
-        },
-        // The policy's body replaces the client's, read or not.
-        (Some(new), side) => {
-            let fault = match side {
-                ClientSide::Whole { fault, .. } => Some(fault),
-                ClientSide::Prefix { rest, .. } => Some(rest.fault),
-                ClientSide::Unread(_) => None,
-            };
-            let replay = Replay {
-                data: new.clone(),
-                trailers: None,
-            };
-            read_whole(replay, fault)
-        }
-    };
+    let wrapped = body_to_send(body, action, may_resend, limit, pool, state);
     // A request that had no body and gets none goes without a length
     // (RFC 9110 §8.6).
     if own_length
@@ -210,6 +151,95 @@ pub(super) fn upstream_request(
         unread,
     };
     (out, client_upgrade)
+}
+
+/// The request's headers as the backend gets them, and whether the
+/// client framed a body (a `Content-Length` or `Transfer-Encoding`).
+/// `own_length`: the body goes whole, with a length the host sets.
+fn headers_to_send(
+    mut headers: HeaderMap,
+    upgrade: bool,
+    own_length: bool,
+    action: &ForwardAction,
+    peer: &Peer,
+    conn: &Conn,
+    ctx: &Ctx,
+) -> (HeaderMap, bool) {
+    let trailers = peer.pool.config.http2 && hygiene::wants_trailers(&headers);
+    // Framing is the host's: a body read whole (or replaced) goes with its
+    // own length, whatever framing the client used.
+    let framed = own_length
+        && (headers.contains_key(header::CONTENT_LENGTH)
+            || headers.contains_key(header::TRANSFER_ENCODING));
+    hygiene::strip_hop_by_hop(&mut headers, upgrade);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if own_length {
+        forget_the_clients_body(&mut headers, action.body.is_some());
+    }
+    for edit in &action.request_headers {
+        edit.apply(&mut headers);
+    }
+    let host = match &action.authority {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => ctx.client_host.clone(),
+    };
+    match host {
+        Some(v) => headers.insert(header::HOST, v),
+        None => headers.remove(header::HOST),
+    };
+    hygiene::add_forwarded(
+        &mut headers,
+        conn.peer_text(),
+        ctx.trusted_peer,
+        conn.scheme(),
+        ctx.client_host.as_ref(),
+        conn.forwarded(),
+    );
+    (headers, framed)
+}
+
+/// The body to send: the client's as it comes ([`client_body`]), read
+/// whole for the policy, its beginning read and the rest streamed, or the
+/// policy's replacement.
+fn body_to_send(
+    body: ClientSide,
+    action: &ForwardAction,
+    may_resend: bool,
+    limit: u64,
+    pool: &crate::upstream::Pool,
+    state: &HttpState,
+) -> Wrapped {
+    match (&action.body, body) {
+        (None, ClientSide::Unread(body)) => client_body(body, may_resend, limit, state),
+        (None, ClientSide::Whole { mut body, fault }) => {
+            // HTTP/1.1 sends trailers only after a chunked body.
+            if !pool.config.http2 {
+                body.trailers = None;
+            }
+            read_whole(body, Some(fault))
+        }
+        (None, ClientSide::Prefix { read, rest }) => Wrapped {
+            fault: Some(rest.fault.clone()),
+            body: Prefixed { first: read, rest }.boxed_unsync(),
+            unread: None,
+            replay: None,
+        },
+        // The policy's body replaces the client's, read or not.
+        (Some(new), side) => {
+            let fault = match side {
+                ClientSide::Whole { fault, .. } => Some(fault),
+                ClientSide::Prefix { rest, .. } => Some(rest.fault),
+                ClientSide::Unread(_) => None,
+            };
+            let replay = Replay {
+                data: new.clone(),
+                trailers: None,
+            };
+            read_whole(replay, fault)
+        }
+    }
 }
 
 /// The client's body as sent: counted, capped and idle-timed; a small one
