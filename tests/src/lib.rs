@@ -117,6 +117,28 @@ impl RawBackend {
     }
 }
 
+/// An HTTP backend whose answers the test writes: `answer` maps each
+/// request to its response (HTTP/1.1 and h2c).
+pub async fn http_backend<F, Fut>(answer: F) -> RawBackend
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    RawBackend::start(move |stream| {
+        let answer = answer.clone();
+        async move {
+            let svc = service_fn(move |req| {
+                let answer = answer.clone();
+                async move { Ok::<_, Infallible>(answer(req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        }
+    })
+    .await
+}
+
 impl Drop for RawBackend {
     fn drop(&mut self) {
         self.task.abort();

@@ -164,6 +164,8 @@ fn every_example_policy_has_a_test() {
         "deny-list",
         // Through a real listener: tests/tests/policy_api.rs.
         "error-pages",
+        // Through a real listener: tests/tests/calls.rs.
+        "forward-auth",
         "header-canary",
         // Through a real listener: tests/tests/bodies.rs.
         "json-router",
@@ -191,7 +193,7 @@ fn every_example_policy_has_a_test() {
     found.sort();
     assert_eq!(
         found, TESTED,
-        "an example policy has no test in tests/tests/policies.rs (or policy_api.rs, bodies.rs)"
+        "an example policy has no test in tests/tests/policies.rs (or policy_api.rs, bodies.rs, calls.rs)"
     );
 }
 

@@ -65,6 +65,12 @@ impl Forward {
             .push(HeaderOp::Set(header(name, value)));
         self
     }
+    /// Append a request header sent upstream, keeping the ones there.
+    pub fn append_request_header(mut self, name: &str, value: &str) -> Self {
+        self.request_headers
+            .push(HeaderOp::Append(header(name, value)));
+        self
+    }
     /// Remove a request header before it goes upstream.
     pub fn remove_request_header(mut self, name: &str) -> Self {
         self.request_headers.push(HeaderOp::Remove(name.to_owned()));

@@ -64,6 +64,7 @@ pub mod http_with_response {
             "switchyard:policy/kv@0.3.0": crate::http::switchyard::policy::kv,
             "switchyard:policy/backends@0.3.0": crate::http::switchyard::policy::backends,
             "switchyard:policy/metrics@0.3.0": crate::http::switchyard::policy::metrics,
+            "switchyard:policy/http-client@0.3.0": crate::http::switchyard::policy::http_client,
         },
         pub_export_macro: true,
         export_macro_name: "export_http_policy_with_response",
@@ -87,6 +88,7 @@ pub mod http_with_body {
             "switchyard:policy/kv@0.3.0": crate::http::switchyard::policy::kv,
             "switchyard:policy/backends@0.3.0": crate::http::switchyard::policy::backends,
             "switchyard:policy/metrics@0.3.0": crate::http::switchyard::policy::metrics,
+            "switchyard:policy/http-client@0.3.0": crate::http::switchyard::policy::http_client,
         },
         pub_export_macro: true,
         export_macro_name: "export_http_policy_with_body",
@@ -110,6 +112,7 @@ pub mod http_with_log {
             "switchyard:policy/kv@0.3.0": crate::http::switchyard::policy::kv,
             "switchyard:policy/backends@0.3.0": crate::http::switchyard::policy::backends,
             "switchyard:policy/metrics@0.3.0": crate::http::switchyard::policy::metrics,
+            "switchyard:policy/http-client@0.3.0": crate::http::switchyard::policy::http_client,
         },
         pub_export_macro: true,
         export_macro_name: "export_http_policy_with_log",
@@ -133,6 +136,7 @@ pub mod connection {
             "switchyard:policy/kv@0.3.0": crate::http::switchyard::policy::kv,
             "switchyard:policy/backends@0.3.0": crate::http::switchyard::policy::backends,
             "switchyard:policy/metrics@0.3.0": crate::http::switchyard::policy::metrics,
+            "switchyard:policy/http-client@0.3.0": crate::http::switchyard::policy::http_client,
         },
         pub_export_macro: true,
         export_macro_name: "export_connection_policy",
@@ -174,6 +178,59 @@ pub mod random {
 /// `switchyard_policy_<policy>_<name>`; define them in `init`.
 pub mod metrics {
     pub use crate::http::switchyard::policy::metrics::*;
+}
+
+/// Host imports: requests to other services ([`call::http_call`]), through
+/// the host's client, to the pools the listener's `policy_call_pools`
+/// lists. The guest waits for the answer; the worker does not.
+pub mod call {
+    use crate::Header;
+    pub use crate::http::switchyard::policy::http_client::{
+        CallError, IncomingResponse, OutgoingRequest, http_call,
+    };
+
+    /// A request with no headers and no body.
+    pub fn request(method: &str, path: &str) -> OutgoingRequest {
+        OutgoingRequest {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    impl OutgoingRequest {
+        /// Adds a header.
+        pub fn header(mut self, name: &str, value: &str) -> Self {
+            self.headers.push(Header {
+                name: name.to_owned(),
+                value: value.to_owned(),
+            });
+            self
+        }
+        /// Sets the body.
+        pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+            self.body = body.into();
+            self
+        }
+    }
+
+    impl IncomingResponse {
+        /// The first value of a header (case-insensitive).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value.as_str())
+        }
+        /// Every value of a header, in order.
+        pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
+            self.headers
+                .iter()
+                .filter(move |h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value.as_str())
+        }
+    }
 }
 
 /// Host imports: the backends of a pool, for policies that pick one.

@@ -46,7 +46,7 @@ pub(super) fn listener(
     common_checks(&key, &l, pools, problems);
     foreign_keys(&key, &l, problems);
     let settings = match l.protocol {
-        Protocol::Http => ProtocolSettings::Http(Box::new(http(&key, &l, base, problems))),
+        Protocol::Http => ProtocolSettings::Http(Box::new(http(&key, &l, pools, base, problems))),
         Protocol::Tcp => ProtocolSettings::Tcp(tcp(&key, &l, problems)),
         Protocol::Udp => ProtocolSettings::Udp(udp(&key, &l, problems)),
     };
@@ -109,6 +109,8 @@ fn foreign_keys(key: &str, l: &ListenerFile, problems: &mut Problems) {
         ("header_read_timeout_ms", l.header_read_timeout_ms.is_some()),
         ("max_request_body_bytes", l.max_request_body_bytes.is_some()),
         ("max_policy_body_bytes", l.max_policy_body_bytes.is_some()),
+        ("policy_call_pools", l.policy_call_pools.is_some()),
+        ("policy_call_timeout_ms", l.policy_call_timeout_ms.is_some()),
         ("max_header_bytes", l.max_header_bytes.is_some()),
         ("max_headers", l.max_headers.is_some()),
         (
@@ -181,8 +183,15 @@ fn protocol_name(p: Protocol) -> String {
 }
 
 /// `[listeners.NAME]` with `protocol = "http"`.
-fn http(key: &str, l: &ListenerFile, base: &Path, problems: &mut Problems) -> HttpSettings {
+fn http(
+    key: &str,
+    l: &ListenerFile,
+    pools: &BTreeMap<String, PoolConfig>,
+    base: &Path,
+    problems: &mut Problems,
+) -> HttpSettings {
     let k = |sub: &str| format!("{key}.{sub}");
+    let policy_call_pools = call_pools(key, l, pools, problems);
     let header_read = l.header_read_timeout_ms.unwrap_or(10_000);
     // The first byte's default is the head's: `ms` below still checks it.
     let trusted_proxies = trusted_proxies(key, l, problems);
@@ -210,6 +219,7 @@ fn http(key: &str, l: &ListenerFile, base: &Path, problems: &mut Problems) -> Ht
         ),
         tunnel_idle_timeout: ms("tunnel_idle_timeout_ms", l.tunnel_idle_timeout_ms, 300_000),
         idle_timeout: ms("idle_timeout_ms", l.idle_timeout_ms, 75_000),
+        policy_call_timeout: ms("policy_call_timeout_ms", l.policy_call_timeout_ms, 1_000),
         max_header_bytes: at_least(
             problems,
             &k("max_header_bytes"),
@@ -225,6 +235,7 @@ fn http(key: &str, l: &ListenerFile, base: &Path, problems: &mut Problems) -> Ht
         max_headers: l.max_headers.unwrap_or(100),
         max_request_body_bytes: l.max_request_body_bytes,
         max_policy_body_bytes: policy_body_cap(&k("max_policy_body_bytes"), l, problems),
+        policy_call_pools,
         http2_max_concurrent_streams: l.http2_max_concurrent_streams.unwrap_or(200),
         accept_proxy_protocol: l.accept_proxy_protocol,
         trusted_proxies,
@@ -232,6 +243,31 @@ fn http(key: &str, l: &ListenerFile, base: &Path, problems: &mut Problems) -> Ht
         normalize_path: l.normalize_path.unwrap_or(true),
         path_with_escaped_slashes: l.path_with_escaped_slashes.unwrap_or_default(),
     }
+}
+
+/// The pools a policy may call: pools of this configuration, and only
+/// with a policy to call them.
+fn call_pools(
+    key: &str,
+    l: &ListenerFile,
+    pools: &BTreeMap<String, PoolConfig>,
+    problems: &mut Problems,
+) -> Vec<String> {
+    let Some(named) = &l.policy_call_pools else {
+        return Vec::new();
+    };
+    if l.policy.is_none() {
+        problems.push(format!("{key}.policy_call_pools: set without a policy"));
+    }
+    for p in named {
+        if !pools.contains_key(p) {
+            problems.push(format!(
+                "{key}.policy_call_pools: no pool named {p:?} (pools: {})",
+                super::validate::names(pools)
+            ));
+        }
+    }
+    named.clone()
 }
 
 /// The most request or response body bytes a policy may read: 1 MiB

@@ -56,6 +56,10 @@ pub struct HttpSettings {
     pub max_request_body_bytes: Option<u64>,
     /// The most body bytes a policy may ask to read (request or response).
     pub max_policy_body_bytes: u64,
+    /// The pools the policy may send `http-call`s to.
+    pub policy_call_pools: Vec<String>,
+    /// The longest one `http-call` may take.
+    pub policy_call_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     /// Peers whose `X-Forwarded-For` (and PROXY header) is believed.

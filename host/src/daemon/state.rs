@@ -58,6 +58,19 @@ impl Daemon {
         }
     }
 
+    /// The pools an HTTP listener's policy sees, with the calls it may
+    /// make.
+    fn policy_directory(&self, cfg: &Listener<HttpSettings>) -> Arc<dyn crate::policy::Directory> {
+        if cfg.policy_call_pools.is_empty() {
+            return self.upstreams.clone();
+        }
+        Arc::new(crate::upstream::calls::PolicyCalls {
+            upstreams: self.upstreams.clone(),
+            allowed: cfg.policy_call_pools.clone(),
+            timeout: cfg.policy_call_timeout,
+        })
+    }
+
     pub(super) fn http_state(
         &self,
         name: &str,
@@ -95,6 +108,7 @@ impl Daemon {
                 .as_deref()
                 .and_then(|p| self.upstreams.pool(p))
                 .cloned(),
+            policy_directory: self.policy_directory(&cfg),
             config: cfg,
             policy,
             upstreams: self.upstreams.clone(),

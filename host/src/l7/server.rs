@@ -40,6 +40,9 @@ pub struct HttpState {
     pub config: Listener<HttpSettings>,
     pub policy: Option<Arc<Policy>>,
     pub upstreams: Arc<Upstreams>,
+    /// The pools as the policy sees them, with the calls it may make
+    /// (`policy_call_pools`): made once per state.
+    pub policy_directory: Arc<dyn Directory>,
     /// The listener's `pool`, looked up once per state (a state is
     /// published again whenever the pools change).
     pub default_pool: Option<Arc<crate::upstream::Pool>>,
@@ -168,7 +171,7 @@ impl Conn {
 
 impl HttpState {
     pub(super) fn directory(&self) -> Arc<dyn Directory> {
-        self.upstreams.clone()
+        self.policy_directory.clone()
     }
 }
 

@@ -12,9 +12,11 @@ pub mod http {
         path: "../wit",
         world: "switchyard:policy/http-policy",
         exports: { default: async },
-        // Reading a connection when none is lent traps the guest.
+        // Reading a connection when none is lent traps the guest; a call
+        // to another service suspends it.
         imports: {
             "switchyard:policy/types": trappable,
+            "switchyard:policy/http-client.http-call": async,
         },
         with: {
             "switchyard:policy/types.request-head": crate::policy::view::RequestHandle,
@@ -39,6 +41,7 @@ pub mod hooks {
             "switchyard:policy/kv": super::http::switchyard::policy::kv,
             "switchyard:policy/backends": super::http::switchyard::policy::backends,
             "switchyard:policy/metrics": super::http::switchyard::policy::metrics,
+            "switchyard:policy/http-client": super::http::switchyard::policy::http_client,
         },
     });
 }
@@ -57,6 +60,7 @@ pub mod connection {
             "switchyard:policy/kv": super::http::switchyard::policy::kv,
             "switchyard:policy/backends": super::http::switchyard::policy::backends,
             "switchyard:policy/metrics": super::http::switchyard::policy::metrics,
+            "switchyard:policy/http-client": super::http::switchyard::policy::http_client,
         },
     });
 }
@@ -102,4 +106,4 @@ pub mod v0_2 {
 }
 
 pub use http::switchyard::policy::types;
-pub use http::switchyard::policy::{backends, clock, kv, log, metrics, random};
+pub use http::switchyard::policy::{backends, clock, http_client, kv, log, metrics, random};

@@ -4,8 +4,14 @@
 //! tests and `switchyard check`.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 
+use super::bindings::http_client::{CallError, IncomingResponse, OutgoingRequest};
 use super::bindings::types::Backend;
+
+/// What an `http-call` comes back with, later.
+pub type CallFuture = Pin<Box<dyn Future<Output = Result<IncomingResponse, CallError>> + Send>>;
 
 /// Pools as a policy may see them.
 pub trait Directory: Send + Sync {
@@ -28,6 +34,14 @@ pub trait Directory: Send + Sync {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A policy's `http-call` to `pool`. The default allows none: only
+    /// a listener with `policy_call_pools` lends its policy a directory
+    /// that makes calls (`upstream/calls.rs`).
+    fn http_call(&self, pool: &str, _request: OutgoingRequest) -> CallFuture {
+        let why = format!("pool {pool:?}: this policy may call no pool here");
+        Box::pin(std::future::ready(Err(CallError::NotAllowed(why))))
     }
 }
 

@@ -11,7 +11,7 @@ use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{backends, clock, kv, log, metrics, random, types};
+use super::bindings::{backends, clock, http_client, kv, log, metrics, random, types};
 use super::directory::Directory;
 use super::kv::Namespace;
 
@@ -26,6 +26,9 @@ pub struct HostState {
     pub(crate) limits: MemoryLimiter,
     /// When the current call must have returned; read by the epoch callback.
     pub(crate) deadline: Instant,
+    /// The current call's waits on other services (`http-call`): its
+    /// deadline moves on by them.
+    pub(crate) waits: Arc<super::call::Waits>,
     wasi: WasiCtx,
     table: ResourceTable,
     /// The request, response and connection lent to the running call.
@@ -51,6 +54,7 @@ impl HostState {
             directory,
             limits: MemoryLimiter::new(memory_bytes),
             deadline: Instant::now(),
+            waits: Arc::default(),
             // Nothing is inherited or granted: no preopens, env, args, stdio.
             wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             table: ResourceTable::new(),
@@ -240,5 +244,22 @@ impl metrics::Host for HostState {
 impl backends::Host for HostState {
     fn for_pool(&mut self, pool: String) -> Option<Vec<types::Backend>> {
         self.directory.backends(&pool)
+    }
+}
+
+impl http_client::Host for HostState {
+    async fn http_call(
+        &mut self,
+        pool: String,
+        request: http_client::OutgoingRequest,
+    ) -> Result<http_client::IncomingResponse, http_client::CallError> {
+        let call = self.directory.http_call(&pool, request);
+        // The wait is not the guest's: its deadline moves on by it (the
+        // epoch callback's and the call's timer, through `waits`); the
+        // wall cap does not.
+        self.waits.begin();
+        let r = call.await;
+        self.waits.end();
+        r
     }
 }

@@ -132,9 +132,13 @@ impl Policy {
 
     /// A permit to hold an instance: at once when one is free, else after
     /// waiting in the bounded queue for at most `queue_timeout`.
-    pub(super) async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, PolicyError> {
+    /// With the permit, whether the call waited for it (its budget then
+    /// starts after the wait).
+    pub(super) async fn admit(
+        &self,
+    ) -> Result<(tokio::sync::SemaphorePermit<'_>, bool), PolicyError> {
         if let Ok(p) = self.permits.try_acquire() {
-            return Ok(p);
+            return Ok((p, false));
         }
         let overloaded = || {
             self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
@@ -154,7 +158,7 @@ impl Policy {
             return Err(overloaded());
         }
         match tokio::time::timeout(self.limits.queue_timeout, self.permits.acquire()).await {
-            Ok(Ok(p)) => Ok(p),
+            Ok(Ok(p)) => Ok((p, true)),
             _ => Err(overloaded()),
         }
     }
@@ -215,11 +219,22 @@ impl Policy {
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+            let data = ctx.data();
+            if Instant::now() >= data.deadline + data.waits.paused() {
+                return Ok(UpdateDeadline::Interrupt);
             }
+            // Yield, so that a long call does not hold the worker; the time
+            // until the runtime polls it again is not the guest's (under
+            // load it can be longer than the whole budget).
+            let waits = data.waits.clone();
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    waits.begin();
+                    tokio::task::yield_now().await;
+                    waits.end();
+                }),
+            ))
         });
         let budget = self.limits.init_timeout;
         let _busy = self.engine.ticker.busy(budget);
@@ -251,20 +266,23 @@ impl Policy {
         })
     }
 
-    /// A warm instance armed with the call budget: from `started` when one
-    /// was waiting (no clock read), from now when one had to be made (the
-    /// instantiation has its own budget and must not eat the call's). With
-    /// it, when the call must end: the guest's deadline or the wall-clock
-    /// cap, whichever comes first.
+    /// A warm instance armed with the call budget: from `budget_from` when
+    /// one was waiting (the call's start, or the end of its wait in the
+    /// queue), from now when one had to be made (the instantiation has its
+    /// own budget and must not eat the call's). With it, when the call must
+    /// end: the guest's deadline (moved on by the time it waits on other
+    /// services, `call::Waits`) or the wall cap from `started`, the
+    /// wall-clock cap, whichever comes first.
     pub(super) async fn checkout(
         &self,
         directory: &Arc<dyn Directory>,
         started: Instant,
-    ) -> Result<(Warm, tokio::time::Instant), PolicyError> {
+        budget_from: Instant,
+    ) -> Result<(Warm, Instant, Instant), PolicyError> {
         let wall = started + self.limits.max_call_wall;
         let warm = self.idle.lock().expect("idle instances").pop();
         let (mut warm, from) = match warm {
-            Some(w) => (w, started),
+            Some(w) => (w, budget_from),
             None => {
                 let made =
                     tokio::time::timeout_at(wall.into(), self.instantiate(directory.clone()))
@@ -276,8 +294,8 @@ impl Policy {
         warm.store.data_mut().directory = directory.clone();
         warm.calls += 1;
         Self::arm(&mut warm.store, from, self.limits.timeout);
-        let until = (from + self.limits.timeout).min(wall);
-        Ok((warm, until.into()))
+        warm.store.data().waits.reset();
+        Ok((warm, from + self.limits.timeout, wall))
     }
 
     /// The error of a call whose timer fired while the guest waited on

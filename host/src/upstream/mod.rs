@@ -1,6 +1,7 @@
 //! The upstream stage: pools, backends and the connections to them.
 
 mod budget;
+pub mod calls;
 pub mod client;
 pub mod framing;
 pub mod health;

@@ -51,6 +51,10 @@ pub struct ListenerFile {
     pub max_request_body_bytes: Option<u64>,
     /// http (default 1 MiB): the most body bytes a policy may read.
     pub max_policy_body_bytes: Option<u64>,
+    /// http: the pools the policy may send `http-call`s to.
+    pub policy_call_pools: Option<Vec<String>>,
+    /// http (default 1000): one `http-call`, response body included.
+    pub policy_call_timeout_ms: Option<u64>,
     /// http (default 65536).
     pub max_header_bytes: Option<usize>,
     /// http (default 100).

@@ -89,7 +89,7 @@ pub(super) fn handed_back<T>(
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ClientError::Connect(_) => f.write_str("cannot connect"),
+            ClientError::Connect(e) => write!(f, "cannot connect: {e}"),
             ClientError::Http(e) => e.fmt(f),
             ClientError::Request(why) => f.write_str(why),
             ClientError::Framing(why) => write!(f, "ambiguous response framing: {why}"),
