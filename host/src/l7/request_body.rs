@@ -20,25 +20,36 @@ use super::request_filter::{lend, settle};
 use super::server::{Conn, HttpState};
 use crate::policy::{ForwardAction, HttpDecision, OverLimit, ReadBody};
 
-/// The client's body once the request filter is done with it.
+/// The client's body once the request filter is done with it. The rare
+/// cases are boxed: a request that no policy read moves one `Incoming`.
 pub(super) enum ClientSide {
     /// Not read: `upstream_request` streams it (or reads a small one
     /// whole first, to keep for a resend).
     Unread(Incoming),
     /// Read whole for the policy: sent with a `Content-Length`, and kept
     /// for a resend.
-    Whole { body: Replay, fault: Arc<BodyFault> },
+    Whole(Box<Whole>),
     /// Over the policy's limit: what was read goes first, then the rest
     /// as it comes.
-    Prefix { read: Buffered, rest: ClientBody },
+    Prefix(Box<Prefix>),
+}
+
+pub(super) struct Whole {
+    pub(super) body: Replay,
+    pub(super) fault: Arc<BodyFault>,
+}
+
+pub(super) struct Prefix {
+    pub(super) read: Buffered,
+    pub(super) rest: ClientBody,
 }
 
 impl ClientSide {
     pub(super) fn is_end_stream(&self) -> bool {
         match self {
             ClientSide::Unread(b) => b.is_end_stream(),
-            ClientSide::Whole { body, .. } => body.data.is_empty() && body.trailers.is_none(),
-            ClientSide::Prefix { .. } => false,
+            ClientSide::Whole(w) => w.body.data.is_empty() && w.body.trailers.is_none(),
+            ClientSide::Prefix(_) => false,
         }
     }
 }
@@ -72,14 +83,14 @@ pub(super) async fn read_body(
         Gathered::Whole(body, fault) => {
             let mut req = Request::from_parts(parts, ());
             let d = on_request_body(&mut req, &body.data, &read, conn, state, ctx).await?;
-            Ok((req.map(|()| ClientSide::Whole { body, fault }), d))
+            Ok((req.map(|()| ClientSide::Whole(Box::new(Whole { body, fault }))), d))
         }
         Gathered::Over(read_so_far, rest) => {
             let f = over_limit(read.over_limit, limit, ctx)?;
-            let side = ClientSide::Prefix {
+            let side = ClientSide::Prefix(Box::new(Prefix {
                 read: read_so_far,
                 rest,
-            };
+            }));
             Ok((Request::from_parts(parts, side), HttpDecision::Forward(f)))
         }
         Gathered::Declared(incoming) => {

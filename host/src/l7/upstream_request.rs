@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
@@ -101,7 +102,7 @@ pub(super) fn upstream_request(
     let pool = &peer.pool;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let own_length = action.body.is_some() || matches!(body, ClientSide::Whole { .. });
+    let own_length = action.body.is_some() || matches!(body, ClientSide::Whole(_));
     let (mut headers, framed) =
         headers_to_send(parts.headers, upgrade, own_length, action, peer, conn, ctx);
     let version = if pool.config.http2 {
@@ -213,28 +214,32 @@ fn body_to_send(
 ) -> Wrapped {
     match (&action.body, body) {
         (None, ClientSide::Unread(body)) => client_body(body, may_resend, limit, state),
-        (None, ClientSide::Whole { mut body, fault }) => {
+        (None, ClientSide::Whole(whole)) => {
+            let super::request_body::Whole { mut body, fault } = *whole;
             // HTTP/1.1 sends trailers only after a chunked body.
             if !pool.config.http2 {
                 body.trailers = None;
             }
             read_whole(body, Some(fault))
         }
-        (None, ClientSide::Prefix { read, rest }) => Wrapped {
-            fault: Some(rest.fault.clone()),
-            body: Prefixed { first: read, rest }.boxed_unsync(),
-            unread: None,
-            replay: None,
-        },
+        (None, ClientSide::Prefix(prefix)) => {
+            let super::request_body::Prefix { read, rest } = *prefix;
+            Wrapped {
+                fault: Some(rest.fault.clone()),
+                body: Prefixed { first: read, rest }.boxed_unsync(),
+                unread: None,
+                replay: None,
+            }
+        }
         // The policy's body replaces the client's, read or not.
         (Some(new), side) => {
             let fault = match side {
-                ClientSide::Whole { fault, .. } => Some(fault),
-                ClientSide::Prefix { rest, .. } => Some(rest.fault),
+                ClientSide::Whole(w) => Some(w.fault),
+                ClientSide::Prefix(p) => Some(p.rest.fault),
                 ClientSide::Unread(_) => None,
             };
             let replay = Replay {
-                data: new.clone(),
+                data: Bytes::clone(new),
                 trailers: None,
             };
             read_whole(replay, fault)

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::PolicyError;
 use super::bindings::types::{LogSummary, ResponseBody};
-use super::call::{Hook, Loan, Output};
+use super::call::{Loan, OnLog, OnRequestBody, OnResponse};
 use super::decision::{self, HttpDecision, ResponseAction};
 use super::directory::Directory;
 use super::instances::Policy;
@@ -31,9 +31,9 @@ impl Policy {
             request: Some(request),
             ..Loan::default()
         };
-        let hook = Hook::RequestBody { body, context };
+        let hook = OnRequestBody { body, context };
         let called = self.call(directory, started, &mut loan, hook).await;
-        let r = called.and_then(Output::decision).and_then(|d| {
+        let r = called.and_then(|d| {
             decision::http(d, default_pool, directory.as_ref(), self.allowed_later())
                 .map_err(PolicyError::InvalidDecision)
         });
@@ -56,14 +56,10 @@ impl Policy {
             response: Some(response),
             connection: None,
         };
-        let hook = Hook::Response { body, context };
-        let r = match self.call(directory, started, &mut loan, hook).await {
-            Ok(Output::Action(a)) => {
-                decision::response_action(a).map_err(PolicyError::InvalidDecision)
-            }
-            Ok(_) => Err(PolicyError::Trap("on-response returned no action".into())),
-            Err(e) => Err(e),
-        };
+        let hook = OnResponse { body, context };
+        let called = self.call(directory, started, &mut loan, hook).await;
+        let r = called
+            .and_then(|a| decision::response_action(a).map_err(PolicyError::InvalidDecision));
         self.record(started, r).0
     }
 
@@ -82,14 +78,11 @@ impl Policy {
             request: Some(request),
             ..Loan::default()
         };
-        let hook = Hook::Log {
+        let hook = OnLog {
             context,
             summary: &summary,
         };
-        let r = self
-            .call(directory, started, &mut loan, hook)
-            .await
-            .map(|_| ());
+        let r = self.call(directory, started, &mut loan, hook).await;
         self.record(started, r)
     }
 }

@@ -28,7 +28,7 @@ pub struct HostState {
     pub(crate) deadline: Instant,
     /// The current call's waits on other services (`http-call`): its
     /// deadline moves on by them.
-    pub(crate) waits: Arc<super::call::Waits>,
+    pub(crate) waits: Arc<super::waits::Waits>,
     wasi: WasiCtx,
     table: ResourceTable,
     /// The request, response and connection lent to the running call.

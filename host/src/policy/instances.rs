@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::call::{Hook, Loan, Output};
+use super::call::{Loan, OnConnect, OnRequest};
 use super::decision::{self, Allowed, ConnDecision, HttpDecision};
 use super::directory::Directory;
 use super::engine::{Compiled, Limits, PolicyEngine};
@@ -29,6 +29,8 @@ use super::{PolicyError, PolicyKind};
 pub(super) struct Warm {
     pub(super) store: Store<HostState>,
     pub(super) bindings: Bindings,
+    /// The store's `waits`, reachable while the store is lent to a call.
+    pub(super) waits: Arc<super::waits::Waits>,
     calls: u64,
     _live: Live,
 }
@@ -259,6 +261,7 @@ impl Policy {
         // Out of time while waiting in WASI: the epoch only stops wasm code.
         .unwrap_or(Err(PolicyError::Timeout(budget)))?;
         Ok(Warm {
+            waits: store.data().waits.clone(),
             store,
             bindings: made,
             calls: 0,
@@ -294,7 +297,7 @@ impl Policy {
         warm.store.data_mut().directory = directory.clone();
         warm.calls += 1;
         Self::arm(&mut warm.store, from, self.limits.timeout);
-        warm.store.data().waits.reset();
+        warm.waits.reset();
         Ok((warm, from + self.limits.timeout, wall))
     }
 
@@ -366,10 +369,8 @@ impl Policy {
             response: None,
             connection: Some(conn.clone()),
         };
-        let called = self
-            .call(directory, started, &mut loan, Hook::Request)
-            .await;
-        let r = called.and_then(Output::decision).and_then(|d| {
+        let called = self.call(directory, started, &mut loan, OnRequest).await;
+        let r = called.and_then(|d| {
             let allowed = Allowed {
                 read_body: self.pre.has_body_hook(),
                 inspect_response: self.pre.has_response_hook(),
@@ -411,15 +412,11 @@ impl Policy {
             connection: Some(conn.clone()),
             ..Loan::default()
         };
-        let r = match self
-            .call(directory, started, &mut loan, Hook::Connect)
-            .await
-        {
-            Ok(Output::Connect(d)) => decision::connection(d, default_pool, directory.as_ref())
-                .map_err(PolicyError::InvalidDecision),
-            Ok(_) => Err(PolicyError::Trap("on-connect returned no decision".into())),
-            Err(e) => Err(e),
-        };
+        let called = self.call(directory, started, &mut loan, OnConnect).await;
+        let r = called.and_then(|d| {
+            decision::connection(d, default_pool, directory.as_ref())
+                .map_err(PolicyError::InvalidDecision)
+        });
         self.record(started, r)
     }
 }

@@ -36,6 +36,7 @@ mod stats;
 pub mod ticker;
 mod v0_2;
 pub mod view;
+mod waits;
 mod worlds;
 
 use std::path::PathBuf;

@@ -61,8 +61,10 @@ pub struct ForwardAction {
     pub inspect_response: bool,
     /// Handed to the request's later hooks (at most [`MAX_CONTEXT_BYTES`]).
     pub context: Option<Vec<u8>>,
-    /// The request body to send instead of the client's.
-    pub body: Option<Bytes>,
+    /// The request body to send instead of the client's (boxed: a
+    /// forward decision is moved along the request path, and this is
+    /// rare).
+    pub body: Option<Box<Bytes>>,
     /// With `inspect_response`: read this much of the upstream body for
     /// the response hook (before the listener's cap).
     pub response_body_limit: Option<u32>,
@@ -316,7 +318,7 @@ fn forward(
         request_headers: edits(&f.request_headers)?,
         response_headers: edits(&f.response_headers)?,
         inspect_response: f.inspect_response,
-        body: f.body.map(Bytes::from),
+        body: f.body.map(|b| Box::new(Bytes::from(b))),
         response_body_limit: f.response_body_limit,
     })
 }
@@ -431,7 +433,7 @@ impl ForwardAction {
             "response_headers": f.response_headers.iter().map(HeaderEdit::to_json).collect::<Vec<_>>(),
             "inspect_response": f.inspect_response,
             "context": f.context.as_deref().map(String::from_utf8_lossy),
-            "body": f.body.as_deref().map(String::from_utf8_lossy),
+            "body": f.body.as_deref().map(|b| String::from_utf8_lossy(b)),
             "response_body_limit": f.response_body_limit,
         })
     }
