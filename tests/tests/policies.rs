@@ -169,6 +169,8 @@ fn every_example_policy_has_a_test() {
         "header-canary",
         // Through a real listener: tests/tests/bodies.rs.
         "json-router",
+        // Through a real listener: tests/tests/jwt.rs.
+        "jwt-auth",
         // Through a real listener: tests/tests/policy_api.rs.
         "latency-aware",
         "path-router",
@@ -193,7 +195,7 @@ fn every_example_policy_has_a_test() {
     found.sort();
     assert_eq!(
         found, TESTED,
-        "an example policy has no test in tests/tests/policies.rs (or policy_api.rs, bodies.rs, calls.rs)"
+        "an example policy has no test in tests/tests/policies.rs (or policy_api.rs, bodies.rs, calls.rs, jwt.rs)"
     );
 }
 
