@@ -86,10 +86,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Policy(PolicyCommand::Test(t)) => match runtime.block_on(cli::policy_test(&t)) {
-            Ok(decision) => {
+            Ok(cli::Tested::Decision(decision)) => {
                 println!("{decision}");
                 ExitCode::SUCCESS
             }
+            Ok(cli::Tested::Cases { failed: 0 }) => ExitCode::SUCCESS,
+            Ok(cli::Tested::Cases { .. }) => ExitCode::FAILURE,
             Err(e) => {
                 eprintln!("switchyard: {e:#}");
                 ExitCode::FAILURE

@@ -263,3 +263,135 @@ fn check_initialises_a_policy_with_its_listener_policy_config() {
     let e = stderr(&o);
     assert!(e.contains("must start with '/'"), "{e}");
 }
+
+#[test]
+fn policy_test_cases_print_a_table_and_a_mismatch_fails() {
+    require("policies/path-router.wasm");
+    let dir = temp_dir("cases");
+    let good = r#"{"request": {"method": "GET", "path": "/api/x", "headers": [["host", "a.test"]]}, "expect": {"forward": {"pool": "api"}}}"#;
+    let also = r#"{"name": "strip", "request": {"path": "/images/a.png"}, "expect": {"forward": {"pool": "images", "path": "/a.png"}}}"#;
+    let wrong = r#"{"name": "deliberately wrong", "request": {"path": "/api/x"}, "expect": {"forward": {"pool": "images"}}}"#;
+    let file = dir.join("cases.jsonl");
+    std::fs::write(&file, format!("{good}\n{also}\n{wrong}\n")).unwrap();
+    let run = |f: &Path| {
+        switchyard(&[
+            "policy",
+            "test",
+            "policies/path-router.wasm",
+            "--cases",
+            f.to_str().unwrap(),
+        ])
+    };
+    let o = run(&file);
+    assert!(!o.status.success(), "a mismatch fails the run");
+    let out = stdout(&o);
+    assert!(
+        out.contains(":1  GET /api/x") && out.starts_with("ok "),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL") && out.contains(":3  deliberately wrong"),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"expected {"forward":{"pool":"images"}}"#),
+        "{out}"
+    );
+    assert!(out.contains("2 passed, 1 failed"), "{out}");
+    std::fs::write(&file, format!("{good}\n{also}\n")).unwrap();
+    let o = run(&file);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(stdout(&o).contains("2 passed, 0 failed"));
+    std::fs::write(&file, "{\"request\": {}}\n").unwrap();
+    let o = run(&file);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("cases.jsonl:1: not a case"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Every example policy ships a `cases.jsonl` beside its source, and they
+/// all pass against the built policy (the Python, JavaScript and C
+/// `path-router`s run the Rust one's, when `SWITCHYARD_LANGS` built them).
+#[test]
+fn every_example_ships_cases_that_pass() {
+    let mut ran = 0;
+    for e in std::fs::read_dir(repo().join("guest-examples")).unwrap() {
+        let dir = e.unwrap().path();
+        let manifest = dir.join("Cargo.toml");
+        if !manifest.is_file()
+            || !std::fs::read_to_string(&manifest)
+                .unwrap()
+                .contains("cdylib")
+        {
+            continue;
+        }
+        let name = dir.file_name().unwrap().to_str().unwrap().to_owned();
+        let cases = dir.join("cases.jsonl");
+        assert!(cases.is_file(), "guest-examples/{name} has no cases.jsonl");
+        let wasm = format!("policies/{name}.wasm");
+        require(&wasm);
+        let o = switchyard(&["policy", "test", &wasm, "--cases", cases.to_str().unwrap()]);
+        assert!(o.status.success(), "{name}:\n{}{}", stdout(&o), stderr(&o));
+        ran += 1;
+    }
+    assert!(ran >= 13, "only {ran} examples");
+    let cases = repo().join("guest-examples/path-router/cases.jsonl");
+    for lang in ["py", "js", "c"] {
+        let wasm = format!("policies/path-router-{lang}.wasm");
+        if !repo().join(&wasm).is_file() {
+            eprintln!("skipped: {wasm} is not built (SWITCHYARD_LANGS)");
+            continue;
+        }
+        let o = switchyard(&[
+            "policy",
+            "test",
+            &wasm,
+            "--config",
+            "policies/path-router.json",
+            "--cases",
+            cases.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{wasm}:\n{}{}", stdout(&o), stderr(&o));
+    }
+}
+
+#[test]
+fn policy_test_runs_the_body_and_response_hooks_it_is_given() {
+    require("policies/json-router.wasm");
+    require("policies/error-pages.wasm");
+    let dir = temp_dir("body");
+    let body = dir.join("body.json");
+    std::fs::write(&body, r#"{"tenant": "b"}"#).unwrap();
+    let o = switchyard(&[
+        "policy",
+        "test",
+        "policies/json-router.wasm",
+        "--request",
+        "POST /orders",
+        "--body",
+        body.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["forward"]["pool"], "pool_b");
+    assert_eq!(v["read_body"]["limit"], 65536);
+    let o = switchyard(&[
+        "policy",
+        "test",
+        "policies/error-pages.wasm",
+        "--response",
+        "503",
+        "--response-header",
+        "x-from: backend",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["on_response"]["replace"]["status"], 503);
+    assert_eq!(
+        v["on_response"]["replace"]["body"],
+        "<h1>Busy, try again soon</h1>"
+    );
+}

@@ -95,10 +95,16 @@ async fn jwt_auth_checks_hs256_signature_expiry_issuer_and_audience() {
     assert_eq!(subs, ["alice"], "the token's subject, never the client's");
     let refused = [
         ("expired", hs256(&claims("alice", ISSUER, -3600), SECRET)),
-        ("wrong issuer", hs256(&claims("alice", "https://evil.test", 300), SECRET)),
+        (
+            "wrong issuer",
+            hs256(&claims("alice", "https://evil.test", 300), SECRET),
+        ),
         (
             "badly signed",
-            hs256(&claims("alice", ISSUER, 300), "another-secret-of-more-than-32-bytes"),
+            hs256(
+                &claims("alice", ISSUER, 300),
+                "another-secret-of-more-than-32-bytes",
+            ),
         ),
         ("not a token", "abc.def.ghi".to_owned()),
     ];
@@ -106,13 +112,20 @@ async fn jwt_auth_checks_hs256_signature_expiry_issuer_and_audience() {
         let got = with_token(&h, &token).await;
         assert_eq!(got.status, 401, "{what}");
         assert!(
-            got.headers["www-authenticate"].to_str().unwrap().starts_with("Bearer"),
+            got.headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer"),
             "{what}"
         );
     }
     let got = h.get("l", "/").await;
     assert_eq!(got.status, 401, "no token");
-    assert_eq!(h.backend("web").seen().len(), 1, "only the valid token passed");
+    assert_eq!(
+        h.backend("web").seen().len(),
+        1,
+        "only the valid token passed"
+    );
 }
 
 #[tokio::test]
@@ -128,7 +141,10 @@ async fn jwt_auth_checks_es256_tokens_against_its_jwks() {
     assert_eq!(h.backend("web").seen()[0].headers["x-jwt-sub"], "bob");
     let refused = [
         ("expired", es256(&claims("bob", ISSUER, -3600), &key, "k1")),
-        ("wrong issuer", es256(&claims("bob", "https://evil.test", 300), &key, "k1")),
+        (
+            "wrong issuer",
+            es256(&claims("bob", "https://evil.test", 300), &key, "k1"),
+        ),
         ("signed by another key", es256(&good, &other_key, "k1")),
         ("unknown kid", es256(&good, &key, "k2")),
         // No HS256 secret is configured: an HS256 token, whatever it is

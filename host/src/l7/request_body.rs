@@ -83,7 +83,10 @@ pub(super) async fn read_body(
         Gathered::Whole(body, fault) => {
             let mut req = Request::from_parts(parts, ());
             let d = on_request_body(&mut req, &body.data, &read, conn, state, ctx).await?;
-            Ok((req.map(|()| ClientSide::Whole(Box::new(Whole { body, fault }))), d))
+            Ok((
+                req.map(|()| ClientSide::Whole(Box::new(Whole { body, fault }))),
+                d,
+            ))
         }
         Gathered::Over(read_so_far, rest) => {
             let f = over_limit(read.over_limit, limit, ctx)?;

@@ -158,7 +158,9 @@ impl Hook for OnLog<'_> {
         _kind: PolicyKind,
     ) -> wasmtime::Result<()> {
         match bindings {
-            Bindings::Http { log: Some(hook), .. } => {
+            Bindings::Http {
+                log: Some(hook), ..
+            } => {
                 hook.call_on_log(store, handle(), self.context, self.summary)
                     .await
             }

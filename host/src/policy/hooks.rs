@@ -58,8 +58,8 @@ impl Policy {
         };
         let hook = OnResponse { body, context };
         let called = self.call(directory, started, &mut loan, hook).await;
-        let r = called
-            .and_then(|a| decision::response_action(a).map_err(PolicyError::InvalidDecision));
+        let r =
+            called.and_then(|a| decision::response_action(a).map_err(PolicyError::InvalidDecision));
         self.record(started, r).0
     }
 

@@ -410,13 +410,32 @@ impl HttpDecision {
                 },
                 "context": r.context.as_deref().map(String::from_utf8_lossy),
             }}),
-            HttpDecision::Respond(r) => json!({"respond": {
-                "status": r.status.as_u16(),
-                "headers": r.headers.iter()
-                    .map(|(n, v)| [n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()])
-                    .collect::<Vec<_>>(),
-                "body": String::from_utf8_lossy(&r.body),
-            }}),
+            HttpDecision::Respond(r) => json!({"respond": r.to_json()}),
+        }
+    }
+}
+
+impl DirectResponse {
+    fn to_json(&self) -> Value {
+        json!({
+            "status": self.status.as_u16(),
+            "headers": self.headers.iter()
+                .map(|(n, v)| [n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()])
+                .collect::<Vec<_>>(),
+            "body": String::from_utf8_lossy(&self.body),
+        })
+    }
+}
+
+impl ResponseAction {
+    /// The response hook's action as `policy test` prints it.
+    pub fn to_json(&self) -> Value {
+        match self {
+            ResponseAction::Edit(edits) => {
+                json!({"edit": edits.iter().map(HeaderEdit::to_json).collect::<Vec<_>>()})
+            }
+            ResponseAction::Replace(r) => json!({"replace": r.to_json()}),
+            ResponseAction::Retry => json!("retry"),
         }
     }
 }

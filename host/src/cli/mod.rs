@@ -1,4 +1,8 @@
-//! Command line: `run`, `check` and `policy test`.
+//! Command line: `run`, `check` and `policy test` (one request, or a
+//! file of cases: `cases.rs`; both through `exchange.rs`).
+
+mod cases;
+mod exchange;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,7 +65,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Run one hook of a policy offline and print its decision as JSON.
-    Test(PolicyTest),
+    Test(Box<PolicyTest>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,6 +94,30 @@ pub struct PolicyTest {
     /// against (and that the `backends` import lists).
     #[arg(long)]
     pub pools: Option<PathBuf>,
+    /// A file whose bytes are the request body, for a policy that reads
+    /// it (`read-body`).
+    #[arg(long)]
+    pub body: Option<PathBuf>,
+    /// The upstream response's status: runs the response hook when the
+    /// decision asks for it.
+    #[arg(long)]
+    pub response: Option<u16>,
+    /// An upstream response header, "name: value" (repeatable).
+    #[arg(long = "response-header")]
+    pub response_headers: Vec<String>,
+    /// Run every case of this file (JSON lines: request, optional
+    /// response and canned calls, expected decision) instead of one
+    /// request; prints a table and fails when any case does not match.
+    #[arg(long, conflicts_with_all = ["request", "headers", "sni", "body", "response"])]
+    pub cases: Option<PathBuf>,
+}
+
+/// What `policy test` found.
+pub enum Tested {
+    /// One run's decision, as one line of JSON.
+    Decision(serde_json::Value),
+    /// A cases file: how many did not match (the table is printed).
+    Cases { failed: usize },
 }
 
 fn engine_for(config: Option<&Config>) -> anyhow::Result<Arc<PolicyEngine>> {
@@ -157,8 +185,16 @@ fn parse_request(t: &PolicyTest) -> anyhow::Result<RequestView> {
     })
 }
 
-/// `switchyard policy test`: the decision as one line of JSON.
-pub async fn policy_test(t: &PolicyTest) -> anyhow::Result<serde_json::Value> {
+fn name_value(h: &str, flag: &str) -> anyhow::Result<(String, String)> {
+    let (name, value) = h
+        .split_once(':')
+        .with_context(|| format!("{flag} must look like \"name: value\": {h:?}"))?;
+    Ok((name.trim().to_owned(), value.trim().to_owned()))
+}
+
+/// `switchyard policy test`: one request's decision, or a cases file's
+/// table.
+pub async fn policy_test(t: &PolicyTest) -> anyhow::Result<Tested> {
     let pools = t.pools.as_deref().map(Config::load).transpose()?;
     let engine = engine_for(pools.as_ref())?;
     let directory: Arc<dyn Directory> = match &pools {
@@ -175,21 +211,29 @@ pub async fn policy_test(t: &PolicyTest) -> anyhow::Result<serde_json::Value> {
         t.config.as_deref(),
         policy::FileCaps::default(),
     )?;
-    let expected = if t.sni.is_some() {
-        PolicyKind::Connection
-    } else {
-        PolicyKind::Http
+    // A cases file runs whichever world the component is.
+    let expected = match (&t.cases, &t.sni) {
+        (Some(_), _) => None,
+        (None, Some(_)) => Some(PolicyKind::Connection),
+        (None, None) => Some(PolicyKind::Http),
     };
     let loaded = engine
         .load_bytes(
             &t.file,
             wasm,
             config,
-            Some(expected),
+            expected,
             Limits::default(),
             directory.clone(),
         )
         .await?;
+    if let Some(cases) = &t.cases {
+        let text = std::fs::read_to_string(cases)
+            .with_context(|| format!("cannot read {}", cases.display()))?;
+        let name = cases.display().to_string();
+        let failed = cases::run(&loaded, &name, &text, t.pool.as_deref(), &directory).await?;
+        return Ok(Tested::Cases { failed });
+    }
     let client_ip: std::net::IpAddr = t
         .client
         .parse()
@@ -209,15 +253,44 @@ pub async fn policy_test(t: &PolicyTest) -> anyhow::Result<serde_json::Value> {
     });
     let conn = Arc::new(conn);
     if t.sni.is_some() {
-        Ok(loaded
-            .on_connect(&conn, t.pool.as_deref(), &directory)
-            .await?
-            .to_json())
-    } else {
-        let mut request = parse_request(t)?;
-        Ok(loaded
-            .on_request(&mut request, &conn, t.pool.as_deref(), &directory)
-            .await?
-            .to_json())
+        return Ok(Tested::Decision(
+            loaded
+                .on_connect(&conn, t.pool.as_deref(), &directory)
+                .await?
+                .to_json(),
+        ));
     }
+    let mut request = parse_request(t)?;
+    let extras = exchange::Extras {
+        body: match &t.body {
+            Some(f) => Some(
+                std::fs::read(f)
+                    .with_context(|| format!("cannot read {}", f.display()))?
+                    .into(),
+            ),
+            None => None,
+        },
+        response: match t.response {
+            Some(status) => Some(exchange::GivenResponse {
+                status,
+                headers: t
+                    .response_headers
+                    .iter()
+                    .map(|h| name_value(h, "--response-header"))
+                    .collect::<anyhow::Result<_>>()?,
+                body: String::new(),
+            }),
+            None => None,
+        },
+    };
+    let out = exchange::run(
+        &loaded,
+        &mut request,
+        &conn,
+        t.pool.as_deref(),
+        &directory,
+        &extras,
+    )
+    .await?;
+    Ok(Tested::Decision(out))
 }

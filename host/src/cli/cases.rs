@@ -1,0 +1,206 @@
+//! `switchyard policy test --cases FILE.jsonl`: unit tests for a policy,
+//! without a proxy. Each line is one case: a request (with an optional
+//! body, upstream response and canned `http-call` answers) and the
+//! decision expected, in the JSON `policy test` prints; a field left out
+//! of `expect` is not checked. The cases run in order on one loaded
+//! policy (its KV store carries over from case to case).
+//!
+//! ```json
+//! {"request": {"method": "GET", "path": "/api/x", "headers": [["host", "a.test"]]},
+//!  "expect": {"forward": {"pool": "api"}}}
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::exchange::{self, CannedCalls, Extras, GivenResponse};
+use crate::policy::{ConnectionInfo, Directory, Policy, RequestView, types};
+
+/// One line of a cases file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    /// Shown in the table (default: the request line).
+    name: Option<String>,
+    request: CaseRequest,
+    /// The upstream response, for a decision that inspects it.
+    response: Option<GivenResponse>,
+    /// Canned answers to the policy's `http-call`s, by pool.
+    #[serde(default)]
+    calls: BTreeMap<String, GivenResponse>,
+    /// For a connection policy: the TLS server name the client sent; the
+    /// case runs `on-connect` (its `request` gives only the client).
+    sni: Option<String>,
+    expect: Value,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseRequest {
+    #[serde(default = "get")]
+    method: String,
+    #[serde(default = "root")]
+    path: String,
+    /// Name/value pairs, so a field may repeat.
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    /// The client's IP address (default 127.0.0.1).
+    client: Option<String>,
+    /// The request body, for a policy that reads it.
+    body: Option<String>,
+}
+
+fn get() -> String {
+    "GET".to_owned()
+}
+
+fn root() -> String {
+    "/".to_owned()
+}
+
+/// Whether `got` has everything `want` says: objects by the keys `want`
+/// names, arrays element by element and of the same length, anything
+/// else equal.
+pub fn matches(want: &Value, got: &Value) -> bool {
+    match (want, got) {
+        (Value::Object(w), Value::Object(g)) => w
+            .iter()
+            .all(|(k, wv)| g.get(k).is_some_and(|gv| matches(wv, gv))),
+        (Value::Array(w), Value::Array(g)) => {
+            w.len() == g.len() && w.iter().zip(g).all(|(wv, gv)| matches(wv, gv))
+        }
+        _ => want == got,
+    }
+}
+
+/// Runs every case of `text` (`file` names it in messages) and prints a
+/// table; returns how many failed.
+pub async fn run(
+    policy: &Policy,
+    file: &str,
+    text: &str,
+    pool: Option<&str>,
+    directory: &Arc<dyn Directory>,
+) -> anyhow::Result<usize> {
+    let (mut passed, mut failed) = (0, 0);
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with("//") {
+            continue;
+        }
+        let n = i + 1;
+        let case: Case =
+            serde_json::from_str(line).with_context(|| format!("{file}:{n}: not a case"))?;
+        let label = case
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{} {}", case.request.method, case.request.path));
+        match one(policy, &case, pool, directory).await {
+            Ok(got) if matches(&case.expect, &got) => {
+                passed += 1;
+                println!("ok    {file}:{n}  {label}");
+            }
+            Ok(got) => {
+                failed += 1;
+                println!("FAIL  {file}:{n}  {label}");
+                println!("      expected {}", case.expect);
+                println!("      got      {got}");
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL  {file}:{n}  {label}");
+                println!("      expected {}", case.expect);
+                println!("      error    {e:#}");
+            }
+        }
+    }
+    if passed + failed == 0 {
+        bail!("{file}: no cases");
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(failed)
+}
+
+async fn one(
+    policy: &Policy,
+    case: &Case,
+    pool: Option<&str>,
+    directory: &Arc<dyn Directory>,
+) -> anyhow::Result<Value> {
+    let r = &case.request;
+    let mut headers: Vec<(&str, &str)> = r
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        headers.insert(0, ("host", "localhost"));
+    }
+    let mut request = RequestView::build(&r.method, &r.path, &headers)
+        .with_context(|| format!("not a valid request: {} {}", r.method, r.path))?;
+    let client: std::net::IpAddr = r
+        .client
+        .as_deref()
+        .unwrap_or("127.0.0.1")
+        .parse()
+        .context("request.client is not an IP address")?;
+    let mut conn = ConnectionInfo::new(
+        std::net::SocketAddr::new(client, 40000),
+        "127.0.0.1:8080".parse().expect("an address"),
+        "policy-test",
+        pool,
+        types::Transport::Tcp,
+    );
+    if let Some(sni) = &case.sni {
+        conn.tls = Some(types::TlsInfo {
+            sni: Some(sni.to_ascii_lowercase()),
+            alpn: None,
+            version: None,
+            client_subject: None,
+        });
+        let conn = Arc::new(conn);
+        return Ok(policy.on_connect(&conn, pool, directory).await?.to_json());
+    }
+    let conn = Arc::new(conn);
+    let directory: Arc<dyn Directory> = Arc::new(CannedCalls {
+        inner: directory.clone(),
+        calls: case.calls.clone(),
+    });
+    let extras = Extras {
+        body: r.body.as_ref().map(|b| Bytes::from(b.clone())),
+        response: case.response.clone(),
+    };
+    exchange::run(policy, &mut request, &conn, pool, &directory, &extras).await
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::matches;
+
+    #[test]
+    fn a_field_left_out_is_not_checked_and_a_wrong_one_fails() {
+        let got = json!({"forward": {"pool": "api", "path": "/x", "request_headers": []}});
+        assert!(matches(&json!({"forward": {"pool": "api"}}), &got));
+        assert!(matches(&json!({"forward": {}}), &got));
+        assert!(!matches(&json!({"forward": {"pool": "web"}}), &got));
+        assert!(!matches(&json!({"respond": {}}), &got));
+        assert!(!matches(
+            &json!({"forward": {"request_headers": [1]}}),
+            &got
+        ));
+        assert!(matches(
+            &json!({"forward": {"pool": null}}),
+            &json!({"forward": {"pool": null}})
+        ));
+        assert!(!matches(
+            &json!({"forward": {"pool": null}}),
+            &json!({"forward": {}})
+        ));
+    }
+}
