@@ -44,35 +44,13 @@ pub(super) struct Prefix {
     pub(super) rest: ClientBody,
 }
 
-/// The client's body as the phases after the decision take it: hyper's
-/// own, which no policy read (the common case, never wrapped until it is
-/// sent), or what the body phase left.
-pub(super) trait IntoClientSide: Send + 'static {
-    fn nothing_to_send(&self) -> bool;
-    fn into_side(self) -> ClientSide;
-}
-
-impl IntoClientSide for Incoming {
-    fn nothing_to_send(&self) -> bool {
-        Body::is_end_stream(self)
-    }
-
-    fn into_side(self) -> ClientSide {
-        ClientSide::Unread(self)
-    }
-}
-
-impl IntoClientSide for ClientSide {
-    fn nothing_to_send(&self) -> bool {
+impl ClientSide {
+    pub(super) fn is_end_stream(&self) -> bool {
         match self {
-            ClientSide::Unread(b) => Body::is_end_stream(b),
+            ClientSide::Unread(b) => b.is_end_stream(),
             ClientSide::Whole(w) => w.body.data.is_empty() && w.body.trailers.is_none(),
             ClientSide::Prefix(_) => false,
         }
-    }
-
-    fn into_side(self) -> ClientSide {
-        self
     }
 }
 

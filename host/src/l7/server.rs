@@ -22,7 +22,7 @@ use super::context::Ctx;
 use super::error::ProxyError;
 use super::guard::InProgress;
 use super::hygiene;
-use super::request_body::IntoClientSide;
+use super::request_body::ClientSide;
 use super::request_filter;
 use super::response_filter::{self, Reply, response_filter};
 use super::upstream_peer::upstream_peer;
@@ -303,20 +303,6 @@ async fn handle(
     super::log_hook::attach(resp, state, &mut ctx)
 }
 
-/// The value of `$r`, or the error returned, with the request's URI kept
-/// for the failure's log line.
-macro_rules! fail {
-    ($ctx:expr, $r:expr, $uri:expr) => {
-        match $r {
-            Ok(v) => v,
-            Err(e) => {
-                $ctx.keep_uri($uri);
-                return Err(e);
-            }
-        }
-    };
-}
-
 /// The phases in order. Only the policy calls, a body read whole for a
 /// resend, and the exchange itself are awaited: a request without a
 /// policy builds no future for the filters. A failure keeps the request's
@@ -328,59 +314,50 @@ async fn proxy(
     ctx: &mut Ctx,
     open: InProgress,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    macro_rules! fail {
+        ($r:expr, $uri:expr) => {
+            match $r {
+                Ok(v) => v,
+                Err(e) => {
+                    ctx.keep_uri($uri);
+                    return Err(e);
+                }
+            }
+        };
+    }
     fail!(
-        ctx,
         request_filter::checks(&mut req, conn, state, ctx),
         req.uri()
     );
     let decision = match &state.policy {
         None => HttpDecision::Forward(ForwardAction::default()),
         Some(_) => fail!(
-            ctx,
             request_filter::on_request(&mut req, conn, state, ctx).await,
             req.uri()
         ),
     };
-    // A request whose body no policy reads goes on as hyper gave it, with
-    // nothing wrapped or moved (bench/count: each move of the request is
-    // a memcpy on every request).
-    match decision {
+    let (req, decision) = match decision {
         HttpDecision::ReadBody(read) => {
             let uri = req.uri().clone();
-            let (req, decision) = fail!(
-                ctx,
+            fail!(
                 super::request_body::read_body(req, read, conn, state, ctx).await,
                 &uri
-            );
-            decided(req, decision, conn, state, ctx, open).await
+            )
         }
-        d => decided(req, d, conn, state, ctx, open).await,
-    }
-}
-
-/// The phases after the decision, on the client's body as hyper gave it
-/// or as the body phase left it.
-async fn decided<B: IntoClientSide>(
-    req: Request<B>,
-    decision: HttpDecision,
-    conn: &Conn,
-    state: &Arc<HttpState>,
-    ctx: &mut Ctx,
-    open: InProgress,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let action = match fail!(ctx, request_filter::decided(decision, state), req.uri()) {
+        d => (req.map(ClientSide::Unread), d),
+    };
+    let action = match fail!(request_filter::decided(decision, state), req.uri()) {
         request_filter::Filtered::Respond(resp) => return Ok(resp),
         request_filter::Filtered::Forward(action) => action,
     };
-    let peer = fail!(ctx, upstream_peer(&action, &req, state, ctx), req.uri());
-    let upgrade = fail!(ctx, is_upgrade(&req, &peer.pool, &action), req.uri());
+    let peer = fail!(upstream_peer(&action, &req, state, ctx), req.uri());
+    let upgrade = fail!(is_upgrade(&req, &peer.pool, &action), req.uri());
     let (mut out, client_upgrade) =
         upstream_request(req, upgrade, &action, &peer, conn, state, ctx);
     if out.unread.is_some() {
-        fail!(ctx, read_replay(&mut out).await, &out.line.uri);
+        fail!(read_replay(&mut out).await, &out.line.uri);
     }
     let answered = fail!(
-        ctx,
         connect_and_retry(&mut out, &action, &peer, state, ctx).await,
         &out.line.uri
     );
@@ -396,7 +373,6 @@ async fn decided<B: IntoClientSide>(
     };
     if action.inspect_response {
         head = match fail!(
-            ctx,
             hook_response(head, &mut out, &action, &peer, conn, state, ctx).await,
             &out.line.uri
         ) {

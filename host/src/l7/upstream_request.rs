@@ -16,7 +16,7 @@ use super::context::Ctx;
 use super::error::ProxyError;
 use super::framing::Refusal;
 use super::hygiene;
-use super::request_body::{ClientSide, IntoClientSide};
+use super::request_body::ClientSide;
 use super::server::{Conn, HttpState};
 use super::upstream_peer::Peer;
 use crate::policy::ForwardAction;
@@ -64,15 +64,15 @@ fn idempotent(m: &Method) -> bool {
 /// HTTP/1.1 pools only (toward HTTP/2 its fields are hop-by-hop and
 /// removed), and never with a body: the backend could leave a body it
 /// did not read for the next request on that connection (400).
-pub(super) fn is_upgrade<B: IntoClientSide>(
-    req: &Request<B>,
+pub(super) fn is_upgrade(
+    req: &Request<ClientSide>,
     pool: &crate::upstream::Pool,
     action: &ForwardAction,
 ) -> Result<bool, ProxyError> {
     let upgrade = req.version() == Version::HTTP_11
         && !pool.config.http2
         && hygiene::is_upgrade(req.headers());
-    if upgrade && !req.body().nothing_to_send() {
+    if upgrade && !req.body().is_end_stream() {
         return Err(ProxyError::Refused(Refusal::BadRequest(
             "an upgrade request with a body",
         )));
@@ -90,8 +90,8 @@ pub(super) fn is_upgrade<B: IntoClientSide>(
 /// The request to send, and the client's side of an upgrade. Sync: only
 /// a body kept for a resend must be read first ([`read_replay`]).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn upstream_request<B: IntoClientSide>(
-    mut req: Request<B>,
+pub(super) fn upstream_request(
+    mut req: Request<ClientSide>,
     upgrade: bool,
     action: &ForwardAction,
     peer: &Peer,
@@ -102,7 +102,6 @@ pub(super) fn upstream_request<B: IntoClientSide>(
     let pool = &peer.pool;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let body = body.into_side();
     let own_length = action.body.is_some() || matches!(body, ClientSide::Whole(_));
     let (mut headers, framed) =
         headers_to_send(parts.headers, upgrade, own_length, action, peer, conn, ctx);
