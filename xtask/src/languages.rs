@@ -55,10 +55,13 @@ impl Lang {
     }
 
     fn source_dir(self) -> PathBuf {
-        root()
-            .join("guest-examples")
-            .join(self.name())
-            .join("path-router")
+        self.helper_dir().join("path-router")
+    }
+
+    /// Where the language's helper module lives (`switchyard.py`,
+    /// `switchyard.js`, `switchyard.h`), shared by its policies.
+    fn helper_dir(self) -> PathBuf {
+        root().join("guest-examples").join(self.name())
     }
 }
 
@@ -102,6 +105,8 @@ pub fn build(lang: Lang, install: bool) -> anyhow::Result<Outcome> {
             .current_dir(root())
             .args(["-d", LANG_WIT, "-w", "http-policy", "componentize", "-p"])
             .arg(lang.source_dir())
+            .arg("-p")
+            .arg(lang.helper_dir())
             .args(["app", "-o"])
             .arg(&tmp))?,
         Lang::JavaScript => run(Command::new(
@@ -135,7 +140,7 @@ fn up_to_date(lang: Lang) -> anyhow::Result<bool> {
         return Ok(false);
     };
     let mut inputs = Vec::new();
-    for dir in [lang.source_dir(), root().join(LANG_WIT)] {
+    for dir in [lang.source_dir(), lang.helper_dir(), root().join(LANG_WIT)] {
         for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
             inputs.push(entry?.path());
         }
