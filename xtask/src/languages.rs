@@ -304,6 +304,8 @@ fn build_c(out: &Path) -> anyhow::Result<()> {
             "-I",
         ])
         .arg(&bindings)
+        .arg("-I")
+        .arg(Lang::C.helper_dir())
         .arg(src.join("path_router.c"))
         .arg(bindings.join("http_policy.c"))
         .arg(bindings.join("http_policy_component_type.o"))
