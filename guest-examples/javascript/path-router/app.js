@@ -7,22 +7,20 @@
 // Unmatched requests go to the listener's default pool.
 //
 // Build: cargo xtask build-policies --all-languages (componentize-js, with
-// every optional WASI feature disabled).
+// every optional WASI feature disabled, and the helpers of
+// guest-examples/javascript/switchyard.js).
 //
 // Bindings follow jco's conventions: exports are camelCase functions,
 // records are objects with camelCase fields, variants are {tag, val},
 // an absent option is undefined, and throwing from an export that returns
 // result<_, string> returns its error.
 
+import { configJson, forward } from "../switchyard.js";
+
 let routes = [];
 
 function parse(config) {
-  let doc;
-  try {
-    doc = JSON.parse(config);
-  } catch (e) {
-    throw `config: ${e.message}`;
-  }
+  const doc = configJson(config);
   const keys = (o) => Object.keys(o).sort().join(",");
   if (typeof doc !== "object" || doc === null || keys(doc) !== "routes" || !Array.isArray(doc.routes)) {
     throw 'config: expected {"routes": [...]}';
@@ -45,24 +43,6 @@ function parse(config) {
   return parsed;
 }
 
-function forward(pool, path) {
-  return {
-    tag: "forward",
-    val: {
-      pool,
-      backend: undefined,
-      path,
-      authority: undefined,
-      requestHeaders: [],
-      responseHeaders: [],
-      inspectResponse: false,
-      context: undefined,
-      body: undefined,
-      responseBodyLimit: undefined,
-    },
-  };
-}
-
 export function init(config) {
   routes = parse(config);
 }
@@ -75,11 +55,11 @@ export function onRequest(request, _connection) {
       if (route.strip) {
         // Keep the leading slash: "/images/a.png" -> "/a.png", "/images/" -> "/".
         const rest = path.slice(route.prefix.length).replace(/^\/+/, "");
-        return forward(route.pool, "/" + rest);
+        return forward(route.pool).path("/" + rest).decision();
       }
-      return forward(route.pool, undefined);
+      return forward(route.pool).decision();
     }
   }
-  return forward(undefined, undefined);
+  return forward().decision();
 }
 
