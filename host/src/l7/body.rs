@@ -241,8 +241,8 @@ impl Body for Prefixed {
 /// client's side (bad chunked framing, fewer bytes than its length, over
 /// the cap), so that failure is answered 400 or 413 and never charged to
 /// the backend.
-pub(super) struct ClientBody {
-    pub(super) inner: Incoming,
+pub(super) struct ClientBody<B = Incoming> {
+    pub(super) inner: B,
     /// `request_body_timeout_ms` between two frames (a slow upload).
     pub(super) idle: super::guard::Idle,
     pub(super) timeouts: prometheus_client::metrics::counter::Counter,
@@ -264,11 +264,11 @@ pub(super) struct BodyFault(
     pub(super) std::sync::atomic::AtomicU64,
 );
 
-impl ClientBody {
+impl<B> ClientBody<B> {
     /// `body`, counted against `left` bytes (`max_request_body_bytes`) and
     /// timed by the listener's `request_body_timeout_ms`.
     pub(super) fn new(
-        body: Incoming,
+        body: B,
         state: &super::server::HttpState,
         left: u64,
         fault: Arc<BodyFault>,
@@ -306,7 +306,10 @@ pub(super) struct UploadStalled;
 #[error("request body over max_request_body_bytes")]
 pub(super) struct TooLarge;
 
-impl Body for ClientBody {
+impl<B> Body for ClientBody<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 

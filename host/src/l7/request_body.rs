@@ -20,93 +20,80 @@ use super::request_filter::{lend, settle};
 use super::server::{Conn, HttpState};
 use crate::policy::{ForwardAction, HttpDecision, OverLimit, ReadBody};
 
-/// The client's body once the request filter is done with it. The rare
-/// cases are boxed: a request that no policy read moves one `Incoming`.
-pub(super) enum ClientSide {
-    /// Not read: `upstream_request` streams it (or reads a small one
-    /// whole first, to keep for a resend).
-    Unread(Incoming),
+/// What the body phase read of the client's body, beside the request
+/// (whose `Incoming` it read through, and which goes on unwrapped: a
+/// request no policy reads carries only a `None`).
+pub(super) enum ReadSide {
     /// Read whole for the policy: sent with a `Content-Length`, and kept
     /// for a resend.
-    Whole(Box<Whole>),
-    /// Over the policy's limit: what was read goes first, then the rest
-    /// as it comes.
-    Prefix(Box<Prefix>),
+    Whole { body: Replay, fault: Arc<BodyFault> },
+    /// Over the policy's limit: what was read goes first, then the rest of
+    /// the request's body as it comes, counted on from `left` bytes of
+    /// `max_request_body_bytes`.
+    Prefix {
+        read: Buffered,
+        fault: Arc<BodyFault>,
+        left: u64,
+    },
 }
 
-pub(super) struct Whole {
-    pub(super) body: Replay,
-    pub(super) fault: Arc<BodyFault>,
-}
-
-pub(super) struct Prefix {
-    pub(super) read: Buffered,
-    pub(super) rest: ClientBody,
-}
-
-impl ClientSide {
-    pub(super) fn is_end_stream(&self) -> bool {
-        match self {
-            ClientSide::Unread(b) => b.is_end_stream(),
-            ClientSide::Whole(w) => w.body.data.is_empty() && w.body.trailers.is_none(),
-            ClientSide::Prefix(_) => false,
-        }
-    }
-}
-
-/// What reading up to the limit found.
-enum Gathered {
-    Whole(Replay, Arc<BodyFault>),
-    /// Over the limit: what was read, and the rest.
-    Over(Buffered, ClientBody),
-    /// Over the limit by its declared length, before a byte was read.
-    Declared(Incoming),
-}
-
-/// Reads the body for the policy and returns the request with it, and
-/// the final decision: the body hook's, or the over-limit branch's.
+/// Reads the body for the policy when the decision asks for it (and only
+/// then: a request whose decision does not is left as it is). On return,
+/// `decision` is the final one: the body hook's, or the over-limit
+/// branch's; what was read is returned.
 pub(super) async fn read_body(
-    req: Request<Incoming>,
-    read: ReadBody,
+    req: &mut Request<Incoming>,
+    decision: &mut HttpDecision,
     conn: &Conn,
     state: &HttpState,
     ctx: &mut Ctx,
-) -> Result<(Request<ClientSide>, HttpDecision), ProxyError> {
-    let limit = u64::from(read.limit).min(state.config.max_policy_body_bytes);
-    let (parts, incoming) = req.into_parts();
-    let gathered = if incoming.size_hint().lower() > limit {
-        Gathered::Declared(incoming)
-    } else {
-        gather(incoming, limit, state).await?
+) -> Result<Option<Box<ReadSide>>, ProxyError> {
+    let HttpDecision::ReadBody(read) = decision else {
+        return Ok(None);
     };
-    match gathered {
-        Gathered::Whole(body, fault) => {
-            let mut req = Request::from_parts(parts, ());
-            let d = on_request_body(&mut req, &body.data, &read, conn, state, ctx).await?;
-            Ok((
-                req.map(|()| ClientSide::Whole(Box::new(Whole { body, fault }))),
-                d,
-            ))
-        }
-        Gathered::Over(read_so_far, rest) => {
-            let f = over_limit(read.over_limit, limit, ctx)?;
-            let side = ClientSide::Prefix(Box::new(Prefix {
-                read: read_so_far,
-                rest,
-            }));
-            Ok((Request::from_parts(parts, side), HttpDecision::Forward(f)))
-        }
-        Gathered::Declared(incoming) => {
-            let f = over_limit(read.over_limit, limit, ctx)?;
-            let side = ClientSide::Unread(incoming);
-            Ok((Request::from_parts(parts, side), HttpDecision::Forward(f)))
-        }
+    let read = std::mem::replace(read, placeholder());
+    let limit = u64::from(read.limit).min(state.config.max_policy_body_bytes);
+    if req.body().size_hint().lower() > limit {
+        // Over the limit by its declared length: not a byte read.
+        *decision = HttpDecision::Forward(over_limit(read.over_limit, limit, ctx)?);
+        return Ok(None);
+    }
+    let fault = Arc::new(BodyFault::default());
+    let cap = state.config.max_request_body_bytes.unwrap_or(u64::MAX);
+    // `ClientBody` has its own idle timer, and says whose fault a failure is.
+    let mut body = ClientBody::new(req.body_mut(), state, cap, fault.clone());
+    let (mut got, whole) = read_up_to(&mut body, limit, None)
+        .await
+        .map_err(|_| body_error(fault.0.get(), cap))?;
+    let left = body.left;
+    if !whole {
+        *decision = HttpDecision::Forward(over_limit(read.over_limit, limit, ctx)?);
+        return Ok(Some(Box::new(ReadSide::Prefix {
+            read: got,
+            fault,
+            left,
+        })));
+    }
+    let body = Replay {
+        data: Bytes::from(got.take_data()),
+        trailers: got.trailers,
+    };
+    *decision = on_request_body(req, &body.data, &read, conn, state, ctx).await?;
+    Ok(Some(Box::new(ReadSide::Whole { body, fault })))
+}
+
+/// What stands in a decision whose `read-body` was taken out of it.
+fn placeholder() -> ReadBody {
+    ReadBody {
+        limit: 0,
+        over_limit: OverLimit::Refuse,
+        context: None,
     }
 }
 
 /// The body hook, with the body read whole.
 async fn on_request_body(
-    req: &mut Request<()>,
+    req: &mut Request<Incoming>,
     body: &[u8],
     read: &ReadBody,
     conn: &Conn,
@@ -145,23 +132,4 @@ fn over_limit(branch: OverLimit, limit: u64, ctx: &mut Ctx) -> Result<ForwardAct
             Ok(*f)
         }
     }
-}
-
-/// Reads the client's body until its end or past `limit` bytes.
-async fn gather(incoming: Incoming, limit: u64, state: &HttpState) -> Result<Gathered, ProxyError> {
-    let fault = Arc::new(BodyFault::default());
-    let cap = state.config.max_request_body_bytes.unwrap_or(u64::MAX);
-    let mut body = ClientBody::new(incoming, state, cap, fault.clone());
-    // `ClientBody` has its own idle timer, and says whose fault a failure is.
-    let (mut read, whole) = read_up_to(&mut body, limit, None)
-        .await
-        .map_err(|_| body_error(fault.0.get(), cap))?;
-    if !whole {
-        return Ok(Gathered::Over(read, body));
-    }
-    let body = Replay {
-        data: Bytes::from(read.take_data()),
-        trailers: read.trailers,
-    };
-    Ok(Gathered::Whole(body, fault))
 }

@@ -22,7 +22,6 @@ use super::context::Ctx;
 use super::error::ProxyError;
 use super::guard::InProgress;
 use super::hygiene;
-use super::request_body::ClientSide;
 use super::request_filter;
 use super::response_filter::{self, Reply, response_filter};
 use super::upstream_peer::upstream_peer;
@@ -329,22 +328,19 @@ async fn proxy(
         request_filter::checks(&mut req, conn, state, ctx),
         req.uri()
     );
-    let decision = match &state.policy {
+    let mut decision = match &state.policy {
         None => HttpDecision::Forward(ForwardAction::default()),
         Some(_) => fail!(
             request_filter::on_request(&mut req, conn, state, ctx).await,
             req.uri()
         ),
     };
-    let (req, decision) = match decision {
-        HttpDecision::ReadBody(read) => {
-            let uri = req.uri().clone();
-            fail!(
-                super::request_body::read_body(req, read, conn, state, ctx).await,
-                &uri
-            )
-        }
-        d => (req.map(ClientSide::Unread), d),
+    let read = match &decision {
+        HttpDecision::ReadBody(_) => fail!(
+            super::request_body::read_body(&mut req, &mut decision, conn, state, ctx).await,
+            req.uri()
+        ),
+        _ => None,
     };
     let action = match fail!(request_filter::decided(decision, state), req.uri()) {
         request_filter::Filtered::Respond(resp) => return Ok(resp),
@@ -353,7 +349,7 @@ async fn proxy(
     let peer = fail!(upstream_peer(&action, &req, state, ctx), req.uri());
     let upgrade = fail!(is_upgrade(&req, &peer.pool, &action), req.uri());
     let (mut out, client_upgrade) =
-        upstream_request(req, upgrade, &action, &peer, conn, state, ctx);
+        upstream_request(req, read, upgrade, &action, &peer, conn, state, ctx);
     if out.unread.is_some() {
         fail!(read_replay(&mut out).await, &out.line.uri);
     }

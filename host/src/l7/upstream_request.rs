@@ -16,7 +16,7 @@ use super::context::Ctx;
 use super::error::ProxyError;
 use super::framing::Refusal;
 use super::hygiene;
-use super::request_body::ClientSide;
+use super::request_body::ReadSide;
 use super::server::{Conn, HttpState};
 use super::upstream_peer::Peer;
 use crate::policy::ForwardAction;
@@ -65,7 +65,7 @@ fn idempotent(m: &Method) -> bool {
 /// removed), and never with a body: the backend could leave a body it
 /// did not read for the next request on that connection (400).
 pub(super) fn is_upgrade(
-    req: &Request<ClientSide>,
+    req: &Request<Incoming>,
     pool: &crate::upstream::Pool,
     action: &ForwardAction,
 ) -> Result<bool, ProxyError> {
@@ -91,7 +91,8 @@ pub(super) fn is_upgrade(
 /// a body kept for a resend must be read first ([`read_replay`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn upstream_request(
-    mut req: Request<ClientSide>,
+    mut req: Request<Incoming>,
+    read: Option<Box<ReadSide>>,
     upgrade: bool,
     action: &ForwardAction,
     peer: &Peer,
@@ -102,7 +103,8 @@ pub(super) fn upstream_request(
     let pool = &peer.pool;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let own_length = action.body.is_some() || matches!(body, ClientSide::Whole(_));
+    let own_length =
+        action.body.is_some() || matches!(read.as_deref(), Some(ReadSide::Whole { .. }));
     let (mut headers, framed) =
         headers_to_send(parts.headers, upgrade, own_length, action, peer, conn, ctx);
     let version = if pool.config.http2 {
@@ -115,7 +117,7 @@ pub(super) fn upstream_request(
     // Whether a request that reached a backend may be sent again: an
     // idempotent method, retries configured, another backend to try.
     let may_resend = retry.retries > 0 && pool.backends.len() > 1 && idempotent(&parts.method);
-    let wrapped = body_to_send(body, action, may_resend, limit, pool, state);
+    let wrapped = body_to_send(body, read, action, may_resend, limit, pool, state);
     // A request that had no body and gets none goes without a length
     // (RFC 9110 §8.6).
     if own_length
@@ -205,27 +207,28 @@ fn headers_to_send(
 /// whole for the policy, its beginning read and the rest streamed, or the
 /// policy's replacement.
 fn body_to_send(
-    body: ClientSide,
+    body: Incoming,
+    read: Option<Box<ReadSide>>,
     action: &ForwardAction,
     may_resend: bool,
     limit: u64,
     pool: &crate::upstream::Pool,
     state: &HttpState,
 ) -> Wrapped {
-    match (&action.body, body) {
-        (None, ClientSide::Unread(body)) => client_body(body, may_resend, limit, state),
-        (None, ClientSide::Whole(whole)) => {
-            let super::request_body::Whole { mut body, fault } = *whole;
+    let read = read.map(|r| *r);
+    match (&action.body, read) {
+        (None, None) => client_body(body, may_resend, limit, state),
+        (None, Some(ReadSide::Whole { mut body, fault })) => {
             // HTTP/1.1 sends trailers only after a chunked body.
             if !pool.config.http2 {
                 body.trailers = None;
             }
             read_whole(body, Some(fault))
         }
-        (None, ClientSide::Prefix(prefix)) => {
-            let super::request_body::Prefix { read, rest } = *prefix;
+        (None, Some(ReadSide::Prefix { read, fault, left })) => {
+            let rest = ClientBody::new(body, state, left, fault.clone());
             Wrapped {
-                fault: Some(rest.fault.clone()),
+                fault: Some(fault),
                 body: Prefixed { first: read, rest }.boxed_unsync(),
                 unread: None,
                 replay: None,
@@ -234,9 +237,8 @@ fn body_to_send(
         // The policy's body replaces the client's, read or not.
         (Some(new), side) => {
             let fault = match side {
-                ClientSide::Whole(w) => Some(w.fault),
-                ClientSide::Prefix(p) => Some(p.rest.fault),
-                ClientSide::Unread(_) => None,
+                Some(ReadSide::Whole { fault, .. } | ReadSide::Prefix { fault, .. }) => Some(fault),
+                None => None,
             };
             let replay = Replay {
                 data: Bytes::clone(new),
