@@ -114,7 +114,7 @@ async fn on_request_body(
             directory,
         )
         .await;
-    settle(d, took, view, req, state, ctx)
+    settle(d, took, &mut view, req, state, ctx)
 }
 
 /// The policy's branch for a body over its limit.

@@ -124,7 +124,7 @@ pub(super) async fn on_request<B>(
     let (d, took) = policy
         .on_request_timed(&mut view, &info, state.config.pool.as_deref(), directory)
         .await;
-    settle(d, took, view, req, state, ctx)
+    settle(d, took, &mut view, req, state, ctx)
 }
 
 /// The request head lent to a policy call.
@@ -145,7 +145,7 @@ pub(super) fn lend<B>(req: &mut Request<B>, conn: &Conn, ctx: &Ctx) -> RequestVi
 pub(super) fn settle<B>(
     d: Result<HttpDecision, PolicyError>,
     took: std::time::Duration,
-    view: RequestView,
+    view: &mut RequestView,
     req: &mut Request<B>,
     state: &HttpState,
     ctx: &mut Ctx,
@@ -174,8 +174,8 @@ pub(super) fn settle<B>(
         ctx.log_hook = policy.has_log_hook();
         ctx.snapshot = Some(view.clone());
     }
-    *req.uri_mut() = view.uri;
-    *req.headers_mut() = view.headers;
+    *req.uri_mut() = std::mem::take(&mut view.uri);
+    *req.headers_mut() = std::mem::take(&mut view.headers);
     match d {
         Ok(d) => {
             ctx.decision = match d {

@@ -208,14 +208,16 @@ impl Policy {
         let _busy = self.engine.ticker.busy(self.limits.timeout);
         let (mut w, guest_until, wall) = self.checkout(directory, started, budget_from).await?;
         loan.swap(&mut w.store.data_mut().lent);
-        let Warm {
-            store,
-            bindings,
-            waits,
-            ..
-        } = &mut w;
-        let call = hook.invoke(bindings, store, self.kind);
-        let call = within(guest_until, wall, waits, call).await;
+        let call = {
+            let Warm {
+                store,
+                bindings,
+                waits,
+                ..
+            } = &mut w;
+            let call = std::pin::pin!(hook.invoke(bindings, store, self.kind));
+            within(guest_until, wall, waits, call).await
+        };
         loan.swap(&mut w.store.data_mut().lent);
         match call {
             Ok(Ok(out)) => {

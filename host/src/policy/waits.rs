@@ -61,25 +61,26 @@ impl Waits {
 /// comes first. `Err` when cut. A call that never waits costs one timer,
 /// as before; the loop runs only once the guest's deadline has passed
 /// with waits in it.
+/// `call` is pinned where it was made: the hook's future holds wasmtime's
+/// and is large, and each move of it is a memcpy (bench/count).
 pub(super) async fn within<F: std::future::Future>(
     guest_until: Instant,
     wall: Instant,
     waits: &Waits,
-    call: F,
+    mut call: std::pin::Pin<&mut F>,
 ) -> Result<F::Output, ()> {
-    let mut call = std::pin::pin!(call);
     let mut until = guest_until.min(wall);
     loop {
         if waits.waiting() {
             // Suspended on another service: only the wall cap runs.
             tokio::select! {
                 biased;
-                out = &mut call => return Ok(out),
+                out = call.as_mut() => return Ok(out),
                 _ = waits.done.notified() => {}
                 _ = tokio::time::sleep_until(wall.into()) => return Err(()),
             }
         } else {
-            if let Ok(out) = tokio::time::timeout_at(until.into(), &mut call).await {
+            if let Ok(out) = tokio::time::timeout_at(until.into(), call.as_mut()).await {
                 return Ok(out);
             }
         }
