@@ -18,7 +18,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::exchange::{self, CannedCalls, Extras, GivenResponse};
-use crate::policy::{ConnectionInfo, Directory, Policy, RequestView, types};
+use crate::policy::{Directory, Policy};
 
 /// One line of a cases file.
 #[derive(Debug, serde::Deserialize)]
@@ -132,40 +132,17 @@ async fn one(
     directory: &Arc<dyn Directory>,
 ) -> anyhow::Result<Value> {
     let r = &case.request;
-    let mut headers: Vec<(&str, &str)> = r
+    let client = r.client.as_deref().unwrap_or("127.0.0.1");
+    let conn = exchange::connection(client, pool, case.sni.as_deref())?;
+    if case.sni.is_some() {
+        return Ok(policy.on_connect(&conn, pool, directory).await?.to_json());
+    }
+    let headers: Vec<(&str, &str)> = r
         .headers
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
-    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
-        headers.insert(0, ("host", "localhost"));
-    }
-    let mut request = RequestView::build(&r.method, &r.path, &headers)
-        .with_context(|| format!("not a valid request: {} {}", r.method, r.path))?;
-    let client: std::net::IpAddr = r
-        .client
-        .as_deref()
-        .unwrap_or("127.0.0.1")
-        .parse()
-        .context("request.client is not an IP address")?;
-    let mut conn = ConnectionInfo::new(
-        std::net::SocketAddr::new(client, 40000),
-        "127.0.0.1:8080".parse().expect("an address"),
-        "policy-test",
-        pool,
-        types::Transport::Tcp,
-    );
-    if let Some(sni) = &case.sni {
-        conn.tls = Some(types::TlsInfo {
-            sni: Some(sni.to_ascii_lowercase()),
-            alpn: None,
-            version: None,
-            client_subject: None,
-        });
-        let conn = Arc::new(conn);
-        return Ok(policy.on_connect(&conn, pool, directory).await?.to_json());
-    }
-    let conn = Arc::new(conn);
+    let mut request = exchange::request(&r.method, &r.path, &headers)?;
     let directory: Arc<dyn Directory> = Arc::new(CannedCalls {
         inner: directory.clone(),
         calls: case.calls.clone(),

@@ -29,6 +29,47 @@ pub struct GivenResponse {
     pub body: String,
 }
 
+/// The request head a run sends: `host: localhost` unless the headers
+/// name one.
+pub fn request(
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<RequestView> {
+    let mut headers = headers.to_vec();
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        headers.insert(0, ("host", "localhost"));
+    }
+    RequestView::build(method, target, &headers)
+        .with_context(|| format!("not a valid request: {method} {target}"))
+}
+
+/// The connection a run comes in on: from `client`, to the listener's
+/// `pool`, over TLS with `sni` when given (a connection policy's input).
+pub fn connection(
+    client: &str,
+    pool: Option<&str>,
+    sni: Option<&str>,
+) -> anyhow::Result<Arc<ConnectionInfo>> {
+    let ip: std::net::IpAddr = client
+        .parse()
+        .with_context(|| format!("the client {client:?} is not an IP address"))?;
+    let mut conn = ConnectionInfo::new(
+        std::net::SocketAddr::new(ip, 40000),
+        "127.0.0.1:8080".parse().expect("an address"),
+        "policy-test",
+        pool,
+        types::Transport::Tcp,
+    );
+    conn.tls = sni.map(|sni| types::TlsInfo {
+        sni: Some(sni.to_ascii_lowercase()),
+        alpn: None,
+        version: None,
+        client_subject: None,
+    });
+    Ok(Arc::new(conn))
+}
+
 /// What one run sends through the policy besides the request head.
 #[derive(Default)]
 pub struct Extras {

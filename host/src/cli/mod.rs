@@ -12,8 +12,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::policy::{
-    self, ConnectionInfo, Directory, EngineSettings, Limits, OpenDirectory, PolicyEngine,
-    PolicyKind, RequestView, StaticDirectory, types,
+    self, Directory, EngineSettings, Limits, OpenDirectory, PolicyEngine, PolicyKind, RequestView,
+    StaticDirectory, types,
 };
 
 #[derive(Debug, Parser)]
@@ -167,22 +167,16 @@ fn parse_request(t: &PolicyTest) -> anyhow::Result<RequestView> {
     if !target.starts_with('/') {
         bail!("--request path must start with '/': {target:?}");
     }
-    let mut headers = Vec::new();
-    for h in &t.headers {
-        let (name, value) = h
-            .split_once(':')
-            .with_context(|| format!("--header must look like \"name: value\": {h:?}"))?;
-        headers.push((name.trim(), value.trim()));
-    }
-    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
-        headers.insert(0, ("host", "localhost"));
-    }
-    RequestView::build(method, target, &headers).with_context(|| {
-        format!(
-            "--request/--header do not make a valid request: {:?}",
-            t.request
-        )
-    })
+    let headers = t
+        .headers
+        .iter()
+        .map(|h| name_value(h, "--header"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    exchange::request(method, target, &headers)
 }
 
 fn name_value(h: &str, flag: &str) -> anyhow::Result<(String, String)> {
@@ -192,9 +186,9 @@ fn name_value(h: &str, flag: &str) -> anyhow::Result<(String, String)> {
     Ok((name.trim().to_owned(), value.trim().to_owned()))
 }
 
-/// `switchyard policy test`: one request's decision, or a cases file's
-/// table.
-pub async fn policy_test(t: &PolicyTest) -> anyhow::Result<Tested> {
+/// The policy file loaded as `policy test` runs it, with the pools it
+/// sees (`--pools`, else any name passes).
+async fn load(t: &PolicyTest) -> anyhow::Result<(Arc<policy::Policy>, Arc<dyn Directory>)> {
     let pools = t.pools.as_deref().map(Config::load).transpose()?;
     let engine = engine_for(pools.as_ref())?;
     let directory: Arc<dyn Directory> = match &pools {
@@ -227,70 +221,53 @@ pub async fn policy_test(t: &PolicyTest) -> anyhow::Result<Tested> {
             directory.clone(),
         )
         .await?;
+    Ok((loaded, directory))
+}
+
+/// The body and upstream response a single run gives the policy.
+fn extras(t: &PolicyTest) -> anyhow::Result<exchange::Extras> {
+    let body = match &t.body {
+        Some(f) => Some(
+            std::fs::read(f)
+                .with_context(|| format!("cannot read {}", f.display()))?
+                .into(),
+        ),
+        None => None,
+    };
+    let response = match t.response {
+        Some(status) => Some(exchange::GivenResponse {
+            status,
+            headers: t
+                .response_headers
+                .iter()
+                .map(|h| name_value(h, "--response-header"))
+                .collect::<anyhow::Result<_>>()?,
+            body: String::new(),
+        }),
+        None => None,
+    };
+    Ok(exchange::Extras { body, response })
+}
+
+/// `switchyard policy test`: one request's decision, or a cases file's
+/// table.
+pub async fn policy_test(t: &PolicyTest) -> anyhow::Result<Tested> {
+    let (loaded, directory) = load(t).await?;
+    let pool = t.pool.as_deref();
     if let Some(cases) = &t.cases {
         let text = std::fs::read_to_string(cases)
             .with_context(|| format!("cannot read {}", cases.display()))?;
         let name = cases.display().to_string();
-        let failed = cases::run(&loaded, &name, &text, t.pool.as_deref(), &directory).await?;
+        let failed = cases::run(&loaded, &name, &text, pool, &directory).await?;
         return Ok(Tested::Cases { failed });
     }
-    let client_ip: std::net::IpAddr = t
-        .client
-        .parse()
-        .with_context(|| format!("--client is not an IP address: {:?}", t.client))?;
-    let mut conn = ConnectionInfo::new(
-        std::net::SocketAddr::new(client_ip, 40000),
-        "127.0.0.1:8080".parse().expect("an address"),
-        "policy-test",
-        t.pool.as_deref(),
-        types::Transport::Tcp,
-    );
-    conn.tls = t.sni.as_ref().map(|sni| types::TlsInfo {
-        sni: Some(sni.to_ascii_lowercase()),
-        alpn: None,
-        version: None,
-        client_subject: None,
-    });
-    let conn = Arc::new(conn);
+    let conn = exchange::connection(&t.client, pool, t.sni.as_deref())?;
     if t.sni.is_some() {
-        return Ok(Tested::Decision(
-            loaded
-                .on_connect(&conn, t.pool.as_deref(), &directory)
-                .await?
-                .to_json(),
-        ));
+        let d = loaded.on_connect(&conn, pool, &directory).await?;
+        return Ok(Tested::Decision(d.to_json()));
     }
     let mut request = parse_request(t)?;
-    let extras = exchange::Extras {
-        body: match &t.body {
-            Some(f) => Some(
-                std::fs::read(f)
-                    .with_context(|| format!("cannot read {}", f.display()))?
-                    .into(),
-            ),
-            None => None,
-        },
-        response: match t.response {
-            Some(status) => Some(exchange::GivenResponse {
-                status,
-                headers: t
-                    .response_headers
-                    .iter()
-                    .map(|h| name_value(h, "--response-header"))
-                    .collect::<anyhow::Result<_>>()?,
-                body: String::new(),
-            }),
-            None => None,
-        },
-    };
-    let out = exchange::run(
-        &loaded,
-        &mut request,
-        &conn,
-        t.pool.as_deref(),
-        &directory,
-        &extras,
-    )
-    .await?;
+    let extras = extras(t)?;
+    let out = exchange::run(&loaded, &mut request, &conn, pool, &directory, &extras).await?;
     Ok(Tested::Decision(out))
 }
