@@ -244,3 +244,35 @@ async fn hundreds_of_waiting_calls_leave_the_worker_serving() {
     );
     assert!(p99 < 20.0, "plain listener p99 {p99:.1} ms");
 }
+
+/// A policy that calls in a loop gets 8 calls per hook call, then
+/// errors: one client request cannot become an unbounded number of
+/// requests to another service.
+#[tokio::test]
+async fn a_hook_call_makes_at_most_eight_calls() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let auth = auth_service(Duration::ZERO, asked.clone()).await;
+    let head = format!(
+        "[policies]\ndir = \"{}\"\n[pools.auth]\nbackends = [\"{}\"]",
+        repo().join("tests/fixtures/wasm").display(),
+        auth.addr
+    );
+    let toml = one_http_pool(
+        &head,
+        "",
+        "policy = \"misbehave\"\npolicy_call_pools = [\"auth\"]",
+    );
+    let h = Harness::start(&toml, &["web"]).await;
+    let got = h.get("l", "/call-loop").await;
+    assert_eq!(got.status, 200);
+    let text = got.text();
+    assert!(
+        text.starts_with("8 ") && text.contains("more than 8 calls in one hook call"),
+        "{text}"
+    );
+    assert_eq!(asked.load(Ordering::Relaxed), 8);
+    // The count is per hook call: the next request gets its own eight.
+    let got = h.get("l", "/call-loop").await;
+    assert!(got.text().starts_with("8 "), "{}", got.text());
+    assert_eq!(asked.load(Ordering::Relaxed), 16);
+}

@@ -29,6 +29,8 @@ pub struct HostState {
     /// The current call's waits on other services (`http-call`): its
     /// deadline moves on by them.
     pub(crate) waits: Arc<super::waits::Waits>,
+    /// `http-call`s made by the current hook call ([`MAX_CALLS_PER_HOOK`]).
+    pub(crate) calls: u32,
     wasi: WasiCtx,
     table: ResourceTable,
     /// The request, response and connection lent to the running call.
@@ -55,6 +57,7 @@ impl HostState {
             limits: MemoryLimiter::new(memory_bytes),
             deadline: Instant::now(),
             waits: Arc::default(),
+            calls: 0,
             // Nothing is inherited or granted: no preopens, env, args, stdio.
             wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             table: ResourceTable::new(),
@@ -247,12 +250,24 @@ impl backends::Host for HostState {
     }
 }
 
+/// The most `http-call`s one hook call may make.
+pub const MAX_CALLS_PER_HOOK: u32 = 8;
+
 impl http_client::Host for HostState {
     async fn http_call(
         &mut self,
         pool: String,
         request: http_client::OutgoingRequest,
     ) -> Result<http_client::IncomingResponse, http_client::CallError> {
+        // One client request must not turn into an unbounded number of
+        // requests to another service (its waits do not count against
+        // timeout_ms, so only the wall cap would stop a loop).
+        if self.calls >= MAX_CALLS_PER_HOOK {
+            return Err(http_client::CallError::NotAllowed(format!(
+                "more than {MAX_CALLS_PER_HOOK} calls in one hook call"
+            )));
+        }
+        self.calls += 1;
         let call = self.directory.http_call(&pool, request);
         // The wait is not the guest's: its deadline moves on by it (the
         // epoch callback's and the call's timer, through `waits`); the

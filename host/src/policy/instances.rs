@@ -298,6 +298,7 @@ impl Policy {
         warm.calls += 1;
         Self::arm(&mut warm.store, from, self.limits.timeout);
         warm.waits.reset();
+        warm.store.data_mut().calls = 0;
         Ok((warm, from + self.limits.timeout, wall))
     }
 
