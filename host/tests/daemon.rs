@@ -260,12 +260,27 @@ fn a_new_process_takes_over_the_port_while_the_old_one_drains() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     load.join().unwrap();
     let failures = failures.lock().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(3)]
-    );
+    // A connection the kernel hashes to the old listener between its last
+    // accept and its close is reset, unless the host migrates such
+    // connections (`net.ipv4.tcp_migrate_req`, docs/OPERATIONS.md). That
+    // window is microseconds wide: without the sysctl one reset is
+    // tolerated (and said), never more, and never another failure.
+    let migrates = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+        .is_ok_and(|v| v.trim() == "1");
+    let resets = failures
+        .iter()
+        .filter(|f| f.contains("ConnectionReset"))
+        .count();
+    if !migrates && resets == 1 && failures.len() == 1 {
+        eprintln!("one connection reset in the close window (tcp_migrate_req is off)");
+    } else {
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(3)]
+        );
+    }
     signal(new.0.id(), "-TERM");
     assert_eq!(
         wait_exit(&mut new.0, Duration::from_secs(10)).code(),
