@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
 
     // Each iteration lends the same request head to the call and gets it
     // back, as the proxy does.
-    let calls = |policy: &Arc<switchyard::policy::Policy>, req: RequestView| {
+    let calls = |policy: &Arc<switchyard::policy::Policy>, req: Box<RequestView>| {
         let (policy, conn, dir) = (policy.clone(), conn.clone(), dir.clone());
         move |iters: u64| {
             let (policy, conn, dir, mut req) =

@@ -73,7 +73,7 @@ fn config() -> String {
     std::fs::read_to_string(repo().join("policies/path-router.json")).unwrap()
 }
 
-fn request(method: &str, path: &str, query: Option<&str>) -> RequestView {
+fn request(method: &str, path: &str, query: Option<&str>) -> Box<RequestView> {
     let target = match query {
         Some(q) => format!("{path}?{q}"),
         None => path.to_owned(),

@@ -92,7 +92,7 @@ fn open() -> Arc<dyn Directory> {
     Arc::new(OpenDirectory)
 }
 
-fn request(path: &str, headers: &[(&str, &str)]) -> RequestView {
+fn request(path: &str, headers: &[(&str, &str)]) -> Box<RequestView> {
     let mut all = vec![("host", "example.test")];
     all.extend_from_slice(headers);
     RequestView::build("GET", path, &all).unwrap()

@@ -7,7 +7,7 @@ use switchyard::policy::{ConnectionInfo, RequestView, types};
 
 /// A request with `extra` more headers beyond the usual three (`host`,
 /// `user-agent`, `accept`), each a realistic size.
-pub fn request_with(path_and_query: &str, extra: usize) -> RequestView {
+pub fn request_with(path_and_query: &str, extra: usize) -> Box<RequestView> {
     let names: Vec<String> = (0..extra).map(|i| format!("x-header-{i}")).collect();
     let mut headers = vec![
         ("host", "example.test"),
@@ -18,7 +18,7 @@ pub fn request_with(path_and_query: &str, extra: usize) -> RequestView {
     RequestView::build("GET", path_and_query, &headers).unwrap()
 }
 
-pub fn request(path: &str) -> RequestView {
+pub fn request(path: &str) -> Box<RequestView> {
     request_with(&format!("{path}?verbose=1"), 0)
 }
 

@@ -35,7 +35,7 @@ pub fn request(
     method: &str,
     target: &str,
     headers: &[(&str, &str)],
-) -> anyhow::Result<RequestView> {
+) -> anyhow::Result<Box<RequestView>> {
     let mut headers = headers.to_vec();
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
         headers.insert(0, ("host", "localhost"));
@@ -98,7 +98,7 @@ fn header_map(headers: &[(String, String)]) -> anyhow::Result<HeaderMap> {
 /// ran.
 pub async fn run(
     policy: &Policy,
-    request: &mut RequestView,
+    request: &mut Box<RequestView>,
     conn: &Arc<ConnectionInfo>,
     pool: Option<&str>,
     directory: &Arc<dyn Directory>,
@@ -128,11 +128,11 @@ pub async fn run(
     if let (HttpDecision::Forward(f), Some(given)) = (&decision, &extras.response)
         && f.inspect_response
     {
-        let mut view = ResponseView {
+        let mut view = Box::new(ResponseView {
             status: StatusCode::from_u16(given.status)
                 .with_context(|| format!("response status {} is not a status", given.status))?,
             headers: header_map(&given.headers)?,
-        };
+        });
         let body = match f.response_body_limit {
             None => types::ResponseBody::NotRead,
             Some(n) if given.body.len() as u64 > u64::from(n) => types::ResponseBody::OverLimit,

@@ -158,7 +158,7 @@ pub async fn check(config_path: &Path) -> Result<(), Vec<String>> {
     crate::daemon::check(config).await
 }
 
-fn parse_request(t: &PolicyTest) -> anyhow::Result<RequestView> {
+fn parse_request(t: &PolicyTest) -> anyhow::Result<Box<RequestView>> {
     let (method, target) = t
         .request
         .split_once(' ')

@@ -47,12 +47,17 @@ fn build(
             pool: pool.name.to_string(),
         });
     };
-    let uri = request::upstream_uri(&out.uri, action, &at.authority, pool.config.tls.is_some())
-        .map_err(|e| ProxyError::Upstream {
-            pool: pool.name.to_string(),
-            backend: backend.name.to_string(),
-            cause: format!("cannot build the upstream URI: {e}"),
-        })?;
+    let uri = request::upstream_uri(
+        &out.uri,
+        action,
+        &at.uri_authority,
+        pool.config.tls.is_some(),
+    )
+    .map_err(|e| ProxyError::Upstream {
+        pool: pool.name.to_string(),
+        backend: backend.name.to_string(),
+        cause: format!("cannot build the upstream URI: {e}"),
+    })?;
     let mut r = Request::new(body);
     *r.method_mut() = out.method.clone();
     *r.uri_mut() = uri;

@@ -43,7 +43,7 @@ pub(super) struct Ctx {
     pub directory: Option<Arc<dyn Directory>>,
     /// The request head as the policy saw it, kept for `on-response` and
     /// `on-log`.
-    pub snapshot: Option<RequestView>,
+    pub snapshot: Option<Box<RequestView>>,
     /// The policy exports the log hook: what it is told is kept
     /// (`log_hook.rs`).
     pub log_hook: bool,

@@ -25,7 +25,7 @@ use crate::upstream::BoxError;
 /// What the hook is told once the body ends.
 struct Finish {
     state: Arc<HttpState>,
-    request: RequestView,
+    request: Box<RequestView>,
     context: Option<Vec<u8>>,
     summary: LogSummary,
     started: Instant,

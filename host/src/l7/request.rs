@@ -25,7 +25,7 @@ pub fn authority(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
 pub fn upstream_uri(
     original: &Uri,
     action: &ForwardAction,
-    backend: &str,
+    backend: &Authority,
     tls: bool,
 ) -> Result<Uri, http::Error> {
     let path_and_query = match &action.path {
@@ -41,7 +41,7 @@ pub fn upstream_uri(
     };
     Uri::builder()
         .scheme(if tls { Scheme::HTTPS } else { Scheme::HTTP })
-        .authority(Authority::try_from(backend)?)
+        .authority(backend.clone())
         .path_and_query(path_and_query)
         .build()
 }
@@ -96,11 +96,29 @@ mod tests {
     #[test]
     fn upstream_uri_keeps_or_replaces_path_and_query() {
         let orig: Uri = "/images/a.png?size=2".parse().unwrap();
-        let u = upstream_uri(&orig, &action(None), "127.0.0.1:9001", false).unwrap();
+        let u = upstream_uri(
+            &orig,
+            &action(None),
+            &"127.0.0.1:9001".parse().unwrap(),
+            false,
+        )
+        .unwrap();
         assert_eq!(u.to_string(), "http://127.0.0.1:9001/images/a.png?size=2");
-        let u = upstream_uri(&orig, &action(Some("/a.png")), "127.0.0.1:9001", false).unwrap();
+        let u = upstream_uri(
+            &orig,
+            &action(Some("/a.png")),
+            &"127.0.0.1:9001".parse().unwrap(),
+            false,
+        )
+        .unwrap();
         assert_eq!(u.to_string(), "http://127.0.0.1:9001/a.png?size=2");
-        let u = upstream_uri(&orig, &action(Some("/b?x=1")), "[::1]:80", true).unwrap();
+        let u = upstream_uri(
+            &orig,
+            &action(Some("/b?x=1")),
+            &"[::1]:80".parse().unwrap(),
+            true,
+        )
+        .unwrap();
         assert_eq!(u.to_string(), "https://[::1]:80/b?x=1");
     }
 

@@ -128,15 +128,15 @@ pub(super) async fn on_request<B>(
 }
 
 /// The request head lent to a policy call.
-pub(super) fn lend<B>(req: &mut Request<B>, conn: &Conn, ctx: &Ctx) -> RequestView {
-    RequestView {
+pub(super) fn lend<B>(req: &mut Request<B>, conn: &Conn, ctx: &Ctx) -> Box<RequestView> {
+    Box::new(RequestView {
         method: req.method().clone(),
         uri: std::mem::take(req.uri_mut()),
         version: req.version(),
         headers: std::mem::take(req.headers_mut()),
         scheme: conn.scheme(),
         authority: ctx.client_host.clone(),
-    }
+    })
 }
 
 /// After a request or body hook: the call counted, the head given back
@@ -172,7 +172,7 @@ pub(super) fn settle<B>(
     };
     if policy.has_log_hook() || later {
         ctx.log_hook = policy.has_log_hook();
-        ctx.snapshot = Some(view.clone());
+        ctx.snapshot = Some(Box::new(view.clone()));
     }
     *req.uri_mut() = std::mem::take(&mut view.uri);
     *req.headers_mut() = std::mem::take(&mut view.headers);

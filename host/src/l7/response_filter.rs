@@ -110,10 +110,10 @@ pub(super) async fn on_response(
     let (Some(policy), Some(head)) = (&state.policy, &mut ctx.snapshot) else {
         return Ok(Hooked::Send);
     };
-    let mut view = ResponseView {
+    let mut view = Box::new(ResponseView {
         status: parts.status,
         headers: std::mem::take(&mut parts.headers),
-    };
+    });
     let directory = ctx.directory.get_or_insert_with(|| state.directory());
     let action = policy
         .on_response(head, &mut view, body, context, directory)

@@ -25,8 +25,8 @@ use super::{PolicyError, PolicyKind, v0_2};
 /// the call and back out after it, whatever the outcome.
 #[derive(Default)]
 pub(super) struct Loan<'a> {
-    pub request: Option<&'a mut RequestView>,
-    pub response: Option<&'a mut ResponseView>,
+    pub request: Option<&'a mut Box<RequestView>>,
+    pub response: Option<&'a mut Box<ResponseView>>,
     pub connection: Option<Arc<ConnectionInfo>>,
 }
 
@@ -214,7 +214,7 @@ impl Policy {
                 bindings,
                 waits,
                 ..
-            } = &mut w;
+            } = &mut *w;
             let call = std::pin::pin!(hook.invoke(bindings, store, self.kind));
             within(guest_until, wall, waits, call).await
         };

@@ -20,7 +20,7 @@ impl Policy {
     /// returns.
     pub async fn on_request_body(
         &self,
-        request: &mut RequestView,
+        request: &mut Box<RequestView>,
         body: &[u8],
         context: Option<&[u8]>,
         default_pool: Option<&str>,
@@ -37,15 +37,16 @@ impl Policy {
             decision::http(d, default_pool, directory.as_ref(), self.allowed_later())
                 .map_err(PolicyError::InvalidDecision)
         });
-        self.record(started, r)
+        let took = self.record(started, &r);
+        (r, took)
     }
 
     /// Runs the response hook and validates its action. Both heads are
     /// lent to the call and are back when this returns.
     pub async fn on_response(
         &self,
-        request: &mut RequestView,
-        response: &mut ResponseView,
+        request: &mut Box<RequestView>,
+        response: &mut Box<ResponseView>,
         body: &ResponseBody,
         context: Option<&[u8]>,
         directory: &Arc<dyn Directory>,
@@ -60,7 +61,8 @@ impl Policy {
         let called = self.call(directory, started, &mut loan, hook).await;
         let r =
             called.and_then(|a| decision::response_action(a).map_err(PolicyError::InvalidDecision));
-        self.record(started, r).0
+        self.record(started, &r);
+        r
     }
 
     /// Runs the log hook, when the policy exports it, with how a request
@@ -68,7 +70,7 @@ impl Policy {
     /// returns. Nothing it does changes the exchange.
     pub async fn on_log(
         &self,
-        request: &mut RequestView,
+        request: &mut Box<RequestView>,
         context: Option<&[u8]>,
         summary: LogSummary,
         directory: &Arc<dyn Directory>,
@@ -83,6 +85,7 @@ impl Policy {
             summary: &summary,
         };
         let r = self.call(directory, started, &mut loan, hook).await;
-        self.record(started, r)
+        let took = self.record(started, &r);
+        (r, took)
     }
 }

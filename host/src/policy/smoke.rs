@@ -42,7 +42,7 @@ fn open_directory() -> Arc<dyn Directory> {
     Arc::new(super::directory::OpenDirectory)
 }
 
-fn sample_request() -> RequestView {
+fn sample_request() -> Box<RequestView> {
     RequestView::build(
         "GET",
         "/",

@@ -39,8 +39,12 @@ pub struct RequestView {
 impl RequestView {
     /// A request for tests, tools and load checks: a method, an
     /// origin-form target (`/path?query`) and header pairs; a `host`
-    /// header is also the authority.
-    pub fn build(method: &str, target: &str, headers: &[(&str, &str)]) -> anyhow::Result<Self> {
+    /// header is also the authority. Boxed, as the hooks borrow it.
+    pub fn build(
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Box<Self>> {
         let mut map = HeaderMap::new();
         for (n, v) in headers {
             map.append(
@@ -48,14 +52,14 @@ impl RequestView {
                 HeaderValue::from_str(v)?,
             );
         }
-        Ok(RequestView {
+        Ok(Box::new(RequestView {
             method: Method::from_bytes(method.as_bytes())?,
             uri: target.parse()?,
             version: Version::HTTP_11,
             authority: map.get(http::header::HOST).cloned(),
             headers: map,
             scheme: "http",
-        })
+        }))
     }
 }
 
@@ -98,11 +102,13 @@ impl ConnectionInfo {
 }
 
 /// What the running call was lent, kept in the instance's store. Between
-/// calls it holds defaults and no connection.
+/// calls it holds defaults and no connection. The heads are boxed, so
+/// lending one swaps two pointers, not two ~300-byte structs each way
+/// (bench/count: ~250 instructions per policy call).
 #[derive(Default)]
 pub struct Lent {
-    pub(crate) request: RequestView,
-    pub(crate) response: ResponseView,
+    pub(crate) request: Box<RequestView>,
+    pub(crate) response: Box<ResponseView>,
     pub(crate) connection: Option<Arc<ConnectionInfo>>,
 }
 

@@ -23,6 +23,10 @@ pub struct Resolved {
     pub socket: SocketAddr,
     /// `ip:port` as an authority, for upstream URIs.
     pub authority: String,
+    /// The same, parsed once: every request's upstream URI clones it (a
+    /// reference count) instead of parsing and copying the string
+    /// (bench/count: ~150 instructions per request).
+    pub uri_authority: http::uri::Authority,
 }
 
 /// One backend of a pool.
@@ -45,9 +49,14 @@ pub struct Backend {
 }
 
 fn resolved(socket: SocketAddr) -> Arc<Resolved> {
+    let authority = socket.to_string();
+    let uri_authority =
+        http::uri::Authority::from_maybe_shared(bytes::Bytes::from(authority.clone()))
+            .expect("a socket address is an authority");
     Arc::new(Resolved {
         socket,
-        authority: socket.to_string(),
+        authority,
+        uri_authority,
     })
 }
 
