@@ -10,19 +10,42 @@
 //! An unavailable backend is not removed from the table (health flaps would
 //! reshuffle keys); its keys probe forward to the next slot whose backend is
 //! available, so only its own keys move.
+//!
+//! Every hash here is XXH3-64 (the `xxhash-rust` crate) over explicit
+//! bytes: a fixed, published algorithm, never std's `DefaultHasher` (whose
+//! algorithm may change between Rust releases) nor a `T: Hash` impl
+//! (whose byte stream may too). So the same configuration makes the same
+//! table and the same choices on every build and every instance; the unit
+//! tests pin the output on known vectors (checked against the reference C
+//! implementation) and the table of a fixed pool.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::IpAddr;
 
 use super::{Balancer, Candidate};
 
 /// Slots in the table: a prime well above 100 × any sensible pool size.
 pub const TABLE_SIZE: usize = 65_537;
 
-/// A stable 64-bit hash of anything hashable (SipHash with fixed keys).
-pub fn stable_hash<T: Hash + ?Sized>(t: &T) -> u64 {
-    let mut h = DefaultHasher::new();
-    t.hash(&mut h);
-    h.finish()
+/// The stable 64-bit hash of `bytes`: XXH3-64 with seed 0.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// The stable hash of a client address: of its 4 octets (an IPv4 address,
+/// also when it came mapped into IPv6) or its 16.
+pub fn stable_hash_ip(ip: IpAddr) -> u64 {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => stable_hash(&a.octets()),
+        IpAddr::V6(a) => stable_hash(&a.octets()),
+    }
+}
+
+/// A backend's place in the Maglev table, from its name: XXH3-64 with
+/// seed 0 (offset) and seed 1 (skip).
+fn permutation(name: &str, m: u64) -> (u64, u64) {
+    let offset = xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), 0) % m;
+    let skip = xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), 1) % (m - 1) + 1;
+    (offset, skip)
 }
 
 pub struct Maglev {
@@ -39,11 +62,7 @@ impl Maglev {
         }
         let perms: Vec<(u64, u64)> = backends
             .iter()
-            .map(|(name, _)| {
-                let offset = stable_hash(&(0u8, name)) % m;
-                let skip = stable_hash(&(1u8, name)) % (m - 1) + 1;
-                (offset, skip)
-            })
+            .map(|(name, _)| permutation(name, m))
             .collect();
         let mut next = vec![0u64; n];
         let mut table = vec![u32::MAX; TABLE_SIZE];
@@ -112,12 +131,59 @@ mod tests {
         (0..n).map(|i| (format!("10.0.0.{i}:80"), 1)).collect()
     }
 
+    /// XXH3-64 as the reference C implementation (Python's `xxhash`
+    /// 3.x, `xxh3_64_intdigest`) gives it: these must never change.
+    #[test]
+    fn the_hash_is_pinned_on_known_vectors() {
+        assert_eq!(stable_hash(b""), 0x2d06800538d394c2);
+        assert_eq!(stable_hash(b"a"), 0xe6c632b61e964e1f);
+        assert_eq!(stable_hash(b"10.0.0.1"), 0xb61d99f8e56b6646);
+        assert_eq!(stable_hash(b"web-1"), 0xce3f0550dc4eb434);
+        let seeded = |b: &[u8]| xxhash_rust::xxh3::xxh3_64_with_seed(b, 1);
+        assert_eq!(seeded(b""), 0x4dc5b0cc826f6703);
+        assert_eq!(seeded(b"web-1"), 0x95ef40923ee7274d);
+        // A client address hashes its octets; mapped IPv4 is IPv4.
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(stable_hash_ip(v4), 0x54e8211e31db05c1);
+        assert_eq!(stable_hash_ip(mapped), 0x54e8211e31db05c1);
+    }
+
+    // What XXH3 makes of the pool below: computed once, never to change.
+    const PINNED_HEAD: [u32; 16] = [1, 0, 1, 0, 0, 0, 2, 2, 2, 2, 1, 2, 1, 2, 1, 2];
+    const PINNED_SHARE: [usize; 3] = [16385, 16384, 32768];
+    const PINNED_PICKS: [usize; 8] = [2, 1, 0, 2, 2, 1, 2, 1];
+
+    /// The table of a fixed pool, pinned: a change here reshuffles every
+    /// hash-balanced client of every deployment.
+    #[test]
+    fn the_maglev_table_of_a_fixed_pool_is_pinned() {
+        let m = Maglev::new(&[
+            ("web-1".to_string(), 1),
+            ("web-2".to_string(), 1),
+            ("web-3".to_string(), 2),
+        ]);
+        let head: Vec<u32> = m.table[..16].to_vec();
+        assert_eq!(head, PINNED_HEAD);
+        let mut share = [0usize; 3];
+        m.table.iter().for_each(|&i| share[i as usize] += 1);
+        assert_eq!(share, PINNED_SHARE);
+        // Keys too: the backend of "user-1" .. "user-8".
+        let picks: Vec<usize> = (1..=8)
+            .map(|i| {
+                m.lookup(stable_hash(format!("user-{i}").as_bytes()))
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(picks, PINNED_PICKS);
+    }
+
     #[test]
     fn same_key_same_backend() {
         let m = Maglev::new(&pool(5));
         let f: Vec<Fake> = (0..5).map(|_| Fake::new(1, true)).collect();
         for key in 0..1000u64 {
-            let k = stable_hash(&key);
+            let k = stable_hash(&key.to_le_bytes());
             assert_eq!(
                 m.pick(&refs(&f), Some(k), None),
                 m.pick(&refs(&f), Some(k), None)
@@ -129,7 +195,9 @@ mod tests {
     fn an_unavailable_backend_moves_only_its_own_keys() {
         let m = Maglev::new(&pool(5));
         let mut f: Vec<Fake> = (0..5).map(|_| Fake::new(1, true)).collect();
-        let keys: Vec<u64> = (0..5000u64).map(|k| stable_hash(&k)).collect();
+        let keys: Vec<u64> = (0..5000u64)
+            .map(|k| stable_hash(&k.to_le_bytes()))
+            .collect();
         let before: Vec<_> = keys
             .iter()
             .map(|&k| m.pick(&refs(&f), Some(k), None))
@@ -156,7 +224,7 @@ mod tests {
             let mut rest = all.clone();
             rest.remove(removed);
             let (a, b) = (Maglev::new(&all), Maglev::new(&rest));
-            let keys: Vec<u64> = (0..20_000u64).map(|k| stable_hash(&(k, 7))).collect();
+            let keys: Vec<u64> = (0..20_000u64).map(|k| stable_hash(&(k ^ 7 << 56).to_le_bytes())).collect();
             let mut moved_others = 0;
             let mut others = 0;
             for &k in &keys {

@@ -10,7 +10,7 @@ mod hash;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub use hash::{Maglev, stable_hash};
+pub use hash::{Maglev, stable_hash, stable_hash_ip};
 
 use crate::config::Algorithm;
 

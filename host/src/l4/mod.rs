@@ -39,7 +39,7 @@ pub(crate) struct Route {
 impl Route {
     /// The key hash-balanced pools use: the client's address.
     pub fn key(peer: SocketAddr) -> Option<u64> {
-        Some(crate::balance::stable_hash(&peer.ip().to_canonical()))
+        Some(crate::balance::stable_hash_ip(peer.ip()))
     }
 }
 

@@ -66,10 +66,10 @@ pub fn hash_key(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Option<u64> {
-    use crate::balance::stable_hash;
+    use crate::balance::{stable_hash, stable_hash_ip};
     match key {
-        HashKey::ClientIp => Some(stable_hash(&client)),
-        HashKey::Path => Some(stable_hash(uri.path())),
+        HashKey::ClientIp => Some(stable_hash_ip(client)),
+        HashKey::Path => Some(stable_hash(uri.path().as_bytes())),
         HashKey::Header(h) => headers.get(h).map(|v| stable_hash(v.as_bytes())),
         HashKey::Cookie(name) => headers
             .get_all(header::COOKIE)
@@ -78,7 +78,7 @@ pub fn hash_key(
             .flat_map(|v| v.split(';'))
             .filter_map(|kv| kv.trim().split_once('='))
             .find(|(k, _)| k == name)
-            .map(|(_, v)| stable_hash(v)),
+            .map(|(_, v)| stable_hash(v.as_bytes())),
     }
 }
 
