@@ -25,6 +25,8 @@ pub enum Change {
     Config,
     /// A file in a folder holding TLS certificates, keys or CAs.
     Certs,
+    /// A backend DNS name's set of addresses changed (`upstream/dns.rs`).
+    Resolved,
 }
 
 /// Keeps the OS watches alive; dropping it stops them.

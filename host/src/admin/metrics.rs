@@ -152,10 +152,12 @@ pub struct Metrics {
     pub bytes: Family<BytesLabels, Counter>,
     pub policy_reloads: Family<ReloadLabels, Counter>,
     pub timeouts: Family<TimeoutLabels, Counter>,
+    pub dns: crate::upstream::dns::DnsMetrics,
 }
 
 /// Every family in the registry, with its help text.
 fn register(registry: &mut Registry, m: &Metrics) {
+    m.dns.register(registry);
     registry.register(
         "http_requests",
         "HTTP requests answered",
@@ -262,12 +264,9 @@ fn register_policies(registry: &mut Registry, m: &Metrics) {
 }
 
 impl Metrics {
-    /// The daemon's metrics, with a collector's beside them (the
-    /// policies' own, `policy::metrics`).
-    pub fn with_collector(collector: Box<dyn prometheus_client::collector::Collector>) -> Metrics {
-        let mut m = Metrics::default();
-        m.registry.register_collector(collector);
-        m
+    /// Adds a collector's metrics (the policies' own, `policy::metrics`).
+    pub fn add_collector(&mut self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry.register_collector(collector);
     }
 }
 
@@ -296,6 +295,7 @@ impl Default for Metrics {
             bytes: Family::default(),
             policy_reloads: Family::default(),
             timeouts: Family::default(),
+            dns: Default::default(),
             registry: Registry::default(),
         };
         register(&mut registry, &m);

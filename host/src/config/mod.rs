@@ -4,6 +4,7 @@
 //! the file and the key: `switchyard.toml: listeners.web.pool: no pool named
 //! "ap1" (pools: api, web)`. Bad configuration never panics.
 
+pub mod dns;
 pub mod file;
 pub mod limits;
 mod listeners;
@@ -39,6 +40,7 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolConfig>,
     pub listeners: BTreeMap<String, ListenerConfig>,
     pub runtime: RuntimeConfig,
+    pub dns: dns::DnsConfig,
 }
 
 /// The admin listener (`[admin]`).
@@ -76,12 +78,22 @@ pub struct PolicySettings {
     pub kv: limits::KvLimits,
 }
 
-/// Where a backend is: an IP address, or a DNS name resolved at start and
-/// again every `resolve_interval_ms`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a backend is: an IP address, or a DNS name whose every address
+/// (A and AAAA), or every SRV target, is a backend; names are resolved at
+/// start and again as their TTL says, at least every
+/// `resolve_interval_ms` (`upstream/dns.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BackendAddress {
     Ip(SocketAddr),
-    Name { host: String, port: u16 },
+    Name {
+        host: String,
+        port: u16,
+    },
+    /// `srv:_service._proto.name`: port, weight and priority come from
+    /// the records.
+    Srv {
+        name: String,
+    },
 }
 
 impl fmt::Display for BackendAddress {
@@ -89,6 +101,7 @@ impl fmt::Display for BackendAddress {
         match self {
             BackendAddress::Ip(a) => write!(f, "{a}"),
             BackendAddress::Name { host, port } => write!(f, "{host}:{port}"),
+            BackendAddress::Srv { name } => write!(f, "srv:{name}"),
         }
     }
 }
@@ -98,20 +111,38 @@ impl BackendAddress {
         if let Ok(a) = s.parse::<SocketAddr>() {
             return Some(BackendAddress::Ip(a));
         }
+        if let Some(name) = s.strip_prefix("srv:") {
+            // `_service._proto.` labels carry underscores.
+            return dns_name(name, true).then(|| BackendAddress::Srv {
+                name: name.to_ascii_lowercase(),
+            });
+        }
         let (host, port) = s.rsplit_once(':')?;
         let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
-        let valid = !host.is_empty()
-            && host.len() <= 253
-            && host.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        valid.then(|| BackendAddress::Name {
+        dns_name(host, false).then(|| BackendAddress::Name {
             host: host.to_ascii_lowercase(),
             port,
         })
     }
+
+    /// Whether it is a name to resolve.
+    pub fn is_name(&self) -> bool {
+        !matches!(self, BackendAddress::Ip(_))
+    }
+}
+
+/// A DNS name of letters, digits and `-` (and `_` when `underscore`),
+/// labels of 1-63 bytes, at most 253 in all; a trailing dot is allowed.
+fn dns_name(name: &str, underscore: bool) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || (underscore && b == b'_'))
+        })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

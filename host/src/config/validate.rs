@@ -74,6 +74,7 @@ pub(super) fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config
     if let Some(n) = f.runtime.worker_threads {
         at_least(&mut problems, "runtime.worker_threads", n, 1);
     }
+    let dns = super::dns::dns(f.dns, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -88,6 +89,7 @@ pub(super) fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config
             drain_timeout: Duration::from_millis(f.runtime.drain_timeout_ms),
             access_log_file: f.runtime.access_log_file.map(|p| base.join(p)),
         },
+        dns,
     })
 }
 

@@ -60,6 +60,8 @@ struct Daemon {
     config: Config,
     options: Options,
     upstreams: Arc<Upstreams>,
+    /// The resolver of the running configuration and its last answers.
+    dns: Option<Arc<crate::upstream::dns::Dns>>,
     listeners: BTreeMap<String, ListenerHandle>,
     policies: BTreeMap<PolicyKey, Arc<Policy>>,
     /// The last version refused per policy and why, so a broken file is
@@ -222,26 +224,27 @@ impl Daemon {
     }
 }
 
-/// Resolves backends given by DNS name again every `resolve_interval_ms`,
-/// so they follow their records; a failed lookup keeps the last address.
-/// Ends when the daemon is gone.
-async fn re_resolve(view: std::sync::Weak<ArcSwap<View>>) {
+/// Looks up backends given by DNS name again when they are due (their
+/// TTL, bounded by `resolve_interval_ms`), and when a set changed,
+/// rebuilds the pools through the reload path (`Change::Resolved`): the
+/// same plan and commit as a configuration reload, with minimal
+/// disruption. A failed lookup keeps the last good set (`dns.rs`). Ends
+/// when the daemon is gone.
+async fn re_resolve(control: std::sync::Weak<Control>) {
     loop {
-        let interval = match view.upgrade() {
-            Some(v) => v.load().upstreams.resolve_interval(),
+        let dns = match control.upgrade() {
+            Some(c) => c.state.lock().await.dns.clone(),
             None => return,
         };
-        tokio::time::sleep(interval.unwrap_or(Duration::from_secs(1))).await;
-        if interval.is_none() {
-            continue;
-        }
-        let Some(v) = view.upgrade() else {
-            return;
-        };
-        let upstreams = v.load().upstreams.clone();
-        drop(v);
-        for problem in upstreams.resolve().await {
-            warn!("{problem}; keeping the last address");
+        let due = dns.as_ref().and_then(|d| d.next_due());
+        let wait = due.map_or(Duration::from_secs(1), |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+        });
+        tokio::time::sleep(wait).await;
+        let Some(dns) = dns else { continue };
+        if dns.refresh_due().await {
+            let Some(c) = control.upgrade() else { return };
+            on_change(&c, Change::Resolved).await;
         }
     }
 }
@@ -253,6 +256,16 @@ async fn on_change(control: &Control, change: Change) {
         control
             .certs_refused
             .fetch_add(refused, std::sync::atomic::Ordering::Relaxed);
+        return;
+    }
+    if change == Change::Resolved {
+        let config = control.state.lock().await.config.clone();
+        if let Err(problems) = apply(control, config).await {
+            for p in &problems {
+                warn!("{p}");
+            }
+            warn!("pools not rebuilt after a DNS change; the running ones stay");
+        }
         return;
     }
     if change == Change::Config {
@@ -287,14 +300,14 @@ async fn on_change(control: &Control, change: Change) {
 impl Daemon {
     /// A daemon with nothing loaded, bound or published yet.
     fn new(config: &Config, options: Options, view: Arc<ArcSwap<View>>) -> anyhow::Result<Self> {
+        let mut metrics = Metrics::default();
         let engine = PolicyEngine::new(&EngineSettings {
             cache_dir: config.policies.cache_dir.clone(),
             pool: config.policies.pool,
             kv: config.policies.kv,
         })?;
-        let metrics = Arc::new(Metrics::with_collector(Box::new(
-            engine.custom_metrics.clone(),
-        )));
+        metrics.add_collector(Box::new(engine.custom_metrics.clone()));
+        let metrics = Arc::new(metrics);
         let access_log = AccessLog::start(
             config.runtime.access_log_file.clone(),
             metrics.access_log_dropped.clone(),
@@ -306,6 +319,7 @@ impl Daemon {
             compiler: Compiler::start(),
             // The plan at start builds the pools; until then, none.
             upstreams: Arc::new(Upstreams::default()),
+            dns: None,
             config: config.clone(),
             options,
             listeners: BTreeMap::new(),
@@ -368,13 +382,13 @@ pub async fn start_with(
         daemon.watch_cert_files();
     }
     daemon.upstreams.start_health_checks();
-    tokio::spawn(re_resolve(Arc::downgrade(&view)));
     let daemon = Arc::new(Control {
         state: Mutex::new(daemon),
         reloads: Mutex::new(()),
         configs_refused: std::sync::atomic::AtomicU64::new(0),
         certs_refused: std::sync::atomic::AtomicU64::new(0),
     });
+    tokio::spawn(re_resolve(Arc::downgrade(&daemon)));
     let d = daemon.clone();
     tokio::spawn(async move {
         while let Some(change) = rx.recv().await {
@@ -411,6 +425,7 @@ pub async fn check(config: Config) -> Result<(), Vec<String>> {
             policies: BTreeMap::new(),
         },
         upstreams: None,
+        dns: None,
         terminators: BTreeMap::new(),
         listeners: BTreeMap::new(),
     };

@@ -20,6 +20,7 @@ use crate::config::{Config, Protocol};
 use crate::policy::Policy;
 use crate::tls::Terminator;
 use crate::upstream::Upstreams;
+use crate::upstream::dns::Dns;
 
 /// A listener as it is bound: a new configuration keeps its socket when
 /// both are the same.
@@ -71,6 +72,8 @@ pub(super) struct Current {
     /// Loads policies; knows the ones loaded now.
     pub loader: Loader,
     pub upstreams: Option<Arc<Upstreams>>,
+    /// The resolver and its last answers (none before the first plan).
+    pub dns: Option<Arc<Dns>>,
     pub terminators: BTreeMap<String, Arc<Terminator>>,
     pub listeners: BTreeMap<String, Bound>,
 }
@@ -79,6 +82,7 @@ pub(super) struct Current {
 pub struct Plan {
     pub(super) config: Config,
     pub(super) upstreams: Arc<Upstreams>,
+    pub(super) dns: Arc<Dns>,
     /// Policies loaded for this configuration that were not loaded yet.
     pub(super) fresh: BTreeMap<PolicyKey, Arc<Policy>>,
     pub(super) terminators: BTreeMap<String, Arc<Terminator>>,
@@ -97,17 +101,28 @@ impl Plan {
         let file = config.source.display().to_string();
         let in_file = |p: Vec<String>| p.into_iter().map(|p| format!("{file}: {p}"));
         let mut problems = Vec::new();
-        let upstreams = match Upstreams::rebuild(current.upstreams.as_deref(), &config) {
-            Ok(u) => {
-                let u = Arc::new(u);
-                let unresolved = u.resolve().await;
+        // The resolver carries over (with its answers) unless `[dns]`
+        // changed; names are looked up before the pools are made of them.
+        let dns = match current.dns.as_ref().filter(|d| d.config == config.dns) {
+            Some(d) => Some(d.clone()),
+            None => Dns::new(&config.dns, current.loader.metrics.dns.clone())
+                .map(Arc::new)
+                .map_err(|e| problems.push(format!("{file}: {e}")))
+                .ok(),
+        };
+        let upstreams = match &dns {
+            Some(dns) => {
+                let unresolved = dns.resolve_config(&config).await;
                 problems.extend(in_file(unresolved));
-                Some(u)
+                match Upstreams::rebuild(current.upstreams.as_deref(), &config, Some(dns)) {
+                    Ok(u) => Some(Arc::new(u)),
+                    Err(p) => {
+                        problems.extend(in_file(p));
+                        None
+                    }
+                }
             }
-            Err(p) => {
-                problems.extend(in_file(p));
-                None
-            }
+            None => None,
         };
         // Policies are smoke-called with the pools as their directory.
         let pools_usable = problems.is_empty();
@@ -128,7 +143,8 @@ impl Plan {
             }
             _ => None,
         };
-        let (Some(upstreams), Some(terminators), Some(fresh)) = (upstreams, terminators, fresh)
+        let (Some(upstreams), Some(dns), Some(terminators), Some(fresh)) =
+            (upstreams, dns, terminators, fresh)
         else {
             return Err(problems);
         };
@@ -136,6 +152,7 @@ impl Plan {
         Ok(Plan {
             config,
             upstreams,
+            dns,
             fresh,
             terminators,
             listeners,

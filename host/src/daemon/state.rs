@@ -255,6 +255,7 @@ impl Daemon {
         Current {
             loader: self.loader(),
             upstreams: Some(self.upstreams.clone()),
+            dns: self.dns.clone(),
             terminators: self.terminators.clone(),
             listeners: self
                 .listeners
@@ -278,6 +279,7 @@ impl Daemon {
         let Plan {
             config,
             upstreams,
+            dns,
             fresh,
             terminators,
             listeners,
@@ -304,6 +306,7 @@ impl Daemon {
         self.watch_cert_files();
         upstreams.start_health_checks();
         self.upstreams = upstreams;
+        self.dns = Some(dns);
         self.config = config;
         for name in &listeners.close {
             if let Some(h) = self.listeners.remove(name) {

@@ -3,6 +3,7 @@
 mod budget;
 pub mod calls;
 pub mod client;
+pub mod dns;
 pub mod framing;
 pub mod health;
 pub mod pool;

@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 
 use super::budget::RetryBudget;
 use super::health::Health;
-use crate::config::{BackendAddress, BackendConfig, Config, PoolConfig};
+use crate::config::{BackendAddress, Config, PoolConfig};
 use crate::policy::{Directory, types};
 
 use super::client::{self, UpstreamClient};
@@ -29,14 +29,17 @@ pub struct Resolved {
     pub uri_authority: http::uri::Authority,
 }
 
-/// One backend of a pool.
+/// One backend of a pool: a configured IP address, or one address of a
+/// configured DNS name (`dns.rs`).
 #[derive(Debug)]
 pub struct Backend {
     pub name: Arc<str>,
     /// As configured: an IP address or a DNS name.
     pub configured: BackendAddress,
     pub weight: u32,
-    /// `None` until a DNS name has resolved.
+    /// The name its TLS certificate is checked against: the configured
+    /// host (or SRV target), or the IP address.
+    pub tls_name: String,
     resolved: ArcSwapOption<Resolved>,
     in_flight: AtomicU32,
     /// Requests (L7) or connections (L4) sent to it since it was created.
@@ -60,17 +63,57 @@ fn resolved(socket: SocketAddr) -> Arc<Resolved> {
     })
 }
 
+/// A backend a pool will have: a configured one, or one address of a
+/// configured name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub configured: BackendAddress,
+    pub socket: SocketAddr,
+    pub weight: u32,
+    pub tls_name: String,
+}
+
+/// The backends of `config` as `dns` last resolved its names, in order.
+pub fn members(config: &PoolConfig, dns: Option<&super::dns::Dns>) -> Vec<Member> {
+    let mut out = Vec::new();
+    for b in &config.backends {
+        match &b.address {
+            BackendAddress::Ip(a) => out.push(Member {
+                name: b.name.clone(),
+                configured: b.address.clone(),
+                socket: *a,
+                weight: b.weight,
+                tls_name: a.ip().to_string(),
+            }),
+            named => {
+                let set = dns.and_then(|d| d.members(named)).unwrap_or_default();
+                let srv = matches!(named, BackendAddress::Srv { .. });
+                out.extend(set.iter().map(|m| Member {
+                    name: if srv {
+                        format!("{}~{}~{}", b.name, m.socket.ip(), m.socket.port())
+                    } else {
+                        format!("{}~{}", b.name, m.socket.ip())
+                    },
+                    configured: b.address.clone(),
+                    socket: m.socket,
+                    weight: b.weight.saturating_mul(m.weight),
+                    tls_name: m.host.clone(),
+                }));
+            }
+        }
+    }
+    out
+}
+
 impl Backend {
-    fn new(c: &BackendConfig, max_in_flight: Option<u32>) -> Self {
-        let now = match &c.address {
-            BackendAddress::Ip(a) => Some(resolved(*a)),
-            BackendAddress::Name { .. } => None,
-        };
+    fn new(m: &Member, max_in_flight: Option<u32>) -> Self {
         Backend {
-            name: c.name.as_str().into(),
-            configured: c.address.clone(),
-            weight: c.weight,
-            resolved: ArcSwapOption::new(now),
+            name: m.name.as_str().into(),
+            configured: m.configured.clone(),
+            weight: m.weight,
+            tls_name: m.tls_name.clone(),
+            resolved: ArcSwapOption::new(Some(resolved(m.socket))),
             in_flight: AtomicU32::new(0),
             total: std::sync::atomic::AtomicU64::new(0),
             health: Health::default(),
@@ -79,34 +122,9 @@ impl Backend {
         }
     }
 
-    /// The address to connect to now (`None`: a name not resolved yet).
+    /// The address to connect to.
     pub fn address(&self) -> Option<Arc<Resolved>> {
         self.resolved.load_full()
-    }
-
-    /// Resolves a DNS name again (the first IPv4 address, else the first
-    /// address, wins); IP backends and
-    /// failed lookups keep what they had. Returns the error of a failed
-    /// lookup.
-    pub async fn resolve(&self) -> Result<(), String> {
-        let BackendAddress::Name { host, port } = &self.configured else {
-            return Ok(());
-        };
-        match tokio::net::lookup_host((host.as_str(), *port)).await {
-            // IPv4 preferred when a name has both (Envoy's V4_PREFERRED).
-            Ok(addrs) => match addrs.min_by_key(|a| a.is_ipv6()) {
-                Some(a) => {
-                    let new = resolved(a);
-                    if self.address().as_deref() != Some(&*new) {
-                        tracing::info!(backend = %self.name, host = %host, address = %a, "backend resolved");
-                        self.resolved.store(Some(new));
-                    }
-                    Ok(())
-                }
-                None => Err(format!("{host} has no address")),
-            },
-            Err(e) => Err(format!("cannot resolve {host}: {e}")),
-        }
     }
 
     /// Passing its checks and not ejected.
@@ -179,6 +197,9 @@ pub struct Pool {
     pub name: Arc<str>,
     pub config: PoolConfig,
     pub backends: Vec<Arc<Backend>>,
+    /// What `backends` were made from, to tell whether a new DNS answer
+    /// changes the pool.
+    members: Vec<Member>,
     balancer: Box<dyn Balancer>,
     pub client: UpstreamClient,
     checks_started: std::sync::atomic::AtomicBool,
@@ -204,21 +225,37 @@ impl Candidate for Untried<'_> {
 }
 
 impl Pool {
-    /// A pool of `config`; fails only on the TLS files of a `tls` pool.
-    pub fn new(name: &str, config: &PoolConfig) -> Result<Self, String> {
-        let named: Vec<(String, u32)> = config
-            .backends
+    /// A pool of `config` with the backends `members` (`members()`);
+    /// fails only on the TLS files of a `tls` pool. A backend of `old`
+    /// with the same name, address and weight carries over, with its
+    /// health, counters and drain state (a DNS set that changed, a
+    /// reload); requests running on the others finish.
+    pub fn new(
+        name: &str,
+        config: &PoolConfig,
+        members: &[Member],
+        old: Option<&Pool>,
+    ) -> Result<Self, String> {
+        let named: Vec<(String, u32)> =
+            members.iter().map(|m| (m.name.clone(), m.weight)).collect();
+        let backends: Vec<Arc<Backend>> = members
             .iter()
-            .map(|b| (b.name.clone(), b.weight))
-            .collect();
-        let backends: Vec<Arc<Backend>> = config
-            .backends
-            .iter()
-            .map(|b| Arc::new(Backend::new(b, config.max_requests_per_backend)))
+            .map(|m| {
+                old.and_then(|o| o.backend(&m.name))
+                    .filter(|b| {
+                        b.weight == m.weight
+                            && b.configured == m.configured
+                            && b.address().is_some_and(|r| r.socket == m.socket)
+                            && old.is_some_and(|o| o.config == *config)
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Backend::new(m, config.max_requests_per_backend)))
+            })
             .collect();
         Ok(Pool {
             name: name.into(),
             client: client::build(name, config, &backends)?,
+            members: members.to_vec(),
             backends,
             balancer: balance::for_algorithm(config.algorithm, &named),
             config: config.clone(),
@@ -308,22 +345,31 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    /// The pools of `config` with IP backends only (names: none yet).
     pub fn new(config: &Config) -> Result<Self, Vec<String>> {
-        Self::rebuild(None, config)
+        Self::rebuild(None, config, None)
     }
 
-    /// The pools of `config`, keeping every pool of `old` whose settings did
-    /// not change (its connections, counters and health carry over). Fails
-    /// with every pool whose TLS files cannot be used.
-    pub fn rebuild(old: Option<&Upstreams>, config: &Config) -> Result<Self, Vec<String>> {
+    /// The pools of `config`, its names as `dns` last resolved them,
+    /// keeping every pool of `old` whose settings and members did not
+    /// change (its connections, counters and health carry over) and, in a
+    /// pool that changed, every backend that stayed. Fails with every
+    /// pool whose TLS files cannot be used.
+    pub fn rebuild(
+        old: Option<&Upstreams>,
+        config: &Config,
+        dns: Option<&super::dns::Dns>,
+    ) -> Result<Self, Vec<String>> {
         let mut pools = BTreeMap::new();
         let mut problems = Vec::new();
         for (name, p) in &config.pools {
-            let kept = old
-                .and_then(|o| o.pools.get(name))
-                .filter(|existing| existing.config == *p)
+            let members = members(p, dns);
+            let previous = old.and_then(|o| o.pools.get(name));
+            let kept = previous
+                .filter(|existing| existing.config == *p && existing.members == members)
                 .cloned();
-            match kept.map_or_else(|| Pool::new(name, p).map(Arc::new), Ok) {
+            let made = || Pool::new(name, p, &members, previous.map(|x| &**x)).map(Arc::new);
+            match kept.map_or_else(made, Ok) {
                 Ok(pool) => {
                     pools.insert(name.clone(), pool);
                 }
@@ -355,33 +401,6 @@ impl Upstreams {
                 super::health::start_checks(pool);
             }
         }
-    }
-
-    /// Resolves every backend given by DNS name; the problems, one per
-    /// backend that did not resolve, as `pools.NAME.backends[I]: ...`.
-    pub async fn resolve(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        for (name, pool) in &self.pools {
-            for (i, b) in pool.backends.iter().enumerate() {
-                if let Err(e) = b.resolve().await {
-                    problems.push(format!("pools.{name}.backends[{i}]: {e}"));
-                }
-            }
-        }
-        problems
-    }
-
-    /// The shortest re-resolve interval of the pools that have names.
-    pub fn resolve_interval(&self) -> Option<std::time::Duration> {
-        self.pools
-            .values()
-            .filter(|p| {
-                p.backends
-                    .iter()
-                    .any(|b| matches!(b.configured, BackendAddress::Name { .. }))
-            })
-            .map(|p| p.config.resolve_interval)
-            .min()
     }
 }
 

@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub listeners: BTreeMap<String, ListenerFile>,
     #[serde(default)]
     pub runtime: RuntimeFile,
+    #[serde(default)]
+    pub dns: super::dns::DnsFile,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,7 @@ use rustls::pki_types::ServerName;
 
 use super::super::Backend;
 use super::{Hosts, Inner, UpstreamClient};
-use crate::config::{BackendAddress, PoolConfig};
+use crate::config::PoolConfig;
 
 /// The client of pool `name`; an error names the key and file at fault.
 pub fn build(
@@ -79,10 +79,7 @@ fn server_name(uri: &http::Uri, backends: &[Arc<Backend>]) -> String {
     backends
         .iter()
         .find(|b| b.address().is_some_and(|r| r.authority == authority))
-        .map(|b| match &b.configured {
-            BackendAddress::Ip(a) => a.ip().to_string(),
-            BackendAddress::Name { host, .. } => host.clone(),
-        })
+        .map(|b| b.tls_name.clone())
         .unwrap_or_else(|| {
             uri.host()
                 .unwrap_or_default()
