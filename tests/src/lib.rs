@@ -35,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub use switchyard;
 
+pub mod redis;
 pub mod tls;
 
 /// The repository root.

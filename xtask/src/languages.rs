@@ -254,7 +254,7 @@ fn c_tools(install: bool) -> anyhow::Result<Option<String>> {
     pip_tool("wasm-tools", WASM_TOOLS_PY, install)
 }
 
-fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let as_root = Command::new("id")
         .arg("-u")
         .output()

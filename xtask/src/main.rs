@@ -168,6 +168,7 @@ fn build_languages(install: bool) -> anyhow::Result<Vec<&'static str>> {
 
 fn test() -> anyhow::Result<()> {
     ensure_components()?;
+    ensure_services()?;
     build_policies()?;
     // CI runs all four languages; elsewhere, those whose toolchains are here.
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
@@ -203,6 +204,17 @@ fn test() -> anyhow::Result<()> {
     run(cargo()
         .args(["test", "--workspace"])
         .env("SWITCHYARD_LANGS", langs.join(",")))?;
+    Ok(())
+}
+
+/// The services the tests start on loopback, from Debian's packages:
+/// `redis-server` (the shared KV store, `tests/tests/kv.rs` and the
+/// multi-instance test).
+fn ensure_services() -> anyhow::Result<()> {
+    if !std::path::Path::new("/usr/bin/redis-server").is_file() {
+        eprintln!("xtask: installing redis-server (apt)");
+        languages::apt_install(&["redis-server"])?;
+    }
     Ok(())
 }
 

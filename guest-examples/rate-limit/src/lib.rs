@@ -4,9 +4,19 @@
 //!
 //! Config: `{"rate_per_second": 10, "burst": 20}`.
 //!
-//! A bucket is `"<milli-tokens> <last refill, ns>"` under the client's IP.
-//! Updates use compare-and-swap, so concurrent instances never both spend
-//! the same token; a bucket nobody touches expires once it would be full.
+//! A bucket is `"<milli-tokens> <last refill, wall-clock ms>"` under the
+//! client's IP. Updates use compare-and-swap, so concurrent instances never
+//! both spend the same token; a bucket nobody touches expires once it would
+//! be full.
+//!
+//! The stamp is wall time, not the monotonic clock: with `[kv] backend =
+//! "redis"` every instance of a deployment reads and writes the same
+//! bucket, and each machine's monotonic clock counts from its own boot.
+//! Wall clocks under NTP agree within milliseconds, which moves a refill by
+//! as many milli-tokens per token of rate; a clock that steps back refills
+//! nothing until it catches up (the difference saturates at 0), so a skewed
+//! instance can only be stricter, never let more through. (The store's own
+//! clock, Redis `TIME`, would need a round trip of its own per request.)
 
 use std::sync::OnceLock;
 
@@ -51,7 +61,7 @@ impl HttpPolicy for RateLimit {
         // Time for an empty bucket to refill, plus a second: the TTL.
         let ttl_ms = c.burst * 1000 / c.rate_per_second + 1000;
         for _ in 0..CAS_ATTEMPTS {
-            let now = clock::monotonic_now();
+            let now = clock::wall_now_ms();
             // A store that cannot answer lets the request through: a rate
             // limiter that fails closed turns a store outage into an outage.
             let current = match kv::get(&key) {
@@ -64,9 +74,9 @@ impl HttpPolicy for RateLimit {
                 }
             };
             let (tokens, at) = current.as_deref().and_then(parse).unwrap_or((full, now));
-            let elapsed_ns = now.saturating_sub(at);
-            // milli-tokens gained = elapsed_ns * rate / 1e6
-            let gained = (elapsed_ns as u128 * c.rate_per_second as u128 / 1_000_000) as u64;
+            let elapsed_ms = now.saturating_sub(at);
+            // milli-tokens gained = elapsed_ms * rate
+            let gained = elapsed_ms.saturating_mul(c.rate_per_second);
             let tokens = tokens.saturating_add(gained).min(full);
             if tokens < 1000 {
                 // Whole seconds until one token is back, at least 1.

@@ -153,11 +153,13 @@ pub struct Metrics {
     pub policy_reloads: Family<ReloadLabels, Counter>,
     pub timeouts: Family<TimeoutLabels, Counter>,
     pub dns: crate::upstream::dns::DnsMetrics,
+    pub kv: crate::policy::kv_handle::KvMetrics,
 }
 
 /// Every family in the registry, with its help text.
 fn register(registry: &mut Registry, m: &Metrics) {
     m.dns.register(registry);
+    m.kv.register(registry);
     registry.register(
         "http_requests",
         "HTTP requests answered",
@@ -296,6 +298,7 @@ impl Default for Metrics {
             policy_reloads: Family::default(),
             timeouts: Family::default(),
             dns: Default::default(),
+            kv: Default::default(),
             registry: Registry::default(),
         };
         register(&mut registry, &m);

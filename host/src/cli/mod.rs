@@ -125,6 +125,8 @@ fn engine_for(config: Option<&Config>) -> anyhow::Result<Arc<PolicyEngine>> {
         cache_dir: config.and_then(|c| c.policies.cache_dir.clone()),
         pool: config.map(|c| c.policies.pool).unwrap_or_default(),
         kv: config.map(|c| c.policies.kv).unwrap_or_default(),
+        // Offline: every run has its own memory store, never a shared one.
+        ..Default::default()
     })
 }
 

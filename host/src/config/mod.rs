@@ -6,6 +6,7 @@
 
 pub mod dns;
 pub mod file;
+pub mod kv;
 pub mod limits;
 mod listeners;
 mod pools;
@@ -41,6 +42,8 @@ pub struct Config {
     pub listeners: BTreeMap<String, ListenerConfig>,
     pub runtime: RuntimeConfig,
     pub dns: dns::DnsConfig,
+    /// Where policies' key-value namespaces live (read at start only).
+    pub kv: kv::KvBackend,
 }
 
 /// The admin listener (`[admin]`).

@@ -75,6 +75,7 @@ pub(super) fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config
         at_least(&mut problems, "runtime.worker_threads", n, 1);
     }
     let dns = super::dns::dns(f.dns, &mut problems);
+    let kv = super::kv::kv(f.kv, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -90,6 +91,7 @@ pub(super) fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config
             access_log_file: f.runtime.access_log_file.map(|p| base.join(p)),
         },
         dns,
+        kv,
     })
 }
 

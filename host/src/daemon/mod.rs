@@ -249,6 +249,14 @@ async fn re_resolve(control: std::sync::Weak<Control>) {
     }
 }
 
+/// The store of the `kv` import is made at start: a reload keeps it.
+async fn warn_kv(control: &Control, new: Config) -> Config {
+    if control.state.lock().await.config.kv != new.kv {
+        warn!("[kv] changed: the running store stays until a restart");
+    }
+    new
+}
+
 async fn on_change(control: &Control, change: Change) {
     let _reloading = control.reloads.lock().await;
     if change == Change::Certs {
@@ -271,7 +279,7 @@ async fn on_change(control: &Control, change: Change) {
     if change == Change::Config {
         let source = control.state.lock().await.config.source.clone();
         match Config::load(&source) {
-            Ok(c) => match apply(control, c).await {
+            Ok(c) => match apply(control, warn_kv(control, c).await).await {
                 Ok(()) => info!(config = %source.display(), "configuration reloaded"),
                 Err(problems) => {
                     control
@@ -305,6 +313,8 @@ impl Daemon {
             cache_dir: config.policies.cache_dir.clone(),
             pool: config.policies.pool,
             kv: config.policies.kv,
+            kv_store: config.kv.clone(),
+            kv_metrics: metrics.kv.clone(),
         })?;
         metrics.add_collector(Box::new(engine.custom_metrics.clone()));
         let metrics = Arc::new(metrics);
@@ -414,6 +424,8 @@ pub async fn check(config: Config) -> Result<(), Vec<String>> {
         cache_dir: config.policies.cache_dir.clone(),
         pool: config.policies.pool,
         kv: config.policies.kv,
+        kv_store: config.kv.clone(),
+        ..Default::default()
     })
     .map_err(|e| vec![format!("policy engine: {e:#}")])?;
     let current = plan::Current {

@@ -17,6 +17,8 @@ pub mod http {
         imports: {
             "switchyard:policy/types": trappable,
             "switchyard:policy/http-client.http-call": async,
+            // A remote store (Redis) suspends the guest too.
+            "switchyard:policy/kv": async,
         },
         with: {
             "switchyard:policy/types.request-head": crate::policy::view::RequestHandle,
@@ -75,7 +77,7 @@ pub mod v0_2 {
             exports: { default: async },
             // 0.2's key-value calls over the store's limits trap the guest.
             imports: {
-                "switchyard:policy/kv": trappable,
+                "switchyard:policy/kv": async | trappable,
                 "switchyard:policy/types": trappable,
             },
             with: {

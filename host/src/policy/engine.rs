@@ -33,8 +33,12 @@ pub struct EngineSettings {
     pub cache_dir: Option<PathBuf>,
     /// The pooling allocator's process-wide slots.
     pub pool: PoolLimits,
-    /// The caps of each policy's KV namespace.
+    /// The caps of each policy's KV namespace (in memory).
     pub kv: super::kv::KvLimits,
+    /// Where the namespaces live (`[kv]`).
+    pub kv_store: crate::config::kv::KvBackend,
+    /// The store's metrics, registered by the caller.
+    pub kv_metrics: super::kv_handle::KvMetrics,
 }
 
 /// What one policy may hold of the engine's pool at most: its instance
@@ -228,7 +232,8 @@ impl PolicyEngine {
             engine,
             cache,
             linker,
-            kv: KvStore::new(settings.kv),
+            kv: KvStore::new(settings.kv, &settings.kv_store, settings.kv_metrics.clone())
+                .map_err(|e| anyhow::anyhow!(e))?,
             custom_metrics: Arc::default(),
             pool: settings.pool,
         }))

@@ -13,12 +13,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{backends, clock, http_client, kv, log, metrics, random, types};
 use super::directory::Directory;
-use super::kv::Namespace;
+use super::kv_handle::KvHandle;
 
 /// The data of one `Store`: one per warm instance.
 pub struct HostState {
     pub(crate) policy: Arc<str>,
-    pub(crate) kv: Arc<Namespace>,
+    pub(crate) kv: KvHandle,
     /// The policy's own metrics (`metrics.rs`).
     pub(crate) metrics: Arc<super::metrics::PolicyMetrics>,
     /// The pools the current call may see; replaced before each call.
@@ -43,7 +43,7 @@ pub struct HostState {
 impl HostState {
     pub(crate) fn new(
         policy: Arc<str>,
-        kv: Arc<Namespace>,
+        kv: KvHandle,
         metrics: Arc<super::metrics::PolicyMetrics>,
         directory: Arc<dyn Directory>,
         memory_bytes: usize,
@@ -165,41 +165,77 @@ fn kv_error(e: super::kv::KvError) -> kv::KvError {
     match e {
         E::KeyTooLarge(_) | E::ValueTooLarge(_) => kv::KvError::TooLarge(e.to_string()),
         E::TooLargeForNamespace(_) => kv::KvError::Full(e.to_string()),
+        E::Unavailable(m) => kv::KvError::Unavailable(m),
     }
 }
 
+/// A store operation; a remote one's wait is not the guest's time
+/// (`waits.rs`), as with `http-call`.
+async fn kv_op<T>(
+    waits: Arc<super::waits::Waits>,
+    remote: bool,
+    op: impl Future<Output = Result<T, super::kv::KvError>>,
+) -> Result<T, kv::KvError> {
+    if remote {
+        waits.begin();
+    }
+    let r = op.await;
+    if remote {
+        waits.end();
+    }
+    r.map_err(kv_error)
+}
+
 impl kv::Host for HostState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::KvError> {
-        Ok(self.kv.get(&key))
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::KvError> {
+        let kv = self.kv.clone();
+        kv_op(self.waits.clone(), kv.remote(), kv.get(&key)).await
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), kv::KvError> {
-        self.kv.set(&key, value, ttl_ms).map_err(kv_error)
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), kv::KvError> {
+        let kv = self.kv.clone();
+        kv_op(self.waits.clone(), kv.remote(), kv.set(&key, value, ttl_ms)).await
     }
 
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &mut self,
         key: String,
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<bool, kv::KvError> {
-        self.kv
-            .compare_and_swap(&key, expected.as_deref(), new, ttl_ms)
-            .map_err(kv_error)
+        let kv = self.kv.clone();
+        kv_op(
+            self.waits.clone(),
+            kv.remote(),
+            kv.compare_and_swap(&key, expected.as_deref(), new, ttl_ms),
+        )
+        .await
     }
 
-    fn increment(
+    async fn increment(
         &mut self,
         key: String,
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> Result<i64, kv::KvError> {
-        self.kv.increment(&key, delta, ttl_ms).map_err(kv_error)
+        let kv = self.kv.clone();
+        kv_op(
+            self.waits.clone(),
+            kv.remote(),
+            kv.increment(&key, delta, ttl_ms),
+        )
+        .await
     }
 
-    fn delete(&mut self, key: String) -> Result<bool, kv::KvError> {
-        Ok(self.kv.delete(&key))
+    async fn delete(&mut self, key: String) -> Result<bool, kv::KvError> {
+        let kv = self.kv.clone();
+        kv_op(self.waits.clone(), kv.remote(), kv.delete(&key)).await
     }
 }
 

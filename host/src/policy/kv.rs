@@ -45,29 +45,53 @@ pub enum KvError {
     ValueTooLarge(usize),
     #[error("kv entry of {0} bytes is larger than the namespace's kv_max_bytes")]
     TooLargeForNamespace(usize),
+    /// A remote store that is down, slow or in error (`kv_redis.rs`).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
-/// All namespaces of the process.
+/// All namespaces of the process: in memory, or (`[kv] backend =
+/// "redis"`) on Redis.
 #[derive(Default)]
 pub struct KvStore {
     limits: KvLimits,
     namespaces: Mutex<HashMap<String, Arc<Namespace>>>,
+    redis: Option<Arc<super::kv_redis::RedisKv>>,
+    metrics: super::kv_handle::KvMetrics,
 }
 
 impl KvStore {
-    pub fn new(limits: KvLimits) -> Self {
-        KvStore {
+    /// The store `backend` names; fails only on a Redis URL it cannot use.
+    pub fn new(
+        limits: KvLimits,
+        backend: &crate::config::kv::KvBackend,
+        metrics: super::kv_handle::KvMetrics,
+    ) -> Result<Self, String> {
+        use crate::config::kv::KvBackend;
+        let redis = match backend {
+            KvBackend::Memory => None,
+            KvBackend::Redis(s) => Some(Arc::new(super::kv_redis::RedisKv::new(s)?)),
+        };
+        Ok(KvStore {
             limits,
             namespaces: Mutex::default(),
-        }
+            redis,
+            metrics,
+        })
     }
 
     /// The namespace of one policy, created on first use.
-    pub fn namespace(&self, policy: &str) -> Arc<Namespace> {
+    pub fn namespace(&self, policy: &str) -> super::kv_handle::KvHandle {
+        use super::kv_handle::KvHandle;
+        if let Some(r) = &self.redis {
+            return KvHandle::Redis(r.namespace(policy), self.metrics.clone());
+        }
         let mut map = self.namespaces.lock().expect("kv store lock");
-        map.entry(policy.to_owned())
+        let ns = map
+            .entry(policy.to_owned())
             .or_insert_with(|| Arc::new(Namespace::new(self.limits)))
-            .clone()
+            .clone();
+        KvHandle::Memory(ns, self.metrics.clone())
     }
 
     /// Entries evicted to make room, by namespace, since start.
@@ -118,7 +142,7 @@ fn expiry(now: Instant, ttl_ms: Option<u64>) -> Option<Instant> {
     ttl_ms.and_then(|ms| now.checked_add(Duration::from_millis(ms)))
 }
 
-fn check(key: &str, value: &[u8]) -> Result<(), KvError> {
+pub(super) fn check(key: &str, value: &[u8]) -> Result<(), KvError> {
     if key.len() > MAX_KEY_BYTES {
         return Err(KvError::KeyTooLarge(key.len()));
     }
@@ -300,14 +324,17 @@ impl Namespace {
 mod tests {
     use super::*;
 
-    #[test]
-    fn namespaces_are_separate_and_shared_by_name() {
+    #[tokio::test]
+    async fn namespaces_are_separate_and_shared_by_name() {
         let store = KvStore::default();
         let a = store.namespace("a");
         let b = store.namespace("b");
-        a.set("k", b"1".to_vec(), None).unwrap();
-        assert_eq!(b.get("k"), None);
-        assert_eq!(store.namespace("a").get("k"), Some(b"1".to_vec()));
+        a.set("k", b"1".to_vec(), None).await.unwrap();
+        assert_eq!(b.get("k").await.unwrap(), None);
+        assert_eq!(
+            store.namespace("a").get("k").await.unwrap(),
+            Some(b"1".to_vec())
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ mod hooks;
 mod host_api;
 pub mod instances;
 pub mod kv;
+pub mod kv_handle;
+pub mod kv_redis;
 pub mod metrics;
 mod smoke;
 mod stats;

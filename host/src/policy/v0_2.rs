@@ -170,28 +170,26 @@ fn trap<T>(r: Result<T, v3::kv::KvError>) -> R<T> {
 }
 
 impl kv::Host for HostState {
-    fn get(&mut self, key: String) -> R<Option<Vec<u8>>> {
-        trap(v3::kv::Host::get(self, key))
+    async fn get(&mut self, key: String) -> R<Option<Vec<u8>>> {
+        trap(v3::kv::Host::get(self, key).await)
     }
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> R<()> {
-        trap(v3::kv::Host::set(self, key, value, ttl_ms))
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> R<()> {
+        trap(v3::kv::Host::set(self, key, value, ttl_ms).await)
     }
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &mut self,
         key: String,
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> R<bool> {
-        trap(v3::kv::Host::compare_and_swap(
-            self, key, expected, new, ttl_ms,
-        ))
+        trap(v3::kv::Host::compare_and_swap(self, key, expected, new, ttl_ms).await)
     }
-    fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> R<i64> {
-        trap(v3::kv::Host::increment(self, key, delta, ttl_ms))
+    async fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> R<i64> {
+        trap(v3::kv::Host::increment(self, key, delta, ttl_ms).await)
     }
-    fn delete(&mut self, key: String) -> R<bool> {
-        trap(v3::kv::Host::delete(self, key))
+    async fn delete(&mut self, key: String) -> R<bool> {
+        trap(v3::kv::Host::delete(self, key).await)
     }
 }
 

@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub runtime: RuntimeFile,
     #[serde(default)]
     pub dns: super::dns::DnsFile,
+    #[serde(default)]
+    pub kv: super::kv::KvFile,
 }
 
 #[derive(Debug, Deserialize)]
