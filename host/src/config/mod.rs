@@ -242,6 +242,9 @@ pub struct HealthCheck {
     /// Inclusive range of statuses that pass.
     pub expect_status: (u16, u16),
     pub host: Option<String>,
+    /// Check this port of the backend's address instead of its own (an
+    /// admin listener's `/readyz` beside the traffic port).
+    pub port: Option<u16>,
     pub interval: Duration,
     pub timeout: Duration,
     pub healthy_threshold: u32,

@@ -174,12 +174,16 @@ fn health(key: &str, h: HealthFile, problems: &mut Problems) -> Option<HealthChe
     if !h.path.starts_with('/') {
         problems.push(format!("{key}.health.path: must start with '/'"));
     }
+    if h.port == Some(0) {
+        problems.push(format!("{key}.health.port: must be 1-65535"));
+    }
     let k = |sub: &str| format!("{key}.health.{sub}");
     Some(HealthCheck {
         kind: h.kind,
         path: h.path,
         expect_status: expect,
         host: h.host,
+        port: h.port,
         interval: ms(problems, &k("interval_ms"), h.interval_ms),
         timeout: ms(problems, &k("timeout_ms"), h.timeout_ms),
         healthy_threshold: at_least(problems, &k("healthy_threshold"), h.healthy_threshold, 1),

@@ -240,10 +240,18 @@ async fn probe(
     let Some(at) = backend.address() else {
         return Err("address not resolved".into());
     };
+    // The check's own port (`health.port`), else the backend's.
+    let (socket, authority) = match hc.port {
+        Some(port) => {
+            let s = std::net::SocketAddr::new(at.socket.ip(), port);
+            (s, s.to_string())
+        }
+        None => (at.socket, at.authority.clone()),
+    };
     let attempt = async {
         if let (CheckKind::Http, Some(client)) = (hc.kind, tls_client) {
-            let host = hc.host.clone().unwrap_or_else(|| at.authority.clone());
-            let req = http::Request::get(format!("https://{}{}", at.authority, hc.path))
+            let host = hc.host.clone().unwrap_or_else(|| authority.clone());
+            let req = http::Request::get(format!("https://{authority}{}", hc.path))
                 .header(http::header::HOST, host)
                 .header(http::header::USER_AGENT, "switchyard-health-check")
                 .body(
@@ -258,7 +266,7 @@ async fn probe(
                 .map_err(|e| format!("https: {}", e.error))?;
             return expect(resp.status().as_u16(), hc);
         }
-        let stream = tokio::net::TcpStream::connect(at.socket)
+        let stream = tokio::net::TcpStream::connect(socket)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         if hc.kind == CheckKind::Tcp {
@@ -268,7 +276,7 @@ async fn probe(
             .await
             .map_err(|e| format!("http: {e}"))?;
         tokio::spawn(conn);
-        let host = hc.host.clone().unwrap_or_else(|| at.authority.clone());
+        let host = hc.host.clone().unwrap_or_else(|| authority.clone());
         let req = http::Request::get(hc.path.as_str())
             .header(http::header::HOST, host)
             .header(http::header::USER_AGENT, "switchyard-health-check")

@@ -316,6 +316,7 @@ pub struct HealthFile {
     #[serde(default = "d_expect")]
     pub expect_status: String,
     pub host: Option<String>,
+    pub port: Option<u16>,
     #[serde(default = "d_interval")]
     pub interval_ms: u64,
     #[serde(default = "d_check_timeout")]
