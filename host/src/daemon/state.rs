@@ -164,6 +164,8 @@ impl Daemon {
             engine: Some(self.engine.clone()),
             ready: self.started,
         }));
+        // Only the versions in use: a replaced version's series goes.
+        self.metrics.policy_version.clear();
         for p in self.policies.values() {
             self.metrics
                 .policy_version
