@@ -10,7 +10,9 @@
 //!   then `cargo fmt --check`, `cargo clippy -D warnings` and `cargo test
 //!   --workspace` — what CI runs;
 //! - `demo`: build the policies and the release binaries, start three demo
-//!   backends and run the daemon on `examples/demo.toml` until Ctrl-C.
+//!   backends and run the daemon on `examples/demo.toml` until Ctrl-C;
+//! - `demo-cluster`: the same backends, a redis-server, three L7 instances
+//!   and an L4 tier in front (`examples/cluster/`, docs/SCALING.md).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -218,6 +220,59 @@ fn ensure_services() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `examples/cluster/`: the demo backends, a redis-server on
+/// 127.0.0.1:6390, three L7 instances on 127.0.0.41-43 and the L4 tier on
+/// 127.0.0.1:8080-8081, until Ctrl-C (which stops them all).
+fn demo_cluster() -> anyhow::Result<()> {
+    ensure_services()?;
+    build_policies()?;
+    run(cargo().args(["build", "--release", "-p", "switchyard", "-p", "sy-backend"]))?;
+    let bin = target_dir().join("release");
+    let quiet = || std::process::Stdio::null();
+    let mut children = Children(Vec::new());
+    for (name, addr) in DEMO_BACKENDS {
+        children.0.push(
+            Command::new(bin.join("sy-backend"))
+                .args(["--bind", addr, "--name", name])
+                .stdout(quiet())
+                .spawn()
+                .context("start a demo backend")?,
+        );
+    }
+    children.0.push(
+        Command::new("redis-server")
+            .args(["--port", "6390", "--bind", "127.0.0.1", "--save", ""])
+            .stdout(quiet())
+            .spawn()
+            .context("start redis-server")?,
+    );
+    let dir = root().join("examples/cluster");
+    for i in 1..=3 {
+        children.0.push(
+            Command::new(bin.join("switchyard"))
+                .args(["run", "--config"])
+                .arg(dir.join(format!("instance-{i}.toml")))
+                .spawn()
+                .context("start an L7 instance")?,
+        );
+    }
+    let mut front = Command::new(bin.join("switchyard"))
+        .args(["run", "--config"])
+        .arg(dir.join("front.toml"))
+        .spawn()
+        .context("start the L4 tier")?;
+    eprintln!(
+        "\nxtask: backends on 127.0.0.1:9001-9003, redis on 127.0.0.1:6390, L7 instances on\n         127.0.0.41-43 (traffic 8080/8081, admin 9090), the L4 tier on 127.0.0.1:8080-8081.\n         Try:\n  for i in $(seq 30); do curl -s -o /dev/null -w '%{{http_code}} ' 127.0.0.1:8080/; done\n             # 20 pass (one global burst), then 429\n           curl -H 'x-user: ada' 127.0.0.41:8081/; curl -H 'x-user: ada' 127.0.0.42:8081/\n             # every instance picks the same backend\n           curl 127.0.0.41:9090/metrics | grep switchyard_kv\n\
+         Ctrl-C stops everything.\n"
+    );
+    let status = front.wait()?;
+    drop(children);
+    if !status.success() {
+        bail!("switchyard exited with {status}");
+    }
+    Ok(())
+}
+
 /// The demo backends: name and address, as in `examples/demo.toml`.
 const DEMO_BACKENDS: [(&str, &str); 3] = [
     ("web", "127.0.0.1:9001"),
@@ -286,8 +341,11 @@ fn main() -> anyhow::Result<()> {
         }
         Some("test") => test(),
         Some("demo") => demo(&args[1..]),
+        Some("demo-cluster") => demo_cluster(),
         _ => {
-            eprintln!("usage: cargo xtask <build-policies [--all-languages] | test | demo>");
+            eprintln!(
+                "usage: cargo xtask <build-policies [--all-languages] | test | demo | demo-cluster>"
+            );
             std::process::exit(2);
         }
     }
