@@ -8,6 +8,7 @@
 //! started with.
 
 mod certs;
+mod notify;
 mod plan;
 mod policies;
 mod signals;
@@ -277,6 +278,7 @@ async fn on_change(control: &Control, change: Change) {
         return;
     }
     if change == Change::Config {
+        notify::reloading();
         let source = control.state.lock().await.config.source.clone();
         match Config::load(&source) {
             Ok(c) => match apply(control, warn_kv(control, c).await).await {
@@ -301,6 +303,7 @@ async fn on_change(control: &Control, change: Change) {
                 warn!(config = %source.display(), "configuration refused; the running one stays");
             }
         }
+        notify::ready(&notify::status(control).await);
     }
     rescan(control).await;
 }
@@ -467,7 +470,9 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     )
     .await?;
     info!(config = %source.display(), "switchyard running");
+    notify::ready(&notify::status(&running.daemon).await);
     signals.wait_for_stop(&changes).await;
+    notify::stopping();
     info!(
         drain_ms = drain.as_millis() as u64,
         "shutting down: draining connections"
