@@ -209,13 +209,17 @@ fn test() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The services the tests start on loopback, from Debian's packages:
-/// `redis-server` (the shared KV store, `tests/tests/kv.rs` and the
-/// multi-instance test).
+/// What the tests need from Debian's packages: `redis-server` (the shared
+/// KV store, `tests/tests/kv.rs` and the multi-instance test), and
+/// `systemd` for `systemd-analyze verify` of the unit file.
 fn ensure_services() -> anyhow::Result<()> {
     if !std::path::Path::new("/usr/bin/redis-server").is_file() {
         eprintln!("xtask: installing redis-server (apt)");
         languages::apt_install(&["redis-server"])?;
+    }
+    if !std::path::Path::new("/usr/bin/systemd-analyze").is_file() {
+        eprintln!("xtask: installing systemd, for systemd-analyze (apt)");
+        languages::apt_install(&["systemd"])?;
     }
     Ok(())
 }
