@@ -20,7 +20,11 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         assert!(unit.contains(required), "the unit lacks {required}");
     }
     // wasmtime makes freshly compiled code executable: never W^X here.
-    assert!(!unit.lines().any(|l| l.starts_with("MemoryDenyWriteExecute")));
+    assert!(
+        !unit
+            .lines()
+            .any(|l| l.starts_with("MemoryDenyWriteExecute"))
+    );
     let dir = std::env::temp_dir().join(format!("switchyard-unit-{}", std::process::id()));
     let bin = dir.join("usr/bin");
     std::fs::create_dir_all(&bin).unwrap();

@@ -237,7 +237,7 @@ fn demo_cluster() -> anyhow::Result<()> {
     for (name, addr) in DEMO_BACKENDS {
         children.0.push(
             Command::new(bin.join("sy-backend"))
-                .args(["--bind", addr, "--name", name])
+                .args(["--bind", addr, "--name", name, "--show-path"])
                 .stdout(quiet())
                 .spawn()
                 .context("start a demo backend")?,
@@ -266,7 +266,14 @@ fn demo_cluster() -> anyhow::Result<()> {
         .spawn()
         .context("start the L4 tier")?;
     eprintln!(
-        "\nxtask: backends on 127.0.0.1:9001-9003, redis on 127.0.0.1:6390, L7 instances on\n         127.0.0.41-43 (traffic 8080/8081, admin 9090), the L4 tier on 127.0.0.1:8080-8081.\n         Try:\n  for i in $(seq 30); do curl -s -o /dev/null -w '%{{http_code}} ' 127.0.0.1:8080/; done\n             # 20 pass (one global burst), then 429\n           curl -H 'x-user: ada' 127.0.0.41:8081/; curl -H 'x-user: ada' 127.0.0.42:8081/\n             # every instance picks the same backend\n           curl 127.0.0.41:9090/metrics | grep switchyard_kv\n\
+        "\nxtask: backends on 127.0.0.1:9001-9003, redis on 127.0.0.1:6390, L7 instances on\n\
+         127.0.0.41-43 (traffic 8080/8081, admin 9090), the L4 tier on 127.0.0.1:8080-8081.\n\
+         Try:\n  \
+         for i in $(seq 30); do curl -s -o /dev/null -w '%{{http_code}} ' 127.0.0.1:8080/; done\n    \
+         # about 20 pass (one burst for all three instances), then 429\n  \
+         curl -H 'x-user: ada' 127.0.0.41:8081/; curl -H 'x-user: ada' 127.0.0.42:8081/\n    \
+         # every instance picks the same backend\n  \
+         curl -s 127.0.0.41:9090/metrics | grep switchyard_kv\n\
          Ctrl-C stops everything.\n"
     );
     let status = front.wait()?;
@@ -304,7 +311,7 @@ fn demo(extra: &[String]) -> anyhow::Result<()> {
     for (name, addr) in DEMO_BACKENDS {
         children.0.push(
             Command::new(bin.join("sy-backend"))
-                .args(["--bind", addr, "--name", name])
+                .args(["--bind", addr, "--name", name, "--show-path"])
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .context("start a demo backend")?,
@@ -319,10 +326,11 @@ fn demo(extra: &[String]) -> anyhow::Result<()> {
         .context("start switchyard")?;
     eprintln!(
         "\nxtask: demo backends web, api, images on 127.0.0.1:9001-9003; switchyard on 127.0.0.1:8080.\n\
-         Try:\n  curl http://127.0.0.1:8080/api/x      # answered by api\n  \
-         curl http://127.0.0.1:8080/images/y   # answered by images (it sees /y)\n  \
-         curl http://127.0.0.1:8080/           # answered by web\n  \
+         Try:\n  curl http://127.0.0.1:8080/api/x      # api saw /api/x\n  \
+         curl http://127.0.0.1:8080/images/y   # images saw /y (path-router strips /images)\n  \
+         curl http://127.0.0.1:8080/           # web saw /\n  \
          curl --http2-prior-knowledge http://127.0.0.1:8080/api/h2\n\
+         The admin API: http://127.0.0.1:9900/metrics, /api/pools, /api/policies\n\
          Ctrl-C stops everything.\n"
     );
     let status = daemon.wait()?;

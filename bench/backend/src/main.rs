@@ -7,7 +7,7 @@
 //! cleartext HTTP/2 with prior knowledge are served on the same port.
 //!
 //! ```text
-//! sy-backend [--bind ADDR] [--body-size N] [--name NAME] [--threads N] [--delay-ms N]
+//! sy-backend [--bind ADDR] [--body-size N] [--name NAME] [--threads N] [--delay-ms N] [--show-path]
 //! ```
 //!
 //! The first line on stdout is `listening on ADDR` (the bound address, useful
@@ -31,13 +31,14 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 const USAGE: &str = "\
-usage: sy-backend [--bind ADDR] [--body-size N] [--name NAME] [--threads N] [--delay-ms N]
+usage: sy-backend [--bind ADDR] [--body-size N] [--name NAME] [--threads N] [--delay-ms N] [--show-path]
 
   --bind ADDR      address to listen on (default 127.0.0.1:9001; port 0 picks one)
   --body-size N    answer with N bytes (default 0: answer with NAME and a newline)
   --name NAME      value of the x-backend header and the default body (default backend)
   --threads N      tokio worker threads (default 1)
   --delay-ms N     answer each request N ms late (default 0: at once)
+  --show-path      answer `NAME saw PATH` with the path and query it got (the demo)
 
 Serves HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on one port.
 A request whose path starts with /echo gets its body streamed back.
@@ -50,6 +51,7 @@ struct Args {
     name: String,
     threads: usize,
     delay_ms: u64,
+    show_path: bool,
 }
 
 /// Parses the command line; `Err` carries the message to print (usage for `--help`).
@@ -60,6 +62,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         name: "backend".to_owned(),
         threads: 1,
         delay_ms: 0,
+        show_path: false,
     };
     while let Some(arg) = it.next() {
         // Accept both `--flag value` and `--flag=value`.
@@ -69,6 +72,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         };
         if flag == "-h" || flag == "--help" {
             return Err(USAGE.to_owned());
+        }
+        if flag == "--show-path" {
+            args.show_path = true;
+            continue;
         }
         let mut value = || {
             inline
@@ -121,6 +128,8 @@ struct Fixed {
     name: HeaderValue,
     /// Each answer this late (a slow backend, for balancing benchmarks).
     delay: Option<Duration>,
+    /// Answer `NAME saw PATH` (the demo shows what a rewrite did).
+    show_path: bool,
 }
 
 type Body = Either<Full<Bytes>, Incoming>;
@@ -130,6 +139,10 @@ static X_BACKEND: HeaderName = HeaderName::from_static("x-backend");
 fn respond(fixed: &Fixed, req: Request<Incoming>) -> Response<Body> {
     let body = if req.uri().path().starts_with("/echo") {
         Either::Right(req.into_body())
+    } else if fixed.show_path {
+        let name = fixed.name.to_str().unwrap_or("backend");
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        Either::Left(Full::new(Bytes::from(format!("{name} saw {target}\n"))))
     } else {
         Either::Left(Full::new(fixed.body.clone()))
     };
@@ -228,6 +241,7 @@ fn main() -> ExitCode {
         body,
         name: HeaderValue::from_str(&args.name).expect("validated in parse_args"),
         delay: (args.delay_ms > 0).then(|| Duration::from_millis(args.delay_ms)),
+        show_path: args.show_path,
     };
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -279,6 +293,8 @@ mod tests {
         assert_eq!(a.bind, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(a.body_size, 0);
         assert_eq!(a.name, "backend");
+        assert!(!a.show_path);
+        assert!(parse(&["--show-path"]).unwrap().show_path);
         assert_eq!(a.threads, 1);
     }
 
