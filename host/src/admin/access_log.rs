@@ -1,10 +1,11 @@
-//! Access log: one line per HTTP request and per TCP connection, as text
-//! or JSON, written by one task from a bounded channel. The data path only
+//! Access log: one line per HTTP request and per TCP connection or UDP
+//! flow, as text, JSON or Apache/nginx combined, written by one task from a bounded channel. The data path only
 //! ever `try_send`s: when the writer falls behind, lines are dropped and
 //! counted (`switchyard_access_log_dropped_total`), never waited for.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
@@ -15,15 +16,26 @@ pub use crate::config::limits::Format;
 /// Lines waiting for the writer at most.
 pub const CAPACITY: usize = 8192;
 
-/// One finished request or connection.
-#[derive(Debug, Serialize)]
+/// One finished request or connection. Written when it ends: an HTTP
+/// request when its response body has been sent (or the client went
+/// away), a connection when it closes.
+#[derive(Debug, Serialize, Default)]
 pub struct Entry {
+    /// When it ended: RFC 3339, UTC, milliseconds (set by the writer from
+    /// `at`).
+    pub ts: String,
+    #[serde(skip)]
+    pub at: Option<SystemTime>,
     pub listener: String,
     pub client: String,
-    /// `http` or `tcp`.
+    /// `http`, `tcp` or `udp`.
     pub kind: &'static str,
     pub method: Option<String>,
     pub path: Option<String>,
+    /// The query string, without `?`.
+    pub query: Option<String>,
+    /// `HTTP/1.1` or `HTTP/2.0` (the combined format's request line).
+    pub protocol: Option<&'static str>,
     pub status: Option<u16>,
     pub pool: Option<String>,
     pub backend: Option<String>,
@@ -33,10 +45,15 @@ pub struct Entry {
     /// Time to the upstream's response head (HTTP) or connect (TCP), ms.
     pub upstream_ms: Option<f64>,
     pub total_ms: f64,
-    /// HTTP: the response's declared length; TCP: bytes client→backend.
+    /// Client → proxy: request body bytes read (HTTP), bytes (TCP/UDP).
     pub bytes_in: Option<u64>,
-    /// TCP: bytes backend→client.
+    /// Proxy → client: response body bytes sent (HTTP), bytes (TCP/UDP).
     pub bytes_out: Option<u64>,
+    /// `TLSv1.3` or `TLSv1.2` on a TLS connection.
+    pub tls_version: Option<String>,
+    pub sni: Option<String>,
+    pub user_agent: Option<String>,
+    pub referer: Option<String>,
 }
 
 fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
@@ -44,15 +61,39 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
         .map_or_else(|| "-".to_owned(), ToString::to_string)
 }
 
+/// A header value as one quoted field: `"` and `\` escaped, controls
+/// and non-ASCII as `\xNN` (what nginx does), so a client cannot forge a
+/// line or a field.
+fn quoted(v: &Option<String>) -> String {
+    let Some(v) = v else {
+        return "\"-\"".to_owned();
+    };
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for b in v.bytes() {
+        match b {
+            b'"' | b'\\' => {
+                out.push('\\');
+                out.push(b as char);
+            }
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02X}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
 impl Entry {
     fn text(&self) -> String {
         format!(
-            "{} {} {} {} {} {} pool={} backend={} decision={} upstream_ms={} total_ms={:.3} bytes_in={} bytes_out={}",
+            "{} {} {} {} {} {} {} pool={} backend={} decision={} upstream_ms={} total_ms={:.3} bytes_in={} bytes_out={} tls={} sni={}",
+            self.ts,
             self.listener,
             self.client,
             self.kind,
             opt(&self.method),
-            opt(&self.path),
+            self.target().as_deref().unwrap_or("-"),
             opt(&self.status),
             opt(&self.pool),
             opt(&self.backend),
@@ -62,7 +103,69 @@ impl Entry {
             self.total_ms,
             opt(&self.bytes_in),
             opt(&self.bytes_out),
+            opt(&self.tls_version),
+            opt(&self.sni),
         )
+    }
+
+    /// The path with its query, as the client sent them.
+    fn target(&self) -> Option<String> {
+        let path = self.path.as_ref()?;
+        Some(match &self.query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        })
+    }
+
+    /// Apache/nginx combined: `client - - [time] "request" status bytes
+    /// "referer" "user-agent"`; a connection's request is `"TCP"`.
+    fn combined(&self, at: SystemTime) -> String {
+        let host = self
+            .client
+            .parse::<std::net::SocketAddr>()
+            .map_or_else(|_| self.client.clone(), |a| a.ip().to_string());
+        let request = match (&self.method, self.target()) {
+            (Some(m), Some(t)) => format!("{m} {t} {}", self.protocol.unwrap_or("HTTP/1.1")),
+            _ => self.kind.to_ascii_uppercase(),
+        };
+        format!(
+            "{host} - - [{}] {} {} {} {} {}",
+            clf_time(at),
+            quoted(&Some(request)),
+            opt(&self.status),
+            self.bytes_out.unwrap_or(0),
+            quoted(&self.referer),
+            quoted(&self.user_agent),
+        )
+    }
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from(at)
+        .format(&fmt)
+        .unwrap_or_default()
+}
+
+fn clf_time(at: SystemTime) -> String {
+    let fmt = time::macros::format_description!(
+        "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
+    );
+    time::OffsetDateTime::from(at)
+        .format(&fmt)
+        .unwrap_or_default()
+}
+
+/// The line of `e` in `format`.
+fn line(format: Format, mut e: Entry) -> String {
+    let at = e.at.unwrap_or_else(SystemTime::now);
+    e.ts = rfc3339(at);
+    match format {
+        Format::Json => serde_json::to_string(&e).unwrap_or_default(),
+        Format::Combined => e.combined(at),
+        _ => e.text(),
     }
 }
 
@@ -92,11 +195,7 @@ impl AccessLog {
                 let mut batch = Vec::with_capacity(256);
                 while rx.blocking_recv_many(&mut batch, 256) > 0 {
                     for (format, e) in batch.drain(..) {
-                        let line = match format {
-                            Format::Json => serde_json::to_string(&e).unwrap_or_default(),
-                            _ => e.text(),
-                        };
-                        let _ = writeln!(out, "{line}");
+                        let _ = writeln!(out, "{}", line(format, e));
                     }
                     let _ = out.flush();
                 }
@@ -104,11 +203,12 @@ impl AccessLog {
         Ok(AccessLog { tx, dropped })
     }
 
-    /// Queues a line; never waits.
-    pub fn log(&self, format: Format, entry: Entry) {
+    /// Queues a line; never waits. The time is taken now.
+    pub fn log(&self, format: Format, mut entry: Entry) {
         if format == Format::Off {
             return;
         }
+        entry.at.get_or_insert_with(SystemTime::now);
         if self.tx.try_send((format, entry)).is_err() {
             self.dropped.inc();
         }

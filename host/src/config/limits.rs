@@ -12,6 +12,8 @@ pub enum Format {
     Off,
     Text,
     Json,
+    /// Apache/nginx "combined", for existing log tooling.
+    Combined,
 }
 
 /// What to do with `%2F`, `%5C` and `\` in a path (Envoy's

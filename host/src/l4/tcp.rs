@@ -107,6 +107,7 @@ async fn relay(link: Link<'_>, mut client: TcpStream, mut upstream: TcpStream, e
             total_ms: link.started.elapsed().as_secs_f64() * 1000.0,
             bytes_in: Some(up),
             bytes_out: Some(down),
+            ..Default::default()
         },
     );
 }

@@ -411,6 +411,7 @@ async fn relay(
             total_ms: flow.started.elapsed().as_secs_f64() * 1000.0,
             bytes_in: Some(bytes_in),
             bytes_out: Some(bytes_out),
+            ..Default::default()
         },
     );
 }

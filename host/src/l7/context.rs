@@ -49,8 +49,12 @@ pub(super) struct Ctx {
     pub log_hook: bool,
     /// The forward decision's context, kept for `on-log`.
     pub context: Option<Vec<u8>>,
-    /// What counts the client's body bytes, kept for `on-log`.
+    /// What counts the client's body bytes, kept for `on-log` and the
+    /// access log.
     pub request_body: Option<Arc<super::body::BodyFault>>,
+    /// The request's `User-Agent` and `Referer`, kept (boxed, so a request
+    /// that is not logged carries one pointer) for the access log.
+    pub agent: Option<Box<[Option<String>; 2]>>,
 }
 
 impl Ctx {
@@ -75,6 +79,14 @@ impl Ctx {
             log_hook: false,
             context: None,
             request_body: None,
+            agent: logged.then(|| {
+                let h = |n| {
+                    req.headers()
+                        .get(n)
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                };
+                Box::new([h(http::header::USER_AGENT), h(http::header::REFERER)])
+            }),
         }
     }
 

@@ -1,8 +1,10 @@
-//! The policy's `on-log`, after the `logging` phase: when the policy
-//! exports the log hook, the response body is wrapped so that its end (the
-//! last byte, an error, or the client going away) starts the hook call on
-//! a task of its own. The response never waits for it, and nothing it
-//! does changes the exchange; a failed call is counted like any other.
+//! After the `logging` phase, what waits for the response body's end (the
+//! last byte, an error, or the client going away): the access-log line,
+//! whose `bytes_out` is the body bytes sent and `total_ms` the whole
+//! exchange, and the policy's `on-log`, when it exports the log hook, on a
+//! task of its own. The response is wrapped only when one of them is on;
+//! it never waits for either, and the hook changes nothing of the
+//! exchange; a failed call is counted like any other.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,47 +20,64 @@ use hyper::body::{Body, Frame, SizeHint};
 use super::body::{BodyFault, BodyStalled, TotalTimeout};
 use super::context::Ctx;
 use super::server::{HttpState, ProxyBody};
+use crate::admin::access_log::Entry;
 use crate::policy::RequestView;
 use crate::policy::types::{LogSummary, Outcome};
 use crate::upstream::BoxError;
 
-/// What the hook is told once the body ends.
+/// What waits for the body's end.
 struct Finish {
     state: Arc<HttpState>,
-    request: Box<RequestView>,
-    context: Option<Vec<u8>>,
-    summary: LogSummary,
+    hook: Option<HookCall>,
+    /// The access-log line, but for its byte counts and total time.
+    access: Option<Entry>,
     started: Instant,
     request_body: Option<Arc<BodyFault>>,
 }
 
+/// What the log hook is told.
+struct HookCall {
+    request: Box<RequestView>,
+    context: Option<Vec<u8>>,
+    summary: LogSummary,
+}
+
 impl Finish {
-    fn run(mut self, outcome: Outcome, sent: u64) {
-        let Some(policy) = self.state.policy.clone() else {
-            return;
-        };
-        self.summary.outcome = outcome;
-        self.summary.response_body_bytes = sent;
-        self.summary.total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        self.summary.request_body_bytes = self
+    fn run(self, outcome: Outcome, sent: u64) {
+        let total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let received = self
             .request_body
             .as_ref()
             .map_or(0, |f| f.2.load(Ordering::Relaxed));
+        if let Some(mut e) = self.access {
+            e.bytes_in = Some(received);
+            e.bytes_out = Some(sent);
+            e.total_ms = total_ms;
+            self.state.access_log.log(self.state.config.access_log, e);
+        }
+        let (Some(policy), Some(mut call)) = (self.state.policy.clone(), self.hook) else {
+            return;
+        };
+        call.summary.outcome = outcome;
+        call.summary.response_body_bytes = sent;
+        call.summary.total_ms = total_ms;
+        call.summary.request_body_bytes = received;
+        let state = self.state;
         // No runtime: the process is going down; the hook is skipped.
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         rt.spawn(async move {
-            let directory = self.state.directory();
+            let directory = state.directory();
             let (r, took) = policy
                 .on_log(
-                    &mut self.request,
-                    self.context.as_deref(),
-                    self.summary,
+                    &mut call.request,
+                    call.context.as_deref(),
+                    call.summary,
                     &directory,
                 )
                 .await;
-            let state = &self.state;
+            let state = &state;
             state.metrics.record_policy_call(
                 &policy.name,
                 state.policy_metrics.as_ref(),
@@ -73,7 +92,8 @@ impl Finish {
     }
 }
 
-/// A response body that calls the log hook when it ends.
+/// A response body that logs its request and calls the log hook when it
+/// ends.
 struct OnLog {
     inner: ProxyBody,
     sent: u64,
@@ -149,34 +169,40 @@ impl Drop for OnLog {
     }
 }
 
-/// The response, with its body wrapped to call the log hook when the
-/// policy exports one; as it was otherwise.
+/// The response, with its body wrapped to write `access` (the access-log
+/// line, when the listener has one) and call the log hook (when the policy
+/// exports one) at its end; as it was otherwise.
 pub(super) fn attach(
     resp: Response<ProxyBody>,
     state: &Arc<HttpState>,
     ctx: &mut Ctx,
+    access: Option<Entry>,
 ) -> Response<ProxyBody> {
-    if !ctx.log_hook {
+    let hook = ctx
+        .log_hook
+        .then(|| ctx.snapshot.take())
+        .flatten()
+        .map(|request| HookCall {
+            request,
+            context: ctx.context.take(),
+            summary: LogSummary {
+                status: resp.status().as_u16(),
+                pool: ctx.pool.as_ref().map(|p| p.to_string()),
+                backend: ctx.backend.as_ref().map(|b| b.to_string()),
+                upstream_ms: ctx.upstream.map(|d| d.as_secs_f64() * 1000.0),
+                total_ms: 0.0,
+                request_body_bytes: 0,
+                response_body_bytes: 0,
+                outcome: Outcome::Ok,
+            },
+        });
+    if hook.is_none() && access.is_none() {
         return resp;
     }
-    let Some(request) = ctx.snapshot.take() else {
-        return resp;
-    };
-    let summary = LogSummary {
-        status: resp.status().as_u16(),
-        pool: ctx.pool.as_ref().map(|p| p.to_string()),
-        backend: ctx.backend.as_ref().map(|b| b.to_string()),
-        upstream_ms: ctx.upstream.map(|d| d.as_secs_f64() * 1000.0),
-        total_ms: 0.0,
-        request_body_bytes: 0,
-        response_body_bytes: 0,
-        outcome: Outcome::Ok,
-    };
     let finish = Finish {
         state: state.clone(),
-        request,
-        context: ctx.context.take(),
-        summary,
+        hook,
+        access,
         started: ctx.started,
         request_body: ctx.request_body.take(),
     };

@@ -4,12 +4,11 @@
 //! logged (rate-limited) with its cause.
 
 use http::{HeaderValue, Response, Version, header};
-use hyper::body::Body;
 use tracing::debug;
 
 use super::context::Ctx;
 use super::error::{self, ProxyError};
-use super::server::{HttpState, ProxyBody, full};
+use super::server::{Conn, HttpState, ProxyBody, full};
 use crate::admin::access_log::{Entry, Format};
 
 /// The answer to a request that failed: its status, and `Connection:
@@ -25,7 +24,15 @@ pub(super) fn failed(e: &ProxyError, state: &HttpState, ctx: &Ctx) -> Response<P
     resp
 }
 
-pub(super) fn logging(state: &HttpState, ctx: &Ctx, resp: &Response<ProxyBody>) {
+/// Counts the request; returns its access-log line, when the listener has
+/// an access log, for `log_hook::attach` to finish and write when the
+/// response body ends.
+pub(super) fn logging(
+    state: &HttpState,
+    conn: &Conn,
+    ctx: &mut Ctx,
+    resp: &Response<ProxyBody>,
+) -> Option<Entry> {
     let total = ctx.started.elapsed();
     let status = resp.status().as_u16();
     debug!(listener = %state.name, method = %ctx.method, path = %ctx.path(), status,
@@ -34,25 +41,32 @@ pub(super) fn logging(state: &HttpState, ctx: &Ctx, resp: &Response<ProxyBody>) 
         .requests
         .record(ctx.pool.as_ref(), ctx.backend.as_ref(), status, total);
     if state.config.access_log == Format::Off {
-        return;
+        return None;
     }
     let some = |s: &Option<crate::admin::metrics::Label>| s.as_ref().map(|s| s.to_string());
-    state.access_log.log(
-        state.config.access_log,
-        Entry {
-            listener: state.name.to_string(),
-            client: ctx.peer.to_string(),
-            kind: "http",
-            method: Some(ctx.method.to_string()),
-            path: Some(ctx.path().to_owned()),
-            status: Some(status),
-            pool: some(&ctx.pool),
-            backend: some(&ctx.backend),
-            decision: ctx.decision,
-            upstream_ms: ctx.upstream.map(|d| d.as_secs_f64() * 1000.0),
-            total_ms: total.as_secs_f64() * 1000.0,
-            bytes_in: resp.body().size_hint().exact(),
-            bytes_out: None,
-        },
-    );
+    let [user_agent, referer] = ctx.agent.take().map_or([None, None], |b| *b);
+    let tls = conn.tls.as_ref();
+    Some(Entry {
+        listener: state.name.to_string(),
+        client: ctx.peer.to_string(),
+        kind: "http",
+        method: Some(ctx.method.to_string()),
+        path: Some(ctx.path().to_owned()),
+        query: ctx.uri.as_ref().and_then(|u| u.query()).map(str::to_owned),
+        protocol: Some(match ctx.version {
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        }),
+        status: Some(status),
+        pool: some(&ctx.pool),
+        backend: some(&ctx.backend),
+        decision: ctx.decision,
+        upstream_ms: ctx.upstream.map(|d| d.as_secs_f64() * 1000.0),
+        tls_version: tls.and_then(|t| t.version.clone()),
+        sni: tls.and_then(|t| t.sni.clone()),
+        user_agent,
+        referer,
+        ..Entry::default()
+    })
 }

@@ -298,8 +298,8 @@ async fn handle(
         Ok(resp) => resp,
         Err(e) => super::logging::failed(&e, state, &ctx),
     };
-    super::logging::logging(state, &ctx, &resp);
-    super::log_hook::attach(resp, state, &mut ctx)
+    let access = super::logging::logging(state, conn, &mut ctx, &resp);
+    super::log_hook::attach(resp, state, &mut ctx, access)
 }
 
 /// The phases in order. Only the policy calls, a body read whole for a

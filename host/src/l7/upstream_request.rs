@@ -132,7 +132,7 @@ pub(super) fn upstream_request(
         replay,
         fault,
     } = wrapped;
-    if ctx.log_hook {
+    if ctx.log_hook || ctx.agent.is_some() {
         ctx.request_body = fault.clone();
     }
     let spare = match replay {
