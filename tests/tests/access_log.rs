@@ -120,6 +120,7 @@ async fn every_field_reads_back_at_l7_and_l4_in_every_format() {
             .unwrap();
         let got = send(&client(false), req).await;
         assert_eq!(got.text(), "hello world");
+        let seen = web.seen().last().unwrap().headers.clone();
         let l7 = lines(&log, 1).await.remove(0);
 
         // L4: a raw request through the TCP listener; in and out are the
@@ -158,6 +159,14 @@ async fn every_field_reads_back_at_l7_and_l4_in_every_format() {
                 assert_eq!(v["referer"], "http://r.test/");
                 assert_eq!(v["backend"], web.addr.to_string());
                 assert!(v["tls_version"].is_null());
+                // The request id and trace the backend got, logged.
+                let id = v["request_id"].as_str().unwrap();
+                assert_eq!(id.len(), 32, "{l7}");
+                assert_eq!(seen["x-request-id"], id);
+                let trace = v["trace_id"].as_str().unwrap();
+                assert_eq!(trace.len(), 32, "{l7}");
+                let parent = seen["traceparent"].to_str().unwrap();
+                assert_eq!(&parent[3..35], trace, "{parent}");
                 let v: serde_json::Value = serde_json::from_str(&l4).unwrap();
                 assert_eq!(v["kind"], "tcp");
                 assert_eq!(v["bytes_in"], request.len());
@@ -177,7 +186,9 @@ async fn every_field_reads_back_at_l7_and_l4_in_every_format() {
                     "{l7}"
                 );
                 assert!(l7.contains(" bytes_in=11 bytes_out=11 "), "{l7}");
-                assert!(l7.ends_with("tls=- sni=-"), "{l7}");
+                assert!(l7.contains(" tls=- sni=- request_id="), "{l7}");
+                let trace = l7.rsplit("trace_id=").next().unwrap();
+                assert_eq!(trace.len(), 32, "{l7}");
                 assert!(l4.contains(" tcp "), "{l4}");
                 assert!(
                     l4.contains(&format!(
@@ -187,7 +198,7 @@ async fn every_field_reads_back_at_l7_and_l4_in_every_format() {
                     )),
                     "{l4}"
                 );
-                assert!(s.ends_with("tls=TLSv1.3 sni=a.test"), "{s}");
+                assert!(s.contains(" tls=TLSv1.3 sni=a.test "), "{s}");
             }
             _ => {
                 assert!(l7.starts_with("127.0.0.1 - - ["), "{l7}");

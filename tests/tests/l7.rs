@@ -111,8 +111,9 @@ async fn header_edits_apply_both_ways_and_hop_by_hop_headers_stop() {
 
 /// The policy reads the request, its connection and the upstream response
 /// on demand (`request-head`, `connection`, `response-head` handles); what
-/// it reads is the request as the client sent it, and the request it lent
-/// comes back intact for the backend.
+/// it reads is the request as the client sent it (and the `x-request-id`
+/// and `traceparent` stamped before it: 5 headers sent, 7 seen), and the
+/// request it lent comes back intact for the backend.
 #[tokio::test]
 async fn a_policy_reads_request_connection_and_response_on_demand() {
     let web = TestBackend::start("web").await;
@@ -131,7 +132,7 @@ async fn a_policy_reads_request_connection_and_response_on_demand() {
         String::from_utf8_lossy(&got.body),
         format!(
             "method=GET scheme=http authority={l} path=/echo query=q=1 version=1.1 \
-             probe=p1 PROBE=p1 multi=1|2 cookie=7 headers=5 \
+             probe=p1 PROBE=p1 multi=1|2 cookie=7 headers=7 \
              client=127.0.0.1 local-port={} listener=l pool=web transport=tcp",
             l.port()
         )

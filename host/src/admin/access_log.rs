@@ -54,6 +54,10 @@ pub struct Entry {
     pub sni: Option<String>,
     pub user_agent: Option<String>,
     pub referer: Option<String>,
+    /// `X-Request-Id` as the backend got it (`l7/trace.rs`).
+    pub request_id: Option<String>,
+    /// The W3C trace id the request went out with.
+    pub trace_id: Option<String>,
 }
 
 fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
@@ -87,7 +91,7 @@ fn quoted(v: &Option<String>) -> String {
 impl Entry {
     fn text(&self) -> String {
         format!(
-            "{} {} {} {} {} {} {} pool={} backend={} decision={} upstream_ms={} total_ms={:.3} bytes_in={} bytes_out={} tls={} sni={}",
+            "{} {} {} {} {} {} {} pool={} backend={} decision={} upstream_ms={} total_ms={:.3} bytes_in={} bytes_out={} tls={} sni={} request_id={} trace_id={}",
             self.ts,
             self.listener,
             self.client,
@@ -105,6 +109,8 @@ impl Entry {
             opt(&self.bytes_out),
             opt(&self.tls_version),
             opt(&self.sni),
+            opt(&self.request_id),
+            opt(&self.trace_id),
         )
     }
 

@@ -119,6 +119,7 @@ fn foreign_keys(key: &str, l: &ListenerFile, problems: &mut Problems) {
         ),
         ("max_uri_bytes", l.max_uri_bytes.is_some()),
         ("normalize_path", l.normalize_path.is_some()),
+        ("request_ids", l.request_ids.is_some()),
         (
             "path_with_escaped_slashes",
             l.path_with_escaped_slashes.is_some(),
@@ -241,6 +242,7 @@ fn http(
         trusted_proxies,
         tls,
         normalize_path: l.normalize_path.unwrap_or(true),
+        request_ids: l.request_ids.unwrap_or(true),
         path_with_escaped_slashes: l.path_with_escaped_slashes.unwrap_or_default(),
     }
 }

@@ -74,6 +74,9 @@ pub struct HttpSettings {
     pub max_uri_bytes: usize,
     /// Normalize paths (`l7/path.rs`); off passes them raw.
     pub normalize_path: bool,
+    /// Give each request an `X-Request-Id` and a W3C `traceparent`
+    /// (`l7/trace.rs`).
+    pub request_ids: bool,
     /// What `%2F`, `%5C` and `\` in a path do.
     pub path_with_escaped_slashes: EscapedSlashes,
     /// The longest wait for a connection's first byte.

@@ -52,9 +52,10 @@ pub(super) struct Ctx {
     /// What counts the client's body bytes, kept for `on-log` and the
     /// access log.
     pub request_body: Option<Arc<super::body::BodyFault>>,
-    /// The request's `User-Agent` and `Referer`, kept (boxed, so a request
-    /// that is not logged carries one pointer) for the access log.
-    pub agent: Option<Box<[Option<String>; 2]>>,
+    /// The request's `User-Agent`, `Referer`, request id and trace id,
+    /// kept (boxed, so a request that is not logged carries one pointer)
+    /// for the access log.
+    pub agent: Option<Box<[Option<String>; 4]>>,
 }
 
 impl Ctx {
@@ -85,7 +86,12 @@ impl Ctx {
                         .get(n)
                         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                 };
-                Box::new([h(http::header::USER_AGENT), h(http::header::REFERER)])
+                Box::new([
+                    h(http::header::USER_AGENT),
+                    h(http::header::REFERER),
+                    None,
+                    None,
+                ])
             }),
         }
     }

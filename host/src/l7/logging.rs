@@ -44,7 +44,8 @@ pub(super) fn logging(
         return None;
     }
     let some = |s: &Option<crate::admin::metrics::Label>| s.as_ref().map(|s| s.to_string());
-    let [user_agent, referer] = ctx.agent.take().map_or([None, None], |b| *b);
+    let [user_agent, referer, request_id, trace_id] =
+        ctx.agent.take().map_or([None, None, None, None], |b| *b);
     let tls = conn.tls.as_ref();
     Some(Entry {
         listener: state.name.to_string(),
@@ -67,6 +68,8 @@ pub(super) fn logging(
         sni: tls.and_then(|t| t.sni.clone()),
         user_agent,
         referer,
+        request_id,
+        trace_id,
         ..Entry::default()
     })
 }

@@ -32,6 +32,7 @@ mod request_body;
 mod request_filter;
 mod response_filter;
 pub mod server;
+mod trace;
 mod upstream_peer;
 mod upstream_request;
 

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
-use http::{Request, Response, header};
+use http::{HeaderValue, Request, Response, header};
 
 use super::context::Ctx;
 use super::error::ProxyError;
@@ -84,6 +84,14 @@ pub(super) fn checks<B>(
     let client_ip = hygiene::client_ip(peer_ip, req.headers(), &cfg.trusted_proxies);
     ctx.client = SocketAddr::new(client_ip, peer.port());
     ctx.trusted_peer = cfg.trusted_proxies.iter().any(|n| n.contains(&peer_ip));
+    if cfg.request_ids {
+        let (id, trace) = super::trace::stamp(req.headers_mut(), ctx.trusted_peer);
+        if let Some(a) = ctx.agent.as_mut() {
+            let text = |v: HeaderValue| Some(String::from_utf8_lossy(v.as_bytes()).into_owned());
+            a[2] = text(id);
+            a[3] = text(trace);
+        }
+    }
     // The authority the client named (`:authority`/absolute form, else
     // `Host`), as it sent it; a Host that is not visible ASCII counts as
     // none, for the policy, the TLS Host check and the backend alike.

@@ -82,6 +82,8 @@ pub struct ListenerFile {
     /// http: normalize the path before the policy and the backend see it
     /// (default true).
     pub normalize_path: Option<bool>,
+    /// http: stamp X-Request-Id and traceparent (default true).
+    pub request_ids: Option<bool>,
     /// http: what `%2F`, `%5C` and `\` in a path do (default reject).
     pub path_with_escaped_slashes: Option<super::super::limits::EscapedSlashes>,
     /// http: the first byte of a connection must come within this
