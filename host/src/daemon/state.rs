@@ -308,6 +308,7 @@ impl Daemon {
         self.watch_cert_files();
         upstreams.start_health_checks();
         self.upstreams = upstreams;
+        dns.keep_only(&config);
         self.dns = Some(dns);
         self.config = config;
         for name in &listeners.close {

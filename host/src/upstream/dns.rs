@@ -150,15 +150,12 @@ impl Dns {
 
     /// Resolves every name `config` uses that has no answer yet or whose
     /// answer is due; the problems, one per name that never resolved, as
-    /// `pools.NAME.backends[I]: ...`. Names no pool of `config` uses are
-    /// forgotten.
+    /// `pools.NAME.backends[I]: ...`. Forgets nothing: a plan that is then
+    /// refused must not drop the running configuration's names
+    /// ([`Dns::keep_only`] runs at commit).
     pub async fn resolve_config(&self, config: &Config) -> Vec<String> {
         let mut problems = Vec::new();
         let bounds = bounds(config);
-        self.sets
-            .lock()
-            .expect("dns sets")
-            .retain(|name, _| bounds.contains_key(name));
         for (pool, p) in &config.pools {
             for (i, b) in p.backends.iter().enumerate() {
                 if !b.address.is_name() {
@@ -180,6 +177,13 @@ impl Dns {
             }
         }
         problems
+    }
+
+    /// Forgets the names no pool of `config` (the one committed) uses.
+    pub fn keep_only(&self, config: &Config) {
+        let used = bounds(config);
+        let mut sets = self.sets.lock().expect("dns sets");
+        sets.retain(|name, _| used.contains_key(name));
     }
 
     /// When the next name is due, if any is kept.
@@ -212,7 +216,14 @@ impl Dns {
         let label = NameLabel {
             name: name.to_string(),
         };
-        let (answer, wait) = match self.lookup(name).await {
+        // One name, SRV targets included, within a few query timeouts: a
+        // server that answers 64 targets and then stalls cannot hold the
+        // reload lock for minutes.
+        let limit = self.config.timeout.saturating_mul(3);
+        let looked = tokio::time::timeout(limit, self.lookup(name))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())));
+        let (answer, wait) = match looked {
             Ok((members, ttl)) => (Some(members), ttl.clamp(MIN_REFRESH.min(bound), bound)),
             Err(e) => {
                 self.metrics.failures.get_or_create(&label).inc();
