@@ -645,7 +645,7 @@ pool = "web"
         .backend(&format!("localhost:{}~127.0.0.1", web.addr.port()))
         .expect("localhost's 127.0.0.1 is a backend")
         .clone();
-    assert_eq!(b.address().unwrap().socket, web.addr);
+    assert_eq!(b.address().socket, web.addr);
     sy.shutdown(Duration::from_secs(5)).await;
 
     // A name that does not resolve refuses the start, naming pool and backend.

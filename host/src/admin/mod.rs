@@ -187,7 +187,7 @@ fn pool_json(name: &str, pool: &crate::upstream::Pool) -> Value {
         "algorithm": format!("{:?}", pool.config.algorithm),
         "backends": pool.backends.iter().map(|b| json!({
             "name": &*b.name,
-            "address": b.address().map(|a| a.authority.clone()),
+            "address": b.address().authority.clone(),
             "configured": b.configured.to_string(),
             "weight": b.weight,
             "available": b.available(),
@@ -230,7 +230,7 @@ fn route(req: &Request<Incoming>, view: &View, metrics: &Metrics) -> Response<Fu
                 return json_reply(StatusCode::NOT_FOUND, &json!({"error": format!("no pool named {name:?}")}));
             };
             let found = p.backends.iter().find(|b| {
-                *b.name == **backend || b.address().is_some_and(|a| a.authority == *backend)
+                *b.name == **backend || b.address().authority == *backend
             });
             match found {
                 Some(b) => {

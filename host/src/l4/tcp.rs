@@ -152,9 +152,7 @@ pub async fn serve_connection(
     let mut tried = Vec::new();
     let mut candidate = first;
     while let Some(backend) = candidate {
-        let Some(at) = backend.address() else {
-            break;
-        };
+        let at = backend.address();
         let connect = TcpStream::connect(at.socket);
         let failure = match tokio::time::timeout(pool.config.connect_timeout, connect).await {
             Ok(Ok(upstream)) => {

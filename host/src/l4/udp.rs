@@ -289,7 +289,7 @@ async fn start_flow(
         crate::warn_limited!(listener = %state.name, client = %peer, pool = %pool.name, "no backend available; datagram dropped");
         return None;
     };
-    let at = backend.address()?.socket;
+    let at = backend.address().socket;
     let bind: SocketAddr = if at.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {

@@ -42,11 +42,7 @@ fn build(
     body: UpstreamBody,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
     let pool = &peer.pool;
-    let Some(at) = backend.address() else {
-        return Err(ProxyError::NoBackend {
-            pool: pool.name.to_string(),
-        });
-    };
+    let at = backend.address();
     let uri = request::upstream_uri(
         &out.uri,
         action,

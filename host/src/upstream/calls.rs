@@ -105,9 +105,7 @@ async fn call(
     let backend = pool
         .choose(None, None)
         .ok_or_else(|| unavailable(format!("no backend available in pool {}", pool.name)))?;
-    let at = backend
-        .address()
-        .ok_or_else(|| unavailable(format!("backend {} has no address yet", backend.name)))?;
+    let at = backend.address();
     let (mut parts, (path, body)) = req.into_parts();
     let scheme = if pool.config.tls.is_some() {
         "https"

@@ -237,9 +237,7 @@ async fn probe(
     hc: &HealthCheck,
     tls_client: Option<&super::UpstreamClient>,
 ) -> Result<(), String> {
-    let Some(at) = backend.address() else {
-        return Err("address not resolved".into());
-    };
+    let at = backend.address();
     // The check's own port (`health.port`), else the backend's.
     let (socket, authority) = match hc.port {
         Some(port) => {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::balance::{self, Balancer, Candidate};
-use arc_swap::ArcSwapOption;
 
 use super::budget::RetryBudget;
 use super::health::Health;
@@ -40,7 +39,7 @@ pub struct Backend {
     /// The name its TLS certificate is checked against: the configured
     /// host (or SRV target), or the IP address.
     pub tls_name: String,
-    resolved: ArcSwapOption<Resolved>,
+    resolved: Arc<Resolved>,
     in_flight: AtomicU32,
     /// Requests (L7) or connections (L4) sent to it since it was created.
     total: std::sync::atomic::AtomicU64,
@@ -113,7 +112,7 @@ impl Backend {
             configured: m.configured.clone(),
             weight: m.weight,
             tls_name: m.tls_name.clone(),
-            resolved: ArcSwapOption::new(Some(resolved(m.socket))),
+            resolved: resolved(m.socket),
             in_flight: AtomicU32::new(0),
             total: std::sync::atomic::AtomicU64::new(0),
             health: Health::default(),
@@ -122,9 +121,10 @@ impl Backend {
         }
     }
 
-    /// The address to connect to.
-    pub fn address(&self) -> Option<Arc<Resolved>> {
-        self.resolved.load_full()
+    /// The address to connect to (a DNS name's backends each have one of
+    /// its addresses; a new answer makes new backends, `dns.rs`).
+    pub fn address(&self) -> &Arc<Resolved> {
+        &self.resolved
     }
 
     /// Passing its checks and not ejected.
@@ -172,7 +172,7 @@ impl Candidate for Backend {
         self.in_flight.load(Ordering::Relaxed)
     }
     fn available(&self) -> bool {
-        self.healthy() && !self.drained() && !self.saturated() && self.resolved.load().is_some()
+        self.healthy() && !self.drained() && !self.saturated()
     }
 }
 
@@ -245,7 +245,7 @@ impl Pool {
                     .filter(|b| {
                         b.weight == m.weight
                             && b.configured == m.configured
-                            && b.address().is_some_and(|r| r.socket == m.socket)
+                            && b.address().socket == m.socket
                             && old.is_some_and(|o| o.config == *config)
                     })
                     .cloned()
@@ -411,10 +411,7 @@ impl Directory for Upstreams {
                 .iter()
                 .map(|b| types::Backend {
                     name: b.name.to_string(),
-                    address: b
-                        .address()
-                        .map(|r| r.authority.clone())
-                        .unwrap_or_else(|| b.configured.to_string()),
+                    address: b.address().authority.clone(),
                     weight: b.weight,
                     healthy: b.available(),
                     in_flight: b.in_flight(),

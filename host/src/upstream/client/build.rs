@@ -78,7 +78,7 @@ fn server_name(uri: &http::Uri, backends: &[Arc<Backend>]) -> String {
     let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
     backends
         .iter()
-        .find(|b| b.address().is_some_and(|r| r.authority == authority))
+        .find(|b| b.address().authority == authority)
         .map(|b| b.tls_name.clone())
         .unwrap_or_else(|| {
             uri.host()
