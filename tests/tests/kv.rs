@@ -234,7 +234,19 @@ async fn a_slow_redis_does_not_count_against_the_policy_timeout() {
         let r = TestRedis::command_at(url, &["DEBUG", "SLEEP", "0.3"]).await;
         assert_eq!(r.as_deref(), Some("+OK"));
     });
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Wait until Redis is really asleep: a PING gets no answer in 20 ms.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let ping = TestRedis::command_at(url, &["PING"]);
+        if tokio::time::timeout(Duration::from_millis(20), ping)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "redis never blocked");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let started = Instant::now();
     let got = get(&c, sy.addr("l"), "/", &[]).await;
     let took = started.elapsed();
