@@ -56,7 +56,8 @@ pub struct Seen {
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
-fn full(b: impl Into<Bytes>) -> Body {
+/// A whole body in one frame.
+pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|n| match n {}).boxed()
 }
 

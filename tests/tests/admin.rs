@@ -479,23 +479,28 @@ async fn a_cross_site_post_cannot_drain_a_backend() {
     sy.shutdown(Duration::from_secs(5)).await;
 }
 
+/// [`CONFIG`] with `[admin] token_file`.
+fn with_token_file(path: &std::path::Path) -> String {
+    CONFIG.replace(
+        "bind = \"127.0.0.1:0\"\n[policies]",
+        &format!(
+            "bind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n[policies]",
+            path.display()
+        ),
+    )
+}
+
 #[tokio::test]
 async fn with_a_token_only_requests_that_carry_it_pass() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
     let dir = temp_dir("admin-token");
     let token = "s3cret-token-0123456789";
     std::fs::write(dir.join("token"), format!("{token}\n")).unwrap();
-    let text = CONFIG.replace(
-        "bind = \"127.0.0.1:0\"\n[policies]",
-        &format!(
-            "bind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n[policies]",
-            dir.join("token").display()
-        ),
-    );
+    let text = with_token_file(&dir.join("token"));
     let sy = start_switchyard(&text, &BTreeMap::from([("a", a.addr), ("b", b.addr)])).await;
     let admin = sy.admin_addr.unwrap();
     let host = format!("Host: {admin}");
-    for path in ["/metrics", "/api/pools", "/api/policies"] {
+    for path in ["/metrics", "/api/pools", "/api/policies", "/api/status"] {
         assert_eq!(
             raw_status(admin, &format!("GET {path} HTTP/1.1\r\n{host}")).await,
             401,
@@ -555,5 +560,68 @@ async fn an_idle_admin_connection_is_closed() {
     let closed = until_closed(&mut s, Duration::from_secs(8)).await;
     let (after, _) = closed.expect("the admin listener closed an idle connection");
     assert!(after >= Duration::from_secs(4), "closed after {after:?}");
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The status page's files need no token (they hold no data; the page's
+/// script sends the token to the API), and they come with a policy that
+/// runs no script but their own and forbids framing. A backend whose name
+/// has a `:` can be drained with the name percent-encoded, as the page
+/// sends it.
+#[tokio::test]
+async fn the_status_page_has_a_strict_csp_and_needs_no_token() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let dir = temp_dir("admin-page");
+    std::fs::write(dir.join("token"), "page-token-0123456789\n").unwrap();
+    let text = with_token_file(&dir.join("token"));
+    let sy = start_switchyard(&text, &BTreeMap::from([("a", a.addr), ("b", b.addr)])).await;
+    let (admin, c) = (sy.admin_addr.unwrap(), client(false));
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/status.js", "text/javascript"),
+        ("/status.css", "text/css"),
+    ] {
+        let got = get(&c, admin, path, &[]).await;
+        assert_eq!(got.status, 200, "{path}");
+        let header = |n: &str| {
+            got.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        assert!(header("content-type").starts_with(kind), "{path}");
+        let csp = header("content-security-policy");
+        for part in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(part), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(header("x-frame-options"), "DENY");
+        assert_eq!(header("x-content-type-options"), "nosniff");
+    }
+    let page = get(&c, admin, "/", &[]).await.text();
+    assert!(page.contains("<script src=\"/status.js\">"));
+    assert!(!page.contains("<script>"), "no inline script");
+    assert_eq!(get(&c, admin, "/api/status", &[]).await.status, 401);
+    let auth = [("authorization", "Bearer page-token-0123456789")];
+    let status: serde_json::Value =
+        serde_json::from_slice(&get(&c, admin, "/api/status", &auth).await.body).unwrap();
+    assert_eq!(status["listeners"][0]["name"], "l");
+    assert_eq!(status["listeners"][0]["protocol"], "http");
+    assert_eq!(status["reloads"][0]["what"], "policy");
+    assert_eq!(status["reloads"][0]["ok"], true);
+    let encoded = a.addr.to_string().replace(':', "%3A");
+    let req = http::Request::post(format!(
+        "http://{admin}/api/pools/web/backends/{encoded}/drain"
+    ))
+    .header("content-type", "application/json")
+    .header("authorization", "Bearer page-token-0123456789")
+    .body(full(bytes::Bytes::new()))
+    .unwrap();
+    assert_eq!(send(&c, req).await.status, 200);
+    assert!(drained(&sy, a.addr));
     sy.shutdown(Duration::from_secs(5)).await;
 }

@@ -210,9 +210,14 @@ fn test() -> anyhow::Result<()> {
 }
 
 /// What the tests need from Debian's packages: `redis-server` (the shared
-/// KV store, `tests/tests/kv.rs` and the multi-instance test), and
-/// `systemd` for `systemd-analyze verify` of the unit file.
+/// KV store, `tests/tests/kv.rs` and the multi-instance test), `systemd`
+/// for `systemd-analyze verify` of the unit file, and `chromium` with
+/// `chromium-driver` for the status page's browser test.
 fn ensure_services() -> anyhow::Result<()> {
+    if !Path::new("/usr/bin/chromedriver").is_file() || !Path::new("/usr/bin/chromium").is_file() {
+        eprintln!("xtask: installing chromium and chromium-driver (apt)");
+        languages::apt_install(&["chromium", "chromium-driver"])?;
+    }
     if !std::path::Path::new("/usr/bin/redis-server").is_file() {
         eprintln!("xtask: installing redis-server (apt)");
         languages::apt_install(&["redis-server"])?;
@@ -330,7 +335,7 @@ fn demo(extra: &[String]) -> anyhow::Result<()> {
          curl http://127.0.0.1:8080/images/y   # images saw /y (path-router strips /images)\n  \
          curl http://127.0.0.1:8080/           # web saw /\n  \
          curl --http2-prior-knowledge http://127.0.0.1:8080/api/h2\n\
-         The admin API: http://127.0.0.1:9900/metrics, /api/pools, /api/policies\n\
+         The status page: http://127.0.0.1:9900/  (JSON: /api/status, /api/pools; Prometheus: /metrics)\n\
          Ctrl-C stops everything.\n"
     );
     let status = daemon.wait()?;

@@ -154,6 +154,7 @@ pub struct Metrics {
     pub timeouts: Family<TimeoutLabels, Counter>,
     pub dns: crate::upstream::dns::DnsMetrics,
     pub kv: crate::policy::kv_handle::KvMetrics,
+    pub reloads: super::reloads::Reloads, // Not a metric: for the status page.
 }
 
 /// Every family in the registry, with its help text.
@@ -265,13 +266,6 @@ fn register_policies(registry: &mut Registry, m: &Metrics) {
     );
 }
 
-impl Metrics {
-    /// Adds a collector's metrics (the policies' own, `policy::metrics`).
-    pub fn add_collector(&mut self, collector: Box<dyn prometheus_client::collector::Collector>) {
-        self.registry.register_collector(collector);
-    }
-}
-
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("switchyard");
@@ -299,6 +293,7 @@ impl Default for Metrics {
             timeouts: Family::default(),
             dns: Default::default(),
             kv: Default::default(),
+            reloads: Default::default(),
             registry: Registry::default(),
         };
         register(&mut registry, &m);
@@ -334,6 +329,11 @@ pub fn status_class(status: u16) -> &'static str {
 }
 
 impl Metrics {
+    /// Adds a collector's metrics (the policies' own, `policy::metrics`).
+    pub fn add_collector(&mut self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry.register_collector(collector);
+    }
+
     /// Counts one open client connection (or UDP flow) of `listener` until
     /// the guard is dropped.
     pub fn connection_open(&self, listener: &Label) -> GaugeGuard {

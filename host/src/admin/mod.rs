@@ -10,7 +10,9 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod reloads;
 pub mod request_metrics;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -40,6 +42,9 @@ use crate::upstream::Upstreams;
 #[derive(Default)]
 pub struct View {
     pub addrs: BTreeMap<String, SocketAddr>,
+    /// Each listener's protocol: `http`, `https`, `tcp`, `tls` (SNI
+    /// routing) or `udp`.
+    pub protocols: BTreeMap<String, String>,
     pub upstreams: Arc<Upstreams>,
     /// Loaded policy versions by listener.
     pub policy_versions: BTreeMap<String, String>,
@@ -113,8 +118,13 @@ fn refusal(
         );
     }
     let path = req.uri().path();
+    // The page and its script hold no data: the browser cannot send a
+    // token on navigation, and the script asks for one to read the API.
     if let Some(token) = &cfg.token
-        && !matches!(path, "/healthz" | "/readyz")
+        && !matches!(
+            path,
+            "/healthz" | "/readyz" | "/" | "/status.js" | "/status.css"
+        )
     {
         use sha2::{Digest, Sha256};
         let given = header(header::AUTHORIZATION)
@@ -200,9 +210,75 @@ fn pool_json(name: &str, pool: &crate::upstream::Pool) -> Value {
     })
 }
 
-fn route(req: &Request<Incoming>, view: &View, metrics: &Metrics) -> Response<Full<Bytes>> {
+/// One of the status page's files, which no other site may frame (a
+/// framed drain button is clickjacking) and which runs only its own script.
+fn page(content_type: &'static str, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = reply(StatusCode::OK, content_type, body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; \
+             connect-src 'self'; img-src 'self'; frame-ancestors 'none'; \
+             base-uri 'none'; form-action 'none'",
+        ),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn policies_json(view: &View) -> Value {
+    Value::Array(
+        view.policies
+            .iter()
+            .map(|p| {
+                let s = &p.stats;
+                json!({
+                    "name": &*p.name,
+                    "world": p.kind.world(),
+                    "version": p.version,
+                    "file": p.file.display().to_string(),
+                    "loaded_at_unix": p.loaded_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                    "compiled_from_cache": p.from_cache,
+                    "calls": s.calls.load(std::sync::atomic::Ordering::Relaxed),
+                    "errors": s.errors.load(std::sync::atomic::Ordering::Relaxed),
+                    "overloaded": s.overloaded.load(std::sync::atomic::Ordering::Relaxed),
+                    "instances": p.live_instances(),
+                    "last_call_error": s.last_error.lock().ok().and_then(|e| e.clone()),
+                    "last_refused": view.policy_errors.get(&*p.name),
+                    "p50_us_at_most": s.quantile(0.5).map(|d| d.as_secs_f64() * 1e6),
+                    "p99_us_at_most": s.quantile(0.99).map(|d| d.as_secs_f64() * 1e6),
+                })
+            })
+            .collect(),
+    )
+}
+
+fn route(
+    req: &Request<Incoming>,
+    view: &View,
+    metrics: &Metrics,
+    sampled: &status::Status,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Percent-decoded, so a backend named `[::1]:80` can be drained.
+    let decoded: Vec<std::borrow::Cow<str>> = path
+        .trim_matches('/')
+        .split('/')
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy())
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(|s| &**s).collect();
     match (req.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, ["readyz"]) => {
@@ -215,28 +291,59 @@ fn route(req: &Request<Incoming>, view: &View, metrics: &Metrics) -> Response<Fu
         (&Method::GET, ["metrics"]) => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(&view.upstreams, &view.policies, view.engine.as_deref()),
+            status::render(view, metrics),
         ),
+        (&Method::GET, [""]) => page("text/html; charset=utf-8", status::HTML),
+        (&Method::GET, ["status.js"]) => page("text/javascript; charset=utf-8", status::JS),
+        (&Method::GET, ["status.css"]) => page("text/css; charset=utf-8", status::CSS),
+        (&Method::GET, ["api", "status"]) => {
+            json_reply(StatusCode::OK, &sampled.snapshot(view, metrics))
+        }
         (&Method::GET, ["api", "pools"]) => json_reply(
             StatusCode::OK,
-            &Value::Array(view.upstreams.pools().map(|(n, p)| pool_json(n, p)).collect()),
+            &Value::Array(
+                view.upstreams
+                    .pools()
+                    .map(|(n, p)| pool_json(n, p))
+                    .collect(),
+            ),
         ),
         (&Method::GET, ["api", "pools", name]) => match view.upstreams.pool(name) {
             Some(p) => json_reply(StatusCode::OK, &pool_json(name, p)),
-            None => json_reply(StatusCode::NOT_FOUND, &json!({"error": format!("no pool named {name:?}")})),
+            None => json_reply(
+                StatusCode::NOT_FOUND,
+                &json!({"error": format!("no pool named {name:?}")}),
+            ),
         },
-        (&Method::POST, ["api", "pools", name, "backends", backend, action @ ("drain" | "undrain")]) => {
+        (
+            &Method::POST,
+            [
+                "api",
+                "pools",
+                name,
+                "backends",
+                backend,
+                action @ ("drain" | "undrain"),
+            ],
+        ) => {
             let Some(p) = view.upstreams.pool(name) else {
-                return json_reply(StatusCode::NOT_FOUND, &json!({"error": format!("no pool named {name:?}")}));
+                return json_reply(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": format!("no pool named {name:?}")}),
+                );
             };
-            let found = p.backends.iter().find(|b| {
-                *b.name == **backend || b.address().authority == *backend
-            });
+            let found = p
+                .backends
+                .iter()
+                .find(|b| *b.name == **backend || b.address().authority == *backend);
             match found {
                 Some(b) => {
                     b.set_drained(*action == "drain");
                     info!(pool = %name, backend = %b.name, action = %action, "admin");
-                    json_reply(StatusCode::OK, &json!({"pool": name, "backend": &*b.name, "drained": b.drained()}))
+                    json_reply(
+                        StatusCode::OK,
+                        &json!({"pool": name, "backend": &*b.name, "drained": b.drained()}),
+                    )
                 }
                 None => json_reply(
                     StatusCode::NOT_FOUND,
@@ -244,33 +351,7 @@ fn route(req: &Request<Incoming>, view: &View, metrics: &Metrics) -> Response<Fu
                 ),
             }
         }
-        (&Method::GET, ["api", "policies"]) => json_reply(
-            StatusCode::OK,
-            &Value::Array(
-                view.policies
-                    .iter()
-                    .map(|p| {
-                        let s = &p.stats;
-                        json!({
-                            "name": &*p.name,
-                            "world": p.kind.world(),
-                            "version": p.version,
-                            "file": p.file.display().to_string(),
-                            "loaded_at_unix": p.loaded_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-                            "compiled_from_cache": p.from_cache,
-                            "calls": s.calls.load(std::sync::atomic::Ordering::Relaxed),
-                            "errors": s.errors.load(std::sync::atomic::Ordering::Relaxed),
-                            "overloaded": s.overloaded.load(std::sync::atomic::Ordering::Relaxed),
-                            "instances": p.live_instances(),
-                            "last_call_error": s.last_error.lock().ok().and_then(|e| e.clone()),
-                            "last_refused": view.policy_errors.get(&*p.name),
-                            "p50_us_at_most": s.quantile(0.5).map(|d| d.as_secs_f64() * 1e6),
-                            "p99_us_at_most": s.quantile(0.99).map(|d| d.as_secs_f64() * 1e6),
-                        })
-                    })
-                    .collect(),
-            ),
-        ),
+        (&Method::GET, ["api", "policies"]) => json_reply(StatusCode::OK, &policies_json(view)),
         _ => json_reply(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     }
 }
@@ -289,6 +370,16 @@ pub async fn serve(
             anyone who can reach it can drain backends");
     }
     let cfg = Arc::new(cfg);
+    let sampled = Arc::new(status::Status::default());
+    let sampler = (sampled.clone(), view.clone(), metrics.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(status::INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            sampler.0.sample(&sampler.1.load(), &sampler.2);
+        }
+    });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
@@ -305,11 +396,12 @@ pub async fn serve(
             };
             let local = stream.local_addr().unwrap_or(addr);
             let (view, metrics, cfg) = (view.clone(), metrics.clone(), cfg.clone());
+            let sampled = sampled.clone();
             tokio::spawn(async move {
                 let _slot = slot;
                 let svc = service_fn(move |req| {
                     let r = refusal(&req, &cfg, local)
-                        .unwrap_or_else(|| route(&req, &view.load(), &metrics));
+                        .unwrap_or_else(|| route(&req, &view.load(), &metrics, &sampled));
                     async move { Ok::<_, Infallible>(r) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()

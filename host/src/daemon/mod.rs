@@ -280,29 +280,28 @@ async fn on_change(control: &Control, change: Change) {
     if change == Change::Config {
         notify::reloading();
         let source = control.state.lock().await.config.source.clone();
-        match Config::load(&source) {
-            Ok(c) => match apply(control, warn_kv(control, c).await).await {
-                Ok(()) => info!(config = %source.display(), "configuration reloaded"),
-                Err(problems) => {
-                    control
-                        .configs_refused
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    for p in &problems {
-                        warn!(config = %source.display(), "{p}");
-                    }
-                    warn!(config = %source.display(), "configuration refused; the running one stays");
-                }
-            },
-            Err(e) => {
+        let outcome = match Config::load(&source) {
+            Ok(c) => apply(control, warn_kv(control, c).await).await,
+            Err(e) => Err(e.to_string().lines().map(str::to_owned).collect()),
+        };
+        let name = source.display().to_string();
+        match &outcome {
+            Ok(()) => info!(config = %name, "configuration reloaded"),
+            Err(problems) => {
                 control
                     .configs_refused
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                for line in e.to_string().lines() {
-                    warn!("{line}");
+                for p in problems {
+                    warn!(config = %name, "{p}");
                 }
-                warn!(config = %source.display(), "configuration refused; the running one stays");
+                warn!(config = %name, "configuration refused; the running one stays");
             }
         }
+        let detail = outcome
+            .map(|()| "applied".to_owned())
+            .map_err(|p| p.join("; "));
+        let metrics = control.state.lock().await.metrics.clone();
+        metrics.reloads.record("config", &name, detail);
         notify::ready(&notify::status(control).await);
     }
     rescan(control).await;

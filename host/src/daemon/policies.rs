@@ -118,6 +118,14 @@ impl Loader {
                 result: if loaded.is_ok() { "ok" } else { "error" },
             })
             .inc();
+        self.metrics.reloads.record(
+            "policy",
+            &key.name,
+            match &loaded {
+                Ok(p) => Ok(format!("version {}", p.version)),
+                Err(e) => Err(e.to_string()),
+            },
+        );
         let p = loaded?;
         info!(
             policy = %p.name,

@@ -150,6 +150,12 @@ impl Daemon {
                 .iter()
                 .map(|(n, h)| (n.clone(), h.addr))
                 .collect(),
+            protocols: self
+                .config
+                .listeners
+                .iter()
+                .map(|(n, l)| (n.clone(), protocol(l).to_owned()))
+                .collect(),
             upstreams: self.upstreams.clone(),
             policy_versions,
             policy_errors: self
@@ -356,4 +362,16 @@ pub(super) async fn apply(control: &Control, new: Config) -> Result<(), Vec<Stri
     let current = control.state.lock().await.current();
     let plan = Plan::build(new, current).await?;
     control.state.lock().await.commit(plan)
+}
+
+/// A listener's protocol as the status page names it.
+fn protocol(l: &crate::config::ListenerConfig) -> &'static str {
+    use crate::config::ProtocolSettings as P;
+    match &l.settings {
+        P::Http(h) if h.tls.is_some() => "https",
+        P::Http(_) => "http",
+        P::Tcp(t) if t.peek_sni => "tls",
+        P::Tcp(_) => "tcp",
+        P::Udp(_) => "udp",
+    }
 }

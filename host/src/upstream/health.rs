@@ -57,6 +57,11 @@ impl Health {
         self.checks_pass.store(up, Ordering::Relaxed);
     }
 
+    /// Times it was ejected since it was created.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
     /// Whether the backend is ejected now; an ejection that has run out is
     /// ended here, and said once (`name` is for that log line).
     pub fn ejected(&self, name: &str) -> bool {
