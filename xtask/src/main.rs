@@ -12,7 +12,10 @@
 //! - `demo`: build the policies and the release binaries, start three demo
 //!   backends and run the daemon on `examples/demo.toml` until Ctrl-C;
 //! - `demo-cluster`: the same backends, a redis-server, three L7 instances
-//!   and an L4 tier in front (`examples/cluster/`, docs/SCALING.md).
+//!   and an L4 tier in front (`examples/cluster/`, docs/SCALING.md);
+//! - `package`: the policies, the release binary, and a Debian package of
+//!   them with the systemd unit and the configuration, made by cargo-deb
+//!   (`host/Cargo.toml`'s `[package.metadata.deb]`) into `target/debian/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -171,6 +174,7 @@ fn build_languages(install: bool) -> anyhow::Result<Vec<&'static str>> {
 fn test() -> anyhow::Result<()> {
     ensure_components()?;
     ensure_services()?;
+    cargo_deb()?;
     build_policies()?;
     // CI runs all four languages; elsewhere, those whose toolchains are here.
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
@@ -226,6 +230,37 @@ fn ensure_services() -> anyhow::Result<()> {
         eprintln!("xtask: installing systemd, for systemd-analyze (apt)");
         languages::apt_install(&["systemd"])?;
     }
+    Ok(())
+}
+
+/// The cargo-deb that `package` and `host/tests/package.rs` run, pinned
+/// and installed into `target/tools` when missing.
+const CARGO_DEB: &str = "cargo-deb@3.8.0";
+
+fn cargo_deb() -> anyhow::Result<PathBuf> {
+    let tools = target_dir().join("tools");
+    let exe = tools.join("bin/cargo-deb");
+    if !exe.is_file() {
+        eprintln!("xtask: installing {CARGO_DEB} into {}", tools.display());
+        run(cargo()
+            .args(["install", "--locked", "--quiet", "--root"])
+            .arg(&tools)
+            .arg(CARGO_DEB))?;
+    }
+    Ok(exe)
+}
+
+/// `cargo xtask package`: `target/debian/switchyard_VERSION_ARCH.deb`.
+fn package() -> anyhow::Result<()> {
+    build_policies()?;
+    let exe = cargo_deb()?;
+    run(Command::new(exe)
+        .current_dir(root())
+        .args(["-p", "switchyard", "--locked", "--strip"]))?;
+    eprintln!(
+        "xtask: the package is in {}; install it with `apt install ./target/debian/switchyard_*.deb`",
+        target_dir().join("debian").display()
+    );
     Ok(())
 }
 
@@ -359,9 +394,10 @@ fn main() -> anyhow::Result<()> {
         Some("test") => test(),
         Some("demo") => demo(&args[1..]),
         Some("demo-cluster") => demo_cluster(),
+        Some("package") => package(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build-policies [--all-languages] | test | demo | demo-cluster>"
+                "usage: cargo xtask <build-policies [--all-languages] | test | demo | demo-cluster | package>"
             );
             std::process::exit(2);
         }
