@@ -9,6 +9,7 @@
 //! web page the operator opens cannot drain a backend with a no-cors POST.
 
 pub mod access_log;
+mod actions;
 pub mod metrics;
 pub mod reloads;
 pub mod request_metrics;
@@ -57,6 +58,8 @@ pub struct View {
     pub cache_misses: usize,
     /// Every policy version in use.
     pub policies: Vec<Arc<Policy>>,
+    /// Canaries running, by policy name.
+    pub canaries: BTreeMap<String, Arc<crate::policy::rollout::Canary>>,
     /// The policy engine, for its pool's gauges.
     pub engine: Option<Arc<PolicyEngine>>,
     /// Every listener bound and every policy loaded.
@@ -259,6 +262,7 @@ fn policies_json(view: &View) -> Value {
                     "last_refused": view.policy_errors.get(&*p.name),
                     "p50_us_at_most": s.quantile(0.5).map(|d| d.as_secs_f64() * 1e6),
                     "p99_us_at_most": s.quantile(0.99).map(|d| d.as_secs_f64() * 1e6),
+                    "canary": view.canaries.get(&*p.name).map(|c| c.json()),
                 })
             })
             .collect(),
@@ -325,33 +329,11 @@ fn route(
                 backend,
                 action @ ("drain" | "undrain"),
             ],
-        ) => {
-            let Some(p) = view.upstreams.pool(name) else {
-                return json_reply(
-                    StatusCode::NOT_FOUND,
-                    &json!({"error": format!("no pool named {name:?}")}),
-                );
-            };
-            let found = p
-                .backends
-                .iter()
-                .find(|b| *b.name == **backend || b.address().authority == *backend);
-            match found {
-                Some(b) => {
-                    b.set_drained(*action == "drain");
-                    info!(pool = %name, backend = %b.name, action = %action, "admin");
-                    json_reply(
-                        StatusCode::OK,
-                        &json!({"pool": name, "backend": &*b.name, "drained": b.drained()}),
-                    )
-                }
-                None => json_reply(
-                    StatusCode::NOT_FOUND,
-                    &json!({"error": format!("pool {name:?} has no backend {backend:?}")}),
-                ),
-            }
-        }
+        ) => actions::drain(view, name, backend, action),
         (&Method::GET, ["api", "policies"]) => json_reply(StatusCode::OK, &policies_json(view)),
+        (&Method::POST, ["api", "policies", name, action @ ("promote" | "rollback")]) => {
+            actions::end_canary(view, name, action)
+        }
         _ => json_reply(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     }
 }

@@ -345,6 +345,7 @@ fn policies(view: &View, now: &Sample) -> Vec<Value> {
                 "p99_us_at_most": p.stats.quantile(0.99).map(|d| d.as_secs_f64() * 1e6),
                 "last_refused": view.policy_errors.get(&*p.name),
                 "file_missing": view.policies_missing.contains(&*p.name),
+                "canary": view.canaries.get(&*p.name).map(|c| c.json()),
             })
         })
         .collect()

@@ -10,6 +10,7 @@ pub mod kv;
 pub mod limits;
 mod listeners;
 mod pools;
+pub mod rollout;
 mod settings;
 mod validate;
 
@@ -79,6 +80,12 @@ pub struct PolicySettings {
     pub files: FileCaps,
     /// Caps of each policy's KV namespace (fixed at start).
     pub kv: limits::KvLimits,
+    /// Policies whose new versions start as canaries, by name.
+    pub rollout: BTreeMap<String, rollout::Rollout>,
+    /// Where rollouts keep the last good version of each policy and the
+    /// digests they refused (`state_dir`, else systemd's
+    /// `$STATE_DIRECTORY`).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Where a backend is: an IP address, or a DNS name whose every address

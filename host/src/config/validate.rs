@@ -71,6 +71,7 @@ pub(super) fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config
         }
     }
     bodies_fit_policies(&listeners, &policies, &mut problems);
+    rollouts_name_http_policies(&listeners, &policies, &mut problems);
     if let Some(n) = f.runtime.worker_threads {
         at_least(&mut problems, "runtime.worker_threads", n, 1);
     }
@@ -93,6 +94,37 @@ pub(super) fn validate(f: FileConfig, path: &Path, base: &Path) -> Result<Config
         dns,
         kv,
     })
+}
+
+/// A rollout is for a policy an HTTP listener runs: a connection policy
+/// decides once per connection and has no 5xx to compare.
+fn rollouts_name_http_policies(
+    listeners: &BTreeMap<String, super::ListenerConfig>,
+    policies: &PolicySettings,
+    problems: &mut Problems,
+) {
+    for name in policies.rollout.keys() {
+        let users: Vec<&super::ListenerConfig> = listeners
+            .values()
+            .filter(|l| l.policy.as_deref() == Some(name.as_str()))
+            .collect();
+        if users.is_empty() {
+            problems.push(format!(
+                "policies.rollout.{name}: no listener runs a policy named {name:?}"
+            ));
+        } else if users.iter().any(|l| l.protocol() != super::Protocol::Http) {
+            problems.push(format!(
+                "policies.rollout.{name}: only an HTTP listener's policy can be rolled out \
+                 (a TCP or UDP listener runs {name:?})"
+            ));
+        } else if users.iter().any(|l| l.policy_config.is_some()) {
+            // state_dir keeps one serving version per policy name.
+            problems.push(format!(
+                "policies.rollout.{name}: a rolled-out policy reads its own {name}.json; \
+                 drop policy_config from the listeners that run it"
+            ));
+        }
+    }
 }
 
 /// A body a policy reads is copied into its instance's memory, and then
@@ -195,7 +227,13 @@ fn policies(p: PoliciesFile, base: &Path, problems: &mut Problems) -> PolicySett
     ] {
         at_least(problems, &format!("policies.{key}"), v, 1);
     }
+    let state_dir = p
+        .state_dir
+        .map(|d| base.join(d))
+        .or_else(|| systemd_dir("STATE_DIRECTORY"));
     PolicySettings {
+        rollout: super::rollout::rollouts(p.rollout, &state_dir, problems),
+        state_dir,
         dir: base.join(p.dir.unwrap_or_else(|| PathBuf::from("policies"))),
         limits: Limits {
             timeout,
@@ -231,6 +269,14 @@ fn policies(p: PoliciesFile, base: &Path, problems: &mut Problems) -> PolicySett
     }
 }
 
+/// The first absolute directory of a systemd directory variable
+/// (`$CACHE_DIRECTORY`, `$STATE_DIRECTORY`: colon-separated lists).
+fn systemd_dir(var: &str) -> Option<PathBuf> {
+    let dirs = std::env::var_os(var).filter(|v| !v.is_empty())?;
+    let first = dirs.to_string_lossy().split(':').next().map(PathBuf::from);
+    first.filter(|d| d.is_absolute())
+}
+
 /// Where compiled policies are cached when `cache_dir` is not set:
 /// systemd's `$CACHE_DIRECTORY` (the first, when it lists several), else
 /// `$XDG_CACHE_HOME/switchyard`, else `~/.cache/switchyard`; never a shared
@@ -238,11 +284,8 @@ fn policies(p: PoliciesFile, base: &Path, problems: &mut Problems) -> PolicySett
 /// that wasmtime would run. `None` (no cache) when none of them is set.
 fn default_cache_dir() -> Option<PathBuf> {
     let set = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
-    if let Some(dirs) = set("CACHE_DIRECTORY") {
-        let first = dirs.to_string_lossy().split(':').next().map(PathBuf::from);
-        if let Some(d) = first.filter(|d| d.is_absolute()) {
-            return Some(d);
-        }
+    if let Some(d) = systemd_dir("CACHE_DIRECTORY") {
+        return Some(d);
     }
     set("XDG_CACHE_HOME")
         .map(PathBuf::from)

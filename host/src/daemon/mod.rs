@@ -11,6 +11,7 @@ mod certs;
 mod notify;
 mod plan;
 mod policies;
+mod rollout;
 mod signals;
 mod state;
 
@@ -65,6 +66,10 @@ struct Daemon {
     dns: Option<Arc<crate::upstream::dns::Dns>>,
     listeners: BTreeMap<String, ListenerHandle>,
     policies: BTreeMap<PolicyKey, Arc<Policy>>,
+    /// Canaries running, by policy (`rollout.rs`).
+    canaries: BTreeMap<PolicyKey, rollout::CanaryRun>,
+    /// Wakes the task that applies canary verdicts.
+    rollout_wake: Arc<tokio::sync::Notify>,
     /// The last version refused per policy and why, so a broken file is
     /// reported once, not at every unrelated event.
     refused: BTreeMap<PolicyKey, (String, String)>,
@@ -336,6 +341,8 @@ impl Daemon {
             options,
             listeners: BTreeMap::new(),
             policies: BTreeMap::new(),
+            canaries: BTreeMap::new(),
+            rollout_wake: Arc::new(tokio::sync::Notify::new()),
             refused: BTreeMap::new(),
             missing: BTreeMap::new(),
             conns: Connections {
@@ -401,6 +408,8 @@ pub async fn start_with(
         certs_refused: std::sync::atomic::AtomicU64::new(0),
     });
     tokio::spawn(re_resolve(Arc::downgrade(&daemon)));
+    let wake = daemon.state.lock().await.rollout_wake.clone();
+    tokio::spawn(rollout::judge(Arc::downgrade(&daemon), wake));
     let d = daemon.clone();
     tokio::spawn(async move {
         while let Some(change) = rx.recv().await {

@@ -53,6 +53,30 @@ pub(super) async fn read_policy(
     Ok((file, wasm, cfg))
 }
 
+/// Whether new versions of `key`'s policy start as canaries.
+fn rolled_out(config: &Config, key: &PolicyKey) -> bool {
+    config.policies.rollout.contains_key(&key.name)
+}
+
+/// [`read_policy`], except that a file holding a version a rollout
+/// refused gives the version kept as serving (`rollout.rs`): a restart
+/// after a rollback serves the last good version.
+async fn read_serving(
+    config: &Config,
+    key: &PolicyKey,
+) -> Result<(PathBuf, Vec<u8>, String), policy::LoadError> {
+    let (file, wasm, cfg) = read_policy(config, key).await?;
+    if rolled_out(config, key)
+        && super::rollout::refused_on_disk(config, &key.name, &version_of(&wasm, &cfg))
+        && let Some(kept) = super::rollout::kept_serving(config, &key.name)
+    {
+        warn!(policy = %key.name, file = %file.display(), kept = %kept.0.display(),
+            "the policy file is a version a rollout refused; serving the version kept before it");
+        return Ok(kept);
+    }
+    Ok((file, wasm, cfg))
+}
+
 /// What loading policies needs, taken from the daemon under its lock and
 /// used without it: reading files, compiling and the smoke call never
 /// hold the daemon's state.
@@ -155,8 +179,15 @@ impl Loader {
             if self.policies.contains_key(&key) || fresh.contains_key(&key) {
                 continue;
             }
-            let loaded = match read_policy(config, &key).await {
-                Ok((file, wasm, cfg)) => self.load(&key, file, wasm, cfg, config, &fresh).await,
+            let loaded = match read_serving(config, &key).await {
+                Ok((file, wasm, cfg)) => {
+                    let keep = rolled_out(config, &key).then(|| (wasm.clone(), cfg.clone()));
+                    let p = self.load(&key, file, wasm, cfg, config, &fresh).await;
+                    if let (Ok(_), Some((wasm, cfg))) = (&p, keep) {
+                        super::rollout::keep_serving(config, &key.name, &wasm, &cfg);
+                    }
+                    p
+                }
                 Err(e) => Err(e),
             };
             match loaded {
@@ -180,39 +211,22 @@ impl Loader {
 pub(super) async fn rescan(control: &Control) {
     let (loader, config, present, current, refused) = {
         let mut d = control.state.lock().await;
-        let keys: std::collections::BTreeSet<PolicyKey> =
-            d.config.listeners.values().filter_map(key_of).collect();
-        let mut present = Vec::new();
-        for key in keys {
-            let file = d.config.policy_file(&key.name);
-            if file.exists() {
-                d.missing.remove(&key);
-                present.push(key);
-                continue;
-            }
-            if d.missing.insert(key.clone(), ()).is_none() {
-                if d.options.strict_policies {
-                    warn!(policy = %key.name, file = %file.display(),
-                        "policy file removed; its listeners fall back to the pool's algorithm (--strict-policies)");
-                    if let Some(old) = d.policies.remove(&key) {
-                        old.retire();
-                    }
-                    d.republish(&key);
-                } else {
-                    warn!(policy = %key.name, file = %file.display(),
-                        "policy file removed; the last loaded version keeps serving");
-                }
-            }
-        }
+        let present = d.present_policies();
         let current: BTreeMap<PolicyKey, String> = d
             .policies
             .iter()
             .map(|(k, p)| (k.clone(), p.version.clone()))
             .collect();
+        // Refused, or running as a canary: not loaded again.
         let refused: BTreeMap<PolicyKey, String> = d
             .refused
             .iter()
             .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .chain(
+                d.canaries
+                    .iter()
+                    .map(|(k, c)| (k.clone(), c.run.canary.version.clone())),
+            )
             .collect();
         (d.loader(), d.config.clone(), present, current, refused)
     };
@@ -227,24 +241,23 @@ pub(super) async fn rescan(control: &Control) {
         };
         let version = version_of(&wasm, &cfg);
         let now = current.get(&key);
-        if now == Some(&version) || refused.get(&key) == Some(&version) {
+        if now == Some(&version)
+            || refused.get(&key) == Some(&version)
+            || (rolled_out(&config, &key)
+                && super::rollout::refused_on_disk(&config, &key.name, &version))
+        {
             continue;
         }
+        let keep = rolled_out(&config, &key).then(|| (wasm.clone(), cfg.clone()));
         let loaded = loader
             .load(&key, file, wasm, cfg, &config, &BTreeMap::new())
             .await;
-        outcomes.push((key, version, now.cloned(), loaded));
+        outcomes.push((key, version, now.cloned(), loaded, keep));
     }
     let mut d = control.state.lock().await;
-    for (key, version, current, loaded) in outcomes {
+    for (key, version, current, loaded, keep) in outcomes {
         match loaded {
-            Ok(p) => {
-                d.refused.remove(&key);
-                if let Some(old) = d.policies.insert(key.clone(), p) {
-                    old.retire();
-                }
-                d.republish(&key);
-            }
+            Ok(p) => d.loaded(&key, p, keep),
             Err(e) => {
                 warn!(policy = %key.name, version = %version, current = ?current,
                     "policy={} version={} refused: {}; the last loaded version keeps serving",
@@ -254,4 +267,56 @@ pub(super) async fn rescan(control: &Control) {
         }
     }
     d.publish_view();
+}
+
+impl super::Daemon {
+    /// The policies in use whose file is there; those whose file is gone
+    /// are noted (once) and, with `--strict-policies`, unloaded.
+    fn present_policies(&mut self) -> Vec<PolicyKey> {
+        let keys: std::collections::BTreeSet<PolicyKey> =
+            self.config.listeners.values().filter_map(key_of).collect();
+        let mut present = Vec::new();
+        for key in keys {
+            let file = self.config.policy_file(&key.name);
+            if file.exists() {
+                self.missing.remove(&key);
+                present.push(key);
+                continue;
+            }
+            if self.missing.insert(key.clone(), ()).is_none() {
+                if self.options.strict_policies {
+                    warn!(policy = %key.name, file = %file.display(),
+                        "policy file removed; its listeners fall back to the pool's algorithm (--strict-policies)");
+                    if let Some(old) = self.policies.remove(&key) {
+                        old.retire();
+                    }
+                    self.republish(&key);
+                } else {
+                    warn!(policy = %key.name, file = %file.display(),
+                        "policy file removed; the last loaded version keeps serving");
+                }
+            }
+        }
+        present
+    }
+
+    /// A new version of `key`'s policy loaded: it serves, or, with a
+    /// rollout (`keep` holds its bytes) and a version serving, it starts
+    /// as a canary.
+    fn loaded(&mut self, key: &PolicyKey, p: Arc<Policy>, keep: Option<(Vec<u8>, String)>) {
+        self.refused.remove(key);
+        let live = self.policies.get(key).cloned();
+        match (keep, live) {
+            (Some((wasm, cfg)), Some(live)) => self.start_canary(key, live, p, wasm, cfg),
+            (keep, _) => {
+                if let Some((wasm, cfg)) = keep {
+                    super::rollout::keep_serving(&self.config, &key.name, &wasm, &cfg);
+                }
+                if let Some(old) = self.policies.insert(key.clone(), p) {
+                    old.retire();
+                }
+            }
+        }
+        self.republish(key);
+    }
 }

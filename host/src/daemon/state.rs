@@ -39,11 +39,27 @@ impl Daemon {
         else {
             return;
         };
-        let policy = key_of(cfg).and_then(|k| self.policies.get(&k).cloned());
+        let key = key_of(cfg);
+        let policy = key.as_ref().and_then(|k| self.policies.get(k).cloned());
         match (&h.served, &cfg.settings) {
-            (Served::Stream(Handler::Http(s)), ProtocolSettings::Http(p)) => s.store(Arc::new(
-                self.http_state(name, cfg.with(p.as_ref()), policy),
-            )),
+            (Served::Stream(Handler::Http(s)), ProtocolSettings::Http(p)) => {
+                let mut state = self.http_state(name, cfg.with(p.as_ref()), policy);
+                if let Some(c) = key.and_then(|k| self.canaries.get(&k)) {
+                    let mut canary =
+                        self.http_state(name, cfg.with(p.as_ref()), Some(c.run.canary.clone()));
+                    canary.rollout = Some(Box::new(crate::l7::Rollout {
+                        run: c.run.clone(),
+                        side: crate::policy::rollout::CANARY,
+                        canary_state: None,
+                    }));
+                    state.rollout = Some(Box::new(crate::l7::Rollout {
+                        run: c.run.clone(),
+                        side: crate::policy::rollout::LIVE,
+                        canary_state: Some(Arc::new(canary)),
+                    }));
+                }
+                s.store(Arc::new(state))
+            }
             (Served::Stream(Handler::Tcp(s)), ProtocolSettings::Tcp(p)) => {
                 s.store(Arc::new(self.l4_state(name, cfg.with(p), policy)))
             }
@@ -115,6 +131,7 @@ impl Daemon {
             metrics: self.metrics.clone(),
             access_log: self.access_log.clone(),
             tls,
+            rollout: None,
         }
     }
 
@@ -167,6 +184,11 @@ impl Daemon {
             cache_hits: self.engine.cache_hits(),
             cache_misses: self.engine.cache_misses(),
             policies: self.policies.values().cloned().collect(),
+            canaries: self
+                .canaries
+                .iter()
+                .map(|(k, c)| (k.name.clone(), c.run.clone()))
+                .collect(),
             engine: Some(self.engine.clone()),
             ready: self.started,
         }));
@@ -325,6 +347,13 @@ impl Daemon {
             }
         }
         let in_use: Vec<PolicyKey> = self.config.listeners.values().filter_map(key_of).collect();
+        self.canaries.retain(|k, c| {
+            let keep = in_use.contains(k) && self.config.policies.rollout.contains_key(&k.name);
+            if !keep {
+                c.run.canary.retire();
+            }
+            keep
+        });
         self.policies.retain(|k, p| {
             let keep = in_use.contains(k);
             if !keep {

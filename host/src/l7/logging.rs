@@ -40,6 +40,16 @@ pub(super) fn logging(
     state
         .requests
         .record(ctx.pool.as_ref(), ctx.backend.as_ref(), status, total);
+    if let Some(r) = &state.rollout {
+        // A failed policy call is what `on_error` handled; a 5xx with a
+        // backend is one a backend answered or failed on.
+        let policy_failed = matches!(ctx.decision, "fallback" | "reject");
+        r.run.record(
+            r.side,
+            policy_failed,
+            status >= 500 && ctx.backend.is_some(),
+        );
+    }
     if state.config.access_log == Format::Off {
         return None;
     }

@@ -36,4 +36,4 @@ mod trace;
 mod upstream_peer;
 mod upstream_request;
 
-pub use server::{Conn, HttpState, serve_connection};
+pub use server::{Conn, HttpState, Rollout, serve_connection};

@@ -63,6 +63,17 @@ pub struct HttpState {
         prometheus_client::metrics::counter::Counter,
         prometheus_client::metrics::counter::Counter,
     ),
+    /// While the policy has a canary running (`policy/rollout.rs`).
+    pub rollout: Option<Box<Rollout>>,
+}
+
+/// A listener's side of a canary run: which side this state decides for,
+/// and, on the current version's state, the canary's state, which decides
+/// the requests of the clients the canary picks.
+pub struct Rollout {
+    pub run: Arc<crate::policy::rollout::Canary>,
+    pub side: usize,
+    pub canary_state: Option<Arc<HttpState>>,
 }
 
 /// The client connection a request arrived on.
@@ -291,6 +302,15 @@ async fn handle(
     state: &Arc<HttpState>,
     open: InProgress,
 ) -> Response<ProxyBody> {
+    // A client the canary picks is served by the canary's state throughout.
+    let state = match state.rollout.as_deref() {
+        Some(Rollout {
+            run,
+            canary_state: Some(canary),
+            ..
+        }) if run.picks(conn.peer.ip()) => canary,
+        _ => state,
+    };
     let logged = state.config.access_log != Format::Off
         || tracing::enabled!(target: "switchyard::l7::logging", Level::DEBUG);
     let mut ctx = Ctx::new(&req, conn.peer, logged);

@@ -33,6 +33,7 @@ pub mod kv;
 pub mod kv_handle;
 pub mod kv_redis;
 pub mod metrics;
+pub mod rollout;
 mod smoke;
 mod stats;
 pub mod ticker;

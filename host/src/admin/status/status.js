@@ -149,6 +149,16 @@ function drawPool(p) {
   return box;
 }
 
+// A canary's progress: its share, its requests against min_requests, and
+// both sides' error counts.
+function canary(c) {
+  if (!c) return 'none';
+  const side = (s) => `${s.policy_errors} policy errors, ${s.server_errors} 5xx in ${s.requests}`;
+  return `canary ${c.version.slice(0, 12)} on ${c.percent}% of clients: ` +
+    `${c.canary.requests} of ${c.min_requests} requests; ${side(c.canary)} ` +
+    `(current: ${side(c.live)}); ${c.remaining_s} s left`;
+}
+
 function drawPolicies(policies, refused) {
   const body = $('policies').tBodies[0];
   body.replaceChildren(...policies.map((p) => {
@@ -162,6 +172,7 @@ function drawPolicies(policies, refused) {
     cell(tr, errors || 'none', 'errors', errors ? 'bad' : 'muted');
     cell(tr, p.p99_us_at_most === null ? '–' : count(p.p99_us_at_most), 'p99', 'n');
     cell(tr, p.last_refused || (p.file_missing ? 'file is gone; this version serves' : '–'), 'refused', 'wrap' + (p.last_refused ? ' bad' : ''));
+    cell(tr, canary(p.canary), 'canary', 'wrap' + (p.canary ? ' warn' : ' muted'));
     return tr;
   }));
   const live = new Set(policies.map((p) => p.name));

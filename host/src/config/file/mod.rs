@@ -119,6 +119,9 @@ pub struct PoliciesFile {
     pub kv_max_entries: usize,
     #[serde(default = "default_kv_max_bytes")]
     pub kv_max_bytes: usize,
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub rollout: BTreeMap<String, super::rollout::RolloutFile>,
 }
 
 impl Default for PoliciesFile {
@@ -142,6 +145,8 @@ impl Default for PoliciesFile {
             max_config_bytes: default_max_config_bytes(),
             kv_max_entries: default_kv_max_entries(),
             kv_max_bytes: default_kv_max_bytes(),
+            state_dir: None,
+            rollout: BTreeMap::new(),
         }
     }
 }

@@ -1,0 +1,296 @@
+//! Canary rollouts (`[policies.rollout.NAME]`), on real sockets: clients
+//! on 100 loopback addresses, a fixture policy whose versions (by config)
+//! trap on, or misroute, the paths under `/t/`. Which clients a canary
+//! decides for is the stable hash of their address, as documented; the
+//! test asks the same function which they are.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use switchyard_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CONFIG: &str = r#"
+[admin]
+bind = "127.0.0.1:0"
+[policies]
+dir = "{dir}"
+state_dir = "{state}"
+[policies.rollout.m]
+canary_percent = 20
+min_requests = {min_requests}
+max_duration_s = 60
+max_error_ratio = 2.0
+min_errors = 5
+[pools.web]
+backends = ["{web}"]
+[pools.bad]
+backends = ["{bad}"]
+[listeners.l]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+policy = "m"
+on_error = "reject"
+"#;
+
+/// The clients: 127.0.0.2 ..= 127.0.0.101.
+fn clients() -> Vec<IpAddr> {
+    (2..=101)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+        .collect()
+}
+
+/// Whether a canary at 20% decides for `client`.
+fn canary_client(client: IpAddr) -> bool {
+    switchyard::balance::stable_hash_ip(client) % 100 < 20
+}
+
+/// `GET path` from `client`'s address; the status code.
+async fn get_from(client: IpAddr, addr: SocketAddr, path: &str) -> u16 {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(client, 0)).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+struct Setup {
+    sy: switchyard::daemon::Running,
+    dir: PathBuf,
+    state: PathBuf,
+    config: String,
+    _web: TestBackend,
+    _bad: TestBackend,
+}
+
+fn fixture() -> Vec<u8> {
+    std::fs::read(repo().join("tests/fixtures/wasm/misbehave.wasm"))
+        .expect("misbehave.wasm (cargo xtask build-policies)")
+}
+
+/// v1 (config `{}`) serving, with `min_requests` for a promotion.
+async fn setup(min_requests: u32) -> Setup {
+    let (web, bad) = (
+        TestBackend::start("web").await,
+        TestBackend::failing("bad", 500).await,
+    );
+    let dir = temp_dir("rollout-policies");
+    let state = temp_dir("rollout-state");
+    std::fs::write(dir.join("m.wasm"), fixture()).unwrap();
+    std::fs::write(dir.join("m.json"), "{}").unwrap();
+    let config = CONFIG
+        .replace("{dir}", &dir.display().to_string())
+        .replace("{state}", &state.display().to_string())
+        .replace("{min_requests}", &min_requests.to_string());
+    let addrs = BTreeMap::from([("web", web.addr), ("bad", bad.addr)]);
+    let config = fill(&config, &addrs);
+    let sy = start_switchyard(&config, &BTreeMap::new()).await;
+    Setup {
+        sy,
+        dir,
+        state,
+        config,
+        _web: web,
+        _bad: bad,
+    }
+}
+
+impl Setup {
+    /// The policy's entry in `GET /api/policies`.
+    async fn policy(&self) -> Value {
+        let got = get(
+            &client(false),
+            self.sy.admin_addr.unwrap(),
+            "/api/policies",
+            &[],
+        )
+        .await;
+        let all: Value = serde_json::from_slice(&got.body).unwrap();
+        all.as_array().unwrap()[0].clone()
+    }
+
+    /// Writes a new config for `m` and has the daemon look at it.
+    async fn new_version(&self, cfg: &str) {
+        replace_file(&self.dir.join("m.json"), cfg.as_bytes());
+        self.sy.rescan_policies().await;
+        let p = self.policy().await;
+        assert!(p["canary"].is_object(), "a canary runs: {p}");
+    }
+
+    /// Waits until no canary runs; the policy's entry then.
+    async fn until_settled(&self) -> Value {
+        let started = Instant::now();
+        loop {
+            let p = self.policy().await;
+            if p["canary"].is_null() {
+                return p;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "still a canary: {p}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Each client sends `/a` four times and `/t/x` once, in rounds, until
+    /// `done` says so (checked between clients) or `rounds` end; every
+    /// failure as (client, path).
+    async fn traffic(
+        &self,
+        rounds: usize,
+        mut done: impl FnMut() -> bool,
+    ) -> Vec<(IpAddr, String)> {
+        let mut failed = Vec::new();
+        for _ in 0..rounds {
+            for c in clients() {
+                for path in ["/a", "/a", "/t/x", "/a", "/a"] {
+                    if get_from(c, self.sy.addr("l"), path).await != 200 {
+                        failed.push((c, path.to_owned()));
+                    }
+                }
+                if done() {
+                    return failed;
+                }
+            }
+        }
+        failed
+    }
+}
+
+fn version_of(dir: &Path) -> String {
+    let wasm = std::fs::read(dir.join("m.wasm")).unwrap();
+    let cfg = std::fs::read_to_string(dir.join("m.json")).unwrap();
+    switchyard::policy::engine::version_of(&wasm, &cfg)
+}
+
+#[tokio::test]
+async fn a_canary_that_traps_is_rolled_back_and_stays_refused_after_a_restart() {
+    let s = setup(400).await;
+    let v1 = s.policy().await["version"].as_str().unwrap().to_owned();
+    assert!(clients().iter().any(|c| canary_client(*c)));
+    s.new_version(r#"{"v": 2, "trap-on-t": true}"#).await;
+    let v2 = version_of(&s.dir);
+    let failed = s.traffic(2, || false).await;
+    // Only the canary's share failed: its clients, on /t/.
+    assert!(!failed.is_empty());
+    for (c, path) in &failed {
+        assert!(canary_client(*c) && path == "/t/x", "{c} {path} failed");
+    }
+    let p = s.until_settled().await;
+    assert_eq!(p["version"], v1.as_str(), "v1 serves on");
+    let why = p["last_refused"].as_str().unwrap();
+    assert!(why.starts_with("rolled back: policy errors"), "{why}");
+    // Rolled back at once: at min_errors (5), give or take the requests
+    // in flight while the verdict was applied; not after 2 rounds.
+    assert!(failed.len() < 10, "{} failures", failed.len());
+    // After the rollback v1 decides everything.
+    let canary = clients().into_iter().find(|c| canary_client(*c)).unwrap();
+    assert_eq!(get_from(canary, s.sy.addr("l"), "/t/x").await, 200);
+    let refused = std::fs::read_to_string(s.state.join("m.refused")).unwrap();
+    assert_eq!(refused.trim(), v2);
+    assert_eq!(
+        std::fs::read_to_string(s.state.join("m.json")).unwrap(),
+        "{}"
+    );
+
+    // A restart with v2 still on disk serves v1, kept in state_dir, and
+    // does not try v2 again.
+    s.sy.shutdown(Duration::from_secs(5)).await;
+    let config =
+        switchyard::config::Config::parse(Path::new("/tmp/rollout.toml"), &s.config).unwrap();
+    let sy = switchyard::daemon::start(config).await.unwrap();
+    let admin = sy.admin_addr.unwrap();
+    let all: Value =
+        serde_json::from_slice(&get(&client(false), admin, "/api/policies", &[]).await.body)
+            .unwrap();
+    assert_eq!(all[0]["version"], v1.as_str());
+    assert!(all[0]["canary"].is_null());
+    sy.rescan_policies().await;
+    assert_eq!(get_from(canary, sy.addr("l"), "/t/x").await, 200);
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_clean_canary_is_promoted_after_min_requests() {
+    let s = setup(40).await;
+    s.new_version(r#"{"v": 2}"#).await;
+    let v2 = version_of(&s.dir);
+    let failed = s.traffic(3, || false).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let p = s.until_settled().await;
+    assert_eq!(p["version"], v2.as_str(), "v2 promoted");
+    assert!(p["last_refused"].is_null());
+    assert_eq!(
+        std::fs::read_to_string(s.state.join("m.json")).unwrap(),
+        r#"{"v": 2}"#
+    );
+    let reloads = metric(
+        &s.sy,
+        "switchyard_policy_reloads_total",
+        "result=\"promoted\"",
+    )
+    .await;
+    assert_eq!(reloads, 1.0);
+    s.sy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_canary_sending_to_a_failing_pool_is_rolled_back_on_its_5xx() {
+    let s = setup(400).await;
+    s.new_version(r#"{"v": 2, "route-to-bad": true}"#).await;
+    let failed = s.traffic(2, || false).await;
+    for (c, path) in &failed {
+        assert!(canary_client(*c) && path == "/t/x", "{c} {path} failed");
+    }
+    let p = s.until_settled().await;
+    let why = p["last_refused"].as_str().unwrap();
+    assert!(why.starts_with("rolled back: upstream 5xx"), "{why}");
+    let canary = clients().into_iter().find(|c| canary_client(*c)).unwrap();
+    assert_eq!(get_from(canary, s.sy.addr("l"), "/t/x").await, 200);
+    s.sy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn the_admin_api_promotes_or_rolls_back_by_hand() {
+    let s = setup(100_000).await;
+    let admin = s.sy.admin_addr.unwrap();
+    let c = client(false);
+    assert_eq!(post(&c, admin, "/api/policies/m/promote").await.status, 404);
+    s.new_version(r#"{"v": 2}"#).await;
+    // A newer file during a canary replaces it, and its count starts again.
+    let canary = clients().into_iter().find(|c| canary_client(*c)).unwrap();
+    for _ in 0..3 {
+        assert_eq!(get_from(canary, s.sy.addr("l"), "/a").await, 200);
+    }
+    assert_eq!(s.policy().await["canary"]["canary"]["requests"], 3);
+    s.new_version(r#"{"v": 2.5}"#).await;
+    let p = s.policy().await;
+    assert_eq!(p["canary"]["version"], version_of(&s.dir).as_str());
+    assert_eq!(p["canary"]["canary"]["requests"], 0);
+    assert_eq!(
+        post(&c, admin, "/api/policies/m/rollback").await.status,
+        202
+    );
+    let p = s.until_settled().await;
+    assert!(p["last_refused"].as_str().unwrap().contains("by hand"));
+    s.new_version(r#"{"v": 3}"#).await;
+    let v3 = version_of(&s.dir);
+    assert_eq!(post(&c, admin, "/api/policies/m/promote").await.status, 202);
+    assert_eq!(s.until_settled().await["version"], v3.as_str());
+    s.sy.shutdown(Duration::from_secs(5)).await;
+}
