@@ -286,10 +286,15 @@ pool = "hashed"
     }
 
     // 3. Losing an instance: SIGKILL one under steady load (a new
-    // connection per request, 6 clients through the L4 tier); only the
-    // requests in flight on it fail, at most one per client.
+    // connection per request, 6 clients through the L4 tier). Only
+    // requests around the kill fail: at most one in flight per client at
+    // the kill, and those started while the dying instance could still
+    // complete a handshake; none started after the L4 tier's checks took
+    // it out.
     let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let sent = Arc::new(AtomicUsize::new(0));
+    // When each failed request started.
+    let failed = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
     let mut load = Vec::new();
     for _ in 0..6 {
         let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
@@ -297,10 +302,11 @@ pool = "hashed"
         load.push(tokio::spawn(async move {
             let began = Instant::now();
             while !stop.load(Ordering::Relaxed) && began.elapsed() < Duration::from_secs(20) {
+                let started = Instant::now();
                 let ok = ok_once(at, "/").await;
                 sent.fetch_add(1, Ordering::Relaxed);
                 if !ok {
-                    failed.fetch_add(1, Ordering::Relaxed);
+                    failed.lock().unwrap().push(started);
                 }
             }
         }));
@@ -308,6 +314,7 @@ pool = "hashed"
     tokio::time::sleep(Duration::from_millis(500)).await;
     let killed = instances.remove(0);
     let killed_ip = killed.ip;
+    let kill_at = Instant::now();
     drop(killed); // SIGKILL, by its PID
     let u = front.upstreams();
     let pool = u.pool("hashed").unwrap().clone();
@@ -321,17 +328,26 @@ pool = "hashed"
         || !dead.healthy(),
     )
     .await;
+    let out_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     for l in load {
         l.await.unwrap();
     }
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let sent = sent.load(Ordering::Relaxed);
+    let failed = failed.lock().unwrap().clone();
     assert!(sent > 100, "only {sent} requests");
+    let before_kill = failed.iter().filter(|t| **t < kill_at).count();
     assert!(
-        failed <= 6,
-        "{failed} of {sent} failed: more than the 6 that can be in flight"
+        before_kill <= 6,
+        "{before_kill} failed that started before the kill"
     );
+    assert!(
+        failed.iter().all(|t| *t <= out_at),
+        "a request started after the checks took the instance out failed"
+    );
+    assert!(failed.len() <= 12, "{} of {sent} failed", failed.len());
+    let failed = failed.len();
     eprintln!("cluster: {failed} of {sent} requests failed when an instance was killed");
 
     // 4. Changes reach everyone: a new policy config (a new version) is
