@@ -25,6 +25,7 @@ min_requests = {min_requests}
 max_duration_s = 60
 max_error_ratio = 2.0
 min_errors = 5
+{shadow}
 [pools.web]
 backends = ["{web}"]
 [pools.bad]
@@ -74,7 +75,7 @@ struct Setup {
     state: PathBuf,
     config: String,
     _web: TestBackend,
-    _bad: TestBackend,
+    bad: TestBackend,
 }
 
 fn fixture() -> Vec<u8> {
@@ -84,6 +85,11 @@ fn fixture() -> Vec<u8> {
 
 /// v1 (config `{}`) serving, with `min_requests` for a promotion.
 async fn setup(min_requests: u32) -> Setup {
+    setup_with(min_requests, "").await
+}
+
+/// [`setup`] with more keys in `[policies.rollout.m]`.
+async fn setup_with(min_requests: u32, more: &str) -> Setup {
     let (web, bad) = (
         TestBackend::start("web").await,
         TestBackend::failing("bad", 500).await,
@@ -95,7 +101,8 @@ async fn setup(min_requests: u32) -> Setup {
     let config = CONFIG
         .replace("{dir}", &dir.display().to_string())
         .replace("{state}", &state.display().to_string())
-        .replace("{min_requests}", &min_requests.to_string());
+        .replace("{min_requests}", &min_requests.to_string())
+        .replace("{shadow}", more);
     let addrs = BTreeMap::from([("web", web.addr), ("bad", bad.addr)]);
     let config = fill(&config, &addrs);
     let sy = start_switchyard(&config, &BTreeMap::new()).await;
@@ -105,7 +112,7 @@ async fn setup(min_requests: u32) -> Setup {
         state,
         config,
         _web: web,
-        _bad: bad,
+        bad,
     }
 }
 
@@ -292,5 +299,60 @@ async fn the_admin_api_promotes_or_rolls_back_by_hand() {
     let v3 = version_of(&s.dir);
     assert_eq!(post(&c, admin, "/api/policies/m/promote").await.status, 202);
     assert_eq!(s.until_settled().await["version"], v3.as_str());
+    s.sy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A shadow decides every request after v1 and is only compared: the
+/// clients get v1's decisions (nothing reaches `bad`), and the diff counts
+/// exactly the requests on which v2 would have chosen another pool.
+#[tokio::test]
+async fn a_shadow_counts_exactly_the_decisions_that_differ_and_serves_none() {
+    let s = setup_with(10, "shadow = true").await;
+    s.new_version(r#"{"v": 2, "route-to-bad": true}"#).await;
+    let p = s.policy().await;
+    assert_eq!(p["canary"]["mode"], "shadow");
+    let addr = s.sy.addr("l");
+    let c = clients()[0];
+    for i in 0..27 {
+        let path = if i % 4 == 0 { "/t/x" } else { "/a" };
+        assert_eq!(get_from(c, addr, path).await, 200, "{path}");
+    }
+    assert!(s.bad.seen().is_empty(), "a shadow's decision was acted on");
+    let admin = s.sy.admin_addr.unwrap();
+    let started = Instant::now();
+    let diff = loop {
+        let got = get(&client(false), admin, "/api/policies/m/diff", &[]).await;
+        assert_eq!(got.status, 200);
+        let v: Value = serde_json::from_slice(&got.body).unwrap();
+        if v["same"].as_u64().unwrap() + v["differ"].as_u64().unwrap() == 27 {
+            break v;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(diff["differ"], 7, "{diff}");
+    assert_eq!(diff["by_kind"]["pool"], 7, "{diff}");
+    assert_eq!(diff["same"], 20, "{diff}");
+    let samples = diff["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 7);
+    assert_eq!(samples[0]["path"], "/t/x");
+    assert_eq!(samples[0]["shadow"]["forward"]["pool"], "bad");
+    assert!(samples[0]["live"]["forward"]["pool"].is_null());
+    // A shadow is never promoted by its count; by hand it is, and serves.
+    assert!(s.policy().await["canary"].is_object());
+    let promote = post(&client(false), admin, "/api/policies/m/promote").await;
+    assert_eq!(promote.status, 202);
+    s.until_settled().await;
+    assert_eq!(
+        get_from(c, addr, "/t/x").await,
+        500,
+        "v2 serves: /t/ goes to bad"
+    );
+    assert_eq!(
+        get(&client(false), admin, "/api/policies/m/diff", &[])
+            .await
+            .status,
+        404
+    );
     s.sy.shutdown(Duration::from_secs(5)).await;
 }

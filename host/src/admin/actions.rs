@@ -1,6 +1,7 @@
 //! The admin API's requests that change state: draining a backend, and
-//! ending a canary by hand. `mod.rs` has already checked that they are
-//! same-origin JSON (and carry the token, when one is set).
+//! ending a canary by hand (`mod.rs` has already checked that they are
+//! same-origin JSON, and carry the token when one is set); and a shadow's
+//! differences.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -59,4 +60,24 @@ pub(super) fn end_canary(view: &View, name: &str, action: &str) -> Response<Full
         StatusCode::ACCEPTED,
         &json!({"policy": name, "version": c.canary.version, "action": action}),
     )
+}
+
+/// `GET /api/policies/NAME/diff`: a shadow's differences from the serving
+/// version, by kind, with the newest differing requests.
+pub(super) fn shadow_diff(view: &View, name: &str) -> Response<Full<Bytes>> {
+    let shadow = view
+        .canaries
+        .get(name)
+        .and_then(|c| c.shadow.as_ref().map(|s| (c, s)));
+    let Some((c, s)) = shadow else {
+        return json_reply(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("policy {name:?} has no shadow running")}),
+        );
+    };
+    let mut v = s.diff_json();
+    v["policy"] = json!(name);
+    v["version"] = json!(c.canary.version);
+    v["live_version"] = json!(c.live.version);
+    json_reply(StatusCode::OK, &v)
 }

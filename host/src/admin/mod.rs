@@ -331,6 +331,7 @@ fn route(
             ],
         ) => actions::drain(view, name, backend, action),
         (&Method::GET, ["api", "policies"]) => json_reply(StatusCode::OK, &policies_json(view)),
+        (&Method::GET, ["api", "policies", name, "diff"]) => actions::shadow_diff(view, name),
         (&Method::POST, ["api", "policies", name, action @ ("promote" | "rollback")]) => {
             actions::end_canary(view, name, action)
         }

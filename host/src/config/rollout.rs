@@ -24,6 +24,21 @@ pub struct RolloutFile {
     pub max_error_ratio: f64,
     #[serde(default = "default_min_errors")]
     pub min_errors: u64,
+    #[serde(default)]
+    pub shadow: bool,
+    #[serde(default = "default_redact")]
+    pub redact: Vec<String>,
+}
+
+fn default_redact() -> Vec<String> {
+    [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn default_canary_percent() -> u32 {
@@ -58,6 +73,11 @@ pub struct Rollout {
     /// Errors of one kind a canary must have before that rate rolls it
     /// back.
     pub min_errors: u64,
+    /// The new version runs after the serving one on the same requests,
+    /// and its decisions are only compared, never acted on.
+    pub shadow: bool,
+    /// Header names whose values the shadow's sample of differences hides.
+    pub redact: Vec<http::HeaderName>,
 }
 
 /// `[policies.rollout]`, checked; `state_dir` is where the last good
@@ -101,6 +121,16 @@ pub(super) fn rollouts(
         if f.min_errors == 0 {
             problems.push(format!("{}: must be at least 1", key("min_errors")));
         }
+        let mut redact = Vec::new();
+        for (i, h) in f.redact.iter().enumerate() {
+            match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => redact.push(n),
+                Err(_) => problems.push(format!(
+                    "{}[{i}]: {h:?} is not a header name",
+                    key("redact")
+                )),
+            }
+        }
         out.insert(
             name,
             Rollout {
@@ -109,6 +139,8 @@ pub(super) fn rollouts(
                 max_duration: Duration::from_secs(f.max_duration_s),
                 max_error_ratio: f.max_error_ratio,
                 min_errors: f.min_errors,
+                shadow: f.shadow,
+                redact,
             },
         );
     }

@@ -114,10 +114,17 @@ impl Daemon {
                 warn!(policy = %key.name, error = %e, "cannot keep the canary in policies.state_dir");
             }
         }
-        info!(policy = %key.name, version = %canary.version, live = %live.version,
-            percent = settings.canary_percent, min_requests = settings.min_requests,
-            "policy={} version={} starts as a canary for {}% of clients",
-            key.name, canary.version, settings.canary_percent);
+        if settings.shadow {
+            canary.use_scratch_kv(true);
+            info!(policy = %key.name, version = %canary.version, live = %live.version,
+                "policy={} version={} starts as a shadow: it decides nothing, its decisions are compared",
+                key.name, canary.version);
+        } else {
+            info!(policy = %key.name, version = %canary.version, live = %live.version,
+                percent = settings.canary_percent, min_requests = settings.min_requests,
+                "policy={} version={} starts as a canary for {}% of clients",
+                key.name, canary.version, settings.canary_percent);
+        }
         let run = Arc::new(Canary::new(
             live,
             canary,
@@ -136,7 +143,12 @@ impl Daemon {
             "rollout",
             &key.name,
             Ok(format!(
-                "canary {} started",
+                "{} {} started",
+                if self.canaries[key].run.shadow.is_some() {
+                    "shadow"
+                } else {
+                    "canary"
+                },
                 short(&self.canaries[key].run.canary.version)
             )),
         );
@@ -164,6 +176,9 @@ impl Daemon {
                     if moved.is_err() {
                         keep_serving(&self.config, name, &c.wasm, &c.cfg);
                     }
+                }
+                if c.run.shadow.is_some() {
+                    c.run.canary.use_scratch_kv(false);
                 }
                 if let Some(old) = self.policies.insert(key.clone(), c.run.canary.clone()) {
                     old.retire();

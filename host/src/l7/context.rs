@@ -56,6 +56,16 @@ pub(super) struct Ctx {
     /// kept (boxed, so a request that is not logged carries one pointer)
     /// for the access log.
     pub agent: Option<Box<[Option<String>; 4]>>,
+    /// With a shadow running: the request as the policy saw it and the
+    /// decision acted on, for the shadow's call after the response.
+    pub shadow: Option<Box<ShadowCall>>,
+}
+
+/// A request a shadow decides after the serving version (`logging.rs`).
+pub(super) struct ShadowCall {
+    pub view: Box<RequestView>,
+    pub live: crate::policy::HttpDecision,
+    pub info: Arc<crate::policy::ConnectionInfo>,
 }
 
 impl Ctx {
@@ -80,6 +90,7 @@ impl Ctx {
             log_hook: false,
             context: None,
             request_body: None,
+            shadow: None,
             agent: logged.then(|| {
                 let h = |n| {
                     req.headers()

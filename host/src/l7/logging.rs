@@ -49,6 +49,9 @@ pub(super) fn logging(
             policy_failed,
             status >= 500 && ctx.backend.is_some(),
         );
+        if let Some(call) = ctx.shadow.take() {
+            shadow(*call, r, state);
+        }
     }
     if state.config.access_log == Format::Off {
         return None;
@@ -82,4 +85,36 @@ pub(super) fn logging(
         trace_id,
         ..Entry::default()
     })
+}
+
+/// The shadow decides `call`'s request on a task of its own: the response
+/// is on its way already and never waits for it. At most
+/// `shadow::MAX_IN_FLIGHT` run at once; its `http-call`s are stubbed.
+fn shadow(call: super::context::ShadowCall, r: &super::server::Rollout, state: &HttpState) {
+    use crate::policy::shadow::Stubbed;
+    let Some(diffs) = &r.run.shadow else {
+        return;
+    };
+    if !diffs.admit() {
+        return;
+    }
+    let run = r.run.clone();
+    let directory: std::sync::Arc<dyn crate::policy::Directory> =
+        std::sync::Arc::new(Stubbed(state.policy_directory.clone()));
+    let pool = state.config.pool.clone();
+    tokio::spawn(async move {
+        let super::context::ShadowCall {
+            mut view,
+            live,
+            info,
+        } = call;
+        let (d, _) = run
+            .canary
+            .on_request_timed(&mut view, &info, pool.as_deref(), &directory)
+            .await;
+        if let Some(diffs) = &run.shadow {
+            diffs.record(&view, &live, &d, pool.as_deref());
+            diffs.done();
+        }
+    });
 }

@@ -128,10 +128,22 @@ pub(super) async fn on_request<B>(
     };
     let mut view = lend(req, conn, ctx);
     let info = conn.policy_view(ctx.client, state);
+    // A shadow decides the request as this version got it.
+    let before = match state.rollout.as_deref() {
+        Some(r) if r.run.shadow.is_some() => Some(view.clone()),
+        _ => None,
+    };
     let directory = ctx.directory.get_or_insert_with(|| state.directory());
     let (d, took) = policy
         .on_request_timed(&mut view, &info, state.config.pool.as_deref(), directory)
         .await;
+    if let (Some(before), Ok(live)) = (before, &d) {
+        ctx.shadow = Some(Box::new(super::context::ShadowCall {
+            view: before,
+            live: live.clone(),
+            info: info.clone(),
+        }));
+    }
     settle(d, took, &mut view, req, state, ctx)
 }
 

@@ -67,6 +67,9 @@ pub struct Policy {
     live: Arc<AtomicUsize>,
     /// Linear memories one instance allocates.
     memories: usize,
+    /// Set while a shadow (`shadow.rs`): its instances use the KV
+    /// namespace `NAME.shadow` instead of its name's.
+    kv_scratch: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Policy {
@@ -104,6 +107,7 @@ impl Policy {
             memories: c.memories,
             limits,
             idle: Mutex::new(Vec::new()),
+            kv_scratch: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -179,6 +183,15 @@ impl Policy {
         self.idle.lock().expect("idle instances").clear();
     }
 
+    /// With `true`, this version's instances from now on use the KV
+    /// namespace `NAME.shadow`, so that a shadow's writes never reach what
+    /// the serving version reads; `false` when it is promoted. Its warm
+    /// instances, which hold the other namespace, are dropped.
+    pub fn use_scratch_kv(&self, scratch: bool) {
+        self.kv_scratch.store(scratch, Ordering::Relaxed);
+        self.retire();
+    }
+
     fn arm(store: &mut Store<HostState>, started: Instant, budget: Duration) {
         store.data_mut().deadline = started + budget;
         store.set_epoch_deadline(1);
@@ -219,7 +232,11 @@ impl Policy {
     ) -> Result<Box<Warm>, PolicyError> {
         let state = HostState::new(
             self.name.clone(),
-            self.engine.kv.namespace(&self.name),
+            if self.kv_scratch.load(Ordering::Relaxed) {
+                self.engine.kv.namespace(&format!("{}.shadow", self.name))
+            } else {
+                self.engine.kv.namespace(&self.name)
+            },
             self.engine.custom_metrics.of(&self.name),
             directory,
             self.limits.memory_bytes,

@@ -34,6 +34,7 @@ pub mod kv_handle;
 pub mod kv_redis;
 pub mod metrics;
 pub mod rollout;
+pub mod shadow;
 mod smoke;
 mod stats;
 pub mod ticker;

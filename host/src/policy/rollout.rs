@@ -71,6 +71,9 @@ pub struct Canary {
     forced: Mutex<Option<Verdict>>,
     /// The daemon's judge, woken when a verdict may be due.
     wake: Arc<tokio::sync::Notify>,
+    /// In shadow mode (`shadow = true`): the new version decides no
+    /// request, only runs after the serving one; it ends by hand.
+    pub shadow: Option<super::shadow::ShadowDiffs>,
 }
 
 /// Which side a request is on.
@@ -84,6 +87,9 @@ impl Canary {
         settings: Rollout,
         wake: Arc<tokio::sync::Notify>,
     ) -> Self {
+        let shadow = settings
+            .shadow
+            .then(|| super::shadow::ShadowDiffs::new(settings.redact.clone()));
         Canary {
             live,
             canary,
@@ -95,13 +101,16 @@ impl Canary {
             sides: Default::default(),
             forced: Mutex::new(None),
             wake,
+            shadow,
         }
     }
 
     /// Whether `client`'s requests go to the canary: the stable hash of
     /// its address, so one client sees one version throughout.
     pub fn picks(&self, client: IpAddr) -> bool {
-        crate::balance::stable_hash_ip(client) % 100 < u64::from(self.settings.canary_percent)
+        self.shadow.is_none()
+            && crate::balance::stable_hash_ip(client) % 100
+                < u64::from(self.settings.canary_percent)
     }
 
     /// Counts one request `side` decided.
@@ -134,6 +143,9 @@ impl Canary {
         if let Some(v) = self.forced.lock().expect("forced verdict").clone() {
             return Some(v);
         }
+        if self.shadow.is_some() {
+            return None;
+        }
         judge(
             self.counts(LIVE),
             self.counts(CANARY),
@@ -158,6 +170,8 @@ impl Canary {
             })
         };
         json!({
+            "mode": if self.shadow.is_some() { "shadow" } else { "canary" },
+            "shadow": self.shadow.as_ref().map(super::shadow::ShadowDiffs::json),
             "version": self.canary.version,
             "live_version": self.live.version,
             "percent": self.settings.canary_percent,
@@ -244,6 +258,8 @@ mod tests {
             max_duration: Duration::from_secs(60),
             max_error_ratio: 2.0,
             min_errors: 5,
+            shadow: false,
+            redact: Vec::new(),
         }
     }
 

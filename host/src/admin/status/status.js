@@ -153,6 +153,11 @@ function drawPool(p) {
 // both sides' error counts.
 function canary(c) {
   if (!c) return 'none';
+  if (c.shadow) {
+    const kinds = Object.entries(c.shadow.by_kind).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`);
+    return `shadow ${c.version.slice(0, 12)}: ${c.shadow.same} same, ${c.shadow.differ} differ` +
+      (kinds.length ? ` (${kinds.join(', ')})` : '') + `; ${c.shadow.skipped} not shadowed (busy)`;
+  }
   const side = (s) => `${s.policy_errors} policy errors, ${s.server_errors} 5xx in ${s.requests}`;
   return `canary ${c.version.slice(0, 12)} on ${c.percent}% of clients: ` +
     `${c.canary.requests} of ${c.min_requests} requests; ${side(c.canary)} ` +
