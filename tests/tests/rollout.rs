@@ -36,6 +36,7 @@ bind = "127.0.0.1:0"
 pool = "web"
 policy = "m"
 on_error = "reject"
+{listener}
 "#;
 
 /// The clients: 127.0.0.2 ..= 127.0.0.101.
@@ -90,6 +91,11 @@ async fn setup(min_requests: u32) -> Setup {
 
 /// [`setup`] with more keys in `[policies.rollout.m]`.
 async fn setup_with(min_requests: u32, more: &str) -> Setup {
+    setup_full(min_requests, more, "").await
+}
+
+/// [`setup_with`] with more keys in `[listeners.l]`.
+async fn setup_full(min_requests: u32, more: &str, listener: &str) -> Setup {
     let (web, bad) = (
         TestBackend::start("web").await,
         TestBackend::failing("bad", 500).await,
@@ -102,7 +108,8 @@ async fn setup_with(min_requests: u32, more: &str) -> Setup {
         .replace("{dir}", &dir.display().to_string())
         .replace("{state}", &state.display().to_string())
         .replace("{min_requests}", &min_requests.to_string())
-        .replace("{shadow}", more);
+        .replace("{shadow}", more)
+        .replace("{listener}", listener);
     let addrs = BTreeMap::from([("web", web.addr), ("bad", bad.addr)]);
     let config = fill(&config, &addrs);
     let sy = start_switchyard(&config, &BTreeMap::new()).await;
@@ -354,5 +361,74 @@ async fn a_shadow_counts_exactly_the_decisions_that_differ_and_serves_none() {
             .status,
         404
     );
+    s.sy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `capture` on a listener writes sampled request heads (all of them at
+/// `sample = 1.0`) as case lines, `authorization` hidden, which `policy
+/// test --cases` runs as they are.
+#[tokio::test]
+async fn a_capture_writes_case_lines_that_policy_test_runs() {
+    let dir = temp_dir("capture");
+    let file = dir.join("capture.jsonl");
+    let listener = format!(
+        "capture = {{ file = \"{}\", sample = 1.0 }}",
+        file.display()
+    );
+    let s = setup_full(10, "", &listener).await;
+    let addr = s.sy.addr("l");
+    let c = client(false);
+    for i in 0..5 {
+        let got = get(
+            &c,
+            addr,
+            &format!("/t/{i}?q={i}"),
+            &[("authorization", "Bearer secret-token"), ("x-n", "7")],
+        )
+        .await;
+        assert_eq!(got.status, 200);
+    }
+    let started = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.lines().count() == 5 {
+            break text;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!text.contains("secret-token"), "{text}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    for (i, line) in text.lines().enumerate() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["request"]["method"], "GET");
+        assert_eq!(v["request"]["path"], format!("/t/{i}?q={i}"));
+        assert_eq!(v["request"]["client"], "127.0.0.1");
+        let headers = v["request"]["headers"].as_array().unwrap();
+        assert!(headers.contains(&serde_json::json!(["authorization", "[redacted]"])));
+        assert!(headers.contains(&serde_json::json!(["x-n", "7"])));
+        assert!(v["at_unix_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+    // The capture is a cases file as it is.
+    let t = switchyard::cli::PolicyTest {
+        file: s.dir.join("m.wasm"),
+        config: None,
+        request: "GET /".into(),
+        headers: Vec::new(),
+        client: "127.0.0.1".into(),
+        sni: None,
+        pool: Some("web".into()),
+        pools: None,
+        body: None,
+        response: None,
+        response_headers: Vec::new(),
+        cases: Some(file.clone()),
+    };
+    match switchyard::cli::policy_test(&t).await.unwrap() {
+        switchyard::cli::Tested::Cases { failed } => assert_eq!(failed, 0),
+        switchyard::cli::Tested::Decision(d) => panic!("not a cases run: {d}"),
+    }
     s.sy.shutdown(Duration::from_secs(5)).await;
 }

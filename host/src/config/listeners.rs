@@ -140,6 +140,7 @@ fn foreign_keys(key: &str, l: &ListenerFile, problems: &mut Problems) {
         ),
         ("tunnel_idle_timeout_ms", l.tunnel_idle_timeout_ms.is_some()),
         ("tls", l.tls.is_some()),
+        ("capture", l.capture.is_some()),
     ];
     let tcp = [
         ("peek_sni", l.peek_sni.is_some()),
@@ -244,6 +245,7 @@ fn http(
         normalize_path: l.normalize_path.unwrap_or(true),
         request_ids: l.request_ids.unwrap_or(true),
         path_with_escaped_slashes: l.path_with_escaped_slashes.unwrap_or_default(),
+        capture: super::rollout::capture(key, &l.capture, base, problems),
     }
 }
 

@@ -80,6 +80,70 @@ pub struct Rollout {
     pub redact: Vec<http::HeaderName>,
 }
 
+/// A listener's `capture = { file, sample, redact }`: sampled request
+/// heads written as `policy test --cases` lines, for `policy replay`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureFile {
+    pub file: PathBuf,
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+    #[serde(default = "default_capture_redact")]
+    pub redact: Vec<String>,
+}
+
+fn default_sample() -> f64 {
+    0.01
+}
+
+fn default_capture_redact() -> Vec<String> {
+    ["authorization", "proxy-authorization", "cookie"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// A capture, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capture {
+    pub file: PathBuf,
+    /// The share of requests written, in (0, 1].
+    pub sample: f64,
+    /// Headers whose values are written as `[redacted]`.
+    pub redact: Vec<http::HeaderName>,
+}
+
+/// `listeners.NAME.capture`, checked; the file resolved against `base`.
+pub(super) fn capture(
+    key: &str,
+    f: &Option<CaptureFile>,
+    base: &std::path::Path,
+    problems: &mut Problems,
+) -> Option<Capture> {
+    let f = f.as_ref()?;
+    if !(f.sample > 0.0 && f.sample <= 1.0) {
+        problems.push(format!(
+            "{key}.capture.sample: must be above 0 and at most 1"
+        ));
+    }
+    let redact = header_names(&format!("{key}.capture.redact"), &f.redact, problems);
+    Some(Capture {
+        file: base.join(&f.file),
+        sample: f.sample,
+        redact,
+    })
+}
+
+fn header_names(key: &str, names: &[String], problems: &mut Problems) -> Vec<http::HeaderName> {
+    let mut out = Vec::new();
+    for (i, h) in names.iter().enumerate() {
+        match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) => out.push(n),
+            Err(_) => problems.push(format!("{key}[{i}]: {h:?} is not a header name")),
+        }
+    }
+    out
+}
+
 /// `[policies.rollout]`, checked; `state_dir` is where the last good
 /// version and refused digests are kept (required with any rollout).
 pub(super) fn rollouts(
@@ -121,16 +185,7 @@ pub(super) fn rollouts(
         if f.min_errors == 0 {
             problems.push(format!("{}: must be at least 1", key("min_errors")));
         }
-        let mut redact = Vec::new();
-        for (i, h) in f.redact.iter().enumerate() {
-            match http::HeaderName::from_bytes(h.as_bytes()) {
-                Ok(n) => redact.push(n),
-                Err(_) => problems.push(format!(
-                    "{}[{i}]: {h:?} is not a header name",
-                    key("redact")
-                )),
-            }
-        }
+        let redact = header_names(&key("redact"), &f.redact, problems);
         out.insert(
             name,
             Rollout {

@@ -70,6 +70,8 @@ pub struct HttpSettings {
     pub http2_max_concurrent_streams: u32,
     /// TLS termination.
     pub tls: Option<ListenerTls>,
+    /// Sampled request heads for `policy replay`.
+    pub capture: Option<super::rollout::Capture>,
     /// The longest request target accepted (414 beyond).
     pub max_uri_bytes: usize,
     /// Normalize paths (`l7/path.rs`); off passes them raw.

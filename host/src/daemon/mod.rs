@@ -66,6 +66,8 @@ struct Daemon {
     dns: Option<Arc<crate::upstream::dns::Dns>>,
     listeners: BTreeMap<String, ListenerHandle>,
     policies: BTreeMap<PolicyKey, Arc<Policy>>,
+    /// The capture files' writers (`l7/capture.rs`).
+    captures: std::sync::Mutex<Vec<Arc<crate::l7::capture::CaptureWriter>>>,
     /// Canaries running, by policy (`rollout.rs`).
     canaries: BTreeMap<PolicyKey, rollout::CanaryRun>,
     /// Wakes the task that applies canary verdicts.
@@ -342,6 +344,7 @@ impl Daemon {
             listeners: BTreeMap::new(),
             policies: BTreeMap::new(),
             canaries: BTreeMap::new(),
+            captures: std::sync::Mutex::new(Vec::new()),
             rollout_wake: Arc::new(tokio::sync::Notify::new()),
             refused: BTreeMap::new(),
             missing: BTreeMap::new(),

@@ -94,6 +94,7 @@ impl Daemon {
         policy: Option<Arc<Policy>>,
     ) -> HttpState {
         let tls = self.terminators.get(name).cloned();
+        let cfg_capture = cfg.capture.as_ref().and_then(|c| self.capture_writer(c));
         let name: crate::admin::metrics::Label = name.into();
         HttpState {
             policy_metrics: policy
@@ -132,6 +133,30 @@ impl Daemon {
             access_log: self.access_log.clone(),
             tls,
             rollout: None,
+            capture: cfg_capture,
+        }
+    }
+
+    /// The writer of `capture`, shared by every state of the listeners
+    /// that name the same file with the same settings (a reload keeps it).
+    fn capture_writer(
+        &self,
+        capture: &crate::config::rollout::Capture,
+    ) -> Option<Arc<crate::l7::capture::CaptureWriter>> {
+        let mut writers = self.captures.lock().expect("capture writers");
+        if let Some(w) = writers.iter().find(|w| w.settings == *capture) {
+            return Some(w.clone());
+        }
+        match crate::l7::capture::CaptureWriter::start(capture) {
+            Ok(w) => {
+                writers.retain(|o| o.settings.file != capture.file);
+                writers.push(w.clone());
+                Some(w)
+            }
+            Err(e) => {
+                error!(file = %capture.file.display(), error = %e, "cannot open the capture file; nothing is captured");
+                None
+            }
         }
     }
 

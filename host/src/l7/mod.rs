@@ -17,6 +17,7 @@
 //! ```
 
 pub mod body;
+pub mod capture;
 mod connect;
 mod context;
 pub mod error;

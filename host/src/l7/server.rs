@@ -65,6 +65,8 @@ pub struct HttpState {
     ),
     /// While the policy has a canary running (`policy/rollout.rs`).
     pub rollout: Option<Box<Rollout>>,
+    /// `capture`: sampled request heads for `policy replay`.
+    pub capture: Option<Arc<super::capture::CaptureWriter>>,
 }
 
 /// A listener's side of a canary run: which side this state decides for,
@@ -348,6 +350,9 @@ async fn proxy(
         request_filter::checks(&mut req, conn, state, ctx),
         req.uri()
     );
+    if let Some(c) = &state.capture {
+        c.maybe(&req, ctx.client.ip());
+    }
     let mut decision = match &state.policy {
         None => HttpDecision::Forward(ForwardAction::default()),
         Some(_) => fail!(

@@ -77,6 +77,7 @@ pub struct ListenerFile {
     pub idle_timeout_ms: Option<u64>,
     /// http: terminate TLS (`[listeners.NAME.tls]`).
     pub tls: Option<TlsFile>,
+    pub capture: Option<super::super::rollout::CaptureFile>,
     /// http: the longest request target accepted (414 beyond; default 8192).
     pub max_uri_bytes: Option<usize>,
     /// http: normalize the path before the policy and the backend see it
