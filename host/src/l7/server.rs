@@ -310,7 +310,7 @@ async fn handle(
             run,
             canary_state: Some(canary),
             ..
-        }) if run.picks(conn.peer.ip()) => canary,
+        }) if run.picks(crate::balance::stable_hash_ip(conn.peer.ip())) => canary,
         _ => state,
     };
     let logged = state.config.access_log != Format::Off

@@ -9,7 +9,6 @@
 //! counting is three relaxed atomics on a request of a listener whose
 //! policy has a canary running; a listener without one pays one branch.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -105,12 +104,11 @@ impl Canary {
         }
     }
 
-    /// Whether `client`'s requests go to the canary: the stable hash of
-    /// its address, so one client sees one version throughout.
-    pub fn picks(&self, client: IpAddr) -> bool {
-        self.shadow.is_none()
-            && crate::balance::stable_hash_ip(client) % 100
-                < u64::from(self.settings.canary_percent)
+    /// Whether a client's requests go to the canary, by `client_hash`, the
+    /// stable hash of its address (`balance::stable_hash_ip`), so one
+    /// client sees one version throughout.
+    pub fn picks(&self, client_hash: u64) -> bool {
+        self.shadow.is_none() && client_hash % 100 < u64::from(self.settings.canary_percent)
     }
 
     /// Counts one request `side` decided.
