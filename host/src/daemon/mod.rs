@@ -8,6 +8,7 @@
 //! started with.
 
 mod certs;
+mod dns_refresh;
 mod notify;
 mod plan;
 mod policies;
@@ -232,31 +233,6 @@ impl Daemon {
     }
 }
 
-/// Looks up backends given by DNS name again when they are due (their
-/// TTL, bounded by `resolve_interval_ms`), and when a set changed,
-/// rebuilds the pools through the reload path (`Change::Resolved`): the
-/// same plan and commit as a configuration reload, with minimal
-/// disruption. A failed lookup keeps the last good set (`dns.rs`). Ends
-/// when the daemon is gone.
-async fn re_resolve(control: std::sync::Weak<Control>) {
-    loop {
-        let dns = match control.upgrade() {
-            Some(c) => c.state.lock().await.dns.clone(),
-            None => return,
-        };
-        let due = dns.as_ref().and_then(|d| d.next_due());
-        let wait = due.map_or(Duration::from_secs(1), |d| {
-            d.saturating_duration_since(std::time::Instant::now())
-        });
-        tokio::time::sleep(wait).await;
-        let Some(dns) = dns else { continue };
-        if dns.refresh_due().await {
-            let Some(c) = control.upgrade() else { return };
-            on_change(&c, Change::Resolved).await;
-        }
-    }
-}
-
 /// The store of the `kv` import is made at start: a reload keeps it.
 async fn warn_kv(control: &Control, new: Config) -> Config {
     if control.state.lock().await.config.kv != new.kv {
@@ -324,6 +300,7 @@ impl Daemon {
             kv: config.policies.kv,
             kv_store: config.kv.clone(),
             kv_metrics: metrics.kv.clone(),
+            frozen: None,
         })?;
         metrics.add_collector(Box::new(engine.custom_metrics.clone()));
         let metrics = Arc::new(metrics);
@@ -410,7 +387,7 @@ pub async fn start_with(
         configs_refused: std::sync::atomic::AtomicU64::new(0),
         certs_refused: std::sync::atomic::AtomicU64::new(0),
     });
-    tokio::spawn(re_resolve(Arc::downgrade(&daemon)));
+    tokio::spawn(dns_refresh::re_resolve(Arc::downgrade(&daemon)));
     let wake = daemon.state.lock().await.rollout_wake.clone();
     tokio::spawn(rollout::judge(Arc::downgrade(&daemon), wake));
     let d = daemon.clone();
