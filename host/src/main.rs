@@ -85,18 +85,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Policy(PolicyCommand::Test(t)) => match runtime.block_on(cli::policy_test(&t)) {
-            Ok(cli::Tested::Decision(decision)) => {
-                println!("{decision}");
-                ExitCode::SUCCESS
-            }
-            Ok(cli::Tested::Cases { failed: 0 }) => ExitCode::SUCCESS,
-            Ok(cli::Tested::Cases { .. }) => ExitCode::FAILURE,
-            Err(e) => {
-                eprintln!("switchyard: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Policy(p) => policy(&runtime, p),
         Command::Run {
             strict_policies, ..
         } => {
@@ -113,5 +102,31 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `switchyard policy test` and `policy replay`.
+fn policy(runtime: &tokio::runtime::Runtime, command: PolicyCommand) -> ExitCode {
+    match command {
+        PolicyCommand::Test(t) => match runtime.block_on(cli::policy_test(&t)) {
+            Ok(cli::Tested::Decision(decision)) => {
+                println!("{decision}");
+                ExitCode::SUCCESS
+            }
+            Ok(cli::Tested::Cases { failed: 0 }) => ExitCode::SUCCESS,
+            Ok(cli::Tested::Cases { .. }) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("switchyard: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        PolicyCommand::Replay(r) => match runtime.block_on(cli::policy_replay(&r)) {
+            Ok(done) if done.differing() == 0 => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("switchyard: {e:#}");
+                ExitCode::from(2)
+            }
+        },
     }
 }

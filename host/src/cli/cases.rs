@@ -23,7 +23,7 @@ use crate::policy::{Directory, Policy};
 /// One line of a cases file.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Case {
+pub(super) struct Case {
     /// Shown in the table (default: the request line).
     name: Option<String>,
     request: CaseRequest,
@@ -40,8 +40,43 @@ struct Case {
     expect: Option<Value>,
     /// When the request was captured (`policy replay` freezes the clock
     /// there).
-    #[allow(dead_code)]
-    at_unix_ms: Option<u64>,
+    pub(super) at_unix_ms: Option<u64>,
+}
+
+impl Case {
+    /// As the table names it: its name, else the request line.
+    pub(super) fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{} {}", self.request.method, self.request.path))
+    }
+
+    /// The client's address (default 127.0.0.1).
+    pub(super) fn client(&self) -> &str {
+        self.request.client.as_deref().unwrap_or("127.0.0.1")
+    }
+
+    /// The request head the policy is handed.
+    pub(super) fn view(&self) -> anyhow::Result<Box<crate::policy::RequestView>> {
+        let r = &self.request;
+        let headers: Vec<(&str, &str)> = r
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        exchange::request(&r.method, &r.path, &headers)
+    }
+}
+
+/// Line `n` of `file`: a case, or `None` for a blank or `//` line.
+pub(super) fn parse(file: &str, n: usize, line: &str) -> anyhow::Result<Option<Case>> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with("//") {
+        return Ok(None);
+    }
+    serde_json::from_str(line)
+        .map(Some)
+        .with_context(|| format!("{file}:{n}: not a case"))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -94,17 +129,11 @@ pub async fn run(
 ) -> anyhow::Result<usize> {
     let (mut passed, mut failed) = (0, 0);
     for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with("//") {
-            continue;
-        }
         let n = i + 1;
-        let case: Case =
-            serde_json::from_str(line).with_context(|| format!("{file}:{n}: not a case"))?;
-        let label = case
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("{} {}", case.request.method, case.request.path));
+        let Some(case) = parse(file, n, line)? else {
+            continue;
+        };
+        let label = case.label();
         let expected = case
             .expect
             .as_ref()
@@ -145,17 +174,11 @@ async fn one(
     directory: &Arc<dyn Directory>,
 ) -> anyhow::Result<Value> {
     let r = &case.request;
-    let client = r.client.as_deref().unwrap_or("127.0.0.1");
-    let conn = exchange::connection(client, pool, case.sni.as_deref())?;
+    let conn = exchange::connection(case.client(), pool, case.sni.as_deref())?;
     if case.sni.is_some() {
         return Ok(policy.on_connect(&conn, pool, directory).await?.to_json());
     }
-    let headers: Vec<(&str, &str)> = r
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
-    let mut request = exchange::request(&r.method, &r.path, &headers)?;
+    let mut request = case.view()?;
     let directory: Arc<dyn Directory> = Arc::new(CannedCalls {
         inner: directory.clone(),
         calls: case.calls.clone(),

@@ -1,8 +1,12 @@
-//! Command line: `run`, `check` and `policy test` (one request, or a
-//! file of cases: `cases.rs`; both through `exchange.rs`).
+//! Command line: `run`, `check`, `policy test` (one request, or a file
+//! of cases: `cases.rs`; both through `exchange.rs`) and `policy replay`
+//! (`replay.rs`).
 
 mod cases;
 mod exchange;
+mod replay;
+
+pub use replay::{PolicyReplay, Replayed, policy_replay};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,6 +70,9 @@ pub enum Command {
 pub enum PolicyCommand {
     /// Run one hook of a policy offline and print its decision as JSON.
     Test(Box<PolicyTest>),
+    /// Run captured requests through two versions of a policy and show
+    /// how their decisions differ; exit 1 when any does.
+    Replay(Box<PolicyReplay>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -188,15 +195,21 @@ fn name_value(h: &str, flag: &str) -> anyhow::Result<(String, String)> {
     Ok((name.trim().to_owned(), value.trim().to_owned()))
 }
 
+/// The pools of the configuration `pools` names, as a policy sees them
+/// offline; without one any name passes.
+fn directory_for(pools: Option<&Path>) -> anyhow::Result<Arc<dyn Directory>> {
+    Ok(match pools.map(Config::load).transpose()? {
+        Some(c) => Arc::new(static_directory(&c)),
+        None => Arc::new(OpenDirectory),
+    })
+}
+
 /// The policy file loaded as `policy test` runs it, with the pools it
 /// sees (`--pools`, else any name passes).
 async fn load(t: &PolicyTest) -> anyhow::Result<(Arc<policy::Policy>, Arc<dyn Directory>)> {
     let pools = t.pools.as_deref().map(Config::load).transpose()?;
     let engine = engine_for(pools.as_ref())?;
-    let directory: Arc<dyn Directory> = match &pools {
-        Some(c) => Arc::new(static_directory(c)),
-        None => Arc::new(OpenDirectory),
-    };
+    let directory = directory_for(t.pools.as_deref())?;
     let dir = match t.file.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

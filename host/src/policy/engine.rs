@@ -39,6 +39,9 @@ pub struct EngineSettings {
     pub kv_store: crate::config::kv::KvBackend,
     /// The store's metrics, registered by the caller.
     pub kv_metrics: super::kv_handle::KvMetrics,
+    /// `policy replay`: a frozen clock and seeded random for every
+    /// instance (`host_api.rs`); `None` serves with the real ones.
+    pub frozen: Option<Arc<super::host_api::Frozen>>,
 }
 
 /// What one policy may hold of the engine's pool at most: its instance
@@ -139,6 +142,7 @@ pub struct PolicyEngine {
     pub custom_metrics: Arc<super::metrics::CustomMetrics>,
     pub(crate) ticker: Ticker,
     pub(crate) pool: PoolLimits,
+    pub(crate) frozen: Option<Arc<super::host_api::Frozen>>,
 }
 
 /// The content hash by which a policy version is known: the first 12 hex
@@ -236,6 +240,7 @@ impl PolicyEngine {
                 .map_err(|e| anyhow::anyhow!(e))?,
             custom_metrics: Arc::default(),
             pool: settings.pool,
+            frozen: settings.frozen.clone(),
         }))
     }
 

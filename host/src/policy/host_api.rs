@@ -4,7 +4,7 @@
 //! sockets, no environment, no arguments; output goes nowhere).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
@@ -38,6 +38,47 @@ pub struct HostState {
     /// The guest's stderr (a Rust panic message lands here), kept so that a
     /// trap's error can say why.
     stderr: MemoryOutputPipe,
+    /// `policy replay`: the frozen clock, and the random import's
+    /// generator with the request it was seeded for.
+    frozen: Option<(Arc<Frozen>, u64, fastrand::Rng)>,
+}
+
+/// For `policy replay`: every instance's clocks stand at `wall_ms` (the
+/// captured request's time), and random numbers are seeded: the `random`
+/// import from `seed` and the request's index, again at each request;
+/// WASI's random from `seed`, once per instance.
+#[derive(Debug, Default)]
+pub struct Frozen {
+    pub wall_ms: std::sync::atomic::AtomicU64,
+    /// Which request runs now; the `random` import restarts at a new one.
+    pub request: std::sync::atomic::AtomicU64,
+    pub seed: u64,
+}
+
+impl Frozen {
+    fn wall(&self) -> Duration {
+        Duration::from_millis(self.wall_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+struct FrozenClock(Arc<Frozen>);
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        self.0.wall()
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.wall().as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 impl HostState {
@@ -47,8 +88,20 @@ impl HostState {
         metrics: Arc<super::metrics::PolicyMetrics>,
         directory: Arc<dyn Directory>,
         memory_bytes: usize,
+        frozen: Option<Arc<Frozen>>,
     ) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        // Nothing is inherited or granted: no preopens, env, args, stdio.
+        let mut wasi = WasiCtx::builder();
+        wasi.stderr(stderr.clone());
+        if let Some(f) = &frozen {
+            use rand::SeedableRng;
+            wasi.wall_clock(FrozenClock(f.clone()))
+                .monotonic_clock(FrozenClock(f.clone()))
+                .secure_random(rand::rngs::StdRng::seed_from_u64(f.seed))
+                .insecure_random(rand::rngs::StdRng::seed_from_u64(f.seed ^ 1))
+                .insecure_random_seed(u128::from(f.seed));
+        }
         HostState {
             policy,
             kv,
@@ -58,11 +111,11 @@ impl HostState {
             deadline: Instant::now(),
             waits: Arc::default(),
             calls: 0,
-            // Nothing is inherited or granted: no preopens, env, args, stdio.
-            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
+            wasi: wasi.build(),
             table: ResourceTable::new(),
             lent: Default::default(),
             stderr,
+            frozen: frozen.map(|f| (f, u64::MAX, fastrand::Rng::with_seed(0))),
         }
     }
 
@@ -142,10 +195,16 @@ fn process_start() -> Instant {
 
 impl clock::Host for HostState {
     fn monotonic_now(&mut self) -> u64 {
+        if let Some((f, ..)) = &self.frozen {
+            return u64::try_from(f.wall().as_nanos()).unwrap_or(u64::MAX);
+        }
         u64::try_from(process_start().elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     fn wall_now_ms(&mut self) -> u64 {
+        if let Some((f, ..)) = &self.frozen {
+            return u64::try_from(f.wall().as_millis()).unwrap_or(u64::MAX);
+        }
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -155,6 +214,14 @@ impl clock::Host for HostState {
 
 impl random::Host for HostState {
     fn next_u64(&mut self) -> u64 {
+        if let Some((f, seen, rng)) = &mut self.frozen {
+            let request = f.request.load(std::sync::atomic::Ordering::Relaxed);
+            if *seen != request {
+                *seen = request;
+                rng.seed(f.seed ^ request.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            }
+            return rng.u64(..);
+        }
         fastrand::u64(..)
     }
 }

@@ -240,6 +240,7 @@ impl Policy {
             self.engine.custom_metrics.of(&self.name),
             directory,
             self.limits.memory_bytes,
+            self.engine.frozen.clone(),
         );
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limits);

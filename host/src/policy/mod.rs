@@ -56,6 +56,7 @@ pub use engine::{
     Compiled, EngineSettings, Limits, Need, PolicyEngine, PoolLimits, policy_name, version_of,
 };
 pub use files::{FileCaps, own_private_dir, read_policy_files, read_policy_files_async};
+pub use host_api::Frozen;
 pub use instances::Policy;
 pub use view::{ConnectionInfo, RequestView, ResponseView};
 
