@@ -302,7 +302,17 @@ fn policy_test_cases_print_a_table_and_a_mismatch_fails() {
     let o = run(&file);
     assert!(o.status.success(), "{}", stdout(&o));
     assert!(stdout(&o).contains("2 passed, 0 failed"));
-    std::fs::write(&file, "{\"request\": {}}\n").unwrap();
+    // A case without `expect` (a captured request) passes when the
+    // policy decides, and shows what it decided.
+    std::fs::write(&file, "{\"request\": {\"path\": \"/api/y\"}}\n").unwrap();
+    let o = run(&file);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(r#""pool":"api""#),
+        "{}",
+        stdout(&o)
+    );
+    std::fs::write(&file, "{\"request\": {}, \"bogus\": 1}\n").unwrap();
     let o = run(&file);
     assert!(!o.status.success());
     assert!(
