@@ -291,6 +291,7 @@ async fn check_numbers(
         .await
     );
     assert_eq!(page["policy/path-router/errors"], "none");
+    assert_eq!(page["policy/path-router/canary"], "none");
 }
 
 /// Whether `/api/pools/web` says `backend` is drained.
