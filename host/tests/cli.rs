@@ -307,11 +307,7 @@ fn policy_test_cases_print_a_table_and_a_mismatch_fails() {
     std::fs::write(&file, "{\"request\": {\"path\": \"/api/y\"}}\n").unwrap();
     let o = run(&file);
     assert!(o.status.success(), "{}", stdout(&o));
-    assert!(
-        stdout(&o).contains(r#""pool":"api""#),
-        "{}",
-        stdout(&o)
-    );
+    assert!(stdout(&o).contains(r#""pool":"api""#), "{}", stdout(&o));
     std::fs::write(&file, "{\"request\": {}, \"bogus\": 1}\n").unwrap();
     let o = run(&file);
     assert!(!o.status.success());
