@@ -19,6 +19,7 @@ bind = "127.0.0.1:0"
 [policies]
 dir = "{dir}"
 state_dir = "{state}"
+{policies}
 [policies.rollout.m]
 canary_percent = 20
 min_requests = {min_requests}
@@ -38,6 +39,11 @@ policy = "m"
 on_error = "reject"
 {listener}
 "#;
+
+std::thread_local! {
+    /// More `[policies]` keys for the next [`setup_full`] on this thread.
+    static POLICIES_MORE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
 
 /// The clients: 127.0.0.2 ..= 127.0.0.101.
 fn clients() -> Vec<IpAddr> {
@@ -109,7 +115,8 @@ async fn setup_full(min_requests: u32, more: &str, listener: &str) -> Setup {
         .replace("{state}", &state.display().to_string())
         .replace("{min_requests}", &min_requests.to_string())
         .replace("{shadow}", more)
-        .replace("{listener}", listener);
+        .replace("{listener}", listener)
+        .replace("{policies}", POLICIES_MORE.with(|p| p.take()).as_str());
     let addrs = BTreeMap::from([("web", web.addr), ("bad", bad.addr)]);
     let config = fill(&config, &addrs);
     let sy = start_switchyard(&config, &BTreeMap::new()).await;
@@ -215,10 +222,10 @@ async fn a_canary_that_traps_is_rolled_back_and_stays_refused_after_a_restart() 
     // After the rollback v1 decides everything.
     let canary = clients().into_iter().find(|c| canary_client(*c)).unwrap();
     assert_eq!(get_from(canary, s.sy.addr("l"), "/t/x").await, 200);
-    let refused = std::fs::read_to_string(s.state.join("m.refused")).unwrap();
+    let refused = std::fs::read_to_string(s.state.join("m/refused")).unwrap();
     assert_eq!(refused.trim(), v2);
     assert_eq!(
-        std::fs::read_to_string(s.state.join("m.json")).unwrap(),
+        std::fs::read_to_string(s.state.join("m/serving.json")).unwrap(),
         "{}"
     );
 
@@ -250,7 +257,7 @@ async fn a_clean_canary_is_promoted_after_min_requests() {
     assert_eq!(p["version"], v2.as_str(), "v2 promoted");
     assert!(p["last_refused"].is_null());
     assert_eq!(
-        std::fs::read_to_string(s.state.join("m.json")).unwrap(),
+        std::fs::read_to_string(s.state.join("m/serving.json")).unwrap(),
         r#"{"v": 2}"#
     );
     let reloads = metric(
@@ -430,5 +437,87 @@ async fn a_capture_writes_case_lines_that_policy_test_runs() {
         switchyard::cli::Tested::Cases { failed } => assert_eq!(failed, 0),
         switchyard::cli::Tested::Decision(d) => panic!("not a cases run: {d}"),
     }
+    s.sy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A file put back to the serving version ends its canary; a restart
+/// during a canary serves the kept version, and the file, which has not
+/// proved itself, starts as a canary again (it is not promoted by the
+/// restart).
+#[tokio::test]
+async fn a_restart_during_a_canary_serves_the_kept_version_and_starts_it_again() {
+    let s = setup(100_000).await;
+    let v1 = s.policy().await["version"].as_str().unwrap().to_owned();
+    s.new_version(r#"{"v": 2}"#).await;
+    replace_file(&s.dir.join("m.json"), b"{}");
+    s.sy.rescan_policies().await;
+    let p = s.until_settled().await;
+    assert_eq!(p["version"], v1.as_str());
+    assert!(
+        p["last_refused"]
+            .as_str()
+            .unwrap()
+            .contains("serving version again"),
+        "{p}"
+    );
+    s.new_version(r#"{"v": 3}"#).await;
+    let v3 = version_of(&s.dir);
+    s.sy.shutdown(Duration::from_secs(5)).await;
+    let config =
+        switchyard::config::Config::parse(Path::new("/tmp/rollout.toml"), &s.config).unwrap();
+    let sy = switchyard::daemon::start(config).await.unwrap();
+    let admin = sy.admin_addr.unwrap();
+    let started = Instant::now();
+    loop {
+        let got = get(&client(false), admin, "/api/policies", &[]).await;
+        let all: Value = serde_json::from_slice(&got.body).unwrap();
+        assert_eq!(all[0]["version"], v1.as_str(), "the kept version serves");
+        if all[0]["canary"]["version"] == v3.as_str() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{all}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A shadow's KV is its own: each version fills 10,000 keys per request
+/// into a namespace capped at 15,000, so after two requests each of the
+/// two namespaces has evicted exactly 5,000 (checked by mutation: with the
+/// shadow on the serving namespace, this fails).
+#[tokio::test]
+async fn a_shadow_writes_its_own_kv_namespace() {
+    POLICIES_MORE.with(|p| *p.borrow_mut() = "timeout_ms = 5000\nkv_max_entries = 15000".into());
+    let s = setup_with(10, "shadow = true").await;
+    s.new_version(r#"{"v": 2}"#).await;
+    let (addr, admin, c) = (s.sy.addr("l"), s.sy.admin_addr.unwrap(), client(false));
+    for (i, round) in ["a", "b"].iter().enumerate() {
+        let got = get(&c, addr, &format!("/kv-fill?{round}"), &[]).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        let started = Instant::now();
+        loop {
+            let v: Value =
+                serde_json::from_slice(&get(&c, admin, "/api/policies/m/diff", &[]).await.body)
+                    .unwrap();
+            if v["same"].as_u64().unwrap() + v["differ"].as_u64().unwrap() == i as u64 + 1 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "{v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let evicted = |policy: &'static str| {
+        let sy = &s.sy;
+        async move {
+            metric(
+                sy,
+                "switchyard_kv_evictions_total",
+                &format!("policy=\"{policy}\""),
+            )
+            .await
+        }
+    };
+    assert_eq!(evicted("m").await, 5000.0);
+    assert_eq!(evicted("m.shadow").await, 5000.0);
     s.sy.shutdown(Duration::from_secs(5)).await;
 }

@@ -121,7 +121,8 @@ pub async fn policy_replay(r: &PolicyReplay) -> anyhow::Result<Replayed> {
         let at = case.at_unix_ms.unwrap_or(0);
         let decide = async |s: &Side| {
             s.frozen.wall_ms.store(at, Relaxed);
-            s.frozen.request.store(i as u64, Relaxed);
+            // Never 0, the load's smoke call's: line 1 reseeds too.
+            s.frozen.request.store(i as u64 + 1, Relaxed);
             let mut view = case.view()?;
             let conn = exchange::connection(case.client(), pool, None)?;
             anyhow::Ok(

@@ -390,6 +390,14 @@ pub async fn start_with(
     tokio::spawn(dns_refresh::re_resolve(Arc::downgrade(&daemon)));
     let wake = daemon.state.lock().await.rollout_wake.clone();
     tokio::spawn(rollout::judge(Arc::downgrade(&daemon), wake));
+    if !config.policies.rollout.is_empty() {
+        // A file newer than the kept serving version starts as a canary.
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            let _reloading = d.reloads.lock().await;
+            rescan(&d).await;
+        });
+    }
     let d = daemon.clone();
     tokio::spawn(async move {
         while let Some(change) = rx.recv().await {

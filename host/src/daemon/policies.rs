@@ -58,23 +58,39 @@ fn rolled_out(config: &Config, key: &PolicyKey) -> bool {
     config.policies.rollout.contains_key(&key.name)
 }
 
-/// [`read_policy`], except that a file holding a version a rollout
-/// refused gives the version kept as serving (`rollout.rs`): a restart
-/// after a rollback serves the last good version.
+/// [`read_policy`], except for a rolled-out policy whose `state_dir`
+/// keeps a serving version other than the file's (`rollout.rs`): that
+/// version serves. The file is then a refused version (never loaded
+/// again), or one that had not proved itself, such as a canary when the
+/// daemon stopped; the rescan after start makes it a canary again.
 async fn read_serving(
     config: &Config,
     key: &PolicyKey,
 ) -> Result<(PathBuf, Vec<u8>, String), policy::LoadError> {
     let (file, wasm, cfg) = read_policy(config, key).await?;
-    if rolled_out(config, key)
-        && super::rollout::refused_on_disk(config, &key.name, &version_of(&wasm, &cfg))
-        && let Some(kept) = super::rollout::kept_serving(config, &key.name)
-    {
-        warn!(policy = %key.name, file = %file.display(), kept = %kept.0.display(),
-            "the policy file is a version a rollout refused; serving the version kept before it");
-        return Ok(kept);
+    if !rolled_out(config, key) {
+        return Ok((file, wasm, cfg));
     }
-    Ok((file, wasm, cfg))
+    let version = version_of(&wasm, &cfg);
+    let refused = super::rollout::refused_on_disk(config, &key.name, &version);
+    match super::rollout::kept_serving(config, &key.name) {
+        Some(kept) if version_of(&kept.1, &kept.2) != version => {
+            warn!(policy = %key.name, file = %file.display(), kept = %kept.0.display(), version = %version,
+            "{}", if refused {
+                "the policy file is a version a rollout refused; serving the kept version"
+            } else {
+                "the policy file has not proved itself; serving the kept version, the file starts as a canary"
+            });
+            Ok(kept)
+        }
+        None if refused => Err(policy::LoadError {
+            file,
+            reason: format!(
+                "version {version} was rolled back, and policies.state_dir keeps no serving version"
+            ),
+        }),
+        _ => Ok((file, wasm, cfg)),
+    }
 }
 
 /// What loading policies needs, taken from the daemon under its lock and
@@ -108,10 +124,18 @@ impl Loader {
         // The limits of the configuration being loaded, not the running one.
         let limits = config.policies.limits.clone();
         let loaded = async {
-            let compiled = self
+            let mut compiled = self
                 .compiler
                 .compile(&self.engine, &key.name, &file, wasm, cfg.clone(), key.kind)
                 .await?;
+            // A new version of a policy with a shadow rollout, while one
+            // serves, is a shadow: its KV is the scratch one from `init` on.
+            compiled.scratch_kv = self.policies.contains_key(key)
+                && config
+                    .policies
+                    .rollout
+                    .get(&key.name)
+                    .is_some_and(|r| r.shadow);
             let keys: std::collections::BTreeSet<PolicyKey> =
                 config.listeners.values().filter_map(key_of).collect();
             let needs = keys.iter().filter_map(|k| {
@@ -209,7 +233,7 @@ impl Loader {
 /// good version of what is broken or gone. Reads and loads without the
 /// daemon's lock; the caller holds the reload lock.
 pub(super) async fn rescan(control: &Control) {
-    let (loader, config, present, current, refused) = {
+    let (loader, config, present, current, refused, canaries) = {
         let mut d = control.state.lock().await;
         let present = d.present_policies();
         let current: BTreeMap<PolicyKey, String> = d
@@ -228,9 +252,19 @@ pub(super) async fn rescan(control: &Control) {
                     .map(|(k, c)| (k.clone(), c.run.canary.version.clone())),
             )
             .collect();
-        (d.loader(), d.config.clone(), present, current, refused)
+        let canaries: Vec<PolicyKey> = d.canaries.keys().cloned().collect();
+        (
+            d.loader(),
+            d.config.clone(),
+            present,
+            current,
+            refused,
+            canaries,
+        )
     };
     let mut outcomes = Vec::new();
+    // Canaries whose file went back to the serving version.
+    let mut reverted = Vec::new();
     for key in present {
         let (file, wasm, cfg) = match read_policy(&config, &key).await {
             Ok(x) => x,
@@ -241,6 +275,10 @@ pub(super) async fn rescan(control: &Control) {
         };
         let version = version_of(&wasm, &cfg);
         let now = current.get(&key);
+        if now == Some(&version) && canaries.contains(&key) {
+            reverted.push(key);
+            continue;
+        }
         if now == Some(&version)
             || refused.get(&key) == Some(&version)
             || (rolled_out(&config, &key)
@@ -255,6 +293,10 @@ pub(super) async fn rescan(control: &Control) {
         outcomes.push((key, version, now.cloned(), loaded, keep));
     }
     let mut d = control.state.lock().await;
+    for key in reverted {
+        let why = "the policy file is the serving version again".to_owned();
+        d.end_canary(&key, crate::policy::rollout::Verdict::Rollback(why));
+    }
     for (key, version, current, loaded, keep) in outcomes {
         match loaded {
             Ok(p) => d.loaded(&key, p, keep),

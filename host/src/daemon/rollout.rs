@@ -2,13 +2,18 @@
 //! new version of a policy loads, the task that applies a verdict
 //! (`policy/rollout.rs` judges), and what is kept in `state_dir`:
 //!
-//! - `NAME.wasm`, `NAME.json`: the bytes of the version serving now (the
-//!   last one promoted, or the first one loaded), so that a restart after
-//!   a rollback serves it and not the refused file still on disk;
-//! - `NAME.canary.wasm`, `NAME.canary.json`: the canary's, renamed over
+//! - `NAME/serving.wasm`, `NAME/serving.json`: the bytes of the version
+//!   serving now (the last one promoted, or the first one loaded), so that
+//!   a restart serves it, and not a refused file, or a canary's, still on
+//!   disk (a canary's file starts as a canary again);
+//! - `NAME/canary.wasm`, `NAME/canary.json`: the canary's, renamed over
 //!   the first two when it is promoted;
-//! - `NAME.refused`: the versions rolled back, one per line (the newest
+//! - `NAME/refused`: the versions rolled back, one per line (the newest
 //!   [`REFUSED_KEPT`]), which are never loaded again.
+//!
+//! One folder per policy (mode 0700, files 0600: a config can hold
+//! secrets), so no policy name can collide with another's files; each
+//! file is written beside, synced and renamed.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -32,15 +37,43 @@ pub(super) struct CanaryRun {
     cfg: String,
 }
 
-fn file(dir: &Path, name: &str, suffix: &str) -> PathBuf {
-    dir.join(format!("{name}{suffix}"))
+/// `which` of policy `name`'s files (`serving.wasm`, `refused` …).
+fn file(dir: &Path, name: &str, which: &str) -> PathBuf {
+    dir.join(name).join(which)
 }
 
-/// Writes beside, then renames: a crash never leaves half a file.
+/// Policy `name`'s folder, made (0700) when missing.
+fn folder(dir: &Path, name: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir.join(name))
+}
+
+/// Writes beside (0600), syncs, then renames: a crash never leaves half a
+/// file.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// Writes a version's pair of files (`serving` or `canary`).
+fn write_pair(dir: &Path, name: &str, which: &str, wasm: &[u8], cfg: &str) -> std::io::Result<()> {
+    folder(dir, name)?;
+    write_atomically(&file(dir, name, &format!("{which}.wasm")), wasm)?;
+    write_atomically(&file(dir, name, &format!("{which}.json")), cfg.as_bytes())
 }
 
 /// Keeps `wasm` and `cfg` as the version serving now, if `name` is rolled
@@ -53,10 +86,7 @@ pub(super) fn keep_serving(config: &Config, name: &str, wasm: &[u8], cfg: &str) 
     ) else {
         return;
     };
-    let kept = std::fs::create_dir_all(dir)
-        .and_then(|()| write_atomically(&file(dir, name, ".wasm"), wasm))
-        .and_then(|()| write_atomically(&file(dir, name, ".json"), cfg.as_bytes()));
-    if let Err(e) = kept {
+    if let Err(e) = write_pair(dir, name, "serving", wasm, cfg) {
         warn!(policy = %name, dir = %dir.display(), error = %e,
             "cannot keep the serving version in policies.state_dir");
     }
@@ -68,23 +98,27 @@ pub(super) fn refused_on_disk(config: &Config, name: &str, version: &str) -> boo
     let Some(dir) = &config.policies.state_dir else {
         return false;
     };
-    std::fs::read_to_string(file(dir, name, ".refused"))
-        .is_ok_and(|t| t.lines().any(|l| l.trim() == version))
+    std::fs::read(file(dir, name, "refused")).is_ok_and(|t| {
+        String::from_utf8_lossy(&t)
+            .lines()
+            .any(|l| l.trim() == version)
+    })
 }
 
-/// The bytes to serve for `name` when the file on disk is a refused
-/// version: the kept ones, if any.
+/// The bytes kept as serving for `name`, if any.
 pub(super) fn kept_serving(config: &Config, name: &str) -> Option<(PathBuf, Vec<u8>, String)> {
     let dir = config.policies.state_dir.as_ref()?;
-    let wasm_file = file(dir, name, ".wasm");
+    let wasm_file = file(dir, name, "serving.wasm");
     let wasm = std::fs::read(&wasm_file).ok()?;
-    let cfg = std::fs::read_to_string(file(dir, name, ".json")).ok()?;
+    let cfg = std::fs::read_to_string(file(dir, name, "serving.json")).ok()?;
     Some((wasm_file, wasm, cfg))
 }
 
 fn remember_refused(dir: &Path, name: &str, version: &str) -> std::io::Result<()> {
-    let path = file(dir, name, ".refused");
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    folder(dir, name)?;
+    let path = file(dir, name, "refused");
+    let old = std::fs::read(&path).unwrap_or_default();
+    let old = String::from_utf8_lossy(&old);
     let mut lines: Vec<&str> = old.lines().filter(|l| !l.trim().is_empty()).collect();
     lines.push(version);
     let start = lines.len().saturating_sub(REFUSED_KEPT);
@@ -103,19 +137,20 @@ impl Daemon {
         wasm: Vec<u8>,
         cfg: String,
     ) {
-        let settings = self.config.policies.rollout[&key.name].clone();
-        if let Some(dir) = &self.config.policies.state_dir {
-            let kept = std::fs::create_dir_all(dir)
-                .and_then(|()| write_atomically(&file(dir, &key.name, ".canary.wasm"), &wasm))
-                .and_then(|()| {
-                    write_atomically(&file(dir, &key.name, ".canary.json"), cfg.as_bytes())
-                });
-            if let Err(e) = kept {
-                warn!(policy = %key.name, error = %e, "cannot keep the canary in policies.state_dir");
+        let Some(settings) = self.config.policies.rollout.get(&key.name).cloned() else {
+            // Not rolled out (any more): it serves.
+            if let Some(old) = self.policies.insert(key.clone(), canary) {
+                old.retire();
             }
+            return;
+        };
+        if let Some(dir) = &self.config.policies.state_dir
+            && let Err(e) = write_pair(dir, &key.name, "canary", &wasm, &cfg)
+        {
+            warn!(policy = %key.name, error = %e, "cannot keep the canary in policies.state_dir");
         }
         if settings.shadow {
-            canary.use_scratch_kv(true);
+            // Loaded on the scratch KV already (`Loader::load`).
             info!(policy = %key.name, version = %canary.version, live = %live.version,
                 "policy={} version={} starts as a shadow: it decides nothing, its decisions are compared",
                 key.name, canary.version);
@@ -165,14 +200,16 @@ impl Daemon {
             Verdict::Promote(why) => {
                 info!(policy = %name, version = %version, "policy={name} version={version} promoted: {why}");
                 if let Some(dir) = &dir {
-                    let moved =
-                        std::fs::rename(file(dir, name, ".canary.wasm"), file(dir, name, ".wasm"))
-                            .and_then(|()| {
-                                std::fs::rename(
-                                    file(dir, name, ".canary.json"),
-                                    file(dir, name, ".json"),
-                                )
-                            });
+                    let moved = std::fs::rename(
+                        file(dir, name, "canary.wasm"),
+                        file(dir, name, "serving.wasm"),
+                    )
+                    .and_then(|()| {
+                        std::fs::rename(
+                            file(dir, name, "canary.json"),
+                            file(dir, name, "serving.json"),
+                        )
+                    });
                     if moved.is_err() {
                         keep_serving(&self.config, name, &c.wasm, &c.cfg);
                     }
@@ -192,8 +229,8 @@ impl Daemon {
                     c.run.live.version);
                 c.run.canary.retire();
                 if let Some(dir) = &dir {
-                    let _ = std::fs::remove_file(file(dir, name, ".canary.wasm"));
-                    let _ = std::fs::remove_file(file(dir, name, ".canary.json"));
+                    let _ = std::fs::remove_file(file(dir, name, "canary.wasm"));
+                    let _ = std::fs::remove_file(file(dir, name, "canary.json"));
                     if let Err(e) = remember_refused(dir, name, &version) {
                         warn!(policy = %name, error = %e, "cannot remember the refused version");
                     }

@@ -357,6 +357,8 @@ impl Daemon {
             return Err(problems);
         }
         self.policies.extend(fresh);
+        // Capture files are opened again: moved away, a new one starts.
+        self.captures.lock().expect("capture writers").clear();
         self.terminators = terminators;
         self.watch_cert_files();
         upstreams.start_health_checks();

@@ -22,9 +22,10 @@ use tokio::sync::mpsc;
 use crate::config::rollout::Capture;
 
 /// Lines waiting for the writer at most.
-pub const CAPACITY: usize = 4096;
-/// A head whose line would be longer is not captured.
-pub const MAX_LINE: usize = 256 << 10;
+pub const CAPACITY: usize = 1024;
+/// A head whose line would be longer is not captured: the queue holds at
+/// most 32 MiB.
+pub const MAX_LINE: usize = 32 << 10;
 
 pub struct CaptureWriter {
     pub settings: Capture,

@@ -41,14 +41,12 @@ pub(super) fn logging(
         .requests
         .record(ctx.pool.as_ref(), ctx.backend.as_ref(), status, total);
     if let Some(r) = &state.rollout {
-        // A failed policy call is what `on_error` handled; a 5xx with a
-        // backend is one a backend answered or failed on.
+        // A failed policy call is what `on_error` handled; any other 5xx
+        // but the policy's own answer is one of the forward it decided (a
+        // backend's, or none available).
         let policy_failed = matches!(ctx.decision, "fallback" | "reject");
-        r.run.record(
-            r.side,
-            policy_failed,
-            status >= 500 && ctx.backend.is_some(),
-        );
+        let server_error = status >= 500 && !policy_failed && ctx.decision != "respond";
+        r.run.record(r.side, policy_failed, server_error);
         if let Some(call) = ctx.shadow.take() {
             shadow(*call, r, state);
         }
@@ -95,9 +93,9 @@ fn shadow(call: super::context::ShadowCall, r: &super::server::Rollout, state: &
     let Some(diffs) = &r.run.shadow else {
         return;
     };
-    if !diffs.admit() {
+    let Some(slot) = diffs.admit() else {
         return;
-    }
+    };
     let run = r.run.clone();
     let directory: std::sync::Arc<dyn crate::policy::Directory> =
         std::sync::Arc::new(Stubbed(state.policy_directory.clone()));
@@ -114,7 +112,7 @@ fn shadow(call: super::context::ShadowCall, r: &super::server::Rollout, state: &
             .await;
         if let Some(diffs) = &run.shadow {
             diffs.record(&view, &live, &d, pool.as_deref());
-            diffs.done();
         }
+        drop(slot);
     });
 }

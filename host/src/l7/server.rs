@@ -310,7 +310,7 @@ async fn handle(
             run,
             canary_state: Some(canary),
             ..
-        }) if run.picks(crate::balance::stable_hash_ip(conn.peer.ip())) => canary,
+        }) if run.picks(canary_hash(conn.peer.ip())) => canary,
         _ => state,
     };
     let logged = state.config.access_log != Format::Off
@@ -452,4 +452,17 @@ async fn hook_response(
             }
         }
     })
+}
+
+/// The hash that puts a client on a canary's side: of its IPv4 address,
+/// or of its IPv6 /64 (one site's network), so that a client cannot pick
+/// addresses on the canary's side from its own /64.
+fn canary_hash(ip: std::net::IpAddr) -> u64 {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let net = u128::from(v6) & !((1u128 << 64) - 1);
+            crate::balance::stable_hash_ip(std::net::Ipv6Addr::from(net).into())
+        }
+        v4 => crate::balance::stable_hash_ip(v4),
+    }
 }

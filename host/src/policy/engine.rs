@@ -117,6 +117,9 @@ pub struct Compiled {
     pub(crate) from_cache: bool,
     /// Linear memories one instance allocates.
     pub(crate) memories: usize,
+    /// Loaded as a shadow: its instances, the smoke call's and `init`'s
+    /// included, use the scratch KV namespace from the start.
+    pub scratch_kv: bool,
 }
 
 impl Compiled {
@@ -318,6 +321,7 @@ impl PolicyEngine {
             compile_time,
             from_cache,
             memories,
+            scratch_kv: false,
         })
     }
 

@@ -35,6 +35,8 @@ pub(super) struct Warm {
     /// The store's `waits`, reachable while the store is lent to a call.
     pub(super) waits: Arc<super::waits::Waits>,
     calls: u64,
+    /// Made for the scratch KV namespace (a shadow's).
+    scratch: bool,
     _live: Live,
 }
 
@@ -107,7 +109,7 @@ impl Policy {
             memories: c.memories,
             limits,
             idle: Mutex::new(Vec::new()),
-            kv_scratch: std::sync::atomic::AtomicBool::new(false),
+            kv_scratch: std::sync::atomic::AtomicBool::new(c.scratch_kv),
         })
     }
 
@@ -230,9 +232,10 @@ impl Policy {
         &self,
         directory: Arc<dyn Directory>,
     ) -> Result<Box<Warm>, PolicyError> {
+        let scratch = self.kv_scratch.load(Ordering::Relaxed);
         let state = HostState::new(
             self.name.clone(),
-            if self.kv_scratch.load(Ordering::Relaxed) {
+            if scratch {
                 self.engine.kv.namespace(&format!("{}.shadow", self.name))
             } else {
                 self.engine.kv.namespace(&self.name)
@@ -289,6 +292,7 @@ impl Policy {
             store,
             bindings: made,
             calls: 0,
+            scratch,
             _live: live,
         }))
     }
@@ -338,7 +342,11 @@ impl Policy {
     }
 
     pub(super) fn checkin(&self, warm: Box<Warm>) {
-        if warm.calls >= self.limits.max_calls {
+        // One made for the other KV namespace (a shadow's call that ended
+        // after its promotion) is dropped.
+        if warm.calls >= self.limits.max_calls
+            || warm.scratch != self.kv_scratch.load(Ordering::Relaxed)
+        {
             return;
         }
         let mut idle = self.idle.lock().expect("idle instances");

@@ -72,7 +72,7 @@ pub struct Canary {
     wake: Arc<tokio::sync::Notify>,
     /// In shadow mode (`shadow = true`): the new version decides no
     /// request, only runs after the serving one; it ends by hand.
-    pub shadow: Option<super::shadow::ShadowDiffs>,
+    pub shadow: Option<Arc<super::shadow::ShadowDiffs>>,
 }
 
 /// Which side a request is on.
@@ -88,7 +88,7 @@ impl Canary {
     ) -> Self {
         let shadow = settings
             .shadow
-            .then(|| super::shadow::ShadowDiffs::new(settings.redact.clone()));
+            .then(|| Arc::new(super::shadow::ShadowDiffs::new(settings.redact.clone())));
         Canary {
             live,
             canary,
@@ -169,7 +169,7 @@ impl Canary {
         };
         json!({
             "mode": if self.shadow.is_some() { "shadow" } else { "canary" },
-            "shadow": self.shadow.as_ref().map(super::shadow::ShadowDiffs::json),
+            "shadow": self.shadow.as_ref().map(|s| s.json()),
             "version": self.canary.version,
             "live_version": self.live.version,
             "percent": self.settings.canary_percent,

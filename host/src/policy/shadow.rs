@@ -110,19 +110,16 @@ impl ShadowDiffs {
         }
     }
 
-    /// A slot for one shadow call, released by [`ShadowDiffs::done`];
-    /// `false` (counted as skipped) when [`MAX_IN_FLIGHT`] run.
-    pub fn admit(&self) -> bool {
+    /// A slot for one shadow call, given back when dropped (a task that
+    /// panics gives it back too); `None` (counted as skipped) when
+    /// [`MAX_IN_FLIGHT`] run.
+    pub fn admit(self: &std::sync::Arc<Self>) -> Option<Slot> {
         if self.in_flight.fetch_add(1, Relaxed) >= MAX_IN_FLIGHT {
             self.in_flight.fetch_sub(1, Relaxed);
             self.skipped.fetch_add(1, Relaxed);
-            return false;
+            return None;
         }
-        true
-    }
-
-    pub fn done(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
+        Some(Slot(self.clone()))
     }
 
     /// Compares the shadow's result with the decision that was acted on.
@@ -187,6 +184,15 @@ impl ShadowDiffs {
                 .collect(),
         );
         v
+    }
+}
+
+/// One running shadow call's place among [`MAX_IN_FLIGHT`].
+pub struct Slot(std::sync::Arc<ShadowDiffs>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
     }
 }
 
