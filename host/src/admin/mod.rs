@@ -187,6 +187,11 @@ fn reply(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(content_type),
     );
+    // No browser reads an API answer (which may echo a name) as a page.
+    r.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
     r
 }
 
