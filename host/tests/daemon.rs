@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use switchyard_tests::signal;
 
 /// A backend that answers every request after `delay`, and tells `seen`
 /// when a request arrives.
@@ -99,14 +100,6 @@ fn start_daemon(tag: &str, config: &str) -> (Daemon, SocketAddr, mpsc::Receiver<
     }
     let addr = addr.expect("a listening address was logged");
     (Daemon(child), addr, rx)
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
 }
 
 /// Polls `check` every 10 ms, failing after 10 s.

@@ -21,14 +21,6 @@ async fn next(socket: &UnixDatagram) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
 #[tokio::test]
 async fn systemd_hears_ready_only_once_serving_then_reloading_and_stopping() {
     let web = TestBackend::start("web").await;

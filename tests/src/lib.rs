@@ -653,3 +653,13 @@ pub async fn wait_for_metric(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Sends `sig` (`-HUP`, `-TERM`, …) to a process this test started, by
+/// its PID, with `kill`.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
