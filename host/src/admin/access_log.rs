@@ -175,6 +175,30 @@ fn line(format: Format, mut e: Entry) -> String {
     }
 }
 
+/// Starts a thread that writes what `rx` brings to `out`, one line each
+/// (formatted there by `line`, off the serving threads), in batches, until
+/// every sender is gone. The access log's writer, and the capture's
+/// (`l7/capture.rs`).
+pub fn write_lines<T: Send + 'static>(
+    name: &str,
+    mut out: Box<dyn Write + Send>,
+    mut rx: mpsc::Receiver<T>,
+    line: impl Fn(T) -> String + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let mut batch = Vec::with_capacity(256);
+            while rx.blocking_recv_many(&mut batch, 256) > 0 {
+                for item in batch.drain(..) {
+                    let _ = writeln!(out, "{}", line(item));
+                }
+                let _ = out.flush();
+            }
+        })?;
+    Ok(())
+}
+
 /// The sending side, cheap to clone into every listener.
 #[derive(Clone)]
 pub struct AccessLog {
@@ -185,7 +209,7 @@ pub struct AccessLog {
 impl AccessLog {
     /// Starts the writer: to `file` (appended) or stdout.
     pub fn start(file: Option<PathBuf>, dropped: Counter) -> std::io::Result<AccessLog> {
-        let mut out: Box<dyn Write + Send> = match &file {
+        let out: Box<dyn Write + Send> = match &file {
             Some(p) => Box::new(
                 std::fs::OpenOptions::new()
                     .create(true)
@@ -194,18 +218,8 @@ impl AccessLog {
             ),
             None => Box::new(std::io::stdout()),
         };
-        let (tx, mut rx) = mpsc::channel::<(Format, Entry)>(CAPACITY);
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || {
-                let mut batch = Vec::with_capacity(256);
-                while rx.blocking_recv_many(&mut batch, 256) > 0 {
-                    for (format, e) in batch.drain(..) {
-                        let _ = writeln!(out, "{}", line(format, e));
-                    }
-                    let _ = out.flush();
-                }
-            })?;
+        let (tx, rx) = mpsc::channel::<(Format, Entry)>(CAPACITY);
+        write_lines("access-log", out, rx, |(format, e)| line(format, e))?;
         Ok(AccessLog { tx, dropped })
     }
 

@@ -9,7 +9,6 @@
 //! never waited for. The file is created with mode 0600: a head can hold
 //! what `redact` does not name.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -38,25 +37,15 @@ impl CaptureWriter {
     /// Opens (appends to) the file and starts its writer thread.
     pub fn start(settings: &Capture) -> std::io::Result<Arc<CaptureWriter>> {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut out = std::io::BufWriter::new(
+        let out = std::io::BufWriter::new(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o600)
                 .open(&settings.file)?,
         );
-        let (tx, mut rx) = mpsc::channel::<String>(CAPACITY);
-        std::thread::Builder::new()
-            .name("capture".into())
-            .spawn(move || {
-                let mut batch = Vec::with_capacity(64);
-                while rx.blocking_recv_many(&mut batch, 64) > 0 {
-                    for line in batch.drain(..) {
-                        let _ = writeln!(out, "{line}");
-                    }
-                    let _ = out.flush();
-                }
-            })?;
+        let (tx, rx) = mpsc::channel::<String>(CAPACITY);
+        crate::admin::access_log::write_lines("capture", Box::new(out), rx, |line| line)?;
         Ok(Arc::new(CaptureWriter {
             settings: settings.clone(),
             tx,
