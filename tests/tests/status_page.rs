@@ -174,8 +174,9 @@ async fn from_metrics(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) ->
 /// Whether the page fits `width` × `height` without scrolling sideways
 /// (wide tables scroll inside their own box).
 async fn fits(browser: &Browser, width: u32, height: u32) -> bool {
+    // WebDriver's resize returns once the window has the size; reading
+    // scrollWidth then lays the page out at it.
     browser.set_window_size(width, height).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let v = browser
         .execute(
             "return document.documentElement.scrollWidth <= window.innerWidth",
