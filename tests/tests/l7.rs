@@ -775,6 +775,36 @@ async fn pooled_connections_close_after_the_pool_idle_timeout() {
     sy.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Issue 26: a pooled HTTP/1.1 connection has no task of its own; the
+/// request and then its response body drive it. A body of many reads and
+/// a streamed upload both go through whole, and the same backend
+/// connection then carries the next requests.
+#[tokio::test]
+async fn large_bodies_stream_through_a_pooled_connection_that_is_reused() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", web.addr)])).await;
+    let c = client(false);
+    for _ in 0..2 {
+        let got = get(&c, addr_of(&sy, "l"), "/bytes/8388608", &[]).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body.len(), 8 << 20, "the whole 8 MiB response");
+    }
+    let upload: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+    let req = Request::post(format!("http://{}/echo", addr_of(&sy, "l")))
+        .body(streamed(upload.clone(), 16 << 10))
+        .unwrap();
+    let got = send(&c, req).await;
+    assert_eq!(got.status, 200);
+    assert!(got.body == upload, "the 3 MiB upload came back whole");
+    assert_eq!(get(&c, addr_of(&sy, "l"), "/", &[]).await.status, 200);
+    assert_eq!(
+        web.connections.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "every request went on the one pooled connection"
+    );
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn a_backend_that_closes_idle_connections_costs_no_request() {
     // Answers one request per connection, then hangs up after 20 ms
