@@ -211,7 +211,9 @@ async fn serve_http(
     cancel: tokio_util::sync::CancellationToken,
     last_call: bool,
 ) {
-    let _ = stream.set_nodelay(true);
+    // No TCP_NODELAY here: an accepted socket inherits it from the
+    // listening one (`bind_tcp`; test `accepted_sockets_inherit_nodelay`),
+    // one setsockopt per connection fewer (issue 26, `strace -c`).
     // Made where it is served, and shared: the connection's
     // future holds a pointer, not the struct (bench/count).
     let conn = move |tls| {
@@ -244,6 +246,21 @@ async fn serve_http(
     tracing::debug!(error = %failure, "TLS handshake failed");
 }
 
+/// The address a connection came in on: the listener's own when it is
+/// bound to one address, so that no `getsockname` is made per connection
+/// (issue 26, `strace -c`); asked of the socket when the listener is bound
+/// to a wildcard (`0.0.0.0`, `::`), where each connection has its own.
+fn local_of(
+    stream: &tokio::net::TcpStream,
+    listener: Option<SocketAddr>,
+    peer: SocketAddr,
+) -> SocketAddr {
+    match listener {
+        Some(a) if !a.ip().is_unspecified() => a,
+        _ => stream.local_addr().ok().or(listener).unwrap_or(peer),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn spawn(
     name: &str,
@@ -255,7 +272,7 @@ fn spawn(
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     last_call: bool,
 ) {
-    let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+    let local = local_of(&stream, local, peer);
     let span = info_span!("conn", listener = %name, client = %peer, local = %local);
     let handler = handler.clone();
     let drain = conns.drain.clone();
@@ -289,4 +306,35 @@ fn spawn(
         })
         .instrument(span),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `serve_http` and L4 relay rely on it: no setsockopt per connection.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay() {
+        let listener = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY not inherited");
+    }
+
+    #[tokio::test]
+    async fn a_connection_local_address_is_asked_only_behind_a_wildcard() {
+        for bind in ["127.0.0.1:0", "0.0.0.0:0"] {
+            let listener = bind_tcp(bind.parse().unwrap()).unwrap();
+            let bound = listener.local_addr().unwrap();
+            let port = bound.port();
+            let client = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let (accepted, peer) = listener.accept().await.unwrap();
+            let local = local_of(&accepted, Some(bound), peer);
+            assert_eq!(local, client.peer_addr().unwrap(), "bound to {bind}");
+            assert!(!local.ip().is_unspecified(), "bound to {bind}: {local}");
+        }
+    }
 }

@@ -55,8 +55,8 @@ async fn relay(link: Link<'_>, mut client: TcpStream, mut upstream: TcpStream, e
         ..
     } = link;
     crate::upstream::health::report(pool, backend, crate::upstream::health::Outcome::Connected);
+    // The client's socket has TCP_NODELAY from its listener already.
     let _ = upstream.set_nodelay(true);
-    let _ = client.set_nodelay(true);
     let _in_flight = backend.start();
     state
         .metrics
