@@ -358,6 +358,32 @@ async fn drain_waits_for_a_tunnel_then_closes_it() {
         .expect("the tunnel was closed after the drain timeout");
 }
 
+/// A connection that has sent nothing yet (the protocol sniff is still
+/// waiting, issue 26) does not hold a drain until its first-byte timeout:
+/// it is closed at once, and the drain ends.
+#[tokio::test]
+async fn a_silent_connection_does_not_hold_a_drain() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("", "first_byte_timeout_ms = 30000"),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let mut silent = TcpStream::connect(sy.addr("l")).await.unwrap();
+    // Accepted and waiting in the sniff before the drain starts.
+    let c = client(false);
+    assert_eq!(get(&c, sy.addr("l"), "/", &[]).await.status, 200);
+    drop(c);
+    let started = Instant::now();
+    let drained = sy.shutdown(Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert!(drained, "the drain timed out");
+    assert!(took < Duration::from_secs(3), "the drain took {took:?}");
+    until_closed(&mut silent, Duration::from_secs(2))
+        .await
+        .expect("the silent connection was closed");
+}
+
 /// SECURITY.md "upstream exhaustion": with `total_timeout_ms`, a backend
 /// that trickles its body (never idle long enough for `body_timeout_ms`)
 /// is cut at the total deadline, and one slow to answer is 504 by then.

@@ -1,9 +1,9 @@
 //! Timers on a client connection's bytes, below hyper:
 //!
 //! - **first byte**: the first byte must arrive within
-//!   `first_byte_timeout_ms`. hyper-util's protocol sniff (HTTP/1.1 or
-//!   HTTP/2 preface) has no timer, and hyper's `header_read_timeout` only
-//!   starts after it; on TLS listeners the handshake timeout ends with the
+//!   `first_byte_timeout_ms`. The protocol sniff (`sniff.rs`: HTTP/1.1
+//!   or HTTP/2 preface) reads through this stream, and hyper's
+//!   `header_read_timeout` only starts after it; on TLS listeners the handshake timeout ends with the
 //!   handshake. Without this, a connection that sends nothing is held
 //!   forever.
 //! - **send**: a write that makes no progress for `send_timeout_ms` (a

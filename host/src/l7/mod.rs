@@ -33,6 +33,7 @@ mod request_body;
 mod request_filter;
 mod response_filter;
 pub mod server;
+pub mod sniff;
 mod trace;
 mod upstream_peer;
 mod upstream_request;

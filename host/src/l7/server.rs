@@ -1,5 +1,6 @@
-//! The HTTP listener's per-connection server (hyper's auto server,
-//! HTTP/1.1 and h2c on one port, with the connection's timers) and the
+//! The HTTP listener's per-connection server (hyper's HTTP/1.1 and HTTP/2
+//! servers, h2c on the same port told apart by `sniff.rs`, with the
+//! connection's timers) and the
 //! request path through its phases, one file each under `l7/`.
 
 use std::convert::Infallible;
@@ -12,8 +13,6 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{Level, debug};
 
@@ -24,6 +23,8 @@ use super::guard::InProgress;
 use super::hygiene;
 use super::request_filter;
 use super::response_filter::{self, Reply, response_filter};
+pub use super::sniff::BoxingExecutor;
+use super::sniff::{Prefixed, builders, sniff};
 use super::upstream_peer::upstream_peer;
 use super::upstream_request::{is_upgrade, read_replay, upstream_request};
 use crate::admin::access_log::Format;
@@ -76,24 +77,6 @@ pub struct Rollout {
     pub run: Arc<crate::policy::rollout::Canary>,
     pub side: usize,
     pub canary_state: Option<Arc<HttpState>>,
-}
-
-/// Spawns each HTTP/2 stream's future boxed. The request's future is
-/// ~13 KB, and a task built around it moved it five times on the way in
-/// (tokio's task cell, its stage, the spawn path): boxed once here, the
-/// task holds a pointer. HTTP/1.1 polls its future in place and never
-/// comes here (`bench/RESULTS.md`, issue 26).
-#[derive(Clone, Copy, Debug)]
-pub struct BoxingExecutor;
-
-impl<F> hyper::rt::Executor<F> for BoxingExecutor
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::spawn(Box::pin(fut));
-    }
 }
 
 /// The client connection a request arrived on.
@@ -212,29 +195,6 @@ pub(super) fn full(b: Bytes) -> ProxyBody {
     Full::new(b).map_err(|never| match never {}).boxed_unsync()
 }
 
-/// hyper's auto server (HTTP/1.1 and h2c) with the listener's limits and
-/// timers.
-fn builder(cfg: &Listener<HttpSettings>, last_call: bool) -> auto::Builder<BoxingExecutor> {
-    let mut builder = auto::Builder::new(BoxingExecutor);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(!last_call)
-        .header_read_timeout(cfg.header_read_timeout)
-        .max_headers(cfg.max_headers)
-        .max_buf_size(cfg.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(cfg.http2_keepalive_interval)
-        .keep_alive_timeout(cfg.http2_keepalive_timeout)
-        .max_concurrent_streams(cfg.http2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(50)
-        .max_local_error_reset_streams(256);
-    builder
-}
-
 /// Serves one accepted connection until it closes. When `drain` turns
 /// true, the connection finishes its in-flight requests and closes
 /// (HTTP/1.1: after the current response; HTTP/2: GOAWAY). A `last_call`
@@ -253,8 +213,7 @@ pub async fn serve_connection<S>(
     let tunnels_of = conn.clone();
     let state = shared.load();
     let _active = state.metrics.connection_open(&state.name);
-    let builder = builder(&state.config, last_call);
-    let stream = super::guard::Guarded::new(
+    let mut stream = super::guard::Guarded::new(
         stream,
         state.config.first_byte_timeout,
         state.config.send_timeout,
@@ -265,14 +224,38 @@ pub async fn serve_connection<S>(
     drop(state);
     let streams = super::guard::Streams::new();
     let open = streams.clone();
+    // Closed before a request (the first-byte timer counted it if it
+    // fired), or drained while it sent nothing: nothing to serve.
+    let sniffed = if last_call {
+        sniff(&mut stream).await
+    } else {
+        tokio::select! {
+            biased;
+            r = sniff(&mut stream) => r,
+            _ = drain.wait_for(|d| *d) => return,
+        }
+    };
+    let (version, head) = match sniffed {
+        Ok(Some(sniffed)) => sniffed,
+        Ok(None) => return,
+        Err(e) => {
+            debug!(%peer, error = %e, "connection ended before a request");
+            return;
+        }
+    };
+    // Boxed, and its builders made only now: hyper's connection (either
+    // version's) is several KB, and held inline it made this future, which
+    // the accept loop moves into its task, that much larger (bench/count,
+    // a new connection each: +5,900 instructions of memcpy).
+    let builders = builders(&shared.load().config, last_call);
     let service = service_fn(move |req| {
         let shared = shared.clone();
         let conn = conn.clone();
         let open = open.begin();
         async move { Ok::<_, Infallible>(handle(req, &conn, &shared.load_full(), open).await) }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
+    let mut conn = Box::pin(builders.serve(version, Prefixed::new(head, stream), service));
+    drop(builders);
     let result = if last_call {
         conn.await
     } else if *drain.borrow() {
