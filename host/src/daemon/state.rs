@@ -126,6 +126,7 @@ impl Daemon {
                 .and_then(|p| self.upstreams.pool(p))
                 .cloned(),
             policy_directory: self.policy_directory(&cfg),
+            server: crate::l7::sniff::builders(&cfg),
             config: cfg,
             policy,
             upstreams: self.upstreams.clone(),

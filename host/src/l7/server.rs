@@ -24,7 +24,7 @@ use super::hygiene;
 use super::request_filter;
 use super::response_filter::{self, Reply, response_filter};
 pub use super::sniff::BoxingExecutor;
-use super::sniff::{Prefixed, builders, sniff};
+use super::sniff::{Prefixed, sniff};
 use super::upstream_peer::upstream_peer;
 use super::upstream_request::{is_upgrade, read_replay, upstream_request};
 use crate::admin::access_log::Format;
@@ -68,6 +68,9 @@ pub struct HttpState {
     pub rollout: Option<Box<Rollout>>,
     /// `capture`: sampled request heads for `policy replay`.
     pub capture: Option<Arc<super::capture::CaptureWriter>>,
+    /// hyper's servers with this listener's settings, made once per state
+    /// rather than per connection (two `Arc`s and ~300 bytes each time).
+    pub server: super::sniff::Builders<BoxingExecutor>,
 }
 
 /// A listener's side of a canary run: which side this state decides for,
@@ -243,19 +246,26 @@ pub async fn serve_connection<S>(
             return;
         }
     };
-    // Boxed, and its builders made only now: hyper's connection (either
-    // version's) is several KB, and held inline it made this future, which
-    // the accept loop moves into its task, that much larger (bench/count,
-    // a new connection each: +5,900 instructions of memcpy).
-    let builders = builders(&shared.load().config, last_call);
+    // Boxed: hyper's connection (either version's) is several KB, and
+    // held inline it made this future, which the accept loop moves into
+    // its task, that much larger (bench/count, a new connection each:
+    // +5,900 instructions of memcpy).
+    let state = shared.load_full();
     let service = service_fn(move |req| {
         let shared = shared.clone();
         let conn = conn.clone();
         let open = open.begin();
         async move { Ok::<_, Infallible>(handle(req, &conn, &shared.load_full(), open).await) }
     });
-    let mut conn = Box::pin(builders.serve(version, Prefixed::new(head, stream), service));
-    drop(builders);
+    let io = Prefixed::new(head, stream);
+    let mut conn = if last_call {
+        let mut server = state.server.clone();
+        server.http1.keep_alive(false);
+        Box::pin(server.serve(version, io, service))
+    } else {
+        Box::pin(state.server.serve(version, io, service))
+    };
+    drop(state);
     let result = if last_call {
         conn.await
     } else if *drain.borrow() {

@@ -212,12 +212,12 @@ where
 }
 
 /// hyper's HTTP/1.1 and HTTP/2 servers (h2c on the same port, told
-/// apart by `sniff`) with the listener's limits and timers.
-pub(super) fn builders(cfg: &Listener<HttpSettings>, last_call: bool) -> Builders<BoxingExecutor> {
+/// apart by `sniff`) with the listener's limits and timers; keep-alive on
+/// (a listener's last connections turn it off on a copy).
+pub fn builders(cfg: &Listener<HttpSettings>) -> Builders<BoxingExecutor> {
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(TokioTimer::new())
-        .keep_alive(!last_call)
         .header_read_timeout(cfg.header_read_timeout)
         .max_headers(cfg.max_headers)
         .max_buf_size(cfg.max_header_bytes);
