@@ -1,9 +1,11 @@
 //! Timers on a client connection's bytes, below hyper:
 //!
-//! - **first byte**: the first byte must arrive within
-//!   `first_byte_timeout_ms`. The protocol sniff (`sniff.rs`: HTTP/1.1
-//!   or HTTP/2 preface) reads through this stream, and hyper's
-//!   `header_read_timeout` only starts after it; on TLS listeners the handshake timeout ends with the
+//! - **first byte**: enough bytes to tell the protocol (`sniff.rs`: the
+//!   first read of an HTTP/1.1 request, or HTTP/2's whole 24-byte
+//!   preface) must arrive within `first_byte_timeout_ms`; the sniff reads
+//!   through this stream and hands back what it read
+//!   ([`Guarded::sniffed`]). hyper's `header_read_timeout` only starts
+//!   after it; on TLS listeners the handshake timeout ends with the
 //!   handshake. Without this, a connection that sends nothing is held
 //!   forever.
 //! - **send**: a write that makes no progress for `send_timeout_ms` (a
@@ -20,6 +22,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
@@ -83,7 +86,9 @@ impl Idle {
 /// A client stream with a first-byte timer and a send-stall timer.
 pub struct Guarded<S> {
     inner: S,
-    /// Armed until the first byte is read.
+    /// What the protocol sniff read, read again first ([`Self::sniffed`]).
+    head: Bytes,
+    /// Armed until the sniff has read enough to tell the protocol.
     first_byte: Option<Pin<Box<Sleep>>>,
     send_timeout: Duration,
     /// Armed while a write or flush makes no progress.
@@ -100,11 +105,21 @@ impl<S> Guarded<S> {
     ) -> Self {
         Guarded {
             inner,
+            head: Bytes::new(),
             first_byte: Some(Box::pin(tokio::time::sleep(first_byte_timeout))),
             send_timeout,
             stalled: None,
             counters,
         }
+    }
+
+    /// The protocol sniff (`sniff.rs`) read `head` and told the protocol:
+    /// the first-byte timer ends, and `head` is read again first. Until
+    /// then the timer runs, so a client that sends an HTTP/2 preface a
+    /// byte at a time is closed like one that sends nothing.
+    pub fn sniffed(&mut self, head: Bytes) {
+        self.first_byte = None;
+        self.head = head;
     }
 
     /// Polls the send-stall timer after a write returned `Pending`.
@@ -139,6 +154,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.head.is_empty() {
+            let n = this.head.len().min(buf.remaining());
+            buf.put_slice(&this.head[..n]);
+            this.head.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {

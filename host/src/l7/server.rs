@@ -24,7 +24,7 @@ use super::hygiene;
 use super::request_filter;
 use super::response_filter::{self, Reply, response_filter};
 pub use super::sniff::BoxingExecutor;
-use super::sniff::{Prefixed, sniff};
+use super::sniff::sniff_or_drain;
 use super::upstream_peer::upstream_peer;
 use super::upstream_request::{is_upgrade, read_replay, upstream_request};
 use crate::admin::access_log::Format;
@@ -227,24 +227,8 @@ pub async fn serve_connection<S>(
     drop(state);
     let streams = super::guard::Streams::new();
     let open = streams.clone();
-    // Closed before a request (the first-byte timer counted it if it
-    // fired), or drained while it sent nothing: nothing to serve.
-    let sniffed = if last_call {
-        sniff(&mut stream).await
-    } else {
-        tokio::select! {
-            biased;
-            r = sniff(&mut stream) => r,
-            _ = drain.wait_for(|d| *d) => return,
-        }
-    };
-    let (version, head) = match sniffed {
-        Ok(Some(sniffed)) => sniffed,
-        Ok(None) => return,
-        Err(e) => {
-            debug!(%peer, error = %e, "connection ended before a request");
-            return;
-        }
+    let Some(version) = sniff_or_drain(&mut stream, &mut drain, last_call, peer).await else {
+        return;
     };
     // Boxed: hyper's connection (either version's) is several KB, and
     // held inline it made this future, which the accept loop moves into
@@ -257,13 +241,12 @@ pub async fn serve_connection<S>(
         let open = open.begin();
         async move { Ok::<_, Infallible>(handle(req, &conn, &shared.load_full(), open).await) }
     });
-    let io = Prefixed::new(head, stream);
     let mut conn = if last_call {
         let mut server = state.server.clone();
         server.http1.keep_alive(false);
-        Box::pin(server.serve(version, io, service))
+        Box::pin(server.serve(version, stream, service))
     } else {
-        Box::pin(state.server.serve(version, io, service))
+        Box::pin(state.server.serve(version, stream, service))
     };
     drop(state);
     let result = if last_call {
@@ -291,17 +274,24 @@ pub async fn serve_connection<S>(
         debug!(%peer, error = %e, "connection ended with an error");
     }
     // An upgraded connection lives on as its tunnel.
-    if let Some(tunnels) = tunnels_of.tunnels.get() {
-        tunnels.close();
-        match &tunnels_of.cancel {
-            Some(cancel) => {
-                tokio::select! {
-                    _ = tunnels.wait() => {}
-                    _ = cancel.cancelled() => {}
-                }
+    wait_for_tunnels(&tunnels_of).await;
+}
+
+/// The last phase: the connection's upgraded tunnels, waited for (up to
+/// a drain's timeout, which cancels them).
+async fn wait_for_tunnels(conn: &Conn) {
+    let Some(tunnels) = conn.tunnels.get() else {
+        return;
+    };
+    tunnels.close();
+    match &conn.cancel {
+        Some(cancel) => {
+            tokio::select! {
+                _ = tunnels.wait() => {}
+                _ = cancel.cancelled() => {}
             }
-            None => tunnels.wait().await,
         }
+        None => tunnels.wait().await,
     }
 }
 

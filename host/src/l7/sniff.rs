@@ -6,23 +6,26 @@
 //! the rest of the request, so every new HTTP/1.1 connection cost two
 //! `recvfrom` where nginx makes one (`strace -c`, bench/RESULTS.md). Here
 //! the first read takes up to [`FIRST_READ`] bytes, and what it read is
-//! handed to hyper in front of the stream ([`Prefixed`]). The rest is
-//! hyper's own `server::conn` for each version, as auto uses it, built
-//! with the listener's settings ([`builders`]).
+//! handed back to the client stream, which hyper reads it from first
+//! (`guard::Guarded::sniffed`). The rest is hyper's own `server::conn`
+//! for each version, as auto uses it, built with the listener's settings
+//! ([`builders`]).
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
+use super::guard::Guarded;
 use crate::config::{HttpSettings, Listener};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 /// HTTP/2's client connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -56,62 +59,37 @@ pub async fn sniff<S: AsyncRead + Unpin>(io: &mut S) -> io::Result<Option<(Versi
     }
 }
 
-/// A stream with bytes already read from it in front.
-pub struct Prefixed<S> {
-    head: Bytes,
-    io: S,
-}
-
-impl<S> Prefixed<S> {
-    pub fn new(head: Bytes, io: S) -> Self {
-        Prefixed { head, io }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.head.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+/// The first phase of a connection: the protocol, told from its first
+/// read ([`sniff`]), with what was read handed back to the stream.
+/// `None` when there is nothing to serve: the client closed (or the
+/// first-byte timer, which counted it, closed it) before a request, or a
+/// drain began while it had sent nothing (a listener's `last_call`
+/// connections are not drained).
+pub async fn sniff_or_drain<S: AsyncRead + Unpin>(
+    stream: &mut Guarded<S>,
+    drain: &mut tokio::sync::watch::Receiver<bool>,
+    last_call: bool,
+    peer: SocketAddr,
+) -> Option<Version> {
+    let sniffed = if last_call {
+        sniff(stream).await
+    } else {
+        tokio::select! {
+            biased;
+            r = sniff(stream) => r,
+            _ = drain.wait_for(|d| *d) => return None,
         }
-        let n = this.head.len().min(buf.remaining());
-        buf.put_slice(&this.head[..n]);
-        this.head.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    };
+    match sniffed {
+        Ok(Some((version, head))) => {
+            stream.sniffed(head);
+            Some(version)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection ended before a request");
+            None
+        }
     }
 }
 
@@ -236,6 +214,7 @@ pub fn builders(cfg: &Listener<HttpSettings>) -> Builders<BoxingExecutor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::ReadBuf;
 
     async fn sniffed(chunks: &[&[u8]]) -> Option<(Version, Bytes)> {
         sniff(&mut Chunks::of(chunks)).await.unwrap()
@@ -290,13 +269,5 @@ mod tests {
         assert_eq!(v, Version::H1);
         assert!(sniffed(&[b"PRI * "]).await.is_none(), "closed mid-preface");
         assert!(sniffed(&[]).await.is_none(), "closed at once");
-    }
-
-    #[tokio::test]
-    async fn prefixed_gives_the_head_then_the_stream() {
-        let mut p = Prefixed::new(Bytes::from_static(b"abc"), Chunks::of(&[b"def"]));
-        let mut out = Vec::new();
-        p.read_to_end(&mut out).await.unwrap();
-        assert_eq!(out, b"abcdef");
     }
 }
