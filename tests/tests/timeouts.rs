@@ -358,6 +358,31 @@ async fn drain_waits_for_a_tunnel_then_closes_it() {
         .expect("the tunnel was closed after the drain timeout");
 }
 
+/// SECURITY.md "slow clients": a client that sends part of HTTP/2's
+/// preface and then nothing is closed at the first-byte timeout like one
+/// that sends nothing: the timer runs until the protocol is told, not
+/// until the first byte.
+#[tokio::test]
+async fn a_trickled_http2_preface_is_closed_at_the_first_byte_timeout() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("", "first_byte_timeout_ms = 300"),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let mut s = TcpStream::connect(sy.addr("l")).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let (took, _) = until_closed(&mut s, Duration::from_secs(5))
+        .await
+        .expect("the half-sent preface was closed");
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+    assert_eq!(
+        metric(&sy, "switchyard_timeouts_total", "phase=\"first_byte\"").await,
+        1.0
+    );
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
 /// A connection that has sent nothing yet (the protocol sniff is still
 /// waiting, issue 26) does not hold a drain until its first-byte timeout:
 /// it is closed at once, and the drain ends.

@@ -160,14 +160,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             this.head.advance(n);
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    this.first_byte = None;
-                }
-                Poll::Ready(Ok(()))
-            }
             Poll::Pending => {
                 if let Some(timer) = &mut this.first_byte
                     && timer.as_mut().poll(cx).is_ready()
