@@ -18,3 +18,4 @@ pub mod proxy_protocol;
 pub mod reload;
 pub mod tls;
 pub mod upstream;
+pub mod workers;

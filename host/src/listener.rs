@@ -1,10 +1,12 @@
-//! Bind and accept: one task per listener that never dies, one task per
-//! connection, and a stop signal that ends accepting. `max_connections` is
-//! enforced on HTTP listeners by not accepting past it (the kernel's
-//! backlog holds the rest, as nginx does), and on TCP listeners by closing
-//! the excess at once (as HAProxy's `maxconn` with a full queue does): a
-//! byte stream cannot be answered "busy", and a client queued without a
-//! word would wait for its own timeout.
+//! Bind and accept: one task per listener socket (one socket per worker,
+//! `workers.rs`) that never dies, one task per connection, and a stop
+//! signal that ends accepting. `max_connections` counts a listener's
+//! connections on all its sockets. It is enforced on HTTP listeners by
+//! not serving past it: a socket takes one connection more and waits for
+//! a slot, and the kernel's backlog holds the rest, as nginx does; and on
+//! TCP listeners by closing the excess at once (as HAProxy's `maxconn`
+//! with a full queue does): a byte stream cannot be answered "busy", and
+//! a client queued without a word would wait for its own timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,28 +111,36 @@ pub struct Connections {
     pub tracker: TaskTracker,
     pub drain: watch::Receiver<bool>,
     pub cancel: tokio_util::sync::CancellationToken,
+    /// Connections accepted, by worker.
+    pub accepted: crate::workers::Accepted,
 }
 
+/// Accepts on one socket of a listener (one per worker) until `stop`.
+/// `slots` is the listener's `max_connections`, shared by all its
+/// sockets: a TCP connection past it is reset at once; an HTTP one is
+/// accepted and waits, unserved, for a slot, and the socket is not read
+/// meanwhile (the kernel's backlog holds the rest). Waiting after the
+/// accept, not before, keeps a worker from holding a slot for a
+/// connection that lands on another worker's socket.
 pub async fn accept_loop(
     name: String,
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     handler: Handler,
-    max_connections: usize,
+    slots: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
     conns: Connections,
 ) {
+    // Registered here, with the reactor of the runtime that accepts.
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listener = %name, error = %e, "cannot accept on a socket");
+            return;
+        }
+    };
     let local = listener.local_addr().ok();
-    let slots = Arc::new(Semaphore::new(max_connections));
     let refuse_excess = matches!(handler, Handler::Tcp(_));
     loop {
-        let waited = if refuse_excess {
-            None
-        } else {
-            tokio::select! {
-                p = slots.clone().acquire_owned() => Some(p.expect("semaphore never closes")),
-                _ = stop.changed() => break,
-            }
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -143,13 +153,19 @@ pub async fn accept_loop(
             },
             _ = stop.changed() => break,
         };
-        let permit = match waited {
-            Some(p) => p,
-            None => match slots.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    refuse(&name, &handler, stream, peer);
-                    continue;
+        conns.accepted.inc();
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) if refuse_excess => {
+                refuse(&name, &handler, stream, peer);
+                continue;
+            }
+            Err(_) => tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
+                _ = stop.changed() => {
+                    // Served one request, as the queued ones below.
+                    spawn(&name, stream, peer, local, &handler, &conns, None, true);
+                    break;
                 }
             },
         };

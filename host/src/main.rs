@@ -55,17 +55,12 @@ fn main() -> ExitCode {
             }
         }
     }
-    // One worker: a current-thread runtime does the same work without the
-    // multi-thread scheduler's cross-thread bookkeeping.
-    let mut builder = if workers == Some(1) {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    if let Some(n) = workers.filter(|n| *n > 1) {
-        builder.worker_threads(n);
-    }
-    let runtime = match builder.enable_all().build() {
+    // The control runtime: admin, reloads, file watches, health checks
+    // and the CLI's commands. Traffic is served on the workers.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("switchyard: cannot start the runtime: {e}");
@@ -90,9 +85,20 @@ fn main() -> ExitCode {
             strict_policies, ..
         } => {
             let config = run_config.expect("loaded above");
+            let workers = workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            let workers = match switchyard::workers::Workers::start(workers) {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("switchyard: cannot start the workers: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let options = daemon::Options {
                 strict_policies,
                 watch: true,
+                workers: Some(workers),
             };
             match runtime.block_on(daemon::run(config, options)) {
                 Ok(()) => ExitCode::SUCCESS,

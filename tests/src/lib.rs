@@ -413,6 +413,7 @@ pub async fn start_watching_strict(
     let options = switchyard::daemon::Options {
         watch: true,
         strict_policies,
+        ..Default::default()
     };
     switchyard::daemon::start_with(config, options)
         .await

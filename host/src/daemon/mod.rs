@@ -40,13 +40,16 @@ use state::apply;
 pub use crate::admin::View;
 
 /// How the daemon treats its inputs.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// A removed policy file makes its listeners fall back to the pool's
     /// algorithm, instead of keeping the last loaded version.
     pub strict_policies: bool,
     /// Watch the policy directory and the config file for changes.
     pub watch: bool,
+    /// Where listeners accept and connections are served: one socket
+    /// per worker. Without, on the runtime that starts the daemon.
+    pub workers: Option<Arc<crate::workers::Workers>>,
 }
 
 struct ListenerHandle {
@@ -303,6 +306,8 @@ impl Daemon {
             frozen: None,
         })?;
         metrics.add_collector(Box::new(engine.custom_metrics.clone()));
+        let accepted = crate::workers::Accepted::default();
+        metrics.add_collector(Box::new(accepted.clone()));
         let metrics = Arc::new(metrics);
         let access_log = AccessLog::start(
             config.runtime.access_log_file.clone(),
@@ -329,6 +334,7 @@ impl Daemon {
                 tracker: TaskTracker::new(),
                 drain: drain_rx,
                 cancel: tokio_util::sync::CancellationToken::new(),
+                accepted,
             },
             drain,
             view,
@@ -348,6 +354,7 @@ pub async fn start_with(
     options: Options,
 ) -> anyhow::Result<(Running, mpsc::Sender<Change>)> {
     let view = Arc::new(ArcSwap::from_pointee(View::default()));
+    let watch = options.watch;
     let mut daemon = Daemon::new(&config, options, view.clone())?;
     // The admin listener comes first, so /healthz answers and /readyz says
     // 503 while policies load.
@@ -373,7 +380,7 @@ pub async fn start_with(
     daemon.started = true;
     daemon.publish_view();
     let (tx, mut rx) = mpsc::channel::<Change>(8);
-    if options.watch {
+    if watch {
         daemon.watches = Some(
             reload::watch(&config.policies.dir, &config.source, tx.clone())
                 .context("cannot watch the policy directory and config file")?,

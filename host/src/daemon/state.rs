@@ -2,6 +2,7 @@
 //! state and the admin view, opening listeners, and committing a reload.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -261,31 +262,67 @@ impl Daemon {
         self.publish(name);
         info!(listener = %name, %addr, protocol = ?l.protocol(), "listening");
         // Tracked like connections, so a drain also waits for the accept
-        // loop to take what the kernel had queued before it closes.
+        // loops to take what the kernel had queued before they close.
         match (socket, served) {
             (listener::Socket::Udp(socket), Served::Datagram(state)) => {
-                // UDP has nothing to drain: its flows end when the
-                // listener stops (removed, or at shutdown).
-                self.conns.tracker.spawn(crate::l4::udp::serve(
-                    socket,
-                    state,
-                    stop_rx,
-                    self.conns.tracker.clone(),
-                ));
+                // One socket, on the first worker. UDP has nothing to
+                // drain: its flows end when the listener stops (removed,
+                // or at shutdown).
+                let socket = std::sync::Arc::try_unwrap(socket)
+                    .map_err(|_| anyhow::anyhow!("listeners.{name}: its socket is shared"))?
+                    .into_std()?;
+                let tracker = self.conns.tracker.clone();
+                let name = name.to_owned();
+                self.spawn_on(0, async move {
+                    match tokio::net::UdpSocket::from_std(socket) {
+                        Ok(s) => crate::l4::udp::serve(Arc::new(s), state, stop_rx, tracker).await,
+                        Err(e) => error!(listener = %name, error = %e, "cannot serve the socket"),
+                    }
+                });
             }
             (listener::Socket::Tcp(socket), Served::Stream(handler)) => {
-                self.conns.tracker.spawn(listener::accept_loop(
-                    name.to_owned(),
-                    socket,
-                    handler,
-                    l.max_connections,
-                    stop_rx,
-                    self.conns.clone(),
-                ));
+                let slots = Arc::new(tokio::sync::Semaphore::new(l.max_connections));
+                for (i, socket) in self.worker_sockets(socket, addr)?.into_iter().enumerate() {
+                    let accept = listener::accept_loop(
+                        name.to_owned(),
+                        socket,
+                        handler.clone(),
+                        slots.clone(),
+                        stop_rx.clone(),
+                        self.conns.clone(),
+                    );
+                    self.spawn_on(i, accept);
+                }
             }
             _ => anyhow::bail!("listeners.{name}: its socket does not match its protocol"),
         }
         Ok(())
+    }
+
+    /// Runs a listener's task on worker `i`, tracked with the connections.
+    fn spawn_on(&self, i: usize, task: impl Future<Output = ()> + Send + 'static) {
+        let task = self.conns.tracker.track_future(task);
+        match &self.options.workers {
+            Some(w) => w.spawn(i, task),
+            None => drop(tokio::spawn(task)),
+        }
+    }
+
+    /// One socket per worker for a TCP listener: `first`, and more bound
+    /// to its address with `SO_REUSEPORT`, so the kernel spreads
+    /// connections. Each leaves this runtime's reactor, to join its
+    /// worker's.
+    fn worker_sockets(
+        &self,
+        first: tokio::net::TcpListener,
+        addr: std::net::SocketAddr,
+    ) -> anyhow::Result<Vec<std::net::TcpListener>> {
+        let n = self.options.workers.as_ref().map_or(1, |w| w.len());
+        let mut sockets = vec![first.into_std()?];
+        for _ in 1..n {
+            sockets.push(listener::bind_tcp(addr)?.into_std()?);
+        }
+        Ok(sockets)
     }
 
     /// Names whose policy metrics exist but that no listener uses now.

@@ -25,6 +25,7 @@ use super::view::{ConnectionInfo, RequestView};
 use super::worlds::Bindings;
 pub(crate) use super::worlds::Pre;
 use super::{PolicyError, PolicyKind};
+use crate::workers::PerWorker;
 
 /// Kept boxed: checkout, the call and checkin move it by pointer, not
 /// its bindings' few hundred bytes (bench/count: ~90 instructions per
@@ -58,8 +59,11 @@ pub struct Policy {
     pub(super) limits: Limits,
     // Boxed on purpose: an instance moves in and out of this list by
     // pointer on every call (see `Warm`).
+    // Each worker's own (`workers.rs`): a call takes and gives back on
+    // its worker's list, a lock no other worker takes unless its own list
+    // is empty.
     #[allow(clippy::vec_box)]
-    idle: Mutex<Vec<Box<Warm>>>,
+    idle: PerWorker<Mutex<Vec<Box<Warm>>>>,
     /// One permit per instance of the budget (`max_instances`): a call
     /// holds one from before it takes an instance until it gives it back.
     permits: tokio::sync::Semaphore,
@@ -108,14 +112,17 @@ impl Policy {
             live: Arc::new(AtomicUsize::new(0)),
             memories: c.memories,
             limits,
-            idle: Mutex::new(Vec::new()),
+            idle: PerWorker::default(),
             kv_scratch: std::sync::atomic::AtomicBool::new(c.scratch_kv),
         })
     }
 
     /// Warm instances now idle (for tests and the admin API).
     pub fn idle_instances(&self) -> usize {
-        self.idle.lock().expect("idle instances").len()
+        self.idle
+            .iter()
+            .map(|i| i.lock().expect("idle instances").len())
+            .sum()
     }
 
     /// Instances that exist now, idle or in a call; never more than
@@ -182,7 +189,9 @@ impl Policy {
     /// UDP flow) make a new one if they call again, and its pool slots go
     /// back at once instead of when the last such connection ends.
     pub fn retire(&self) {
-        self.idle.lock().expect("idle instances").clear();
+        for idle in self.idle.iter() {
+            idle.lock().expect("idle instances").clear();
+        }
     }
 
     /// With `true`, this version's instances from now on use the KV
@@ -311,7 +320,7 @@ impl Policy {
         budget_from: Instant,
     ) -> Result<(Box<Warm>, Instant, Instant), PolicyError> {
         let wall = started + self.limits.max_call_wall;
-        let warm = self.idle.lock().expect("idle instances").pop();
+        let warm = self.take_idle();
         let (mut warm, from) = match warm {
             Some(w) => (w, budget_from),
             None => {
@@ -328,6 +337,22 @@ impl Policy {
         warm.waits.reset();
         warm.store.data_mut().calls = 0;
         Ok((warm, from + self.limits.timeout, wall))
+    }
+
+    /// A warm instance: this worker's newest, else another worker's. A
+    /// new one is made only when no worker has one idle, so the instances
+    /// that exist stay within `max_instances` (held calls and idle ones)
+    /// however calls spread over workers.
+    fn take_idle(&self) -> Option<Box<Warm>> {
+        let (mine, idle) = self.idle.local();
+        if let Some(w) = idle.lock().expect("idle instances").pop() {
+            return Some(w);
+        }
+        self.idle
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != mine)
+            .find_map(|(_, idle)| idle.lock().expect("idle instances").pop())
     }
 
     /// The error of a call whose timer fired while the guest waited on
@@ -349,7 +374,7 @@ impl Policy {
         {
             return;
         }
-        let mut idle = self.idle.lock().expect("idle instances");
+        let mut idle = self.idle.local().1.lock().expect("idle instances");
         if idle.len() < self.limits.max_idle {
             idle.push(warm);
         }

@@ -13,6 +13,8 @@ use super::{H1, Inner};
 /// A pooled HTTP/1.1 connection lent to one response, to be given back.
 pub(super) struct Back {
     pub(super) client: Arc<Inner>,
+    /// The worker whose connections it is.
+    pub(super) shard: usize,
     pub(super) authority: Arc<str>,
     pub(super) conn: H1,
 }
@@ -21,7 +23,7 @@ impl Back {
     /// The response ended: the connection is idle again (or closed, past
     /// `max_idle_per_backend`).
     pub(super) fn give(self) {
-        let mut hosts = self.client.hosts();
+        let mut hosts = self.client.hosts(self.shard);
         let Some(h) = hosts.get_mut(&*self.authority) else {
             return;
         };
@@ -38,7 +40,7 @@ impl Back {
     /// The response was dropped before its end: hyper closes the
     /// connection.
     pub(super) fn drop_conn(self) {
-        let mut hosts = self.client.hosts();
+        let mut hosts = self.client.hosts(self.shard);
         if let Some(h) = hosts.get_mut(&*self.authority) {
             h.open = h.open.saturating_sub(1);
             h.freed.notify_one();

@@ -2,13 +2,13 @@
 //! with the pool's connect timeout, TLS through hyper-rustls) and the
 //! limits of its connections.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::pki_types::ServerName;
 
 use super::super::Backend;
-use super::{Hosts, Inner, UpstreamClient};
+use super::{Inner, UpstreamClient};
 use crate::config::PoolConfig;
 
 /// The client of pool `name`; an error names the key and file at fault.
@@ -63,8 +63,8 @@ pub fn build(
             connector,
             http2: c.http2,
             idle_timeout: c.idle_timeout,
-            hosts: Mutex::new(Hosts::default()),
-            sweeping: std::sync::atomic::AtomicBool::new(false),
+            hosts: Default::default(),
+            sweeping: Default::default(),
             connect_timeout: c.connect_timeout,
             max_open: c.max_connections_per_backend,
             max_idle: c.max_idle_per_backend,

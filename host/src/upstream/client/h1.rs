@@ -10,6 +10,7 @@ use super::{ClientError, H1, UpstreamBody, UpstreamClient};
 /// response (disarmed) or given back on drop.
 pub(super) struct Slot<'a> {
     pub(super) client: &'a UpstreamClient,
+    pub(super) shard: usize,
     pub(super) authority: &'a str,
     pub(super) armed: bool,
 }
@@ -23,7 +24,7 @@ impl Slot<'_> {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.client.closed(self.authority);
+            self.client.closed(self.shard, self.authority);
         }
     }
 }

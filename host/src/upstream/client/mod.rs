@@ -25,6 +25,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 use tracing::debug;
 
+use crate::workers::PerWorker;
+
 mod body;
 mod build;
 mod error;
@@ -82,13 +84,17 @@ struct Inner {
     connect_timeout: Duration,
     max_open: usize,
     max_idle: usize,
-    hosts: Mutex<Hosts>,
-    sweeping: std::sync::atomic::AtomicBool,
+    /// Each worker's own connections (`workers.rs`): a worker never
+    /// takes a lock another one takes on its requests, nor wakes it.
+    hosts: PerWorker<Mutex<Hosts>>,
+    /// Whether a worker's sweep of idle connections runs.
+    sweeping: PerWorker<std::sync::atomic::AtomicBool>,
 }
 
 impl Inner {
-    fn hosts(&self) -> std::sync::MutexGuard<'_, Hosts> {
-        self.hosts.lock().expect("upstream connections")
+    /// The connections of worker `shard`.
+    fn hosts(&self, shard: usize) -> std::sync::MutexGuard<'_, Hosts> {
+        self.hosts.get(shard).lock().expect("upstream connections")
     }
 }
 
@@ -157,13 +163,14 @@ impl UpstreamClient {
             Err(e) => return Err(e.into()),
         };
         let authority = backend.as_str();
+        let shard = self.inner.hosts.local().0;
         // Read from the clock only when something has to wait.
         let mut deadline = None;
         let connect_timeout = self.inner.connect_timeout;
         let mut deadline =
             move || *deadline.get_or_insert_with(|| tokio::time::Instant::now() + connect_timeout);
         loop {
-            let take = self.checkout(authority);
+            let take = self.checkout(shard, authority);
             let fresh = matches!(take, Take::Open(_));
             // Idle or opening, the connection counts in `open` from here:
             // the slot gives it back if this future is dropped (a response
@@ -171,6 +178,7 @@ impl UpstreamClient {
             // is lent to a response.
             let slot = Slot {
                 client: self,
+                shard,
                 authority,
                 armed: !matches!(take, Take::Wait(_)),
             };
@@ -178,7 +186,7 @@ impl UpstreamClient {
                 Take::Idle(c, name) => (c, name),
                 Take::Open(name) => match self.connect_h1(&connect_uri(&scheme, &backend)).await {
                     Ok(sender) => {
-                        self.start_sweeping();
+                        self.start_sweeping(shard);
                         let last_used = Instant::now();
                         (H1 { sender, last_used }, name)
                     }
@@ -212,7 +220,7 @@ impl UpstreamClient {
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
                     slot.disarm();
-                    return self.lend(resp, conn, name);
+                    return self.lend(resp, conn, shard, name);
                 }
                 Err(e) => {
                     drop(slot);
@@ -232,7 +240,8 @@ impl UpstreamClient {
         let Some(authority) = uri.authority().map(|a| a.as_str()) else {
             return Err(ClientError::Request(format!("no backend address in {uri}")).into());
         };
-        if let Some(mut sender) = self.h2_sender(authority) {
+        let shard = self.inner.hosts.local().0;
+        if let Some(mut sender) = self.h2_sender(shard, authority) {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp.map(ResponseBody::unpooled)),
                 Err(mut e) => match e.take_message() {
@@ -240,14 +249,14 @@ impl UpstreamClient {
                     // before it took the request: send it on a new one.
                     Some(back) => {
                         debug!(backend = %authority, error = %e.error(), "HTTP/2 connection closing; opening another");
-                        self.forget_h2(authority);
+                        self.forget_h2(shard, authority);
                         req = back;
                     }
                     None => return Err(ClientError::Http(e.into_error()).into()),
                 },
             }
         }
-        let mut sender = match self.connect_h2(&uri, authority).await {
+        let mut sender = match self.connect_h2(&uri, shard, authority).await {
             Ok(s) => s,
             Err(error) => return Err(Failed::unsent(error, req)),
         };
@@ -258,9 +267,9 @@ impl UpstreamClient {
     /// used; closed and expired ones are dropped on the way), else room to
     /// open one under `max_connections_per_backend`, else what to wait on.
     /// O(1) per connection looked at, under the client's lock.
-    fn checkout(&self, authority: &str) -> Take {
+    fn checkout(&self, shard: usize, authority: &str) -> Take {
         let now = Instant::now();
-        let mut hosts = self.inner.hosts();
+        let mut hosts = self.inner.hosts(shard);
         // One look-up; the key is allocated only when inserted.
         let h = hosts.entry_ref(authority).or_insert_with(|| Host {
             name: authority.into(),
@@ -288,16 +297,18 @@ impl UpstreamClient {
         &self,
         resp: Response<Incoming>,
         conn: H1,
+        shard: usize,
         name: Arc<str>,
     ) -> Result<Response<ResponseBody>, Failed> {
         if let Err(e) = check_framing(&resp) {
-            self.closed(&name);
+            self.closed(shard, &name);
             return Err(e.into());
         }
         Ok(resp.map(|inner| ResponseBody {
             inner,
             back: Some(Back {
                 client: self.inner.clone(),
+                shard,
                 authority: name,
                 conn,
             }),
@@ -305,8 +316,8 @@ impl UpstreamClient {
     }
 
     /// One HTTP/1.1 connection of `authority` closed (or was dropped).
-    fn closed(&self, authority: &str) {
-        if let Some(h) = self.inner.hosts().get_mut(authority) {
+    fn closed(&self, shard: usize, authority: &str) {
+        if let Some(h) = self.inner.hosts(shard).get_mut(authority) {
             h.open = h.open.saturating_sub(1);
             h.freed.notify_one();
         }
@@ -333,9 +344,9 @@ impl UpstreamClient {
 
     /// The shared HTTP/2 connection to `authority`, unless it closed or
     /// idled out.
-    fn h2_sender(&self, authority: &str) -> Option<http2::SendRequest<UpstreamBody>> {
+    fn h2_sender(&self, shard: usize, authority: &str) -> Option<http2::SendRequest<UpstreamBody>> {
         let now = Instant::now();
-        let mut hosts = self.inner.hosts();
+        let mut hosts = self.inner.hosts(shard);
         let h = hosts.get_mut(authority)?;
         h.prune(now, self.inner.idle_timeout);
         let c = h.h2.as_mut()?;
@@ -345,8 +356,8 @@ impl UpstreamClient {
 
     /// Stops sharing the HTTP/2 connection to `authority` (it is going
     /// away); requests in flight on it finish.
-    fn forget_h2(&self, authority: &str) {
-        if let Some(h) = self.inner.hosts().get_mut(authority) {
+    fn forget_h2(&self, shard: usize, authority: &str) {
+        if let Some(h) = self.inner.hosts(shard).get_mut(authority) {
             h.h2 = None;
         }
     }
@@ -386,6 +397,7 @@ impl UpstreamClient {
     async fn connect_h2(
         &self,
         uri: &Uri,
+        shard: usize,
         authority: &str,
     ) -> Result<http2::SendRequest<UpstreamBody>, ClientError> {
         let io = self.connect(uri).await?;
@@ -404,19 +416,23 @@ impl UpstreamClient {
                 debug!(error = %e, "upstream HTTP/2 connection ended with an error");
             }
         });
-        self.inner.hosts().entry(authority.into()).or_default().h2 = Some(H2 {
+        self.inner
+            .hosts(shard)
+            .entry(authority.into())
+            .or_default()
+            .h2 = Some(H2 {
             sender: sender.clone(),
             last_used: Instant::now(),
         });
-        self.start_sweeping();
+        self.start_sweeping(shard);
         Ok(sender)
     }
 
-    /// Starts the sweep of idle connections, once per client; it ends with
-    /// the client.
-    fn start_sweeping(&self) {
+    /// Starts the sweep of a worker's idle connections, once per client
+    /// and worker, on that worker; it ends with the client.
+    fn start_sweeping(&self, shard: usize) {
         use std::sync::atomic::Ordering;
-        if self.inner.sweeping.swap(true, Ordering::Relaxed) {
+        if self.inner.sweeping.get(shard).swap(true, Ordering::Relaxed) {
             return;
         }
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
@@ -426,7 +442,7 @@ impl UpstreamClient {
                 tokio::time::sleep(every).await;
                 let Some(inner) = weak.upgrade() else { return };
                 let now = Instant::now();
-                let mut hosts = inner.hosts();
+                let mut hosts = inner.hosts(shard);
                 for h in hosts.values_mut() {
                     h.prune(now, inner.idle_timeout);
                 }

@@ -1,0 +1,226 @@
+//! Per-core workers (issue 26), the model of nginx's worker processes and
+//! Pingora's no-steal runtimes: `runtime.worker_threads` N is N threads,
+//! each running a current-thread tokio runtime of its own. Every listener
+//! binds one `SO_REUSEPORT` socket per worker, so the kernel spreads
+//! connections, and a connection lives its whole life on the worker that
+//! accepted it: its upstream connections, HTTP/2 streams and timers too.
+//!
+//! Data a worker keeps for itself (upstream connection pools, warm policy
+//! instances) sits in a [`PerWorker`], one slot per worker on a cache line
+//! of its own, found by the worker's [`index`]. Code that runs on no
+//! worker (the control runtime: admin, reloads, health checks; or a test's
+//! own runtime) has index 0.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tokio::runtime::Handle;
+
+thread_local! {
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The most workers any [`Workers`] of this process started with: what a
+/// [`PerWorker`] made now is sized by.
+static COUNT: AtomicUsize = AtomicUsize::new(1);
+
+/// This thread's worker (0 off the workers).
+pub fn index() -> usize {
+    INDEX.with(Cell::get)
+}
+
+/// How many slots a [`PerWorker`] made now has.
+pub fn count() -> usize {
+    COUNT.load(Ordering::Relaxed)
+}
+
+/// One value per worker, each on its own cache line, so two workers never
+/// write the same line.
+pub struct PerWorker<T> {
+    slots: Box<[Padded<T>]>,
+}
+
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> PerWorker<T> {
+    pub fn new(mut make: impl FnMut() -> T) -> Self {
+        PerWorker {
+            slots: (0..count()).map(|_| Padded(make())).collect(),
+        }
+    }
+
+    /// The slot of this thread's worker, and its number (to give a value
+    /// back to the same slot from elsewhere).
+    pub fn local(&self) -> (usize, &T) {
+        let i = index() % self.slots.len();
+        (i, &self.slots[i].0)
+    }
+
+    /// Slot `i` (taken from [`PerWorker::local`]).
+    pub fn get(&self, i: usize) -> &T {
+        &self.slots[i % self.slots.len()].0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().map(|p| &p.0)
+    }
+}
+
+impl<T: Default> Default for PerWorker<T> {
+    fn default() -> Self {
+        Self::new(T::default)
+    }
+}
+
+/// Connections each worker accepted, as the counter family
+/// `worker_connections{worker}`: each worker counts on its own cache line,
+/// summed only when `/metrics` is read. It shows how evenly the kernel
+/// spreads connections over the workers' sockets.
+#[derive(Clone, Default)]
+pub struct Accepted(Arc<PerWorker<AtomicU64>>);
+
+impl std::fmt::Debug for Accepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Accepted")
+    }
+}
+
+impl Accepted {
+    /// One more connection on this thread's worker.
+    pub fn inc(&self) {
+        self.0.local().1.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Each worker's count, by worker.
+    pub fn counts(&self) -> Vec<u64> {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+    }
+}
+
+impl prometheus_client::collector::Collector for Accepted {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::{TypedMetric, counter::Counter, family::Family};
+        let family = Family::<Vec<(&'static str, String)>, Counter>::default();
+        for (i, n) in self.counts().into_iter().enumerate() {
+            family
+                .get_or_create(&vec![("worker", i.to_string())])
+                .inc_by(n);
+        }
+        let descriptor = encoder.encode_descriptor(
+            "worker_connections",
+            "Connections accepted, by worker",
+            None,
+            Counter::<u64>::TYPE,
+        )?;
+        family.encode(descriptor)
+    }
+}
+
+/// The worker threads of a daemon. Dropping it asks each to stop: its
+/// runtime ends, and with it every task left on it.
+pub struct Workers {
+    handles: Vec<Handle>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("count", &self.handles.len())
+            .finish()
+    }
+}
+
+impl Workers {
+    /// Starts `n` workers (at least one), named `switchyard-w0`, `-w1`, ...
+    pub fn start(n: usize) -> std::io::Result<Arc<Workers>> {
+        let n = n.max(1);
+        COUNT.fetch_max(n, Ordering::Relaxed);
+        let mut workers = Workers {
+            handles: Vec::with_capacity(n),
+            stops: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            workers.handles.push(runtime.handle().clone());
+            workers.stops.push(stop);
+            std::thread::Builder::new()
+                .name(format!("switchyard-w{i}"))
+                .spawn(move || {
+                    INDEX.with(|c| c.set(i));
+                    // Tasks spawned through the handle run while this
+                    // blocks; the runtime and what is left on it end with
+                    // the thread.
+                    runtime.block_on(async {
+                        let _ = stopped.await;
+                    });
+                })?;
+        }
+        Ok(Arc::new(workers))
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// Runs `future` on worker `i`.
+    pub fn spawn<F>(&self, i: usize, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.handles[i % self.handles.len()].spawn(future));
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_worker_runs_its_tasks_on_its_own_thread_and_knows_its_index() {
+        let workers = Workers::start(3).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..3 {
+            let tx = tx.clone();
+            workers.spawn(i, async move {
+                // A task spawned from a worker stays on it.
+                let inner = tokio::spawn(async { (index(), std::thread::current().id()) });
+                let outer = (index(), std::thread::current().id());
+                tx.send((i, outer, inner.await.unwrap())).unwrap();
+            });
+        }
+        let mut threads = std::collections::BTreeSet::new();
+        for _ in 0..3 {
+            let (i, outer, inner) = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+            assert_eq!(outer.0, i);
+            assert_eq!(inner, outer, "a spawned task moved off its worker");
+            threads.insert(format!("{:?}", outer.1));
+        }
+        assert_eq!(threads.len(), 3, "workers share a thread");
+        assert!(count() >= 3);
+        let slots = PerWorker::new(|| 0u8);
+        assert_eq!(slots.local().0, 0, "the test's thread is on no worker");
+    }
+}
