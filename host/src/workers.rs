@@ -55,13 +55,24 @@ impl<T> PerWorker<T> {
     /// The slot of this thread's worker, and its number (to give a value
     /// back to the same slot from elsewhere).
     pub fn local(&self) -> (usize, &T) {
-        let i = index() % self.slots.len();
+        let i = self.slot(index());
         (i, &self.slots[i].0)
     }
 
     /// Slot `i` (taken from [`PerWorker::local`]).
     pub fn get(&self, i: usize) -> &T {
-        &self.slots[i % self.slots.len()].0
+        &self.slots[self.slot(i)].0
+    }
+
+    /// Worker `i`'s slot: its own, unless this was made before the
+    /// workers started (then fewer slots are shared). No division on the
+    /// usual path.
+    fn slot(&self, i: usize) -> usize {
+        if i < self.slots.len() {
+            i
+        } else {
+            i % self.slots.len()
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &T> {

@@ -1,17 +1,17 @@
 //! Prometheus metrics, through `prometheus-client` (which adds `_total` to
-//! counters itself). Data-path code increments families directly; state
-//! that already lives elsewhere (backend health and in-flight counts) is
-//! copied into gauges when `/metrics` is scraped.
+//! counters itself). Data-path code increments families directly (the
+//! per-request ones sharded per worker, `sharded.rs`); state that already
+//! lives elsewhere (backend health and in-flight counts) is copied into
+//! gauges when `/metrics` is scraped.
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::metrics::{family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
+use prometheus_client::{encoding::EncodeLabelSet, metrics::counter::Counter};
 
+pub use super::sharded::{ShardedCounter, ShardedHistogram};
 use crate::policy::{Policy, PolicyEngine};
 use crate::upstream::Upstreams;
 
@@ -61,8 +61,8 @@ pub struct BackendLabels {
 /// [`Metrics::policy_handles`]).
 #[derive(Clone, Debug)]
 pub struct PolicyHandles {
-    pub ok: Counter,
-    pub duration: Histogram,
+    pub ok: ShardedCounter,
+    pub duration: ShardedHistogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -118,28 +118,28 @@ pub struct TcpLabels {
     pub backend: Label,
 }
 
-fn latency() -> Histogram {
+fn latency() -> ShardedHistogram {
     // 100 µs .. ~6.5 s.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+    ShardedHistogram::new(exponential_buckets(0.0001, 2.0, 17))
 }
 
-fn policy_latency() -> Histogram {
+fn policy_latency() -> ShardedHistogram {
     // 1 µs .. ~65 ms.
-    Histogram::new(exponential_buckets(0.000_001, 2.0, 17))
+    ShardedHistogram::new(exponential_buckets(0.000_001, 2.0, 17))
 }
 
 /// Every metric family of the daemon.
 pub struct Metrics {
     registry: Registry,
-    pub http_requests: Family<RequestLabels, Counter>,
-    pub http_duration: Family<ListenerPool, Histogram, fn() -> Histogram>,
+    pub http_requests: Family<RequestLabels, ShardedCounter>,
+    pub http_duration: Family<ListenerPool, ShardedHistogram, fn() -> ShardedHistogram>,
     pub tcp_connections: Family<TcpLabels, Counter>,
     pub udp_flows: Family<TcpLabels, Counter>,
     pub refused: Family<ListenerLabel, Counter>,
     pub tls_handshake_errors: Family<ListenerLabel, Counter>,
     pub active_connections: Family<ListenerLabel, Gauge>,
-    pub policy_calls: Family<PolicyOutcome, Counter>,
-    pub policy_duration: Family<PolicyLabel, Histogram, fn() -> Histogram>,
+    pub policy_calls: Family<PolicyOutcome, ShardedCounter>,
+    pub policy_duration: Family<PolicyLabel, ShardedHistogram, fn() -> ShardedHistogram>,
     pub policy_version: Family<PolicyVersion, Gauge>,
     backend_healthy: Family<BackendLabels, Gauge>,
     backend_in_flight: Family<BackendLabels, Gauge>,
@@ -149,7 +149,7 @@ pub struct Metrics {
     kv_evictions: Family<PolicyLabel, Counter>,
     pub access_log_dropped: Counter,
     pub upstream_connect_errors: Family<ConnectError, Counter>,
-    pub bytes: Family<BytesLabels, Counter>,
+    pub bytes: Family<BytesLabels, ShardedCounter>,
     pub policy_reloads: Family<ReloadLabels, Counter>,
     pub timeouts: Family<TimeoutLabels, Counter>,
     pub dns: crate::upstream::dns::DnsMetrics,
@@ -347,7 +347,7 @@ impl Metrics {
     }
 
     /// The byte counter of one listener and direction.
-    pub fn bytes_counter(&self, listener: &Label, direction: &'static str) -> Counter {
+    pub fn bytes_counter(&self, listener: &Label, direction: &'static str) -> ShardedCounter {
         self.bytes
             .get_or_create(&BytesLabels {
                 listener: listener.clone(),

@@ -13,6 +13,7 @@ mod actions;
 pub mod metrics;
 pub mod reloads;
 pub mod request_metrics;
+mod sharded;
 pub mod status;
 
 use std::collections::BTreeMap;

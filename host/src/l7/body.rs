@@ -45,7 +45,7 @@ pub(super) struct Tracked {
 pub struct BodyCounters {
     pub total: prometheus_client::metrics::counter::Counter,
     pub upstream_body: prometheus_client::metrics::counter::Counter,
-    pub bytes_out: prometheus_client::metrics::counter::Counter,
+    pub bytes_out: crate::admin::metrics::ShardedCounter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +246,7 @@ pub(super) struct ClientBody<B = Incoming> {
     /// `request_body_timeout_ms` between two frames (a slow upload).
     pub(super) idle: super::guard::Idle,
     pub(super) timeouts: prometheus_client::metrics::counter::Counter,
-    pub(super) bytes_in: prometheus_client::metrics::counter::Counter,
+    pub(super) bytes_in: crate::admin::metrics::ShardedCounter,
     /// Bytes still allowed under `max_request_body_bytes`.
     pub(super) left: u64,
     pub(super) fault: Arc<BodyFault>,

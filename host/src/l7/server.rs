@@ -61,8 +61,8 @@ pub struct HttpState {
     pub body_counters: Arc<super::body::BodyCounters>,
     /// This listener's byte counters (`in`, `out`), looked up once.
     pub bytes: (
-        prometheus_client::metrics::counter::Counter,
-        prometheus_client::metrics::counter::Counter,
+        crate::admin::metrics::ShardedCounter,
+        crate::admin::metrics::ShardedCounter,
     ),
     /// While the policy has a canary running (`policy/rollout.rs`).
     pub rollout: Option<Box<Rollout>>,
