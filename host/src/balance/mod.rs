@@ -74,8 +74,18 @@ impl Balancer for RoundRobin {
         }
         // A skipped backend consumes a turn, so its share spreads evenly
         // over the others instead of all landing on its successor.
-        (0..n)
-            .map(|_| self.next.fetch_add(1, Ordering::Relaxed) % n)
+        let mut last = 0;
+        for _ in 0..n {
+            last = self.next.fetch_add(1, Ordering::Relaxed) % n;
+            if usable(b, last, exclude) {
+                return Some(last);
+            }
+        }
+        // Other threads' turns came between these, so the same backend
+        // may have come up n times: look at each one once before saying
+        // none is usable.
+        (1..=n)
+            .map(|k| (last + k) % n)
             .find(|&i| usable(b, i, exclude))
     }
 }
@@ -206,6 +216,7 @@ pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use std::sync::Arc;
 
     pub struct Fake {
         pub weight: u32,
@@ -245,6 +256,30 @@ pub(crate) mod tests {
             .enumerate()
             .map(|(i, &w)| (format!("b{i}"), w))
             .collect()
+    }
+
+    /// Found by the retry test on two workers: with picks on several
+    /// threads, one thread's n turns could all land on the one backend it
+    /// may not use, and a request with a healthy backend left got none.
+    #[test]
+    fn round_robin_finds_the_usable_backend_while_other_threads_pick() {
+        let rr = Arc::new(RoundRobin::default());
+        let misses: usize = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let rr = rr.clone();
+                    s.spawn(move || {
+                        let f = [Fake::new(1, false), Fake::new(1, true)];
+                        let r = refs(&f);
+                        (0..200_000)
+                            .filter(|_| rr.pick(&r, None, None) != Some(1))
+                            .count()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).sum()
+        });
+        assert_eq!(misses, 0, "picks that found no usable backend");
     }
 
     fn counts(bal: &dyn Balancer, f: &[Fake], picks: usize) -> Vec<usize> {
