@@ -55,34 +55,49 @@ impl Handler {
     }
 }
 
-/// A bound listening socket.
+/// A listener's bound sockets, not yet registered with any runtime: each
+/// joins the reactor of the worker that serves it.
 pub enum Socket {
-    Tcp(TcpListener),
-    Udp(Arc<tokio::net::UdpSocket>),
+    /// One per worker, all bound to the same address (`SO_REUSEPORT`).
+    Tcp(Vec<std::net::TcpListener>),
+    Udp(std::net::UdpSocket),
 }
 
 impl Socket {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         match self {
-            Socket::Tcp(s) => s.local_addr(),
+            Socket::Tcp(s) => s[0].local_addr(),
             Socket::Udp(s) => s.local_addr(),
         }
     }
 }
 
-/// Binds what a listener of `protocol` needs.
-pub fn bind(protocol: crate::config::Protocol, addr: SocketAddr) -> std::io::Result<Socket> {
+/// Binds what a listener of `protocol` needs: for TCP, `sockets` of them
+/// (one per worker), so that a failure on any refuses the listener before
+/// anything changed.
+pub fn bind(
+    protocol: crate::config::Protocol,
+    addr: SocketAddr,
+    sockets: usize,
+) -> std::io::Result<Socket> {
     match protocol {
         crate::config::Protocol::Udp => {
             // Plain bind: UDP listeners do not take part in SO_REUSEPORT
             // upgrades (docs/OPERATIONS.md).
             let socket = std::net::UdpSocket::bind(addr)?;
             socket.set_nonblocking(true)?;
-            Ok(Socket::Udp(Arc::new(tokio::net::UdpSocket::from_std(
-                socket,
-            )?)))
+            Ok(Socket::Udp(socket))
         }
-        _ => bind_tcp(addr).map(Socket::Tcp),
+        _ => {
+            let first = bind_tcp(addr)?.into_std()?;
+            // Port 0 is chosen once, by the first.
+            let addr = first.local_addr()?;
+            let mut all = vec![first];
+            for _ in 1..sockets.max(1) {
+                all.push(bind_tcp(addr)?.into_std()?);
+            }
+            Ok(Socket::Tcp(all))
+        }
     }
 }
 
@@ -100,8 +115,11 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseport(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    socket.listen(BACKLOG)
 }
+
+/// Connections the kernel queues on a listening socket.
+const BACKLOG: u32 = 1024;
 
 /// Where connection tasks run, the signal that asks them to drain, and
 /// the one that closes what is left when the drain times out (upgraded
@@ -153,7 +171,6 @@ pub async fn accept_loop(
             },
             _ = stop.changed() => break,
         };
-        conns.accepted.inc();
         let permit = match slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) if refuse_excess => {
@@ -189,12 +206,20 @@ pub async fn accept_loop(
     if std_listener.set_nonblocking(true).is_err() {
         return;
     }
-    while let Ok((stream, peer)) = std_listener.accept() {
+    // At most a full backlog, yielding now and then: the worker serves
+    // its other connections meanwhile.
+    for taken in 0..BACKLOG {
+        let Ok((stream, peer)) = std_listener.accept() else {
+            break;
+        };
         let stream = stream
             .set_nonblocking(true)
             .and_then(|()| tokio::net::TcpStream::from_std(stream));
         if let Ok(stream) = stream {
             spawn(&name, stream, peer, local, &handler, &conns, None, true);
+        }
+        if taken % 64 == 63 {
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -288,6 +313,7 @@ fn spawn(
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     last_call: bool,
 ) {
+    conns.accepted.inc();
     let local = local_of(&stream, local, peer);
     let span = info_span!("conn", listener = %name, client = %peer, local = %local);
     let handler = handler.clone();

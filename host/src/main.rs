@@ -98,9 +98,11 @@ fn main() -> ExitCode {
             let options = daemon::Options {
                 strict_policies,
                 watch: true,
-                workers: Some(workers),
+                workers: Some(workers.clone()),
             };
-            match runtime.block_on(daemon::run(config, options)) {
+            let ran = runtime.block_on(daemon::run(config, options));
+            workers.stop(std::time::Duration::from_secs(2));
+            match ran {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchyard: {e:#}");

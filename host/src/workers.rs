@@ -86,7 +86,8 @@ impl<T: Default> Default for PerWorker<T> {
     }
 }
 
-/// Connections each worker accepted, as the counter family
+/// Connections each worker accepted and served (not those reset at
+/// `max_connections`), as the counter family
 /// `worker_connections{worker}`: each worker counts on its own cache line,
 /// summed only when `/metrics` is read. It shows how evenly the kernel
 /// spreads connections over the workers' sockets.
@@ -126,7 +127,7 @@ impl prometheus_client::collector::Collector for Accepted {
         }
         let descriptor = encoder.encode_descriptor(
             "worker_connections",
-            "Connections accepted, by worker",
+            "Connections accepted and served, by worker",
             None,
             Counter::<u64>::TYPE,
         )?;
@@ -138,7 +139,8 @@ impl prometheus_client::collector::Collector for Accepted {
 /// runtime ends, and with it every task left on it.
 pub struct Workers {
     handles: Vec<Handle>,
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    stops: std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Workers {
@@ -156,7 +158,8 @@ impl Workers {
         COUNT.fetch_max(n, Ordering::Relaxed);
         let mut workers = Workers {
             handles: Vec::with_capacity(n),
-            stops: Vec::with_capacity(n),
+            stops: Default::default(),
+            threads: Default::default(),
         };
         for i in 0..n {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -164,8 +167,8 @@ impl Workers {
                 .build()?;
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             workers.handles.push(runtime.handle().clone());
-            workers.stops.push(stop);
-            std::thread::Builder::new()
+            workers.stops.get_mut().expect("stops").push(stop);
+            let thread = std::thread::Builder::new()
                 .name(format!("switchyard-w{i}"))
                 .spawn(move || {
                     INDEX.with(|c| c.set(i));
@@ -176,6 +179,7 @@ impl Workers {
                         let _ = stopped.await;
                     });
                 })?;
+            workers.threads.get_mut().expect("threads").push(thread);
         }
         Ok(Arc::new(workers))
     }
@@ -197,9 +201,32 @@ impl Workers {
     }
 }
 
+impl Workers {
+    /// Asks every worker to stop, and waits up to `within` for their
+    /// threads to end (each drops what is left on its runtime, closing
+    /// its sockets), so that the process exits after them.
+    pub fn stop(&self, within: std::time::Duration) {
+        for stop in self.stops.lock().expect("stops").drain(..) {
+            let _ = stop.send(());
+        }
+        let deadline = std::time::Instant::now() + within;
+        let threads = std::mem::take(&mut *self.threads.lock().expect("threads"));
+        for t in threads {
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
 impl Drop for Workers {
+    /// Asks the workers to stop, waiting for nothing (this may run on one
+    /// of them).
     fn drop(&mut self) {
-        for stop in self.stops.drain(..) {
+        for stop in self.stops.get_mut().expect("stops").drain(..) {
             let _ = stop.send(());
         }
     }

@@ -232,7 +232,7 @@ impl Daemon {
         }
     }
 
-    /// Binds a listener and starts its accept loop.
+    /// Starts a listener on its bound sockets: an accept loop per worker.
     pub(super) fn open(&mut self, name: &str, socket: listener::Socket) -> anyhow::Result<()> {
         let l = self.config.listeners[name].clone();
         let addr = socket.local_addr()?;
@@ -268,9 +268,6 @@ impl Daemon {
                 // One socket, on the first worker. UDP has nothing to
                 // drain: its flows end when the listener stops (removed,
                 // or at shutdown).
-                let socket = std::sync::Arc::try_unwrap(socket)
-                    .map_err(|_| anyhow::anyhow!("listeners.{name}: its socket is shared"))?
-                    .into_std()?;
                 let tracker = self.conns.tracker.clone();
                 let name = name.to_owned();
                 self.spawn_on(0, async move {
@@ -280,9 +277,9 @@ impl Daemon {
                     }
                 });
             }
-            (listener::Socket::Tcp(socket), Served::Stream(handler)) => {
+            (listener::Socket::Tcp(sockets), Served::Stream(handler)) => {
                 let slots = Arc::new(tokio::sync::Semaphore::new(l.max_connections));
-                for (i, socket) in self.worker_sockets(socket, addr)?.into_iter().enumerate() {
+                for (i, socket) in sockets.into_iter().enumerate() {
                     let accept = listener::accept_loop(
                         name.to_owned(),
                         socket,
@@ -306,23 +303,6 @@ impl Daemon {
             Some(w) => w.spawn(i, task),
             None => drop(tokio::spawn(task)),
         }
-    }
-
-    /// One socket per worker for a TCP listener: `first`, and more bound
-    /// to its address with `SO_REUSEPORT`, so the kernel spreads
-    /// connections. Each leaves this runtime's reactor, to join its
-    /// worker's.
-    fn worker_sockets(
-        &self,
-        first: tokio::net::TcpListener,
-        addr: std::net::SocketAddr,
-    ) -> anyhow::Result<Vec<std::net::TcpListener>> {
-        let n = self.options.workers.as_ref().map_or(1, |w| w.len());
-        let mut sockets = vec![first.into_std()?];
-        for _ in 1..n {
-            sockets.push(listener::bind_tcp(addr)?.into_std()?);
-        }
-        Ok(sockets)
     }
 
     /// Names whose policy metrics exist but that no listener uses now.
@@ -379,9 +359,10 @@ impl Daemon {
         } = plan;
         let mut sockets = BTreeMap::new();
         let mut problems = Vec::new();
+        let workers = self.options.workers.as_ref().map_or(1, |w| w.len());
         for name in &listeners.bind {
             let l = &config.listeners[name];
-            match listener::bind(l.protocol(), l.bind) {
+            match listener::bind(l.protocol(), l.bind, workers) {
                 Ok(s) => {
                     sockets.insert(name.clone(), s);
                 }

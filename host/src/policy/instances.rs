@@ -60,8 +60,8 @@ pub struct Policy {
     // Boxed on purpose: an instance moves in and out of this list by
     // pointer on every call (see `Warm`).
     // Each worker's own (`workers.rs`): a call takes and gives back on
-    // its worker's list, a lock no other worker takes unless its own list
-    // is empty.
+    // its worker's list, a lock no other worker takes unless the policy
+    // is at `max_instances` and that worker's own list is empty.
     #[allow(clippy::vec_box)]
     idle: PerWorker<Mutex<Vec<Box<Warm>>>>,
     /// One permit per instance of the budget (`max_instances`): a call
@@ -241,6 +241,15 @@ impl Policy {
         &self,
         directory: Arc<dyn Directory>,
     ) -> Result<Box<Warm>, PolicyError> {
+        self.instantiate_as(directory, Live::new(&self.live)).await
+    }
+
+    /// Makes an instance counted by `live`.
+    async fn instantiate_as(
+        &self,
+        directory: Arc<dyn Directory>,
+        live: Live,
+    ) -> Result<Box<Warm>, PolicyError> {
         let scratch = self.kv_scratch.load(Ordering::Relaxed);
         let state = HostState::new(
             self.name.clone(),
@@ -278,7 +287,6 @@ impl Policy {
         let _busy = self.engine.ticker.busy(budget);
         Self::arm(&mut store, Instant::now(), budget);
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
-        let live = Live::new(&self.live);
         let made = tokio::time::timeout(budget, async {
             let bindings = self.pre.instantiate(&mut store).await.map_err(|e| {
                 match self.classify(e, &store, budget) {
@@ -320,14 +328,13 @@ impl Policy {
         budget_from: Instant,
     ) -> Result<(Box<Warm>, Instant, Instant), PolicyError> {
         let wall = started + self.limits.max_call_wall;
-        let warm = self.take_idle();
-        let (mut warm, from) = match warm {
-            Some(w) => (w, budget_from),
-            None => {
-                let made =
-                    tokio::time::timeout_at(wall.into(), self.instantiate(directory.clone()))
-                        .await
-                        .unwrap_or(Err(PolicyError::Timeout(self.limits.max_call_wall)))?;
+        let (mut warm, from) = match self.take_or_reserve() {
+            Ok(w) => (w, budget_from),
+            Err(live) => {
+                let make = self.instantiate_as(directory.clone(), live);
+                let made = tokio::time::timeout_at(wall.into(), make)
+                    .await
+                    .unwrap_or(Err(PolicyError::Timeout(self.limits.max_call_wall)))?;
                 (made, Instant::now())
             }
         };
@@ -339,20 +346,35 @@ impl Policy {
         Ok((warm, from + self.limits.timeout, wall))
     }
 
-    /// A warm instance: this worker's newest, else another worker's. A
-    /// new one is made only when no worker has one idle, so the instances
-    /// that exist stay within `max_instances` (held calls and idle ones)
-    /// however calls spread over workers.
-    fn take_idle(&self) -> Option<Box<Warm>> {
+    /// A warm instance, or the count of a new one to make. This worker's
+    /// newest first; else, under `max_instances`, a new one of its own
+    /// (counted in the same step as the check, so two workers cannot both
+    /// take the last place); at the budget, another worker's idle one. A
+    /// call holds a permit, so at the budget one is idle somewhere unless
+    /// it is moving between lists just then: after a few looks, one is
+    /// made anyway, a moment over the budget (the engine's pool holds
+    /// twice the budget of every policy).
+    fn take_or_reserve(&self) -> Result<Box<Warm>, Live> {
         let (mine, idle) = self.idle.local();
-        if let Some(w) = idle.lock().expect("idle instances").pop() {
-            return Some(w);
+        let max = self.limits.max_instances.max(1);
+        for _ in 0..3 {
+            if let Some(w) = idle.lock().expect("idle instances").pop() {
+                return Ok(w);
+            }
+            if let Some(live) = Live::reserve(&self.live, max) {
+                return Err(live);
+            }
+            let other = self
+                .idle
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != mine)
+                .find_map(|(_, idle)| idle.lock().expect("idle instances").pop());
+            if let Some(w) = other {
+                return Ok(w);
+            }
         }
-        self.idle
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != mine)
-            .find_map(|(_, idle)| idle.lock().expect("idle instances").pop())
+        Err(Live::new(&self.live))
     }
 
     /// The error of a call whose timer fired while the guest waited on

@@ -86,6 +86,17 @@ impl Live {
         count.fetch_add(1, Ordering::Relaxed);
         Live(count.clone())
     }
+
+    /// Counts one more instance if fewer than `max` exist: the check and
+    /// the count are one step, so two workers cannot both take the last.
+    pub(super) fn reserve(count: &Arc<AtomicUsize>, max: usize) -> Option<Live> {
+        count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Live(count.clone()))
+    }
 }
 
 impl Drop for Live {
