@@ -288,9 +288,25 @@ pub async fn start_switchyard(
     }
     let config = switchyard::config::Config::parse(Path::new("/tmp/switchyard-test.toml"), &text)
         .unwrap_or_else(|e| panic!("bad test config: {e}\n{text}"));
-    switchyard::daemon::start(config)
+    switchyard::daemon::start_with(config, options(false, false))
         .await
         .expect("switchyard starts")
+        .0
+}
+
+/// How the tests start a daemon: on two workers of its own, as the binary
+/// runs (`host/src/workers.rs`), so that every test exercises them; with
+/// `SWITCHYARD_TEST_WORKERS=0`, on the test's own runtime.
+pub fn options(watch: bool, strict_policies: bool) -> switchyard::daemon::Options {
+    let workers = std::env::var("SWITCHYARD_TEST_WORKERS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(2);
+    switchyard::daemon::Options {
+        watch,
+        strict_policies,
+        workers: (workers > 0).then(|| switchyard::workers::Workers::start(workers).unwrap()),
+    }
 }
 
 pub type Client = hyper_util::client::legacy::Client<
@@ -410,12 +426,7 @@ pub async fn start_watching_strict(
     let path = dir.join("switchyard.toml");
     std::fs::write(&path, fill(toml, addrs)).unwrap();
     let config = switchyard::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let options = switchyard::daemon::Options {
-        watch: true,
-        strict_policies,
-        ..Default::default()
-    };
-    switchyard::daemon::start_with(config, options)
+    switchyard::daemon::start_with(config, options(true, strict_policies))
         .await
         .expect("switchyard starts")
         .0

@@ -465,12 +465,15 @@ async fn a_connection_past_max_connections_is_refused_at_once_and_the_others_go_
     let (mut two, _) = greeting(at).await;
     // The third is closed without a byte, fast.
     let started = Instant::now();
-    let mut third = TcpStream::connect(at).await.unwrap();
-    let mut buf = [0u8; 16];
-    let got = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
-        .await
-        .expect("refused, not queued");
-    assert!(matches!(got, Ok(0) | Err(_)), "{got:?}");
+    // The reset may come before the client's connect has completed (the
+    // daemon serves on workers of its own): that is refused too.
+    if let Ok(mut third) = TcpStream::connect(at).await {
+        let mut buf = [0u8; 16];
+        let got = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
+            .await
+            .expect("refused, not queued");
+        assert!(matches!(got, Ok(0) | Err(_)), "{got:?}");
+    }
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(echo_line(&mut one, "still here").await, "still here");
     assert_eq!(echo_line(&mut two, "me too").await, "me too");
@@ -478,11 +481,13 @@ async fn a_connection_past_max_connections_is_refused_at_once_and_the_others_go_
     drop(one);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let mut s = TcpStream::connect(at).await.unwrap();
-        let mut line = [0u8; 2];
-        let read = tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut line)).await;
-        if matches!(read, Ok(Ok(_))) && &line == b"e\n" {
-            break;
+        if let Ok(mut s) = TcpStream::connect(at).await {
+            let mut line = [0u8; 2];
+            let read =
+                tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut line)).await;
+            if matches!(read, Ok(Ok(_))) && &line == b"e\n" {
+                break;
+            }
         }
         assert!(Instant::now() < deadline, "no slot freed");
         tokio::time::sleep(Duration::from_millis(50)).await;

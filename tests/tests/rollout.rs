@@ -234,7 +234,10 @@ async fn a_canary_that_traps_is_rolled_back_and_stays_refused_after_a_restart() 
     s.sy.shutdown(Duration::from_secs(5)).await;
     let config =
         switchyard::config::Config::parse(Path::new("/tmp/rollout.toml"), &s.config).unwrap();
-    let sy = switchyard::daemon::start(config).await.unwrap();
+    let sy = switchyard::daemon::start_with(config, options(false, false))
+        .await
+        .unwrap()
+        .0;
     let admin = sy.admin_addr.unwrap();
     let all: Value =
         serde_json::from_slice(&get(&client(false), admin, "/api/policies", &[]).await.body)
@@ -465,7 +468,10 @@ async fn a_restart_during_a_canary_serves_the_kept_version_and_starts_it_again()
     s.sy.shutdown(Duration::from_secs(5)).await;
     let config =
         switchyard::config::Config::parse(Path::new("/tmp/rollout.toml"), &s.config).unwrap();
-    let sy = switchyard::daemon::start(config).await.unwrap();
+    let sy = switchyard::daemon::start_with(config, options(false, false))
+        .await
+        .unwrap()
+        .0;
     let admin = sy.admin_addr.unwrap();
     let started = Instant::now();
     loop {

@@ -222,3 +222,60 @@ async fn a_drain_lets_requests_in_flight_on_the_workers_finish() {
         "still accepting after the drain"
     );
 }
+
+#[tokio::test]
+async fn a_policy_stays_within_max_instances_when_its_calls_spread_over_workers() {
+    let web = TestBackend::start("web").await;
+    let text = format!(
+        r#"
+[admin]
+bind = "127.0.0.1:0"
+[policies]
+dir = "{}"
+max_instances = 2
+instances = 2
+max_queued = 512
+queue_timeout_ms = 5000
+[pools.web]
+backends = ["{{web}}"]
+[listeners.l]
+protocol = "http"
+bind = "127.0.0.1:0"
+pool = "web"
+policy = "misbehave"
+"#,
+        repo().join("tests/fixtures/wasm").display()
+    );
+    let sy = on_two_workers(config(&text, &BTreeMap::from([("web", web.addr)]))).await;
+    let l = sy.addr("l");
+    let policy = sy.policies().pop().expect("the policy");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (policy, done) = (policy.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut most = 0;
+            while !done.load(Ordering::Relaxed) {
+                most = most.max(policy.live_instances());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            most
+        })
+    };
+    // Forty connections at once, on both workers, each call holding an
+    // instance for 5 ms: each worker has calls waiting while the other's
+    // instances sit idle on its list.
+    let calls: Vec<_> = (0..40)
+        .map(|_| tokio::spawn(async move { one_request(l, "/sleep?5").await }))
+        .collect();
+    for (i, c) in calls.into_iter().enumerate() {
+        let got = c.await.unwrap();
+        assert!(got.starts_with("HTTP/1.1 200"), "call {i}: {got}");
+    }
+    done.store(true, Ordering::Relaxed);
+    let most = sampler.await.unwrap();
+    assert!(most <= 2, "{most} instances of a policy whose budget is 2");
+    assert!(policy.live_instances() <= 2);
+    let by_worker = accepted_by_worker(&sy).await;
+    assert!(by_worker.iter().all(|n| *n > 0.0), "{by_worker:?}");
+    assert!(sy.shutdown(Duration::from_secs(5)).await);
+}
