@@ -409,6 +409,34 @@ async fn a_silent_connection_does_not_hold_a_drain() {
         .expect("the silent connection was closed");
 }
 
+/// A connection accepted a moment before a drain, whose request arrives
+/// just after the drain began, is answered (`DRAIN_GRACE`, 250 ms from
+/// its accept), not closed with nothing: the upgrade test's client saw
+/// that empty answer once the daemon served on workers of its own.
+#[tokio::test]
+async fn a_request_just_behind_the_drain_is_answered() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(&one_pool("", ""), &BTreeMap::from([("web", web.addr)])).await;
+    let mut late = TcpStream::connect(sy.addr("l")).await.unwrap();
+    wait_for_metric(
+        &sy,
+        "switchyard_worker_connections_total",
+        "",
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    let drained = tokio::spawn(sy.shutdown(Duration::from_secs(10)));
+    // The drain has begun; the request comes well within the grace.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    late.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut late).await.expect("an answer, not a close");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(drained.await.unwrap(), "the drain timed out");
+}
+
 /// SECURITY.md "upstream exhaustion": with `total_timeout_ms`, a backend
 /// that trickles its body (never idle long enough for `body_timeout_ms`)
 /// is cut at the total deadline, and one slow to answer is 504 by then.

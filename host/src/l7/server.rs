@@ -230,6 +230,11 @@ pub async fn serve_connection<S>(
     let Some(version) = sniff_or_drain(&mut stream, &mut drain, last_call, peer).await else {
         return;
     };
+    // A drain that began while an HTTP/1.1 request was on its way: that
+    // request is answered, without keep-alive, as a last call (hyper's
+    // graceful shutdown would close the connection unread). HTTP/2 says
+    // GOAWAY below and finishes the streams it was sent.
+    let last_call = last_call || (version == super::sniff::Version::H1 && *drain.borrow());
     // Boxed: hyper's connection (either version's) is several KB, and
     // held inline it made this future, which the accept loop moves into
     // its task, that much larger (bench/count, a new connection each:

@@ -59,12 +59,16 @@ pub async fn sniff<S: AsyncRead + Unpin>(io: &mut S) -> io::Result<Option<(Versi
     }
 }
 
+/// How long a drain lets a new connection send its first bytes, counted
+/// from its accept: one long round trip.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The first phase of a connection: the protocol, told from its first
 /// read ([`sniff`]), with what was read handed back to the stream.
 /// `None` when there is nothing to serve: the client closed (or the
 /// first-byte timer, which counted it, closed it) before a request, or a
-/// drain began while it had sent nothing (a listener's `last_call`
-/// connections are not drained).
+/// drain began while it had sent nothing for [`DRAIN_GRACE`] since it was
+/// accepted (a listener's `last_call` connections are not drained).
 pub async fn sniff_or_drain<S: AsyncRead + Unpin>(
     stream: &mut Guarded<S>,
     drain: &mut tokio::sync::watch::Receiver<bool>,
@@ -74,10 +78,19 @@ pub async fn sniff_or_drain<S: AsyncRead + Unpin>(
     let sniffed = if last_call {
         sniff(stream).await
     } else {
+        let accepted = tokio::time::Instant::now();
+        let drained = async {
+            let _ = drain.wait_for(|d| *d).await;
+            // A connection accepted a moment ago most likely has its
+            // request on the wire: closing it now would answer it with
+            // nothing (seen in the upgrade test once workers served
+            // connections beside the drain).
+            tokio::time::sleep_until(accepted + DRAIN_GRACE).await;
+        };
         tokio::select! {
             biased;
             r = sniff(stream) => r,
-            _ = drain.wait_for(|d| *d) => return None,
+            () = drained => return None,
         }
     };
     match sniffed {
