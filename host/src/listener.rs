@@ -197,17 +197,27 @@ pub async fn accept_loop(
             false,
         );
     }
-    // Stopping: connections the kernel already queued on this socket would
-    // be reset when it closes (with SO_REUSEPORT, a new process may be
-    // taking new ones already). Take them, and serve each one request.
+    take_queued(&name, listener, local, &handler, &conns).await;
+}
+
+/// The last phase of an accept loop that stops: connections the kernel
+/// already queued on its socket would be reset when it closes (with
+/// SO_REUSEPORT, a new process may be taking new ones already). Takes
+/// them, at most a full backlog, and serves each one request, yielding
+/// now and then so that the worker serves its other connections.
+async fn take_queued(
+    name: &str,
+    listener: TcpListener,
+    local: Option<SocketAddr>,
+    handler: &Handler,
+    conns: &Connections,
+) {
     let Ok(std_listener) = listener.into_std() else {
         return;
     };
     if std_listener.set_nonblocking(true).is_err() {
         return;
     }
-    // At most a full backlog, yielding now and then: the worker serves
-    // its other connections meanwhile.
     for taken in 0..BACKLOG {
         let Ok((stream, peer)) = std_listener.accept() else {
             break;
@@ -216,7 +226,7 @@ pub async fn accept_loop(
             .set_nonblocking(true)
             .and_then(|()| tokio::net::TcpStream::from_std(stream));
         if let Ok(stream) = stream {
-            spawn(&name, stream, peer, local, &handler, &conns, None, true);
+            spawn(name, stream, peer, local, handler, conns, None, true);
         }
         if taken % 64 == 63 {
             tokio::task::yield_now().await;

@@ -49,15 +49,8 @@ async fn on_two_workers(config: switchyard::config::Config) -> switchyard::daemo
 /// One request on a connection of its own, read to the close: the answer
 /// and its body.
 async fn one_request(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
-        .await
-        .expect("answered within 10 s")
-        .unwrap();
-    out
+    raw(addr, req.as_bytes(), Duration::from_secs(10)).await
 }
 
 /// `worker_connections` of each worker, from `/metrics`.
@@ -226,26 +219,12 @@ async fn a_drain_lets_requests_in_flight_on_the_workers_finish() {
 #[tokio::test]
 async fn a_policy_stays_within_max_instances_when_its_calls_spread_over_workers() {
     let web = TestBackend::start("web").await;
-    let text = format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-[policies]
-dir = "{}"
-max_instances = 2
-instances = 2
-max_queued = 512
-queue_timeout_ms = 5000
-[pools.web]
-backends = ["{{web}}"]
-[listeners.l]
-protocol = "http"
-bind = "127.0.0.1:0"
-pool = "web"
-policy = "misbehave"
-"#,
+    let head = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n[policies]\ndir = \"{}\"\nmax_instances = 2\n\
+         instances = 2\nmax_queued = 512\nqueue_timeout_ms = 5000",
         repo().join("tests/fixtures/wasm").display()
     );
+    let text = one_http_pool(&head, "", "policy = \"misbehave\"");
     let sy = on_two_workers(config(&text, &BTreeMap::from([("web", web.addr)]))).await;
     let l = sy.addr("l");
     let policy = sy.policies().pop().expect("the policy");

@@ -249,6 +249,11 @@ impl Streams {
         })
     }
 
+    /// When the connection was accepted (this was made).
+    pub fn started(&self) -> std::time::Instant {
+        self.start
+    }
+
     pub fn begin(self: &std::sync::Arc<Self>) -> InProgress {
         self.active
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);

@@ -227,7 +227,9 @@ pub async fn serve_connection<S>(
     drop(state);
     let streams = super::guard::Streams::new();
     let open = streams.clone();
-    let Some(version) = sniff_or_drain(&mut stream, &mut drain, last_call, peer).await else {
+    let Some(version) =
+        sniff_or_drain(&mut stream, &mut drain, last_call, peer, streams.started()).await
+    else {
         return;
     };
     // A drain that began while an HTTP/1.1 request was on its way: that

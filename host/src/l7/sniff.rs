@@ -68,17 +68,18 @@ pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(25
 /// `None` when there is nothing to serve: the client closed (or the
 /// first-byte timer, which counted it, closed it) before a request, or a
 /// drain began while it had sent nothing for [`DRAIN_GRACE`] since it was
-/// accepted (a listener's `last_call` connections are not drained).
+/// `accepted` (a listener's `last_call` connections are not drained).
 pub async fn sniff_or_drain<S: AsyncRead + Unpin>(
     stream: &mut Guarded<S>,
     drain: &mut tokio::sync::watch::Receiver<bool>,
     last_call: bool,
     peer: SocketAddr,
+    accepted: std::time::Instant,
 ) -> Option<Version> {
     let sniffed = if last_call {
         sniff(stream).await
     } else {
-        let accepted = tokio::time::Instant::now();
+        let accepted = tokio::time::Instant::from_std(accepted);
         let drained = async {
             let _ = drain.wait_for(|d| *d).await;
             // A connection accepted a moment ago most likely has its

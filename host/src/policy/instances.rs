@@ -346,14 +346,13 @@ impl Policy {
         Ok((warm, from + self.limits.timeout, wall))
     }
 
-    /// A warm instance, or the count of a new one to make. This worker's
-    /// newest first; else, under `max_instances`, a new one of its own
-    /// (counted in the same step as the check, so two workers cannot both
-    /// take the last place); at the budget, another worker's idle one. A
-    /// call holds a permit, so at the budget one is idle somewhere unless
-    /// it is moving between lists just then: after a few looks, one is
-    /// made anyway, a moment over the budget (the engine's pool holds
-    /// twice the budget of every policy).
+    /// A warm instance, or the count of a new one to make: this worker's
+    /// newest; else, under `max_instances`, a new one (checked and counted
+    /// in one step, so two workers cannot both take the last place); at
+    /// the budget, another worker's idle one. A call holds a permit, so
+    /// one is idle somewhere unless moving between lists just then: after
+    /// a few looks one is made, a moment over the budget (the engine's
+    /// pool holds twice every policy's budget).
     fn take_or_reserve(&self) -> Result<Box<Warm>, Live> {
         let (mine, idle) = self.idle.local();
         let max = self.limits.max_instances.max(1);
