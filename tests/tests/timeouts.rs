@@ -426,9 +426,16 @@ async fn a_request_just_behind_the_drain_is_answered() {
         Duration::from_secs(5),
     )
     .await;
+    let at = sy.addr("l");
     let drained = tokio::spawn(sy.shutdown(Duration::from_secs(10)));
-    // The drain has begun; the request comes well within the grace.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The drain has begun once the listener refuses; the request then
+    // comes within the grace.
+    wait_until(
+        "the listener stops accepting",
+        Duration::from_secs(5),
+        || std::net::TcpStream::connect(at).is_err(),
+    )
+    .await;
     late.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
