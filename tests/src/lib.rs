@@ -282,13 +282,22 @@ pub async fn start_switchyard(
     toml: &str,
     addrs: &BTreeMap<&str, SocketAddr>,
 ) -> switchyard::daemon::Running {
+    start_switchyard_with(toml, addrs, options(false, false)).await
+}
+
+/// As [`start_switchyard`], with the daemon's `options`.
+pub async fn start_switchyard_with(
+    toml: &str,
+    addrs: &BTreeMap<&str, SocketAddr>,
+    options: switchyard::daemon::Options,
+) -> switchyard::daemon::Running {
     let mut text = toml.replace("{policies}", &repo().join("policies").display().to_string());
     for (name, addr) in addrs {
         text = text.replace(&format!("{{{name}}}"), &addr.to_string());
     }
     let config = switchyard::config::Config::parse(Path::new("/tmp/switchyard-test.toml"), &text)
         .unwrap_or_else(|e| panic!("bad test config: {e}\n{text}"));
-    switchyard::daemon::start_with(config, options(false, false))
+    switchyard::daemon::start_with(config, options)
         .await
         .expect("switchyard starts")
         .0
@@ -567,6 +576,23 @@ impl Harness {
             made.push(TestBackend::start(name).await);
         }
         Harness::with(toml, made).await
+    }
+
+    /// As [`Harness::start`], with the daemon on the test's own runtime
+    /// (no workers).
+    pub async fn on_test_runtime(toml: &str, backends: &[&str]) -> Harness {
+        let mut made = Vec::new();
+        for name in backends {
+            made.push(TestBackend::start(name).await);
+        }
+        let addrs: BTreeMap<&str, SocketAddr> =
+            made.iter().map(|b| (b.name.as_str(), b.addr)).collect();
+        let sy = start_switchyard_with(toml, &addrs, Default::default()).await;
+        Harness {
+            sy,
+            backends: made.into_iter().map(|b| (b.name.clone(), b)).collect(),
+            client: client(false),
+        }
     }
 
     /// Starts Switchyard in front of backends the test made.
