@@ -17,11 +17,22 @@ use switchyard_tests::*;
 /// `authorization: Bearer good`, and 401 with a challenge and a body to
 /// anything else; it waits `delay` first. It counts what it was asked.
 async fn auth_service(delay: Duration, asked: Arc<AtomicUsize>) -> RawBackend {
+    auth_service_after(asked, move || tokio::time::sleep(delay)).await
+}
+
+/// The auth service of [`auth_service`], answering each request once
+/// `wait()` has finished.
+async fn auth_service_after<F, W>(asked: Arc<AtomicUsize>, wait: F) -> RawBackend
+where
+    F: Fn() -> W + Clone + Send + Sync + 'static,
+    W: std::future::Future<Output = ()> + Send + 'static,
+{
     http_backend(move |req: Request<Incoming>| {
         let asked = asked.clone();
+        let wait = wait();
         async move {
             asked.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(delay).await;
+            wait.await;
             let good = req
                 .headers()
                 .get("authorization")
@@ -179,7 +190,16 @@ async fn a_slow_auth_service_runs_into_policy_call_timeout_ms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_waiting_calls_leave_the_worker_serving() {
     let asked = Arc::new(AtomicUsize::new(0));
-    let auth = auth_service(Duration::from_secs(3), asked.clone()).await;
+    // The service holds every request until the test opens the gate, so
+    // the first round waits however long the 250 calls take to arrive.
+    let (gate, gated) = tokio::sync::watch::channel(false);
+    let auth = auth_service_after(asked.clone(), move || {
+        let mut gated = gated.clone();
+        async move {
+            let _ = gated.wait_for(|open| *open).await;
+        }
+    })
+    .await;
     // 250 instances: 250 calls wait on the service at once, the rest
     // queue for them (two rounds in all).
     let head = "instances = 250\nmax_instances = 250\nmax_queued = 1024\n\
@@ -187,11 +207,8 @@ async fn hundreds_of_waiting_calls_leave_the_worker_serving() {
     let plain = "policy_call_timeout_ms = 10000\n[listeners.plain]\nprotocol = \"http\"\n\
                  bind = \"127.0.0.1:0\"\npool = \"web\"";
     let toml = forward_auth(auth.addr, head, plain);
-    // On the test's runtime: on two workers of its own, one run in five
-    // saw a call finish within the first round (cause not found yet;
-    // issue 26's note).
-    let h = Harness::on_test_runtime(&toml, &["web"]).await;
-    let finished = Arc::new(AtomicUsize::new(0));
+    let h = Harness::start(&toml, &["web"]).await;
+    let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..500 {
         let c = h.client.clone();
@@ -205,7 +222,7 @@ async fn hundreds_of_waiting_calls_leave_the_worker_serving() {
                 &[("authorization", "Bearer good")],
             )
             .await;
-            finished.fetch_add(1, Ordering::Relaxed);
+            finished.lock().unwrap().push((i, got.status, got.text()));
             (got.status, got.text())
         });
     }
@@ -215,7 +232,7 @@ async fn hundreds_of_waiting_calls_leave_the_worker_serving() {
         || asked.load(Ordering::Relaxed) >= 250,
     )
     .await;
-    // Within the first round: the calls on the instances wait 3 s.
+    // Within the first round: the calls on the instances wait for the gate.
     let mut plain_ms = Vec::new();
     let window = Instant::now();
     while plain_ms.len() < 200 && window.elapsed() < Duration::from_millis(500) {
@@ -224,11 +241,12 @@ async fn hundreds_of_waiting_calls_leave_the_worker_serving() {
         assert_eq!(got.status, 200);
         plain_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    assert_eq!(
-        finished.load(Ordering::Relaxed),
-        0,
-        "the calls were still waiting while the plain listener was sampled"
+    let early = finished.lock().unwrap().clone();
+    assert!(
+        early.is_empty(),
+        "calls finished while the plain listener was sampled: {early:?}"
     );
+    gate.send_replace(true);
     let mut ok = 0;
     while let Some(r) = calls.join_next().await {
         let (status, text) = r.unwrap();
