@@ -10,6 +10,8 @@
 //! of its own, found by the worker's [`index`]. Code that runs on no
 //! worker (the control runtime: admin, reloads, health checks; or a test's
 //! own runtime) has index 0.
+//!
+//! Each worker keeps a [`HEARTBEAT`] timer: see there why.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -20,6 +22,29 @@ use tokio::runtime::Handle;
 
 thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How often a worker's heartbeat timer fires. tokio's current-thread
+/// driver is woken (an `eventfd` write, then one more `epoll_wait` and
+/// trip round the scheduler) whenever a timer is set to expire before the
+/// wake it planned when it last parked. A keep-alive request sets two:
+/// the response timeout (30 s) when it is sent upstream, and hyper's
+/// header timer (10 s) for the next request when the response is out;
+/// the second is earlier than the first, whose expiry was the planned
+/// wake, so every request cost that wake-up: 3 `epoll_wait`s and 8
+/// syscalls where 2 and 6 do (bench/RESULTS.md, issue 18's bar). With a
+/// heartbeat always due within this, no timer of 250 ms or more is ever
+/// earlier than the planned wake; the heartbeat costs a worker 4 wake-ups
+/// a second.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Fires every [`HEARTBEAT`], forever.
+async fn heartbeat() {
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        beat.tick().await;
+    }
 }
 
 /// The most workers any [`Workers`] of this process started with: what a
@@ -176,7 +201,10 @@ impl Workers {
                     // blocks; the runtime and what is left on it end with
                     // the thread.
                     runtime.block_on(async {
-                        let _ = stopped.await;
+                        tokio::select! {
+                            _ = stopped => {}
+                            () = heartbeat() => {}
+                        }
                     });
                 })?;
             workers.threads.get_mut().expect("threads").push(thread);

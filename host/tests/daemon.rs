@@ -410,3 +410,83 @@ fn ten_thousand_failing_requests_log_a_bounded_number_of_lines() {
     );
     drop(daemon);
 }
+
+/// The write-type syscalls (`write`, `writev`, ...: `syscw` in
+/// `/proc/PID/task/TID/io`) the daemon's worker threads have made.
+fn worker_writes(pid: u32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !comm.starts_with("switchyard-w") {
+            continue;
+        }
+        let io = std::fs::read_to_string(task.join("io")).unwrap();
+        let syscw = io
+            .lines()
+            .find_map(|l| l.strip_prefix("syscw: "))
+            .expect("a syscw line");
+        total += syscw.trim().parse::<u64>().unwrap();
+    }
+    total
+}
+
+/// One `GET /` on `conn` (keep-alive); the status line.
+fn keep_alive_get(conn: &mut TcpStream) -> String {
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    conn.read_exact(&mut body).unwrap();
+    head.lines().next().unwrap().to_owned()
+}
+
+/// A keep-alive request costs its worker two writes, one to the backend
+/// and one to the client, and no wake-up of its own: tokio's
+/// current-thread driver writes to its eventfd when a timer is set
+/// earlier than the wake it planned, which the response timeout and
+/// hyper's header timer did on every request until the workers got a
+/// heartbeat (`workers::HEARTBEAT`).
+#[test]
+fn a_keep_alive_request_costs_its_worker_two_writes_and_no_wake_up() {
+    let backend = fast_backend();
+    let config = format!(
+        "[pools.web]\nbackends = [\"{backend}\"]\n\
+         [listeners.l]\nprotocol = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\
+         request_ids = false\n[runtime]\nworker_threads = 1\n"
+    );
+    let (daemon, addr, _log) = start_daemon("wakes", &config);
+    let pid = daemon.0.id();
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for _ in 0..50 {
+        assert_eq!(keep_alive_get(&mut conn), "HTTP/1.1 200 OK");
+    }
+    let before = worker_writes(pid);
+    let n = 500;
+    for _ in 0..n {
+        assert_eq!(keep_alive_get(&mut conn), "HTTP/1.1 200 OK");
+    }
+    let per_request = (worker_writes(pid) - before) as f64 / n as f64;
+    // 2.00 with the heartbeat, 3.00 without; the heartbeat's own wakes
+    // write nothing.
+    assert!(
+        per_request < 2.1,
+        "{per_request:.2} writes per keep-alive request"
+    );
+}
