@@ -223,11 +223,14 @@ impl AccessLog {
         Ok(AccessLog { tx, dropped })
     }
 
-    /// Queues a line; never waits. The time is taken now.
-    pub fn log(&self, format: Format, mut entry: Entry) {
+    /// Queues the line `entry()` builds; never waits. The time is taken
+    /// now. With the log off nothing is built (an L4 connection's entry
+    /// is four strings).
+    pub fn log(&self, format: Format, entry: impl FnOnce() -> Entry) {
         if format == Format::Off {
             return;
         }
+        let mut entry = entry();
         entry.at.get_or_insert_with(SystemTime::now);
         if self.tx.try_send((format, entry)).is_err() {
             self.dropped.inc();

@@ -91,8 +91,7 @@ async fn relay(link: Link<'_>, mut client: TcpStream, mut upstream: TcpStream, e
     }
     state.metrics.bytes_counter(&state.name, "in").inc_by(up);
     state.metrics.bytes_counter(&state.name, "out").inc_by(down);
-    state.access_log.log(
-        state.config.access_log,
+    state.access_log.log(state.config.access_log, || {
         crate::admin::access_log::Entry {
             listener: state.name.to_string(),
             client: peer.to_string(),
@@ -108,8 +107,8 @@ async fn relay(link: Link<'_>, mut client: TcpStream, mut upstream: TcpStream, e
             bytes_in: Some(up),
             bytes_out: Some(down),
             ..Default::default()
-        },
-    );
+        }
+    });
 }
 
 pub async fn serve_connection(

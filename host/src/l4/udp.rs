@@ -395,8 +395,7 @@ async fn relay(
         .bytes_counter(&state.name, "out")
         .inc_by(bytes_out);
     debug!(listener = %state.name, client = %peer, backend = %backend, bytes_in, bytes_out, "udp flow ended");
-    state.access_log.log(
-        state.config.access_log,
+    state.access_log.log(state.config.access_log, || {
         crate::admin::access_log::Entry {
             listener: state.name.to_string(),
             client: peer.to_string(),
@@ -412,8 +411,8 @@ async fn relay(
             bytes_in: Some(bytes_in),
             bytes_out: Some(bytes_out),
             ..Default::default()
-        },
-    );
+        }
+    });
 }
 
 /// Sends every datagram waiting on `upstream` to `peer`; returns the bytes

@@ -53,7 +53,9 @@ impl Finish {
             e.bytes_in = Some(received);
             e.bytes_out = Some(sent);
             e.total_ms = total_ms;
-            self.state.access_log.log(self.state.config.access_log, e);
+            self.state
+                .access_log
+                .log(self.state.config.access_log, || e);
         }
         let (Some(policy), Some(mut call)) = (self.state.policy.clone(), self.hook) else {
             return;
