@@ -1,6 +1,7 @@
 //! The L4 stage: TCP and UDP proxying. Bytes only, never parsed — except a
 //! TLS ClientHello, read (not terminated) when the policy wants the SNI.
 
+pub mod copy;
 pub mod sni;
 pub mod tcp;
 pub mod udp;

@@ -23,10 +23,6 @@ use super::{L4State, Route, sni};
 use crate::config::TcpSettings;
 use crate::policy::types;
 
-/// Bytes copied per direction per read; larger than tokio's 8 KiB default,
-/// which costs a syscall per 8 KiB on bulk transfers.
-const COPY_BUFFER: usize = 64 * 1024;
-
 /// A connection whose connect failed goes to another backend, once.
 const CONNECT_RESENDS: usize = 1;
 
@@ -206,7 +202,7 @@ where
         inner: upstream,
         read: down.clone(),
     };
-    let both = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER);
+    let both = super::copy::both_ways(&mut a, &mut b);
     tokio::pin!(both);
     let tick = idle / 4;
     let (mut seen, mut quiet) = (0u64, 0u32);
