@@ -578,6 +578,23 @@ impl Harness {
         Harness::with(toml, made).await
     }
 
+    /// As [`Harness::start`], with the daemon on the test's own runtime
+    /// (no workers).
+    pub async fn on_test_runtime(toml: &str, backends: &[&str]) -> Harness {
+        let mut made = Vec::new();
+        for name in backends {
+            made.push(TestBackend::start(name).await);
+        }
+        let addrs: BTreeMap<&str, SocketAddr> =
+            made.iter().map(|b| (b.name.as_str(), b.addr)).collect();
+        let sy = start_switchyard_with(toml, &addrs, Default::default()).await;
+        Harness {
+            sy,
+            backends: made.into_iter().map(|b| (b.name.clone(), b)).collect(),
+            client: client(false),
+        }
+    }
+
     /// Starts Switchyard in front of backends the test made.
     pub async fn with(toml: &str, backends: Vec<TestBackend>) -> Harness {
         let addrs: BTreeMap<&str, SocketAddr> =

@@ -176,9 +176,17 @@ async fn a_body_over_the_limit_is_refused_or_forwarded_unread_as_the_policy_chos
 }
 
 /// `max_policy_body_bytes` caps the limit a policy names.
+///
+/// On the test's runtime: on two workers the 413 was lost in about one
+/// run in six (hyper's `IncompleteMessage`). The proxy answers before it
+/// has read the whole body and closes the connection; the body's rest,
+/// arriving after the close, makes the kernel send a reset, which can
+/// reach the client before it reads the 413. nginx's `lingering_close`
+/// (RFC 9112 section 9.6) reads and drops the rest before closing;
+/// Switchyard does not yet (issue 26's note).
 #[tokio::test]
 async fn the_listener_caps_what_a_policy_may_read() {
-    let h = Harness::start(&body_hook(), &["web"]).await;
+    let h = Harness::on_test_runtime(&body_hook(), &["web"]).await;
     let got = post_to(
         &h,
         "capped",
