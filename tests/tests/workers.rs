@@ -221,7 +221,7 @@ async fn a_policy_stays_within_max_instances_when_its_calls_spread_over_workers(
     let web = TestBackend::start("web").await;
     let head = format!(
         "[admin]\nbind = \"127.0.0.1:0\"\n[policies]\ndir = \"{}\"\nmax_instances = 2\n\
-         instances = 2\nmax_queued = 512\nqueue_timeout_ms = 5000",
+         instances = 2\nmax_queued = 512\nqueue_timeout_ms = 5000\ntimeout_ms = 250",
         repo().join("tests/fixtures/wasm").display()
     );
     let text = one_http_pool(&head, "", "policy = \"misbehave\"");
@@ -242,7 +242,10 @@ async fn a_policy_stays_within_max_instances_when_its_calls_spread_over_workers(
     };
     // Forty connections at once, on both workers, each call holding an
     // instance for 5 ms: each worker has calls waiting while the other's
-    // instances sit idle on its list.
+    // instances sit idle on its list. (`timeout_ms = 250`: this is about
+    // the budget, and the default 10 ms deadline, which counts the 5 ms
+    // sleep, was missed once under the full suite's load in a debug
+    // build: a 503.)
     let calls: Vec<_> = (0..40)
         .map(|_| tokio::spawn(async move { one_request(l, "/sleep?5").await }))
         .collect();
