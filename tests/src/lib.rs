@@ -291,11 +291,8 @@ pub async fn start_switchyard_with(
     addrs: &BTreeMap<&str, SocketAddr>,
     options: switchyard::daemon::Options,
 ) -> switchyard::daemon::Running {
-    let mut text = toml.replace("{policies}", &repo().join("policies").display().to_string());
-    for (name, addr) in addrs {
-        text = text.replace(&format!("{{{name}}}"), &addr.to_string());
-    }
-    let text = test_deadline(&text);
+    let text = toml.replace("{policies}", &repo().join("policies").display().to_string());
+    let text = test_deadline(&fill(&text, addrs));
     let config = switchyard::config::Config::parse(Path::new("/tmp/switchyard-test.toml"), &text)
         .unwrap_or_else(|e| panic!("bad test config: {e}\n{text}"));
     switchyard::daemon::start_with(config, options)
@@ -589,39 +586,41 @@ pub struct Harness {
     pub client: Client,
 }
 
+/// A [`TestBackend`] named after each of `names`.
+async fn made(names: &[&str]) -> Vec<TestBackend> {
+    let mut made = Vec::new();
+    for name in names {
+        made.push(TestBackend::start(name).await);
+    }
+    made
+}
+
 impl Harness {
     /// Starts a [`TestBackend`] named after each of `backends`, then
     /// Switchyard.
     pub async fn start(toml: &str, backends: &[&str]) -> Harness {
-        let mut made = Vec::new();
-        for name in backends {
-            made.push(TestBackend::start(name).await);
-        }
-        Harness::with(toml, made).await
+        Harness::with(toml, made(backends).await).await
     }
 
     /// As [`Harness::start`], with the daemon on the test's own runtime
     /// (no workers).
     pub async fn on_test_runtime(toml: &str, backends: &[&str]) -> Harness {
-        let mut made = Vec::new();
-        for name in backends {
-            made.push(TestBackend::start(name).await);
-        }
-        let addrs: BTreeMap<&str, SocketAddr> =
-            made.iter().map(|b| (b.name.as_str(), b.addr)).collect();
-        let sy = start_switchyard_with(toml, &addrs, Default::default()).await;
-        Harness {
-            sy,
-            backends: made.into_iter().map(|b| (b.name.clone(), b)).collect(),
-            client: client(false),
-        }
+        Harness::with_options(toml, made(backends).await, Default::default()).await
     }
 
     /// Starts Switchyard in front of backends the test made.
     pub async fn with(toml: &str, backends: Vec<TestBackend>) -> Harness {
+        Harness::with_options(toml, backends, options(false, false)).await
+    }
+
+    async fn with_options(
+        toml: &str,
+        backends: Vec<TestBackend>,
+        options: switchyard::daemon::Options,
+    ) -> Harness {
         let addrs: BTreeMap<&str, SocketAddr> =
             backends.iter().map(|b| (b.name.as_str(), b.addr)).collect();
-        let sy = start_switchyard(toml, &addrs).await;
+        let sy = start_switchyard_with(toml, &addrs, options).await;
         Harness {
             sy,
             backends: backends.into_iter().map(|b| (b.name.clone(), b)).collect(),

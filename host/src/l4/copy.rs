@@ -13,8 +13,9 @@
 //! are written out. (A reader that claimed to fill more than it did
 //! would send the previous connection's bytes instead of tokio's zeros;
 //! the readers here are tokio's `TcpStream`, hyper's upgraded stream
-//! through `TokioIo`, and `Guarded`, which all report what they read.) The I/O types charge tokio's cooperative
-//! budget on every read and write, so a busy copy still yields.
+//! through `TokioIo`, and `Guarded`, which all report what they read.)
+//! The I/O types charge tokio's cooperative budget on every read and
+//! write, so a busy copy still yields.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
