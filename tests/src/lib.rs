@@ -602,25 +602,11 @@ impl Harness {
         Harness::with(toml, made(backends).await).await
     }
 
-    /// As [`Harness::start`], with the daemon on the test's own runtime
-    /// (no workers).
-    pub async fn on_test_runtime(toml: &str, backends: &[&str]) -> Harness {
-        Harness::with_options(toml, made(backends).await, Default::default()).await
-    }
-
     /// Starts Switchyard in front of backends the test made.
     pub async fn with(toml: &str, backends: Vec<TestBackend>) -> Harness {
-        Harness::with_options(toml, backends, options(false, false)).await
-    }
-
-    async fn with_options(
-        toml: &str,
-        backends: Vec<TestBackend>,
-        options: switchyard::daemon::Options,
-    ) -> Harness {
         let addrs: BTreeMap<&str, SocketAddr> =
             backends.iter().map(|b| (b.name.as_str(), b.addr)).collect();
-        let sy = start_switchyard_with(toml, &addrs, options).await;
+        let sy = start_switchyard_with(toml, &addrs, options(false, false)).await;
         Harness {
             sy,
             backends: backends.into_iter().map(|b| (b.name.clone(), b)).collect(),

@@ -148,9 +148,7 @@ async fn a_replacement_body_on_an_upgrade_is_refused() {
 /// the policy chose; a declared length over the limit is not read at all.
 #[tokio::test]
 async fn a_body_over_the_limit_is_refused_or_forwarded_unread_as_the_policy_chose() {
-    // On the test's runtime, as the_listener_caps_what_a_policy_may_read
-    // below says why: its 413 can be lost to a reset on two workers.
-    let h = Harness::on_test_runtime(&body_hook(), &["web"]).await;
+    let h = Harness::start(&body_hook(), &["web"]).await;
     let data = pattern(5000);
     let got = post_to(&h, "l", "/echo?read=100", streamed(data.clone(), 300)).await;
     assert_eq!(got.status, 413);
@@ -177,18 +175,12 @@ async fn a_body_over_the_limit_is_refused_or_forwarded_unread_as_the_policy_chos
     }
 }
 
-/// `max_policy_body_bytes` caps the limit a policy names.
-///
-/// On the test's runtime: on two workers the 413 was lost in about one
-/// run in six (hyper's `IncompleteMessage`). The proxy answers before it
-/// has read the whole body and closes the connection; the body's rest,
-/// arriving after the close, makes the kernel send a reset, which can
-/// reach the client before it reads the 413. nginx's `lingering_close`
-/// (RFC 9112 section 9.6) reads and drops the rest before closing;
-/// Switchyard does not yet (issue 26's note).
+/// `max_policy_body_bytes` caps the limit a policy names. The 413 comes
+/// before the body's rest was read: the lingering close reads it, so the
+/// client, still sending, gets the 413 and no reset.
 #[tokio::test]
 async fn the_listener_caps_what_a_policy_may_read() {
-    let h = Harness::on_test_runtime(&body_hook(), &["web"]).await;
+    let h = Harness::start(&body_hook(), &["web"]).await;
     let got = post_to(
         &h,
         "capped",

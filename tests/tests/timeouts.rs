@@ -537,3 +537,82 @@ async fn client_aborts_and_oversized_uploads_do_not_eject_a_backend() {
     }
     sy.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Sends `POST /echo` declaring a 1,000,000-byte body to a listener that
+/// takes 1,000, and reads the 413 that comes before any body byte.
+async fn refused_upload(sy: &switchyard::daemon::Running) -> TcpStream {
+    let mut s = TcpStream::connect(sy.addr("l")).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await.expect("an answer before the body");
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "the 413 says the connection ends: {head}"
+    );
+    let mut body = vec![0u8; content_length(&head)];
+    s.read_exact(&mut body).await.unwrap();
+    s
+}
+
+/// Writes 1 KiB every 10 ms until a write fails (the proxy closed and
+/// the kernel answered with a reset) or `limit` passes: how long the
+/// writes went through and how many bytes.
+async fn send_until_refused(s: &mut TcpStream, limit: Duration) -> (Duration, usize) {
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < limit {
+        if s.write_all(&[b'x'; 1024]).await.is_err() {
+            break;
+        }
+        sent += 1024;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (started.elapsed(), sent)
+}
+
+/// RFC 9112 §9.6, nginx's `lingering_close`: a client still sending the
+/// body of a request that was answered early (a 413 on its declared
+/// length) can send the rest and then read the end of the connection,
+/// instead of meeting a reset that can cost it the answer.
+#[tokio::test]
+async fn a_client_still_sending_a_refused_body_is_not_reset() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("", "max_request_body_bytes = 1000"),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let mut s = refused_upload(&sy).await;
+    let (_, sent) = send_until_refused(&mut s, Duration::from_millis(500)).await;
+    assert!(sent >= 30 * 1024, "writes failed after {sent} bytes");
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)
+        .await
+        .expect("a clean end, not a reset");
+    assert!(rest.is_empty(), "nothing after the 413");
+    assert!(web.seen().is_empty(), "the body never reached the backend");
+    sy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// SECURITY.md "lingering close": a client that keeps sending after an
+/// early answer is closed at `lingering_time_ms`, not read forever.
+#[tokio::test]
+async fn a_lingering_close_ends_at_lingering_time() {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("", "max_request_body_bytes = 1000\nlingering_time_ms = 300"),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
+    let mut s = refused_upload(&sy).await;
+    let (until, _) = send_until_refused(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        until >= Duration::from_millis(250) && until < Duration::from_secs(3),
+        "the linger ended after {until:?}"
+    );
+    sy.shutdown(Duration::from_secs(5)).await;
+}

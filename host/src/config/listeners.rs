@@ -126,6 +126,7 @@ fn foreign_keys(key: &str, l: &ListenerFile, problems: &mut Problems) {
         ),
         ("first_byte_timeout_ms", l.first_byte_timeout_ms.is_some()),
         ("send_timeout_ms", l.send_timeout_ms.is_some()),
+        ("lingering_time_ms", l.lingering_time_ms.is_some()),
         (
             "request_body_timeout_ms",
             l.request_body_timeout_ms.is_some(),
@@ -208,6 +209,7 @@ fn http(
             header_read,
         ),
         send_timeout: ms("send_timeout_ms", l.send_timeout_ms, 60_000),
+        lingering_time: ms("lingering_time_ms", l.lingering_time_ms, 30_000),
         request_body_timeout: ms("request_body_timeout_ms", l.request_body_timeout_ms, 60_000),
         http2_keepalive_interval: ms(
             "http2_keepalive_interval_ms",

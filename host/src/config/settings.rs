@@ -85,6 +85,8 @@ pub struct HttpSettings {
     pub first_byte_timeout: Duration,
     /// The longest a write to the client may make no progress.
     pub send_timeout: Duration,
+    /// The longest a lingering close reads after an unread request body.
+    pub lingering_time: Duration,
     /// The longest a request body may send nothing.
     pub request_body_timeout: Duration,
     /// HTTP/2 PING interval, and the wait for its ack.

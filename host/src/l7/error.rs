@@ -107,3 +107,24 @@ pub fn plain(status: StatusCode) -> Response<Bytes> {
     );
     r
 }
+
+/// Whether an HTTP/1.x request's body may still be on its way: if the
+/// proxy answers it itself, hyper reads what it already holds of the body
+/// and closes the connection otherwise, and it decides that only after it
+/// may have sent the head. That head then says nothing of the close, and
+/// a client that sent the whole body takes the connection for reusable
+/// and loses its next request to the close ([`closing`]).
+pub(super) fn body_left<B: hyper::body::Body>(req: &http::Request<B>) -> bool {
+    req.version() < http::Version::HTTP_2 && !req.body().is_end_stream()
+}
+
+/// Says `Connection: close` on an answer the proxy gives to a request
+/// whose body it did not read to the end ([`body_left`]): the client
+/// knows the connection ends, and hyper closes it (with a lingering
+/// close, `guard.rs`).
+pub(super) fn closing<B>(resp: &mut Response<B>) {
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+}

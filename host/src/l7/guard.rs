@@ -94,6 +94,11 @@ pub struct Guarded<S> {
     /// Armed while a write or flush makes no progress.
     stalled: Option<Pin<Box<Sleep>>>,
     counters: TimeoutCounters,
+    /// Set for HTTP/1.1 ([`Self::linger`]): whether, and how long, a
+    /// shutdown reads what the client still sends.
+    linger: Option<(std::sync::Arc<Streams>, Duration)>,
+    /// Reading and dropping the rest after the write side was shut.
+    lingering: Option<Lingering>,
 }
 
 impl<S> Guarded<S> {
@@ -110,7 +115,21 @@ impl<S> Guarded<S> {
             send_timeout,
             stalled: None,
             counters,
+            linger: None,
+            lingering: None,
         }
+    }
+
+    /// A lingering close (nginx's `lingering_close`, RFC 9112 §9.6): when
+    /// a request on `streams` had a body, the shutdown that closes the
+    /// connection shuts the write side, then reads and drops what the
+    /// client still sends until it closes, sends nothing for 5 s, or
+    /// `time` has passed. Without it, an answer given before the body was
+    /// read (a 413, a policy's refusal) is followed by a close with bytes
+    /// unread or still arriving, the kernel answers them with a reset, and
+    /// the client, still sending, can lose the answer.
+    pub fn linger(&mut self, streams: std::sync::Arc<Streams>, time: Duration) {
+        self.linger = Some((streams, time));
     }
 
     /// The protocol sniff (`sniff.rs`) read `head` and told the protocol:
@@ -178,7 +197,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -210,7 +229,60 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.lingering.is_none() {
+            ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            match this.linger.take() {
+                Some((streams, time)) if streams.had_body() => {
+                    this.lingering = Some(Lingering::new(time));
+                }
+                _ => return Poll::Ready(Ok(())),
+            }
+        }
+        let lingering = this.lingering.as_mut().expect("set above");
+        lingering.poll_drain(&mut this.inner, cx).map(Ok)
+    }
+}
+
+/// How long a lingering close waits for the client's next bytes
+/// (nginx's `lingering_timeout`).
+const LINGER_QUIET: Duration = Duration::from_secs(5);
+
+/// A lingering close in progress ([`Guarded::linger`]).
+struct Lingering {
+    /// `lingering_time_ms` after the shutdown: the end, whatever comes.
+    end: tokio::time::Instant,
+    /// The earlier of `end` and [`LINGER_QUIET`] after the last read.
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Lingering {
+    fn new(time: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        let end = now + time;
+        Lingering {
+            end,
+            timer: Box::pin(tokio::time::sleep_until(end.min(now + LINGER_QUIET))),
+        }
+    }
+
+    /// Reads and drops until the client closes, an error, or the timer.
+    fn poll_drain<S: AsyncRead + Unpin>(&mut self, io: &mut S, cx: &mut Context<'_>) -> Poll<()> {
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        loop {
+            let mut buf = ReadBuf::uninit(&mut scratch);
+            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    let now = tokio::time::Instant::now();
+                    if now >= self.end {
+                        return Poll::Ready(());
+                    }
+                    self.timer.as_mut().reset(self.end.min(now + LINGER_QUIET));
+                }
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => return self.timer.as_mut().poll(cx),
+            }
+        }
     }
 }
 
@@ -220,6 +292,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
 #[derive(Debug)]
 pub struct Streams {
     active: std::sync::atomic::AtomicUsize,
+    /// Whether any request on the connection had a body (for a lingering
+    /// close, [`Guarded::linger`]).
+    had_body: std::sync::atomic::AtomicBool,
     /// When `active` last fell to zero, in ms since `start`.
     idle_since_ms: std::sync::atomic::AtomicU64,
     start: std::time::Instant,
@@ -244,6 +319,7 @@ impl Streams {
     pub fn new() -> std::sync::Arc<Self> {
         std::sync::Arc::new(Streams {
             active: Default::default(),
+            had_body: Default::default(),
             idle_since_ms: Default::default(),
             start: std::time::Instant::now(),
         })
@@ -252,6 +328,16 @@ impl Streams {
     /// When the connection was accepted (this was made).
     pub fn started(&self) -> std::time::Instant {
         self.start
+    }
+
+    /// A request with a body came on this connection.
+    pub fn saw_body(&self) {
+        self.had_body
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn had_body(&self) -> bool {
+        self.had_body.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn begin(self: &std::sync::Arc<Self>) -> InProgress {

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{Level, debug};
@@ -223,6 +223,7 @@ pub async fn serve_connection<S>(
         state.timeouts.clone(),
     );
     let idle_timeout = state.config.idle_timeout;
+    let lingering_time = state.config.lingering_time;
     let idle_closes = state.timeouts.idle.clone();
     drop(state);
     let streams = super::guard::Streams::new();
@@ -232,6 +233,9 @@ pub async fn serve_connection<S>(
     else {
         return;
     };
+    if version == super::sniff::Version::H1 {
+        stream.linger(streams.clone(), lingering_time);
+    }
     // A drain that began while an HTTP/1.1 request was on its way: that
     // request is answered, without keep-alive, as a last call (hyper's
     // graceful shutdown would close the connection unread). HTTP/2 says
@@ -242,9 +246,12 @@ pub async fn serve_connection<S>(
     // its task, that much larger (bench/count, a new connection each:
     // +5,900 instructions of memcpy).
     let state = shared.load_full();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let conn = conn.clone();
+        if !req.body().is_end_stream() {
+            open.saw_body();
+        }
         let open = open.begin();
         async move { Ok::<_, Infallible>(handle(req, &conn, &shared.load_full(), open).await) }
     });
@@ -324,9 +331,16 @@ async fn handle(
     let logged = state.config.access_log != Format::Off
         || tracing::enabled!(target: "switchyard::l7::logging", Level::DEBUG);
     let mut ctx = Ctx::new(&req, conn.peer, logged);
+    let body_left = super::error::body_left(&req);
     let resp = match proxy(req, conn, state, &mut ctx, open).await {
         Ok(resp) => resp,
-        Err(e) => super::logging::failed(&e, state, &ctx),
+        Err(e) => {
+            let mut resp = super::logging::failed(&e, state, &ctx);
+            if body_left {
+                super::error::closing(&mut resp);
+            }
+            resp
+        }
     };
     let access = super::logging::logging(state, conn, &mut ctx, &resp);
     super::log_hook::attach(resp, state, &mut ctx, access)
@@ -376,7 +390,12 @@ async fn proxy(
         _ => None,
     };
     let action = match fail!(request_filter::decided(decision, state), req.uri()) {
-        request_filter::Filtered::Respond(resp) => return Ok(resp),
+        request_filter::Filtered::Respond(mut resp) => {
+            if super::error::body_left(&req) {
+                super::error::closing(&mut resp);
+            }
+            return Ok(resp);
+        }
         request_filter::Filtered::Forward(action) => action,
     };
     let peer = fail!(upstream_peer(&action, &req, state, ctx), req.uri());

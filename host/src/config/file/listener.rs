@@ -93,6 +93,9 @@ pub struct ListenerFile {
     /// http: a write to the client that makes no progress this long ends
     /// the connection (default 60000).
     pub send_timeout_ms: Option<u64>,
+    /// http: the longest a close after an unread request body reads and
+    /// drops what the client still sends (default 30000).
+    pub lingering_time_ms: Option<u64>,
     /// http: a request body that sends nothing this long is 408 (default
     /// 60000).
     pub request_body_timeout_ms: Option<u64>,
