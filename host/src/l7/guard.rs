@@ -304,6 +304,13 @@ pub struct Streams {
 #[derive(Debug)]
 pub struct InProgress(std::sync::Arc<Streams>);
 
+impl InProgress {
+    /// This request has a body ([`Streams::saw_body`]).
+    pub fn saw_body(&self) {
+        self.0.saw_body();
+    }
+}
+
 impl Drop for InProgress {
     fn drop(&mut self) {
         use std::sync::atomic::Ordering;
