@@ -260,7 +260,7 @@ fn policies_json(view: &View) -> Value {
                     "file": p.file.display().to_string(),
                     "loaded_at_unix": p.loaded_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                     "compiled_from_cache": p.from_cache,
-                    "calls": s.calls.load(std::sync::atomic::Ordering::Relaxed),
+                    "calls": s.calls(),
                     "errors": s.errors.load(std::sync::atomic::Ordering::Relaxed),
                     "overloaded": s.overloaded.load(std::sync::atomic::Ordering::Relaxed),
                     "instances": p.live_instances(),

@@ -69,8 +69,10 @@ impl Balancer for RoundRobin {
         exclude: Option<usize>,
     ) -> Option<usize> {
         let n = b.len();
-        if n == 0 {
-            return None;
+        if n < 2 {
+            // Nothing to take turns over: the cursor, which every worker
+            // writes, is left alone.
+            return (n == 1 && usable(b, 0, exclude)).then_some(0);
         }
         // A skipped backend consumes a turn, so its share spreads evenly
         // over the others instead of all landing on its successor.

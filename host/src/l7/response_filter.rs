@@ -231,7 +231,16 @@ pub(super) fn respond(
         open,
         read,
     } = head;
-    ctx.backend = Some(in_flight.backend().name.clone());
+    // Set by the exchange already, as a rule: a clone and a drop of a
+    // count every worker writes, saved.
+    let name = &in_flight.backend().name;
+    if !ctx
+        .backend
+        .as_ref()
+        .is_some_and(|b| std::sync::Arc::ptr_eq(b, name))
+    {
+        ctx.backend = Some(name.clone());
+    }
     let pool = &peer.pool;
     let body = Tracked {
         inner: body,

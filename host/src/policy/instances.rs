@@ -166,8 +166,7 @@ impl Policy {
             PolicyError::Overloaded(self.limits.max_instances)
         };
         /// Counts a call in the queue until it leaves it, however it
-        /// leaves (a client that resets its stream drops the call while
-        /// it waits).
+        /// leaves (a client that resets its stream drops the waiting call).
         struct Waiting<'a>(&'a AtomicUsize);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
@@ -319,8 +318,7 @@ impl Policy {
     /// queue), from now when one had to be made (the instantiation has its
     /// own budget and must not eat the call's). With it, when the call must
     /// end: the guest's deadline (moved on by the time it waits on other
-    /// services, `call::Waits`) or the wall cap from `started`, the
-    /// wall-clock cap, whichever comes first.
+    /// services, `call::Waits`) or the wall-clock cap from `started`.
     pub(super) async fn checkout(
         &self,
         directory: &Arc<dyn Directory>,
@@ -338,7 +336,10 @@ impl Policy {
                 (made, Instant::now())
             }
         };
-        warm.store.data_mut().directory = directory.clone();
+        // As a rule the same: no clone and drop of a count all workers write.
+        if !Arc::ptr_eq(&warm.store.data().directory, directory) {
+            warm.store.data_mut().directory = directory.clone();
+        }
         warm.calls += 1;
         Self::arm(&mut warm.store, from, self.limits.timeout);
         warm.waits.reset();
@@ -405,7 +406,6 @@ impl Policy {
     /// result by reference: a decision is a few hundred bytes to move.
     pub(super) fn record<T>(&self, started: Instant, r: &Result<T, PolicyError>) -> Duration {
         let took = started.elapsed();
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.stats.observe(took);
         if let Err(e) = &r {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);

@@ -9,48 +9,83 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::workers::PerWorker;
+
 /// Counters for the admin API and metrics.
-#[derive(Debug)]
 pub struct PolicyStats {
-    pub calls: AtomicU64,
+    /// Calls and their times, counted by each worker on lines of its own
+    /// (`workers.rs`): a call's two increments on lines every worker
+    /// writes cost each a cache-line transfer (`bench/RESULTS.md`, issue
+    /// 26). Summed when read.
+    per_worker: PerWorker<WorkerCalls>,
     pub errors: AtomicU64,
     pub instantiations: AtomicU64,
     /// Calls refused because every instance was busy and the queue was
     /// full or too slow.
     pub overloaded: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+}
+
+/// One worker's count of calls and their times.
+struct WorkerCalls {
+    calls: AtomicU64,
     /// Call times in power-of-two nanosecond buckets: bucket `i` counts
     /// calls that took under `2^(i+1)` ns. Lock-free; enough for p50/p99
     /// within a factor of two.
     latency: [AtomicU64; 40],
 }
 
+impl std::fmt::Debug for PolicyStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyStats")
+            .field("calls", &self.calls())
+            .field("errors", &self.errors)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for PolicyStats {
     fn default() -> Self {
         PolicyStats {
-            calls: AtomicU64::new(0),
+            per_worker: PerWorker::new(|| WorkerCalls {
+                calls: AtomicU64::new(0),
+                latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            }),
             errors: AtomicU64::new(0),
             instantiations: AtomicU64::new(0),
             overloaded: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            latency: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
 
 impl PolicyStats {
+    /// Counts a call that took `took`.
     pub(super) fn observe(&self, took: Duration) {
         let ns = took.as_nanos().max(1) as u64;
         let bucket = (63 - ns.leading_zeros()) as usize;
-        self.latency[bucket.min(39)].fetch_add(1, Ordering::Relaxed);
+        let mine = self.per_worker.local().1;
+        mine.calls.fetch_add(1, Ordering::Relaxed);
+        mine.latency[bucket.min(39)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Calls so far, over all the workers.
+    pub fn calls(&self) -> u64 {
+        self.per_worker
+            .iter()
+            .map(|w| w.calls.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The upper bound of the bucket holding the `q` quantile (0..=1).
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        let counts: Vec<u64> = self
-            .latency
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
+        let counts: Vec<u64> = (0..40)
+            .map(|i| {
+                self.per_worker
+                    .iter()
+                    .map(|w| w.latency[i].load(Ordering::Relaxed))
+                    .sum()
+            })
             .collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
@@ -68,12 +103,14 @@ impl PolicyStats {
     }
 
     pub(super) fn reset(&self) {
-        self.calls.store(0, Ordering::Relaxed);
         self.errors.store(0, Ordering::Relaxed);
         self.overloaded.store(0, Ordering::Relaxed);
         *self.last_error.lock().expect("last error") = None;
-        for c in &self.latency {
-            c.store(0, Ordering::Relaxed);
+        for w in self.per_worker.iter() {
+            w.calls.store(0, Ordering::Relaxed);
+            for c in &w.latency {
+                c.store(0, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use wasmtime::Engine;
 
+use crate::workers::PerWorker;
+
 /// Tick period while a call is in flight.
 pub const FAST: Duration = Duration::from_millis(1);
 /// The longest watch period (for budgets of 10 ms and more).
@@ -32,13 +34,12 @@ pub const MAX_WATCH: Duration = Duration::from_millis(5);
 /// Quiet time after which the ticker parks.
 pub const QUIET: Duration = Duration::from_secs(1);
 
-#[derive(Debug)]
 struct Shared {
     stop: AtomicBool,
-    /// Calls in flight.
-    active: AtomicUsize,
-    /// Calls ever started (to tell a quiet period from a busy one).
-    started: AtomicU64,
+    /// Each worker's calls, on lines of its own (`workers.rs`): counted on
+    /// one line, every call cost each worker a cache-line transfer or two
+    /// (`bench/RESULTS.md`, issue 26). The ticker sums them.
+    counts: PerWorker<Counts>,
     parked: AtomicBool,
     /// Current watch period in nanoseconds.
     watch_ns: AtomicU64,
@@ -47,14 +48,37 @@ struct Shared {
     ticks: AtomicU64,
 }
 
+/// One worker's calls.
+#[derive(Default)]
+struct Counts {
+    /// Calls in flight.
+    active: AtomicUsize,
+    /// Calls ever started (to tell a quiet period from a busy one).
+    started: AtomicU64,
+}
+
+impl Shared {
+    fn active(&self) -> usize {
+        let n = self.counts.iter();
+        n.map(|c| c.active.load(Ordering::SeqCst)).sum()
+    }
+
+    fn started(&self) -> u64 {
+        let n = self.counts.iter();
+        n.map(|c| c.started.load(Ordering::SeqCst)).sum()
+    }
+}
+
 /// Owns the ticker thread; stops and joins it when dropped.
 pub struct Ticker {
     shared: Arc<Shared>,
     join: Option<JoinHandle<()>>,
 }
 
-/// A call in flight; the ticker ticks fast until it is dropped.
-pub struct Busy<'a>(&'a Shared);
+/// A call in flight; the ticker ticks fast until it is dropped. Holds
+/// the counts it incremented, so it decrements the same ones wherever it
+/// is dropped.
+pub struct Busy<'a>(&'a Counts);
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
@@ -66,8 +90,7 @@ impl Ticker {
     pub fn start(engine: Engine) -> Self {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
-            active: AtomicUsize::new(0),
-            started: AtomicU64::new(0),
+            counts: PerWorker::default(),
             parked: AtomicBool::new(false),
             watch_ns: AtomicU64::new(MAX_WATCH.as_nanos() as u64),
             thread: OnceLock::new(),
@@ -94,14 +117,15 @@ impl Ticker {
         if watch < s.watch_ns.load(Ordering::Relaxed) {
             s.watch_ns.fetch_min(watch, Ordering::Relaxed);
         }
-        s.started.fetch_add(1, Ordering::SeqCst);
-        s.active.fetch_add(1, Ordering::SeqCst);
+        let mine = s.counts.local().1;
+        mine.started.fetch_add(1, Ordering::SeqCst);
+        mine.active.fetch_add(1, Ordering::SeqCst);
         if s.parked.load(Ordering::SeqCst)
             && let Some(t) = s.thread.get()
         {
             t.unpark();
         }
-        Busy(s)
+        Busy(mine)
     }
 
     /// Whether the ticker thread is parked.
@@ -128,15 +152,15 @@ impl Drop for Ticker {
 }
 
 fn run(s: &Shared, engine: &Engine) {
-    let mut last_started = s.started.load(Ordering::SeqCst);
+    let mut last_started = s.started();
     let mut quiet = Duration::ZERO;
     while !s.stop.load(Ordering::SeqCst) {
-        let busy = s.active.load(Ordering::SeqCst) > 0;
+        let busy = s.active() > 0;
         if busy {
             engine.increment_epoch();
             s.ticks.fetch_add(1, Ordering::Relaxed);
         }
-        let started = s.started.load(Ordering::SeqCst);
+        let started = s.started();
         let period = if busy {
             FAST
         } else {
@@ -153,10 +177,7 @@ fn run(s: &Shared, engine: &Engine) {
             // increments `active` before looking at `parked`, so one of the
             // two sees the other (both SeqCst) and no wake-up is lost.
             s.parked.store(true, Ordering::SeqCst);
-            while s.active.load(Ordering::SeqCst) == 0
-                && s.started.load(Ordering::SeqCst) == last_started
-                && !s.stop.load(Ordering::SeqCst)
-            {
+            while s.active() == 0 && s.started() == last_started && !s.stop.load(Ordering::SeqCst) {
                 std::thread::park();
             }
             s.parked.store(false, Ordering::SeqCst);
