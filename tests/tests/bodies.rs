@@ -82,10 +82,7 @@ async fn the_body_hook_sees_the_whole_body_and_the_backend_gets_it_intact() {
     assert_eq!(header(s, "content-length"), Some("70000"));
     assert_eq!(header(s, "transfer-encoding"), None);
     // Two calls: on-request, then on-request-body.
-    let calls = h.sy.policies()[0]
-        .stats
-        .calls
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let calls = h.sy.policies()[0].stats.calls();
     assert_eq!(calls, 2);
 }
 

@@ -130,10 +130,7 @@ async fn error_pages_replaces_the_listed_statuses_and_passes_the_rest() {
     for b in ["b502", "b503", "b500", "ok"] {
         assert_eq!(h.backend(b).seen().len(), 1, "{b}");
     }
-    let calls = h.sy.policies()[0]
-        .stats
-        .calls
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let calls = h.sy.policies()[0].stats.calls();
     assert_eq!(calls, 8, "on-request and on-response per request");
 }
 

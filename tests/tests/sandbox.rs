@@ -121,14 +121,8 @@ policy_config = "{steady}"
     let (most_live, most_wasm) = sampler.await.unwrap();
     let (times, steady_errors) = steady.await.unwrap();
 
-    let flooded = policies
-        .iter()
-        .max_by_key(|p| p.stats.calls.load(Ordering::Relaxed))
-        .unwrap();
-    let other = policies
-        .iter()
-        .min_by_key(|p| p.stats.calls.load(Ordering::Relaxed))
-        .unwrap();
+    let flooded = policies.iter().max_by_key(|p| p.stats.calls()).unwrap();
+    let other = policies.iter().min_by_key(|p| p.stats.calls()).unwrap();
     let overloaded = flooded.stats.overloaded.load(Ordering::Relaxed);
     eprintln!(
         "flood: {ok} answered, {} refused ({overloaded} overloaded); most live {most_live}, \
