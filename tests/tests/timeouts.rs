@@ -538,9 +538,16 @@ async fn client_aborts_and_oversized_uploads_do_not_eject_a_backend() {
     sy.shutdown(Duration::from_secs(5)).await;
 }
 
-/// Sends `POST /echo` declaring a 1,000,000-byte body to a listener that
-/// takes 1,000, and reads the 413 that comes before any body byte.
-async fn refused_upload(sy: &switchyard::daemon::Running) -> TcpStream {
+/// Starts a listener that takes bodies of 1,000 bytes (`listener` adds
+/// lines), sends it `POST /echo` declaring 1,000,000, and reads the 413
+/// that comes before any body byte.
+async fn refused_upload(listener: &str) -> (TestBackend, switchyard::daemon::Running, TcpStream) {
+    let web = TestBackend::start("web").await;
+    let sy = start_switchyard(
+        &one_pool("", &format!("max_request_body_bytes = 1000\n{listener}")),
+        &BTreeMap::from([("web", web.addr)]),
+    )
+    .await;
     let mut s = TcpStream::connect(sy.addr("l")).await.unwrap();
     s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
         .await
@@ -554,7 +561,7 @@ async fn refused_upload(sy: &switchyard::daemon::Running) -> TcpStream {
     );
     let mut body = vec![0u8; content_length(&head)];
     s.read_exact(&mut body).await.unwrap();
-    s
+    (web, sy, s)
 }
 
 /// Writes 1 KiB every 10 ms until a write fails (the proxy closed and
@@ -579,13 +586,7 @@ async fn send_until_refused(s: &mut TcpStream, limit: Duration) -> (Duration, us
 /// instead of meeting a reset that can cost it the answer.
 #[tokio::test]
 async fn a_client_still_sending_a_refused_body_is_not_reset() {
-    let web = TestBackend::start("web").await;
-    let sy = start_switchyard(
-        &one_pool("", "max_request_body_bytes = 1000"),
-        &BTreeMap::from([("web", web.addr)]),
-    )
-    .await;
-    let mut s = refused_upload(&sy).await;
+    let (web, sy, mut s) = refused_upload("").await;
     let (_, sent) = send_until_refused(&mut s, Duration::from_millis(500)).await;
     assert!(sent >= 30 * 1024, "writes failed after {sent} bytes");
     s.shutdown().await.unwrap();
@@ -602,13 +603,7 @@ async fn a_client_still_sending_a_refused_body_is_not_reset() {
 /// early answer is closed at `lingering_time_ms`, not read forever.
 #[tokio::test]
 async fn a_lingering_close_ends_at_lingering_time() {
-    let web = TestBackend::start("web").await;
-    let sy = start_switchyard(
-        &one_pool("", "max_request_body_bytes = 1000\nlingering_time_ms = 300"),
-        &BTreeMap::from([("web", web.addr)]),
-    )
-    .await;
-    let mut s = refused_upload(&sy).await;
+    let (_web, sy, mut s) = refused_upload("lingering_time_ms = 300").await;
     let (until, _) = send_until_refused(&mut s, Duration::from_secs(5)).await;
     assert!(
         until >= Duration::from_millis(250) && until < Duration::from_secs(3),
