@@ -19,6 +19,7 @@ use super::guard::InProgress;
 use super::hygiene;
 use super::server::{Conn, HttpState, ProxyBody, full};
 use super::upstream_peer::Peer;
+use super::upstream_request::Outgoing;
 use crate::config::OnError;
 use crate::policy::{DirectResponse, ForwardAction, ResponseAction, ResponseView, types};
 use crate::upstream::health::{self, Outcome};
@@ -291,4 +292,58 @@ fn tunnel(
             Err(e) => debug!(error = %e, "upgrade failed"),
         }
     });
+}
+
+/// The response hook's say over a response whose decision asked for it:
+/// `Ok(head)` to send (edited, or the answer of one retry), `Err` for the
+/// response that replaces it.
+pub(super) async fn hook(
+    mut head: Head,
+    out: &mut Outgoing,
+    action: &ForwardAction,
+    peer: &Peer,
+    conn: &Conn,
+    state: &HttpState,
+    ctx: &mut Ctx,
+) -> Result<Result<Head, Response<ProxyBody>>, ProxyError> {
+    let body = match action.response_body_limit {
+        None => types::ResponseBody::NotRead,
+        Some(n) => {
+            let limit = u64::from(n).min(state.config.max_policy_body_bytes);
+            read_for_hook(&mut head, limit, &ctx.method, peer, state).await?
+        }
+    };
+    let hooked = on_response(
+        &mut head.parts,
+        &body,
+        action.context.as_deref(),
+        state,
+        ctx,
+    )
+    .await?;
+    Ok(match hooked {
+        Hooked::Send => {
+            head.put_back(body);
+            Ok(head)
+        }
+        // The upstream body is dropped unread (its connection closes) and
+        // its backend leaves the in-flight count with it.
+        Hooked::Replace(r) => Err(super::request_filter::direct(r)),
+        Hooked::Retry => {
+            let reply = Reply {
+                action,
+                conn,
+                state,
+                client_upgrade: None,
+            };
+            match Box::pin(super::connect::retry_after_response(
+                out, head, peer, reply, ctx,
+            ))
+            .await?
+            {
+                Filtered::Tunnel(resp) => Err(resp),
+                Filtered::Head(h) => Ok(h),
+            }
+        }
+    })
 }

@@ -186,7 +186,7 @@ where
 }
 
 /// Spawns each HTTP/2 stream's future boxed. The request's future is
-/// ~13 KB, and a task built around it moved it five times on the way in
+/// ~5.6 KB, and a task built around it moved it five times on the way in
 /// (tokio's task cell, its stage, the spawn path): boxed once here, the
 /// task holds a pointer. HTTP/1.1 polls its future in place and never
 /// comes here (`bench/RESULTS.md`, issue 26).

@@ -184,17 +184,23 @@ impl UpstreamClient {
             };
             let (mut conn, name) = match take {
                 Take::Idle(c, name) => (c, name),
-                Take::Open(name) => match self.connect_h1(&connect_uri(&scheme, &backend)).await {
-                    Ok(sender) => {
-                        self.start_sweeping(shard);
-                        let last_used = Instant::now();
-                        (H1 { sender, last_used }, name)
+                // Boxed, like every connect below: its future holds the
+                // TLS stream and hyper's handshake (1.3 KB for HTTP/1.1,
+                // 6.6 KB for HTTP/2), and inline they sized every
+                // request's future by it, pooled or not (bench/RESULTS.md).
+                Take::Open(name) => {
+                    match Box::pin(self.connect_h1(&connect_uri(&scheme, &backend))).await {
+                        Ok(sender) => {
+                            self.start_sweeping(shard);
+                            let last_used = Instant::now();
+                            (H1 { sender, last_used }, name)
+                        }
+                        Err(error) => {
+                            drop(slot);
+                            return Err(Failed::unsent(error, req));
+                        }
                     }
-                    Err(error) => {
-                        drop(slot);
-                        return Err(Failed::unsent(error, req));
-                    }
-                },
+                }
                 Take::Wait(freed) => {
                     if tokio::time::timeout_at(deadline(), freed.notified())
                         .await
@@ -256,7 +262,7 @@ impl UpstreamClient {
                 },
             }
         }
-        let mut sender = match self.connect_h2(&uri, shard, authority).await {
+        let mut sender = match Box::pin(self.connect_h2(&uri, shard, authority)).await {
             Ok(s) => s,
             Err(error) => return Err(Failed::unsent(error, req)),
         };
@@ -333,7 +339,7 @@ impl UpstreamClient {
     ) -> Result<Response<ResponseBody>, Failed> {
         let uri = req.uri().clone();
         *req.uri_mut() = origin_form(&uri);
-        let mut sender = match self.connect_h1(&uri).await {
+        let mut sender = match Box::pin(self.connect_h1(&uri)).await {
             Ok(s) => s,
             Err(error) => return Err(Failed::unsent(error, req)),
         };
