@@ -390,17 +390,10 @@ async fn proxy(
     // The body and response hooks are boxed: only decisions that ask for
     // them pay for their futures (2.6 and 2.7 KB), not every request's.
     let read = match &decision {
-        HttpDecision::ReadBody(_) => fail!(
-            Box::pin(super::request_body::read_body(
-                &mut req,
-                &mut decision,
-                conn,
-                state,
-                ctx
-            ))
-            .await,
-            req.uri()
-        ),
+        HttpDecision::ReadBody(_) => {
+            let reading = super::request_body::read_body(&mut req, &mut decision, conn, state, ctx);
+            fail!(Box::pin(reading).await, req.uri())
+        }
         _ => None,
     };
     let action = match fail!(request_filter::decided(decision, state), req.uri()) {
@@ -434,13 +427,8 @@ async fn proxy(
         response_filter::Filtered::Head(head) => head,
     };
     if action.inspect_response {
-        head = match fail!(
-            Box::pin(response_filter::hook(
-                head, &mut out, &action, &peer, conn, state, ctx
-            ))
-            .await,
-            &out.line.uri
-        ) {
+        let hooking = response_filter::hook(head, &mut out, &action, &peer, conn, state, ctx);
+        head = match fail!(Box::pin(hooking).await, &out.line.uri) {
             Ok(head) => head,
             Err(resp) => return Ok(resp),
         };

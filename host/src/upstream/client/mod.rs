@@ -184,12 +184,9 @@ impl UpstreamClient {
             };
             let (mut conn, name) = match take {
                 Take::Idle(c, name) => (c, name),
-                // Boxed, like every connect below: its future holds the
-                // TLS stream and hyper's handshake (1.3 KB for HTTP/1.1,
-                // 6.6 KB for HTTP/2), and inline they sized every
-                // request's future by it, pooled or not (bench/RESULTS.md).
                 Take::Open(name) => {
-                    match Box::pin(self.connect_h1(&connect_uri(&scheme, &backend))).await {
+                    let uri = connect_uri(&scheme, &backend);
+                    match Box::pin(self.connect_h1(&uri)).await {
                         Ok(sender) => {
                             self.start_sweeping(shard);
                             let last_used = Instant::now();
@@ -368,6 +365,11 @@ impl UpstreamClient {
         }
     }
 
+    /// A new connection to the backend `uri` names. The callers of
+    /// `connect_h1` and `connect_h2` box their futures: they hold the TLS
+    /// stream and hyper's handshake (1.3 KB for HTTP/1.1, 6.6 KB for
+    /// HTTP/2), which inline sized every request's future, pooled or not
+    /// (bench/RESULTS.md, 2026-12-04).
     async fn connect(
         &self,
         uri: &Uri,
